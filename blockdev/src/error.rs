@@ -1,0 +1,51 @@
+//! Errors of the volume client. The FUSE layer maps them to errno in one place.
+
+use sixfold_proto::{Epoch, Lsn, PgId};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum VolumeError {
+    #[error("volume {volume}: request at offset {offset} of {len} bytes lies beyond the volume's {size_bytes} bytes")]
+    OutOfRange {
+        volume: String,
+        offset: u64,
+        len: u64,
+        size_bytes: u64,
+    },
+    #[error("volume {volume}: cannot shrink from {size_bytes} to {requested} bytes")]
+    Shrink {
+        volume: String,
+        size_bytes: u64,
+        requested: u64,
+    },
+    #[error("volume {volume}: size {requested} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        volume: String,
+        requested: u64,
+        max: u64,
+    },
+    #[error("volume {volume}: fenced by a newer writer ({epoch} is no longer current)")]
+    Fenced { volume: String, epoch: Epoch },
+    #[error("volume {volume}: {pg} has only {reachable} of 6 segments reachable, needs {needed} ({detail})")]
+    QuorumLost {
+        volume: String,
+        pg: PgId,
+        reachable: usize,
+        needed: usize,
+        detail: String,
+    },
+    #[error("volume {volume}: no segment of {pg} could serve a read at LSN {lsn}: {detail}")]
+    ReadUnavailable {
+        volume: String,
+        pg: PgId,
+        lsn: Lsn,
+        detail: String,
+    },
+    #[error("volume {volume}: metadata: {detail}")]
+    Meta { volume: String, detail: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("volume is closed")]
+    Closed,
+}

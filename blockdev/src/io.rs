@@ -1,0 +1,349 @@
+//! The write and read paths of [`Volume`].
+//!
+//! Write: split into page pieces; make sure every PG touched is allocated; for a piece that
+//! covers part of a page, have the old page in the cache first (fetched under the page's latch);
+//! then, in one critical section, allocate an LSN per page within LAL, make each record (only the
+//! changed bytes when the old page is cached), pin the new pages in the cache, append the records
+//! to their PG queues and mark the request's last LSN as a consistency point.
+//!
+//! Read: every page comes from the cache (dirty pages are always there) or from one segment whose
+//! SCL covers the read point, preferring the writer's AZ and the fastest segment, and moving on to
+//! the next when one fails. No quorum read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sixfold_proto::record::seal;
+use sixfold_proto::wire::{ByteRange, ReadPageRequest, SegmentRef};
+use sixfold_proto::{PageId, PgId, PAGE_SIZE};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::delta;
+use crate::error::VolumeError;
+use crate::shared::Shared;
+use crate::volume::Volume;
+
+/// Bytes of one write request handled in one critical section (bounded well below LAL).
+const WRITE_CHUNK_BYTES: usize = 4 << 20;
+/// How long one segment may take to serve a page before the next one is asked.
+const READ_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a read keeps trying segments before it fails with EIO.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
+
+struct Piece<'a> {
+    page: PageId,
+    offset_in_page: usize,
+    bytes: &'a [u8],
+}
+
+fn pieces(offset: u64, data: &[u8]) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut position = 0usize;
+    while position < data.len() {
+        let absolute = offset + position as u64;
+        let page = PageId::containing(absolute);
+        let offset_in_page = (absolute % PAGE_SIZE as u64) as usize;
+        let len = (PAGE_SIZE - offset_in_page).min(data.len() - position);
+        out.push(Piece {
+            page,
+            offset_in_page,
+            bytes: &data[position..position + len],
+        });
+        position += len;
+    }
+    out
+}
+
+/// Waits until the latch is released, without missing a release that happens meanwhile.
+async fn wait_latch(shared: &Shared, page: PageId, latch: Arc<Notify>) {
+    let notified = latch.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let still_latched = shared
+        .lock()
+        .cache
+        .loading(page)
+        .is_some_and(|current| Arc::ptr_eq(&current, &latch));
+    if still_latched {
+        notified.await;
+    }
+}
+
+impl Volume {
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        let size_bytes = self.size_bytes();
+        match offset.checked_add(len) {
+            Some(end) if end <= size_bytes => Ok(()),
+            _ => Err(VolumeError::OutOfRange {
+                volume: self.shared.volume.clone(),
+                offset,
+                len,
+                size_bytes,
+            }),
+        }
+    }
+
+    /// Writes `data` at `offset`. Returns before the data is durable (like a disk's cache).
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.check_range(offset, data.len() as u64)?;
+        let mut position = 0;
+        while position < data.len() {
+            let len = WRITE_CHUNK_BYTES.min(data.len() - position);
+            self.write_chunk(offset + position as u64, &data[position..position + len])
+                .await?;
+            position += len;
+        }
+        Ok(())
+    }
+
+    async fn write_chunk(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        let pieces = pieces(offset, data);
+        let mut pgs: Vec<PgId> = pieces.iter().map(|p| p.page.pg()).collect();
+        pgs.dedup();
+        for pg in pgs {
+            self.ensure_pg(pg).await?;
+        }
+        let shared = &self.shared;
+        loop {
+            // Old pages for partial pieces, so that the cache keeps whole pages.
+            for piece in pieces.iter().filter(|p| p.bytes.len() < PAGE_SIZE) {
+                self.page(piece.page).await?;
+            }
+            let mut progress = shared.progress.subscribe();
+            enum Blocked {
+                Latch(PageId, Arc<Notify>),
+                Evicted,
+                Lal,
+            }
+            let blocked = {
+                let mut state = shared.lock();
+                if state.fenced {
+                    return Err(self.fenced_error());
+                }
+                if state.closed {
+                    return Err(VolumeError::Closed);
+                }
+                let mut blocked = None;
+                for piece in &pieces {
+                    if let Some(latch) = state.cache.loading(piece.page) {
+                        blocked = Some(Blocked::Latch(piece.page, latch));
+                        break;
+                    }
+                    if piece.bytes.len() < PAGE_SIZE && state.cache.get(piece.page).is_none() {
+                        blocked = Some(Blocked::Evicted);
+                        break;
+                    }
+                }
+                if blocked.is_none() && !state.ledger.can_allocate(pieces.len() as u64) {
+                    blocked = Some(Blocked::Lal);
+                }
+                if blocked.is_none() {
+                    let mut last = None;
+                    let mut woken = Vec::new();
+                    for piece in &pieces {
+                        let old = state.cache.get(piece.page);
+                        let (page_bytes, ranges) = if piece.bytes.len() == PAGE_SIZE {
+                            let new = Bytes::copy_from_slice(piece.bytes);
+                            let ranges = match &old {
+                                Some(old) => delta::page_delta(old, &new),
+                                None => vec![delta::full_page(&new)],
+                            };
+                            (new, ranges)
+                        } else {
+                            let old = old.expect("partial pieces were checked to be cached");
+                            let mut page = old.to_vec();
+                            let start = piece.offset_in_page;
+                            page[start..start + piece.bytes.len()].copy_from_slice(piece.bytes);
+                            let page = Bytes::from(page);
+                            let range = ByteRange {
+                                offset: start as u32,
+                                data: page.slice(start..start + piece.bytes.len()),
+                            };
+                            (page, vec![range])
+                        };
+                        if ranges.is_empty() {
+                            continue; // the page already holds these bytes
+                        }
+                        let pg = piece.page.pg();
+                        let (lsn, backlink) = state
+                            .ledger
+                            .allocate(pg)
+                            .expect("allocation was checked against LAL under the same lock");
+                        let record = seal(lsn, backlink, shared.epoch, piece.page, ranges);
+                        state.cache.put_dirty(piece.page, page_bytes, lsn);
+                        if let Some(queue) = state.pgs.get_mut(&pg) {
+                            queue.records.push_back(Arc::new(record));
+                            if !woken.contains(&pg) {
+                                woken.push(pg);
+                                for link in &queue.segments {
+                                    link.wake.notify_one();
+                                }
+                            }
+                        }
+                        last = Some(lsn);
+                    }
+                    if let Some(last) = last {
+                        state.ledger.mark_cpl(last);
+                    }
+                    return Ok(());
+                }
+                blocked
+            };
+            match blocked {
+                Some(Blocked::Latch(page, latch)) => wait_latch(shared, page, latch).await,
+                Some(Blocked::Evicted) => debug!("old page evicted before the write; fetching again"),
+                Some(Blocked::Lal) | None => {
+                    // Back-pressure: wait for VDL to move (or the writer to be fenced/closed).
+                    let _ = tokio::time::timeout(Duration::from_secs(1), progress.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset` (must lie within the volume).
+    pub async fn read(self: &Volume, offset: u64, len: usize) -> Result<Vec<u8>, VolumeError> {
+        self.check_range(offset, len as u64)?;
+        let mut out = vec![0u8; len];
+        let pieces = pieces(offset, &out);
+        let layout: Vec<(PageId, usize, usize)> = pieces
+            .iter()
+            .map(|p| (p.page, p.offset_in_page, p.bytes.len()))
+            .collect();
+        drop(pieces);
+        // Cache hits inline; misses fetched in parallel.
+        let mut pages: Vec<Option<Bytes>> = {
+            let mut state = self.shared.lock();
+            layout.iter().map(|(page, _, _)| state.cache.get(*page)).collect()
+        };
+        let misses: Vec<usize> = (0..layout.len()).filter(|i| pages[*i].is_none()).collect();
+        if misses.len() == 1 {
+            let index = misses[0];
+            pages[index] = Some(self.page(layout[index].0).await?);
+        } else if !misses.is_empty() {
+            let mut tasks = JoinSet::new();
+            for index in misses {
+                let shared = self.shared.clone();
+                let page = layout[index].0;
+                tasks.spawn(async move { (index, Volume { shared }.page(page).await) });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                let (index, result) = joined.map_err(|e| VolumeError::Invalid(format!("read task failed: {e}")))?;
+                pages[index] = Some(result?);
+            }
+        }
+        let mut position = 0;
+        for ((_, offset_in_page, len), page) in layout.iter().zip(pages) {
+            let page = page.expect("every page was read");
+            out[position..position + len].copy_from_slice(&page[*offset_in_page..offset_in_page + len]);
+            position += len;
+        }
+        Ok(out)
+    }
+
+    /// One whole page: from the cache, or fetched from a segment under the page's latch.
+    pub(crate) async fn page(&self, page: PageId) -> Result<Bytes, VolumeError> {
+        let shared = &self.shared;
+        loop {
+            let latch = {
+                let mut state = shared.lock();
+                if let Some(bytes) = state.cache.get(page) {
+                    return Ok(bytes);
+                }
+                match state.cache.loading(page) {
+                    Some(latch) => latch,
+                    None => {
+                        state.cache.start_load(page);
+                        break;
+                    }
+                }
+            };
+            wait_latch(shared, page, latch).await;
+        }
+        let result = self.fetch_page(page).await;
+        shared.lock().cache.finish_load(page, result.as_ref().ok().cloned());
+        result
+    }
+
+    /// Fetches a page as of VDL from one segment whose SCL covers it.
+    async fn fetch_page(&self, page: PageId) -> Result<Bytes, VolumeError> {
+        let shared = &self.shared;
+        let pg = page.pg();
+        let deadline = Instant::now() + READ_DEADLINE;
+        let mut attempts = Vec::new();
+        loop {
+            // The read point and the segments to try, best first.
+            let (read_lsn, required_scl, candidates) = {
+                let state = shared.lock();
+                let Some(chain) = state.ledger.pg(pg) else {
+                    // Never allocated: never written.
+                    return Ok(Bytes::from(vec![0u8; PAGE_SIZE]));
+                };
+                let read_lsn = state.ledger.vdl();
+                let required_scl = chain.pgcl.min(read_lsn).min(chain.tail);
+                let queue = &state.pgs[&pg];
+                let mut candidates: Vec<(bool, bool, bool, u64, String)> = queue
+                    .segments
+                    .iter()
+                    .enumerate()
+                    .map(|(index, link)| {
+                        let caught_up = chain.scls[index] >= required_scl;
+                        let same_az = shared.az.as_deref() == Some(link.az.as_str());
+                        (!caught_up, !link.up, !same_az, link.latency_us, link.addr.clone())
+                    })
+                    .collect();
+                candidates.sort();
+                (read_lsn, required_scl, candidates)
+            };
+            for (_, _, _, _, addr) in candidates {
+                let request = ReadPageRequest {
+                    segment: Some(SegmentRef {
+                        volume: shared.volume.clone(),
+                        pg: pg.0,
+                    }),
+                    page: page.0,
+                    read_lsn: read_lsn.0,
+                    required_scl: required_scl.0,
+                };
+                let result = match shared.clients.get(&addr) {
+                    Err(error) => Err(error),
+                    Ok(mut client) => match tokio::time::timeout(READ_ATTEMPT_TIMEOUT, client.read_page(request)).await {
+                        Err(_) => Err("timed out".to_string()),
+                        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                        Ok(Ok(response)) => {
+                            let data = response.into_inner().data;
+                            if data.len() == PAGE_SIZE {
+                                Ok(data)
+                            } else {
+                                Err(format!("served {} bytes instead of a page", data.len()))
+                            }
+                        }
+                    },
+                };
+                match result {
+                    Ok(data) => return Ok(data),
+                    Err(error) => {
+                        debug!(volume = %shared.volume, %page, node = %addr, "read failed: {error}");
+                        if attempts.len() < 12 {
+                            attempts.push(format!("{addr}: {error}"));
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(VolumeError::ReadUnavailable {
+                    volume: shared.volume.clone(),
+                    pg,
+                    lsn: read_lsn,
+                    detail: attempts.join("; "),
+                });
+            }
+            if shared.lock().fenced {
+                return Err(self.fenced_error());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

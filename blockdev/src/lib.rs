@@ -1,0 +1,40 @@
+//! The volume client ("the writer"): turns page writes into LSN-stamped redo records, sends them
+//! to the six segments of each protection group, counts 4/6 acknowledgements into VCL and VDL,
+//! serves reads from its page cache or from one caught-up segment, and recovers the volume's
+//! chains when it opens it.
+//!
+//! Modules: `ledger` (LSN allocation, VCL/VDL/LAL; pure), `quorum` (PGCL; pure), `cache` (dirty
+//! and clean pages), `delta` (changed byte ranges), `meta` (volume metadata quorum), `open`
+//! (recovery at mount), `sender` (segment streams), `io` (read/write paths), `volume` (the API),
+//! `status` (`sixfold status`).
+
+mod cache;
+mod clients;
+mod delta;
+mod error;
+mod io;
+pub mod ledger;
+mod meta;
+mod open;
+pub mod quorum;
+mod sender;
+mod shared;
+pub mod status;
+mod volume;
+
+pub use error::VolumeError;
+pub use sixfold_proto::cluster::ClusterConfig;
+pub use volume::{validate_volume_name, Volume, VolumeStats, LAL};
+
+/// How to open (or create) a volume.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    pub cluster: ClusterConfig,
+    pub volume: String,
+    /// Size of the volume if it does not exist yet (created on first mount).
+    pub create_size_bytes: u64,
+    /// Bytes of clean pages the writer's LRU page cache may hold.
+    pub cache_bytes: u64,
+    /// The writer's AZ, to prefer same-AZ segments for reads.
+    pub az: Option<String>,
+}

@@ -1,0 +1,165 @@
+//! The writer's shared state: one mutex over the ledger, the page cache and the PG queues, held
+//! only for short, non-blocking sections (never across an await), plus a watch channel that
+//! publishes progress (VDL, fencing) to waiting flushes and writers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sixfold_proto::cluster::ClusterConfig;
+use sixfold_proto::wire::{Record, VolumeMeta};
+use sixfold_proto::{Epoch, Lsn, PgId, COPIES};
+use tokio::sync::{watch, Notify};
+
+use crate::cache::PageCache;
+use crate::clients::Clients;
+use crate::ledger::Ledger;
+
+/// Records a PG queue keeps for slow segments beyond those not yet durable. Past this, durable
+/// records are released even if a live segment has not received them (it gap-fills from peers).
+pub const RETAINED_DURABLE_RECORDS_MAX: usize = 4096;
+/// Back-off after a failed request to a segment, doubling up to the max.
+pub const SEGMENT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const SEGMENT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What flushes and allocation-limited writers wait on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub vdl: Lsn,
+    pub fenced: bool,
+    pub closed: bool,
+}
+
+/// The writer's link to one segment of a PG.
+#[derive(Debug)]
+pub struct SegmentLink {
+    pub addr: String,
+    pub az: String,
+    /// Highest LSN handed to a request for this segment. Reset to the acknowledged SCL after an
+    /// error so that unacknowledged records are sent again.
+    pub sent: Lsn,
+    /// False after a failed request, until the next success.
+    pub up: bool,
+    /// Do not send before this instant (back-off after errors).
+    pub retry_at: Option<Instant>,
+    pub backoff: Duration,
+    /// Smoothed latency of successful requests, for read routing.
+    pub latency_us: u64,
+    pub last_error: Option<String>,
+    /// Wakes this segment's sender (notify_one keeps a permit, so no wake-up is lost).
+    pub wake: Arc<Notify>,
+}
+
+impl SegmentLink {
+    pub fn new(addr: String, az: String) -> SegmentLink {
+        SegmentLink {
+            addr,
+            az,
+            sent: Lsn::ZERO,
+            up: true,
+            retry_at: None,
+            backoff: SEGMENT_BACKOFF_MIN,
+            latency_us: 0,
+            last_error: None,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// A PG's outgoing records and its six segment links.
+#[derive(Debug)]
+pub struct PgQueue {
+    /// Records not yet released, in LSN order.
+    pub records: VecDeque<Arc<Record>>,
+    pub segments: Vec<SegmentLink>,
+}
+
+impl PgQueue {
+    pub fn new(nodes: &[String], cluster: &ClusterConfig, scls: &[Lsn; COPIES]) -> PgQueue {
+        let segments = nodes
+            .iter()
+            .zip(scls.iter())
+            .map(|(addr, scl)| {
+                let az = cluster.az_of(addr).unwrap_or("?").to_owned();
+                let mut link = SegmentLink::new(addr.clone(), az);
+                link.sent = *scl;
+                link
+            })
+            .collect();
+        PgQueue {
+            records: VecDeque::new(),
+            segments,
+        }
+    }
+
+    /// Releases records at or below `pgcl` that every live segment has been sent (or all durable
+    /// ones beyond the retention bound).
+    pub fn release(&mut self, pgcl: Lsn) {
+        while let Some(front) = self.records.front() {
+            let lsn = Lsn(front.lsn);
+            if lsn > pgcl {
+                break;
+            }
+            let everyone_has_it = self.segments.iter().all(|s| !s.up || s.sent >= lsn);
+            if !everyone_has_it && self.records.len() <= RETAINED_DURABLE_RECORDS_MAX {
+                break;
+            }
+            self.records.pop_front();
+        }
+    }
+
+    pub fn peers_of(&self, index: usize) -> Vec<String> {
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, s)| s.addr.clone())
+            .collect()
+    }
+}
+
+pub struct State {
+    pub ledger: Ledger,
+    pub cache: PageCache,
+    pub size_bytes: u64,
+    pub pgs: HashMap<PgId, PgQueue>,
+    pub fenced: bool,
+    pub closed: bool,
+}
+
+pub struct Shared {
+    pub volume: String,
+    pub cluster: ClusterConfig,
+    pub clients: Arc<Clients>,
+    pub epoch: Epoch,
+    pub az: Option<String>,
+    pub state: Mutex<State>,
+    pub progress: watch::Sender<Progress>,
+    /// The newest metadata this writer wrote; held across the metadata quorum write so that
+    /// metadata changes (new PG, growth) are serialized.
+    pub meta: tokio::sync::Mutex<VolumeMeta>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; keep serving what we can rather than cascade.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes the state's VDL and flags to waiters.
+    pub fn publish(&self, state: &State) {
+        let progress = Progress {
+            vdl: state.ledger.vdl(),
+            fenced: state.fenced,
+            closed: state.closed,
+        };
+        self.progress.send_if_modified(|current| {
+            if *current != progress {
+                *current = progress;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

@@ -1,0 +1,276 @@
+//! `sixfold status`: per PG its segments, each segment's SCL and the PGCL; the volume's VCL and
+//! VDL (as the writer last reported them to the nodes), bytes used; which nodes are unreachable.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sixfold_proto::cluster::ClusterConfig;
+use sixfold_proto::wire::{NodeStatusRequest, NodeStatusResponse};
+use sixfold_proto::{Lsn, COPIES, PG_BYTES};
+use tokio::task::JoinSet;
+
+use crate::clients::Clients;
+use crate::error::VolumeError;
+use crate::{meta, quorum};
+
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub addr: String,
+    pub az: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub hot_log_bytes: u64,
+    pub segments: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentReport {
+    pub node: String,
+    pub az: String,
+    pub reachable: bool,
+    pub scl: Option<u64>,
+    pub max_lsn: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PgReport {
+    pub pg: u32,
+    /// 4th highest SCL among the segments that answered (unreachable ones count as 0).
+    pub pgcl: u64,
+    pub segments: Vec<SegmentReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub volume: String,
+    pub exists: bool,
+    pub metadata_error: Option<String>,
+    pub size_bytes: u64,
+    pub epoch: u64,
+    pub metadata_version: u64,
+    /// Highest VCL / VDL the writer reported to any node (None: no writer reported yet).
+    pub vcl: Option<u64>,
+    pub vdl: Option<u64>,
+    /// Bytes of PGs allocated (10 GiB each) and bytes of records held, summed over segments.
+    pub allocated_bytes: u64,
+    pub stored_bytes: u64,
+    pub pgs: Vec<PgReport>,
+    pub nodes: Vec<NodeReport>,
+    pub unreachable: Vec<String>,
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+impl StatusReport {
+    /// Human-readable rendering.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "volume {}", self.volume);
+        if let Some(error) = &self.metadata_error {
+            let _ = writeln!(out, "  metadata: UNAVAILABLE: {error}");
+        } else if !self.exists {
+            let _ = writeln!(out, "  does not exist (created on first mount)");
+        } else {
+            let _ = writeln!(
+                out,
+                "  size {} ({} bytes), epoch {}, metadata version {}",
+                human_bytes(self.size_bytes),
+                self.size_bytes,
+                self.epoch,
+                self.metadata_version
+            );
+            let _ = writeln!(out, "  VCL {}  VDL {}  (as last reported by the writer)", opt(self.vcl), opt(self.vdl));
+            let _ = writeln!(
+                out,
+                "  {} PG(s) allocated ({}), {} of records held across all segments",
+                self.pgs.len(),
+                human_bytes(self.allocated_bytes),
+                human_bytes(self.stored_bytes)
+            );
+        }
+        for pg in &self.pgs {
+            let _ = writeln!(out, "  PG {}  PGCL {}", pg.pg, pg.pgcl);
+            for segment in &pg.segments {
+                let state = if segment.reachable { "" } else { "  UNREACHABLE" };
+                let _ = writeln!(
+                    out,
+                    "    {:<22} az {:<4} SCL {:<12} max LSN {:<12} {}{state}",
+                    segment.node,
+                    segment.az,
+                    opt(segment.scl),
+                    opt(segment.max_lsn),
+                    segment.bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        let _ = writeln!(out, "nodes");
+        for node in &self.nodes {
+            if node.reachable {
+                let _ = writeln!(
+                    out,
+                    "  {:<22} az {:<4} up    {} segment(s), hot log {}",
+                    node.addr,
+                    node.az,
+                    node.segments,
+                    human_bytes(node.hot_log_bytes)
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  {:<22} az {:<4} UNREACHABLE: {}",
+                    node.addr,
+                    node.az,
+                    node.error.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        if !self.unreachable.is_empty() {
+            let _ = writeln!(out, "unreachable: {}", self.unreachable.join(", "));
+        }
+        out
+    }
+}
+
+/// Asks every node of the cluster and the volume's metadata quorum.
+pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusReport, VolumeError> {
+    crate::volume::validate_volume_name(volume)?;
+    let clients = Arc::new(Clients::default());
+    let mut tasks = JoinSet::new();
+    for node in &cluster.nodes {
+        let clients = clients.clone();
+        let addr = node.addr.clone();
+        tasks.spawn(async move {
+            let result = async {
+                let mut client = clients.get(&addr)?;
+                let response = tokio::time::timeout(STATUS_TIMEOUT, client.node_status(NodeStatusRequest {}))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                Ok::<NodeStatusResponse, String>(response.into_inner())
+            }
+            .await;
+            (addr, result)
+        });
+    }
+    let mut answers: HashMap<String, Result<NodeStatusResponse, String>> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((addr, result)) = joined {
+            answers.insert(addr, result);
+        }
+    }
+    let (meta, metadata_error) = match meta::read(&clients, cluster, volume).await {
+        Ok(meta) => (meta, None),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    let mut nodes = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut vcl = None;
+    let mut vdl = None;
+    for node in &cluster.nodes {
+        match answers.get(&node.addr) {
+            Some(Ok(status)) => {
+                for state in status.volumes.iter().filter(|v| v.volume == volume) {
+                    vcl = vcl.max(Some(state.writer_vcl));
+                    vdl = vdl.max(Some(state.writer_vdl));
+                }
+                nodes.push(NodeReport {
+                    addr: node.addr.clone(),
+                    az: node.az.clone(),
+                    reachable: true,
+                    error: None,
+                    hot_log_bytes: status.hot_log_bytes,
+                    segments: status.segments.len(),
+                });
+            }
+            other => {
+                let error = match other {
+                    Some(Err(error)) => error.clone(),
+                    _ => "no answer".into(),
+                };
+                unreachable.push(node.addr.clone());
+                nodes.push(NodeReport {
+                    addr: node.addr.clone(),
+                    az: node.az.clone(),
+                    reachable: false,
+                    error: Some(error),
+                    hot_log_bytes: 0,
+                    segments: 0,
+                });
+            }
+        }
+    }
+    let mut pgs = Vec::new();
+    let mut stored_bytes = 0;
+    if let Some(meta) = &meta {
+        for placement in &meta.pgs {
+            let mut segments = Vec::new();
+            let mut scls = [Lsn::ZERO; COPIES];
+            for (index, addr) in placement.nodes.iter().enumerate() {
+                let found = match answers.get(addr) {
+                    Some(Ok(status)) => Some(status.segments.iter().find(|s| {
+                        s.segment
+                            .as_ref()
+                            .is_some_and(|r| r.volume == volume && r.pg == placement.pg)
+                    })),
+                    _ => None,
+                };
+                let segment = found.flatten();
+                if let (Some(segment), true) = (segment, index < COPIES) {
+                    scls[index] = Lsn(segment.scl);
+                    stored_bytes += segment.bytes;
+                }
+                segments.push(SegmentReport {
+                    node: addr.clone(),
+                    az: cluster.az_of(addr).unwrap_or("?").to_owned(),
+                    reachable: found.is_some(),
+                    scl: segment.map(|s| s.scl).or(found.map(|_| 0)),
+                    max_lsn: segment.map(|s| s.max_lsn).or(found.map(|_| 0)),
+                    bytes: segment.map(|s| s.bytes).or(found.map(|_| 0)),
+                });
+            }
+            pgs.push(PgReport {
+                pg: placement.pg,
+                pgcl: quorum::pgcl(&scls).0,
+                segments,
+            });
+        }
+    }
+    Ok(StatusReport {
+        volume: volume.to_owned(),
+        exists: meta.is_some(),
+        metadata_error,
+        size_bytes: meta.as_ref().map(|m| m.size_bytes).unwrap_or(0),
+        epoch: meta.as_ref().map(|m| m.epoch).unwrap_or(0),
+        metadata_version: meta.as_ref().map(|m| m.version).unwrap_or(0),
+        vcl,
+        vdl,
+        allocated_bytes: pgs.len() as u64 * PG_BYTES,
+        stored_bytes,
+        pgs,
+        nodes,
+        unreachable,
+    })
+}

@@ -1,0 +1,102 @@
+//! Newtypes for the vocabulary of DESIGN.md. No bare `u64` for these crosses a module boundary.
+
+use std::fmt;
+
+use crate::geometry::{PAGE_SIZE, PG_PAGES};
+
+/// Log sequence number: volume-wide, strictly increasing, allocated by the single writer.
+/// `Lsn::ZERO` is "before every record" (the backlink of a PG's first record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub const ZERO: Lsn = Lsn(0);
+
+    /// The next LSN. Panics on overflow (2^64 records is not a reachable state).
+    pub fn next(self) -> Lsn {
+        Lsn(self.0.checked_add(1).expect("LSN overflow"))
+    }
+
+    pub fn checked_sub(self, other: Lsn) -> Option<u64> {
+        self.0.checked_sub(other.0)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A 4 KiB page of the volume, addressed by volume offset / 4096.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageId(pub u64);
+
+impl PageId {
+    /// The PG holding this page.
+    pub fn pg(self) -> PgId {
+        PgId(u32::try_from(self.0 / PG_PAGES).expect("page id beyond 2^32 PGs"))
+    }
+
+    /// Byte offset of the page in the volume.
+    pub fn offset(self) -> u64 {
+        self.0 * PAGE_SIZE as u64
+    }
+
+    /// The page holding byte `offset` of the volume.
+    pub fn containing(offset: u64) -> PageId {
+        PageId(offset / PAGE_SIZE as u64)
+    }
+}
+
+impl fmt::Display for PageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "page {}", self.0)
+    }
+}
+
+/// Protection group number: PG n holds pages [n * PG_PAGES, (n + 1) * PG_PAGES).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PgId(pub u32);
+
+impl PgId {
+    pub fn first_page(self) -> PageId {
+        PageId(u64::from(self.0) * PG_PAGES)
+    }
+
+    pub fn contains(self, page: PageId) -> bool {
+        page.0 / PG_PAGES == u64::from(self.0)
+    }
+}
+
+impl fmt::Display for PgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PG {}", self.0)
+    }
+}
+
+/// Volume epoch: bumped by every new writer; nodes refuse records of older epochs (fencing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "epoch {}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_to_pg() {
+        assert_eq!(PageId(0).pg(), PgId(0));
+        assert_eq!(PageId(PG_PAGES - 1).pg(), PgId(0));
+        assert_eq!(PageId(PG_PAGES).pg(), PgId(1));
+        assert!(PgId(1).contains(PageId(PG_PAGES)));
+        assert!(!PgId(1).contains(PageId(PG_PAGES - 1)));
+        assert_eq!(PageId::containing(4095), PageId(0));
+        assert_eq!(PageId::containing(4096), PageId(1));
+    }
+}
