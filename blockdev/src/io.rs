@@ -194,7 +194,9 @@ impl Volume {
             };
             match blocked {
                 Some(Blocked::Latch(page, latch)) => wait_latch(shared, page, latch).await,
-                Some(Blocked::Evicted) => debug!("old page evicted before the write; fetching again"),
+                Some(Blocked::Evicted) => {
+                    debug!("old page evicted before the write; fetching again")
+                }
                 Some(Blocked::Lal) | None => {
                     // Back-pressure: wait for VDL to move (or the writer to be fenced/closed).
                     let _ = tokio::time::timeout(Duration::from_secs(1), progress.changed()).await;
@@ -216,7 +218,10 @@ impl Volume {
         // Cache hits inline; misses fetched in parallel.
         let mut pages: Vec<Option<Bytes>> = {
             let mut state = self.shared.lock();
-            layout.iter().map(|(page, _, _)| state.cache.get(*page)).collect()
+            layout
+                .iter()
+                .map(|(page, _, _)| state.cache.get(*page))
+                .collect()
         };
         let misses: Vec<usize> = (0..layout.len()).filter(|i| pages[*i].is_none()).collect();
         if misses.len() == 1 {
@@ -230,14 +235,16 @@ impl Volume {
                 tasks.spawn(async move { (index, Volume { shared }.page(page).await) });
             }
             while let Some(joined) = tasks.join_next().await {
-                let (index, result) = joined.map_err(|e| VolumeError::Invalid(format!("read task failed: {e}")))?;
+                let (index, result) =
+                    joined.map_err(|e| VolumeError::Invalid(format!("read task failed: {e}")))?;
                 pages[index] = Some(result?);
             }
         }
         let mut position = 0;
         for ((_, offset_in_page, len), page) in layout.iter().zip(pages) {
             let page = page.expect("every page was read");
-            out[position..position + len].copy_from_slice(&page[*offset_in_page..offset_in_page + len]);
+            out[position..position + len]
+                .copy_from_slice(&page[*offset_in_page..offset_in_page + len]);
             position += len;
         }
         Ok(out)
@@ -263,7 +270,10 @@ impl Volume {
             wait_latch(shared, page, latch).await;
         }
         let result = self.fetch_page(page).await;
-        shared.lock().cache.finish_load(page, result.as_ref().ok().cloned());
+        shared
+            .lock()
+            .cache
+            .finish_load(page, result.as_ref().ok().cloned());
         result
     }
 
@@ -291,7 +301,13 @@ impl Volume {
                     .map(|(index, link)| {
                         let caught_up = chain.scls[index] >= required_scl;
                         let same_az = shared.az.as_deref() == Some(link.az.as_str());
-                        (!caught_up, !link.up, !same_az, link.latency_us, link.addr.clone())
+                        (
+                            !caught_up,
+                            !link.up,
+                            !same_az,
+                            link.latency_us,
+                            link.addr.clone(),
+                        )
                     })
                     .collect();
                 candidates.sort();
@@ -309,18 +325,24 @@ impl Volume {
                 };
                 let result = match shared.clients.get(&addr) {
                     Err(error) => Err(error),
-                    Ok(mut client) => match tokio::time::timeout(READ_ATTEMPT_TIMEOUT, client.read_page(request)).await {
-                        Err(_) => Err("timed out".to_string()),
-                        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-                        Ok(Ok(response)) => {
-                            let data = response.into_inner().data;
-                            if data.len() == PAGE_SIZE {
-                                Ok(data)
-                            } else {
-                                Err(format!("served {} bytes instead of a page", data.len()))
+                    Ok(mut client) => {
+                        match tokio::time::timeout(READ_ATTEMPT_TIMEOUT, client.read_page(request))
+                            .await
+                        {
+                            Err(_) => Err("timed out".to_string()),
+                            Ok(Err(status)) => {
+                                Err(format!("{:?}: {}", status.code(), status.message()))
+                            }
+                            Ok(Ok(response)) => {
+                                let data = response.into_inner().data;
+                                if data.len() == PAGE_SIZE {
+                                    Ok(data)
+                                } else {
+                                    Err(format!("served {} bytes instead of a page", data.len()))
+                                }
                             }
                         }
-                    },
+                    }
                 };
                 match result {
                     Ok(data) => return Ok(data),

@@ -114,7 +114,10 @@ impl Ledger {
                 vdl: self.vdl,
             });
         }
-        let chain = self.pgs.get_mut(&pg).expect("allocate: PG registered by add_pg first");
+        let chain = self
+            .pgs
+            .get_mut(&pg)
+            .expect("allocate: PG registered by add_pg first");
         let lsn = self.next_lsn;
         let backlink = chain.tail;
         chain.tail = lsn;
@@ -184,7 +187,10 @@ impl Ledger {
     pub fn check_invariants(&self) {
         assert!(self.vdl <= self.vcl, "vdl {} > vcl {}", self.vdl, self.vcl);
         assert!(self.vcl < self.next_lsn);
-        assert!(self.last_allocated().0 <= self.vdl.0 + self.lal, "LAL exceeded");
+        assert!(
+            self.last_allocated().0 <= self.vdl.0 + self.lal,
+            "LAL exceeded"
+        );
         let mut previous = self.vcl;
         for (lsn, pg) in &self.pending {
             assert!(*lsn > previous, "pending out of order");
@@ -192,7 +198,10 @@ impl Ledger {
             assert!(self.pgs.contains_key(pg));
         }
         if let Some((front, pg)) = self.pending.front() {
-            assert!(*front > self.pgs[pg].pgcl, "front of pending is already durable");
+            assert!(
+                *front > self.pgs[pg].pgcl,
+                "front of pending is already durable"
+            );
         }
         for cpl in &self.cpls {
             assert!(*cpl > self.vdl);
@@ -315,7 +324,10 @@ mod tests {
                             let holders = (0..COPIES)
                                 .filter(|s| held.get(&(*pg, *s)).copied().unwrap_or(0) > index)
                                 .count();
-                            assert!(holders >= 4, "seed {seed}: {lsn} below VDL with {holders} holders");
+                            assert!(
+                                holders >= 4,
+                                "seed {seed}: {lsn} below VDL with {holders} holders"
+                            );
                         }
                     }
                 }

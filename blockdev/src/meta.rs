@@ -115,7 +115,9 @@ pub async fn write(
                 let mut client = clients.get(&addr)?;
                 let response = tokio::time::timeout(
                     META_TIMEOUT,
-                    client.put_volume_meta(PutVolumeMetaRequest { meta: Some(meta.clone()) }),
+                    client.put_volume_meta(PutVolumeMetaRequest {
+                        meta: Some(meta.clone()),
+                    }),
                 )
                 .await
                 .map_err(|_| "timed out".to_string())?

@@ -61,7 +61,9 @@ pub async fn recover_pg(
                 let mut client = clients.get(&addr)?;
                 let response = tokio::time::timeout(
                     RECOVERY_TIMEOUT,
-                    client.segment_state(SegmentStateRequest { segment: Some(segment) }),
+                    client.segment_state(SegmentStateRequest {
+                        segment: Some(segment),
+                    }),
                 )
                 .await
                 .map_err(|_| "timed out".to_string())?
@@ -77,7 +79,9 @@ pub async fn recover_pg(
     let mut max_lsn_seen = Lsn::ZERO;
     let mut failures = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let Ok((_, addr, result)) = joined else { continue };
+        let Ok((_, addr, result)) = joined else {
+            continue;
+        };
         match result {
             Ok(state) => {
                 answered += 1;
@@ -132,7 +136,9 @@ pub async fn recover_pg(
     let mut opened = 0;
     let mut failures = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let Ok((index, addr, result)) = joined else { continue };
+        let Ok((index, addr, result)) = joined else {
+            continue;
+        };
         match result {
             Ok(scl) => {
                 opened += 1;
@@ -171,7 +177,11 @@ pub async fn recover_all(
         if placement.nodes.len() != COPIES {
             return Err(VolumeError::Meta {
                 volume: meta.name.clone(),
-                detail: format!("PG {} lists {} nodes, expected {COPIES}", placement.pg, placement.nodes.len()),
+                detail: format!(
+                    "PG {} lists {} nodes, expected {COPIES}",
+                    placement.pg,
+                    placement.nodes.len()
+                ),
             });
         }
         let clients = clients.clone();
@@ -182,7 +192,8 @@ pub async fn recover_all(
     }
     let mut recovered = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let result = joined.map_err(|e| VolumeError::Invalid(format!("recovery task failed: {e}")))?;
+        let result =
+            joined.map_err(|e| VolumeError::Invalid(format!("recovery task failed: {e}")))?;
         recovered.push(result?);
     }
     recovered.sort_by_key(|r| r.pg);

@@ -32,7 +32,11 @@ mod tests {
             ([0, 0, 0, 0, 0, 0], 0, "nothing acknowledged"),
             ([9, 9, 9, 9, 9, 9], 9, "all caught up"),
             ([9, 9, 9, 9, 0, 0], 9, "one AZ down: four still make quorum"),
-            ([9, 9, 9, 0, 0, 0], 0, "three segments are not a write quorum"),
+            (
+                [9, 9, 9, 0, 0, 0],
+                0,
+                "three segments are not a write quorum",
+            ),
             ([9, 8, 7, 6, 5, 4], 6, "fourth highest"),
             ([4, 5, 6, 7, 8, 9], 6, "order of segments does not matter"),
             ([9, 9, 9, 5, 5, 0], 5, "laggards bound the quorum"),

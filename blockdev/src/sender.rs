@@ -61,7 +61,12 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                 if records.len() >= BATCH_RECORDS_MAX || bytes >= BATCH_BYTES_MAX {
                                     break;
                                 }
-                                bytes += record.ranges.iter().map(|r| r.data.len() + 8).sum::<usize>() + 48;
+                                bytes += record
+                                    .ranges
+                                    .iter()
+                                    .map(|r| r.data.len() + 8)
+                                    .sum::<usize>()
+                                    + 48;
                                 records.push((**record).clone());
                             }
                             match records.last() {
@@ -108,20 +113,32 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
     }
 }
 
-async fn send_batch(shared: &Arc<Shared>, pg: PgId, index: usize, addr: &str, request: AppendRequest, last: Lsn) {
+async fn send_batch(
+    shared: &Arc<Shared>,
+    pg: PgId,
+    index: usize,
+    addr: &str,
+    request: AppendRequest,
+    last: Lsn,
+) {
     let started = Instant::now();
     let records = request.records.len();
     let result = match shared.clients.get(addr) {
         Err(error) => Err(error),
-        Ok(mut client) => match tokio::time::timeout(APPEND_TIMEOUT, client.append(request)).await {
-            Err(_) => Err(format!("no acknowledgement within {APPEND_TIMEOUT:?}")),
-            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition && status.message().contains("fenced") => {
-                on_fenced(shared, addr, status.message());
-                return;
+        Ok(mut client) => {
+            match tokio::time::timeout(APPEND_TIMEOUT, client.append(request)).await {
+                Err(_) => Err(format!("no acknowledgement within {APPEND_TIMEOUT:?}")),
+                Ok(Err(status))
+                    if status.code() == tonic::Code::FailedPrecondition
+                        && status.message().contains("fenced") =>
+                {
+                    on_fenced(shared, addr, status.message());
+                    return;
+                }
+                Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                Ok(Ok(response)) => Ok(Lsn(response.into_inner().scl)),
             }
-            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-            Ok(Ok(response)) => Ok(Lsn(response.into_inner().scl)),
-        },
+        }
     };
     match result {
         Ok(scl) => on_ack(shared, pg, index, scl, started.elapsed()),
@@ -143,7 +160,11 @@ fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed: Duration) 
         link.backoff = crate::shared::SEGMENT_BACKOFF_MIN;
         link.last_error = None;
         let sample = elapsed.as_micros() as u64;
-        link.latency_us = if link.latency_us == 0 { sample } else { (link.latency_us * 7 + sample) / 8 };
+        link.latency_us = if link.latency_us == 0 {
+            sample
+        } else {
+            (link.latency_us * 7 + sample) / 8
+        };
         queue.release(pgcl);
     }
     if vdl_moved {
@@ -153,9 +174,21 @@ fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed: Duration) 
     }
 }
 
-fn on_error(shared: &Shared, pg: PgId, index: usize, addr: &str, records: usize, last: Lsn, error: String) {
+fn on_error(
+    shared: &Shared,
+    pg: PgId,
+    index: usize,
+    addr: &str,
+    records: usize,
+    last: Lsn,
+    error: String,
+) {
     let mut state = shared.lock();
-    let acked = state.ledger.pg(pg).map(|c| c.scls[index]).unwrap_or(Lsn::ZERO);
+    let acked = state
+        .ledger
+        .pg(pg)
+        .map(|c| c.scls[index])
+        .unwrap_or(Lsn::ZERO);
     let pgcl = state.ledger.pg(pg).map(|c| c.pgcl).unwrap_or(Lsn::ZERO);
     if let Some(queue) = state.pgs.get_mut(&pg) {
         let link = &mut queue.segments[index];

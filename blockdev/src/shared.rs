@@ -143,7 +143,9 @@ pub struct Shared {
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; keep serving what we can rather than cascade.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Publishes the state's VDL and flags to waiters.

@@ -102,7 +102,12 @@ impl StatusReport {
                 self.epoch,
                 self.metadata_version
             );
-            let _ = writeln!(out, "  VCL {}  VDL {}  (as last reported by the writer)", opt(self.vcl), opt(self.vdl));
+            let _ = writeln!(
+                out,
+                "  VCL {}  VDL {}  (as last reported by the writer)",
+                opt(self.vcl),
+                opt(self.vdl)
+            );
             let _ = writeln!(
                 out,
                 "  {} PG(s) allocated ({}), {} of records held across all segments",
@@ -114,7 +119,11 @@ impl StatusReport {
         for pg in &self.pgs {
             let _ = writeln!(out, "  PG {}  PGCL {}", pg.pg, pg.pgcl);
             for segment in &pg.segments {
-                let state = if segment.reachable { "" } else { "  UNREACHABLE" };
+                let state = if segment.reachable {
+                    ""
+                } else {
+                    "  UNREACHABLE"
+                };
                 let _ = writeln!(
                     out,
                     "    {:<22} az {:<4} SCL {:<12} max LSN {:<12} {}{state}",
@@ -165,10 +174,11 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
         tasks.spawn(async move {
             let result = async {
                 let mut client = clients.get(&addr)?;
-                let response = tokio::time::timeout(STATUS_TIMEOUT, client.node_status(NodeStatusRequest {}))
-                    .await
-                    .map_err(|_| "timed out".to_string())?
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                let response =
+                    tokio::time::timeout(STATUS_TIMEOUT, client.node_status(NodeStatusRequest {}))
+                        .await
+                        .map_err(|_| "timed out".to_string())?
+                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
                 Ok::<NodeStatusResponse, String>(response.into_inner())
             }
             .await;

@@ -66,7 +66,7 @@ fn check_size(volume: &str, size_bytes: u64) -> Result<(), VolumeError> {
             max: VOLUME_BYTES_MAX,
         });
     }
-    if size_bytes == 0 || size_bytes % PAGE_SIZE as u64 != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(PAGE_SIZE as u64) {
         return Err(VolumeError::Invalid(format!(
             "volume size {size_bytes} must be a non-zero multiple of {PAGE_SIZE} bytes"
         )));
@@ -116,7 +116,11 @@ impl Volume {
             .max()
             .unwrap_or(Lsn::ZERO);
         // Nothing the old writer allocated can be above max_seen + LAL.
-        let start = if max_seen == Lsn::ZERO { Lsn::ZERO } else { Lsn(max_seen.0 + LAL) };
+        let start = if max_seen == Lsn::ZERO {
+            Lsn::ZERO
+        } else {
+            Lsn(max_seen.0 + LAL)
+        };
         let mut ledger = Ledger::new(start, LAL);
         let mut pgs = HashMap::new();
         for pg in &recovered {
@@ -223,9 +227,18 @@ impl Volume {
         let state = self.shared.lock();
         let mut lines = Vec::new();
         for (pg, queue) in &state.pgs {
-            let down: Vec<&str> = queue.segments.iter().filter(|s| !s.up).map(|s| s.addr.as_str()).collect();
+            let down: Vec<&str> = queue
+                .segments
+                .iter()
+                .filter(|s| !s.up)
+                .map(|s| s.addr.as_str())
+                .collect();
             if !down.is_empty() {
-                lines.push(format!("{pg}: {} of 6 segments unreachable ({})", down.len(), down.join(", ")));
+                lines.push(format!(
+                    "{pg}: {} of 6 segments unreachable ({})",
+                    down.len(),
+                    down.join(", ")
+                ));
             }
         }
         if lines.is_empty() {
@@ -276,11 +289,14 @@ impl Volume {
         if self.shared.lock().ledger.has_pg(pg) {
             return Ok(());
         }
-        let nodes = placement::place(&self.shared.cluster, &placement::pg_key(&self.shared.volume, pg.0))
-            .ok_or_else(|| VolumeError::Meta {
-                volume: self.shared.volume.clone(),
-                detail: "the cluster has too few AZs or nodes to place a PG".into(),
-            })?;
+        let nodes = placement::place(
+            &self.shared.cluster,
+            &placement::pg_key(&self.shared.volume, pg.0),
+        )
+        .ok_or_else(|| VolumeError::Meta {
+            volume: self.shared.volume.clone(),
+            detail: "the cluster has too few AZs or nodes to place a PG".into(),
+        })?;
         let mut next = meta.clone();
         next.pgs.push(PgPlacement {
             pg: pg.0,

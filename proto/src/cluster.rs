@@ -92,7 +92,10 @@ impl ClusterConfig {
     pub fn nodes_by_az(&self) -> BTreeMap<&str, Vec<&str>> {
         let mut by_az: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for node in &self.nodes {
-            by_az.entry(node.az.as_str()).or_default().push(node.addr.as_str());
+            by_az
+                .entry(node.az.as_str())
+                .or_default()
+                .push(node.addr.as_str());
         }
         for nodes in by_az.values_mut() {
             nodes.sort_unstable();
@@ -102,7 +105,10 @@ impl ClusterConfig {
 
     /// The AZ of a node, if it is in the cluster.
     pub fn az_of(&self, addr: &str) -> Option<&str> {
-        self.nodes.iter().find(|n| n.addr == addr).map(|n| n.az.as_str())
+        self.nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .map(|n| n.az.as_str())
     }
 
     pub fn to_toml(&self) -> String {
@@ -138,11 +144,15 @@ az = "c"
 "#;
         let config = ClusterConfig::parse(text, Path::new("c.toml")).expect("parses");
         assert_eq!(config.nodes.len(), 6);
-        let again = ClusterConfig::parse(&config.to_toml(), Path::new("c.toml")).expect("round trip");
+        let again =
+            ClusterConfig::parse(&config.to_toml(), Path::new("c.toml")).expect("round trip");
         assert_eq!(again, config);
         let too_small = "[[node]]\naddr = \"x:1\"\naz = \"a\"\n";
         let error = ClusterConfig::parse(too_small, Path::new("c.toml")).unwrap_err();
-        assert!(error.to_string().contains("needs at least 3 AZs"), "{error}");
+        assert!(
+            error.to_string().contains("needs at least 3 AZs"),
+            "{error}"
+        );
         let garbage = ClusterConfig::parse("[[node]\n", Path::new("c.toml")).unwrap_err();
         assert!(matches!(garbage, ClusterError::Parse { .. }));
     }

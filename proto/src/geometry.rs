@@ -33,5 +33,5 @@ const _: () = assert!(2 * WRITE_QUORUM > COPIES);
 // Losing a whole AZ (COPIES_PER_AZ segments) leaves a write quorum.
 const _: () = assert!(COPIES - COPIES_PER_AZ >= WRITE_QUORUM);
 // Losing an AZ and one more segment leaves a read quorum (repair remains possible).
-const _: () = assert!(COPIES - COPIES_PER_AZ - 1 >= READ_QUORUM);
-const _: () = assert!(VOLUME_BYTES_MAX % PAGE_SIZE as u64 == 0);
+const _: () = assert!(COPIES - COPIES_PER_AZ > READ_QUORUM);
+const _: () = assert!(VOLUME_BYTES_MAX.is_multiple_of(PAGE_SIZE as u64));

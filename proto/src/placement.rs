@@ -45,7 +45,8 @@ pub fn place(cluster: &ClusterConfig, key: &str) -> Option<Vec<String>> {
     let mut chosen = Vec::with_capacity(COPIES);
     for (_, nodes) in azs {
         let mut ranked: Vec<&str> = nodes.clone();
-        ranked.sort_by_key(|addr| std::cmp::Reverse(stable_hash(&[key.as_bytes(), addr.as_bytes()])));
+        ranked
+            .sort_by_key(|addr| std::cmp::Reverse(stable_hash(&[key.as_bytes(), addr.as_bytes()])));
         chosen.extend(ranked.into_iter().take(COPIES_PER_AZ).map(str::to_owned));
     }
     debug_assert_eq!(chosen.len(), COPIES);

@@ -30,7 +30,11 @@ const HEADER_BYTES: usize = 8 * 4 + 2;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RecordError {
     #[error("record {lsn}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    Checksum { lsn: u64, stored: u32, computed: u32 },
+    Checksum {
+        lsn: u64,
+        stored: u32,
+        computed: u32,
+    },
     #[error("record {lsn}: backlink {backlink} is not below the record's LSN")]
     Backlink { lsn: u64, backlink: u64 },
     #[error("record {lsn}: page {page} is not in PG {pg}")]
@@ -42,7 +46,11 @@ pub enum RecordError {
     #[error("record {lsn}: byte range at {offset} of {len} bytes does not fit a page or overlaps")]
     RangeBounds { lsn: u64, offset: u32, len: usize },
     #[error("record {lsn}: epoch {epoch} differs from its batch's epoch {batch_epoch}")]
-    Epoch { lsn: u64, epoch: u64, batch_epoch: u64 },
+    Epoch {
+        lsn: u64,
+        epoch: u64,
+        batch_epoch: u64,
+    },
     #[error("record: LSN 0 is reserved")]
     ZeroLsn,
     #[error("canonical record encoding is truncated or malformed")]
@@ -137,7 +145,9 @@ pub fn validate(record: &Record, pg: PgId) -> Result<(), RecordError> {
 
 /// True when the record rewrites the whole page (older records of the page are then irrelevant).
 pub fn is_full_page(record: &Record) -> bool {
-    record.ranges.len() == 1 && record.ranges[0].offset == 0 && record.ranges[0].data.len() == PAGE_SIZE
+    record.ranges.len() == 1
+        && record.ranges[0].offset == 0
+        && record.ranges[0].data.len() == PAGE_SIZE
 }
 
 /// Applies the record's byte ranges to `page` (redo is idempotent: applying twice is harmless).
@@ -152,7 +162,12 @@ pub fn apply(record: &Record, page: &mut [u8]) {
 
 /// Length of the canonical encoding (without the trailing checksum).
 pub fn canonical_len(record: &Record) -> usize {
-    HEADER_BYTES + record.ranges.iter().map(|r| 4 + r.data.len()).sum::<usize>()
+    HEADER_BYTES
+        + record
+            .ranges
+            .iter()
+            .map(|r| 4 + r.data.len())
+            .sum::<usize>()
 }
 
 /// Appends the canonical encoding followed by the 4-byte checksum to `out`.
@@ -189,7 +204,12 @@ pub fn decode_canonical(bytes: &[u8]) -> Result<Record, RecordError> {
         let data = Bytes::copy_from_slice(cursor.take(len)?);
         ranges.push(ByteRange { offset, data });
     }
-    let checksum = u32::from_le_bytes(cursor.take(4)?.try_into().map_err(|_| RecordError::Malformed)?);
+    let checksum = u32::from_le_bytes(
+        cursor
+            .take(4)?
+            .try_into()
+            .map_err(|_| RecordError::Malformed)?,
+    );
     if cursor.position != bytes.len() {
         return Err(RecordError::Malformed);
     }
@@ -210,20 +230,30 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, len: usize) -> Result<&'a [u8], RecordError> {
-        let end = self.position.checked_add(len).ok_or(RecordError::Malformed)?;
-        let slice = self.bytes.get(self.position..end).ok_or(RecordError::Malformed)?;
+        let end = self
+            .position
+            .checked_add(len)
+            .ok_or(RecordError::Malformed)?;
+        let slice = self
+            .bytes
+            .get(self.position..end)
+            .ok_or(RecordError::Malformed)?;
         self.position = end;
         Ok(slice)
     }
 
     fn u64(&mut self) -> Result<u64, RecordError> {
         let slice = self.take(8)?;
-        Ok(u64::from_le_bytes(slice.try_into().map_err(|_| RecordError::Malformed)?))
+        Ok(u64::from_le_bytes(
+            slice.try_into().map_err(|_| RecordError::Malformed)?,
+        ))
     }
 
     fn u16(&mut self) -> Result<u16, RecordError> {
         let slice = self.take(2)?;
-        Ok(u16::from_le_bytes(slice.try_into().map_err(|_| RecordError::Malformed)?))
+        Ok(u16::from_le_bytes(
+            slice.try_into().map_err(|_| RecordError::Malformed)?,
+        ))
     }
 }
 
@@ -268,20 +298,35 @@ mod tests {
         let mut data = record.ranges[0].data.to_vec();
         data[0] ^= 1;
         record.ranges[0].data = Bytes::from(data);
-        assert!(matches!(validate(&record, PgId(0)), Err(RecordError::Checksum { .. })));
+        assert!(matches!(
+            validate(&record, PgId(0)),
+            Err(RecordError::Checksum { .. })
+        ));
     }
 
     #[test]
     fn structural_errors() {
         let mut record = sample();
-        assert!(matches!(validate(&record, PgId(1)), Err(RecordError::WrongPg { .. })));
+        assert!(matches!(
+            validate(&record, PgId(1)),
+            Err(RecordError::WrongPg { .. })
+        ));
         record.ranges[1].offset = 12; // overlaps the first range
-        assert!(matches!(validate(&record, PgId(0)), Err(RecordError::RangeBounds { .. })));
+        assert!(matches!(
+            validate(&record, PgId(0)),
+            Err(RecordError::RangeBounds { .. })
+        ));
         record.ranges[1].offset = 4095;
-        assert!(matches!(validate(&record, PgId(0)), Err(RecordError::RangeBounds { .. })));
+        assert!(matches!(
+            validate(&record, PgId(0)),
+            Err(RecordError::RangeBounds { .. })
+        ));
         let mut record = sample();
         record.backlink = 7;
-        assert!(matches!(validate(&record, PgId(0)), Err(RecordError::Backlink { .. })));
+        assert!(matches!(
+            validate(&record, PgId(0)),
+            Err(RecordError::Backlink { .. })
+        ));
         assert!(decode_canonical(&[1, 2, 3]).is_err());
     }
 

@@ -1,0 +1,377 @@
+//! The appender: one thread that owns the hot-log writer and makes every durable change of the
+//! node, in the order it receives them (group commit).
+//!
+//! Loop: wait for a job; if it is an Append, drain every Append already queued behind it (bounded
+//! by [`GROUP_JOBS_MAX`] and [`GROUP_BYTES_MAX`]); decide each job against the index (fencing,
+//! dedup by LSN, truncation); write all their new frames; fsync ONCE; apply the frames to the index;
+//! answer every job. Appends that arrive during that fsync form the next group, so one fsync covers
+//! many batches of many segments. OpenSegment and PutVolumeMeta change epochs and truncation state
+//! that the decisions of later jobs depend on, so each runs as a group of its own.
+//!
+//! Invariants:
+//! - only this thread changes durable state (hot log, metadata files) and the index's durable part;
+//! - a job is answered only after every frame it depends on is fsync'd (a job whose records were
+//!   all duplicates depends on frames an earlier, already answered group made durable, or on frames
+//!   of its own group);
+//! - the index is updated only after the fsync, so readers never see an unhardened record;
+//! - an Append of an epoch older than the volume's is refused before anything is written; since
+//!   epoch changes run alone and are applied before the next decision, no record of a fenced
+//!   writer is acknowledged after the fencing OpenSegment/PutVolumeMeta was.
+//!
+//! Crash consistency: see [`crate::hotlog`]. After a write or fsync error the state of the log tail
+//! is unknown (fsync errors may drop dirty pages silently), so the appender refuses every later
+//! write ([`StoreError::LogFailed`]) until a restart replays the log and cuts what is torn.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sixfold_proto::wire::VolumeMeta;
+use sixfold_proto::{Epoch, Lsn};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+
+use crate::error::StoreError;
+use crate::frame::{self, FrameBody};
+use crate::hotlog::LogWriter;
+use crate::index::{Effect, Index, SegmentKey};
+use crate::lock;
+use crate::meta;
+use crate::request::PreparedRecord;
+use crate::segment::{Admission, Location};
+use crate::store::Shared;
+
+/// Most Append jobs in one group commit.
+pub const GROUP_JOBS_MAX: usize = 1024;
+/// Most record bytes in one group commit (a single larger batch still forms a group alone).
+pub const GROUP_BYTES_MAX: usize = 64 << 20;
+
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub enum Job {
+    Append(AppendJob),
+    Open(OpenJob),
+    PutMeta(MetaJob),
+    /// Finish what is queued before it, then exit.
+    Stop,
+}
+
+/// Who sent the records.
+pub enum Source {
+    /// A writer's Append: fenced by epoch; carries soft state for the segment and volume.
+    Writer {
+        epoch: Epoch,
+        peers: Vec<String>,
+        writer_vcl: Lsn,
+        writer_vdl: Lsn,
+    },
+    /// Gap-fill from a peer: records of any epoch the segment's truncations allow.
+    Gossip,
+}
+
+pub struct AppendJob {
+    pub key: SegmentKey,
+    pub source: Source,
+    pub records: Vec<PreparedRecord>,
+    /// Answered with the segment's SCL after the records are hardened.
+    pub reply: Reply<Lsn>,
+}
+
+impl AppendJob {
+    fn bytes(&self) -> usize {
+        self.records.iter().map(|r| r.frame.bytes.len()).sum()
+    }
+}
+
+pub struct OpenJob {
+    pub key: SegmentKey,
+    pub epoch: Epoch,
+    pub truncate_after: Lsn,
+    /// Answered with the segment's SCL after the epoch and truncation are hardened.
+    pub reply: Reply<Lsn>,
+}
+
+pub struct MetaJob {
+    pub meta: VolumeMeta,
+    /// Answered with the stored version.
+    pub reply: Reply<u64>,
+}
+
+pub struct Appender {
+    shared: Arc<Shared>,
+    writer: LogWriter,
+    /// Set by a write or fsync error: nothing more is written until a restart.
+    failed: bool,
+}
+
+fn io_error(action: &'static str, e: &io::Error) -> StoreError {
+    StoreError::Io {
+        action,
+        source: io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+impl Appender {
+    pub fn new(shared: Arc<Shared>, writer: LogWriter) -> Appender {
+        Appender {
+            shared,
+            writer,
+            failed: false,
+        }
+    }
+
+    /// Runs until a [`Job::Stop`] or until every sender is gone.
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut carried = None;
+        loop {
+            let job = match carried.take() {
+                Some(job) => job,
+                None => match jobs.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            match job {
+                Job::Stop => return,
+                Job::Open(job) => self.open_segment(job),
+                Job::PutMeta(job) => self.put_meta(job),
+                Job::Append(first) => {
+                    let mut bytes = first.bytes();
+                    let mut group = vec![first];
+                    while group.len() < GROUP_JOBS_MAX && bytes < GROUP_BYTES_MAX {
+                        match jobs.try_recv() {
+                            Ok(Job::Append(job)) => {
+                                bytes += job.bytes();
+                                group.push(job);
+                            }
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.append_group(group);
+                }
+            }
+        }
+    }
+
+    fn append_group(&mut self, jobs: Vec<AppendJob>) {
+        if self.failed {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::LogFailed));
+            }
+            return;
+        }
+        // 1. Decide, against the index and what earlier jobs of this group will add.
+        let plans: Vec<Result<Vec<usize>, StoreError>> = {
+            let index = lock(&self.shared.index);
+            let mut group = GroupView::default();
+            jobs.iter().map(|job| group.decide(&index, job)).collect()
+        };
+        // 2. Write the new frames and fsync once.
+        let mut locations: Vec<Vec<Location>> = Vec::with_capacity(jobs.len());
+        let mut written = 0usize;
+        let mut outcome = Ok(());
+        'jobs: for (job, plan) in jobs.iter().zip(&plans) {
+            let mut job_locations = Vec::new();
+            if let Ok(chosen) = plan {
+                for &i in chosen {
+                    match self.writer.append(&job.records[i].frame) {
+                        Ok(location) => job_locations.push(location),
+                        Err(e) => {
+                            outcome = Err(e);
+                            break 'jobs;
+                        }
+                    }
+                    written += 1;
+                }
+            }
+            locations.push(job_locations);
+        }
+        if outcome.is_ok() && written > 0 {
+            outcome = self.commit();
+        }
+        if let Err(e) = outcome {
+            self.fail(&e);
+            for job in jobs {
+                let _ = job
+                    .reply
+                    .send(Err(io_error("harden records to the hot log", &e)));
+            }
+            return;
+        }
+        // 3. Apply to the index, then answer.
+        let mut replies = Vec::with_capacity(jobs.len());
+        {
+            let mut index = lock(&self.shared.index);
+            for ((job, plan), job_locations) in jobs.into_iter().zip(plans).zip(locations) {
+                let chosen = match plan {
+                    Ok(chosen) => chosen,
+                    Err(e) => {
+                        replies.push((job.reply, Err(e), job.key));
+                        continue;
+                    }
+                };
+                let slot = index.slot_mut(&job.key);
+                if let Source::Writer {
+                    peers,
+                    writer_vcl,
+                    writer_vdl,
+                    ..
+                } = job.source
+                {
+                    if !peers.is_empty() {
+                        slot.peers = peers;
+                    }
+                    let volume = index.volume_mut(&job.key.volume);
+                    volume.writer_vcl = writer_vcl;
+                    volume.writer_vdl = writer_vdl;
+                }
+                for (i, location) in chosen.into_iter().zip(job_locations) {
+                    let record = &job.records[i];
+                    let effect = Effect::Record {
+                        lsn: record.lsn,
+                        meta: record.meta(location),
+                    };
+                    // Usually `New`; a record an earlier frame of the group made the chain step
+                    // over (conflicting histories) is dropped here, exactly as replay will.
+                    index.apply(&job.key, effect);
+                }
+                replies.push((job.reply, Ok(Lsn::ZERO), job.key));
+            }
+            for (_, result, key) in &mut replies {
+                if let Ok(scl) = result {
+                    *scl = index.segment(key).map_or(Lsn::ZERO, |s| s.scl());
+                }
+            }
+        }
+        for (reply, result, _) in replies {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn open_segment(&mut self, job: OpenJob) {
+        let result = self.open_segment_inner(&job);
+        let _ = job.reply.send(result);
+    }
+
+    fn open_segment_inner(&mut self, job: &OpenJob) -> Result<Lsn, StoreError> {
+        if self.failed {
+            return Err(StoreError::LogFailed);
+        }
+        let known = lock(&self.shared.index).epoch(&job.key.volume);
+        if job.epoch < known {
+            return Err(StoreError::fenced(&job.key.volume, job.epoch, known));
+        }
+        let frames = [
+            frame::encode(&job.key.volume, job.key.pg, &FrameBody::Epoch(job.epoch)),
+            frame::encode(
+                &job.key.volume,
+                job.key.pg,
+                &FrameBody::Truncation {
+                    epoch: job.epoch,
+                    truncate_after: job.truncate_after,
+                },
+            ),
+        ];
+        let hardened = frames
+            .iter()
+            .try_for_each(|f| self.writer.append(f).map(drop))
+            .and_then(|()| self.commit());
+        if let Err(e) = hardened {
+            self.fail(&e);
+            return Err(io_error("harden an epoch to the hot log", &e));
+        }
+        let mut index = lock(&self.shared.index);
+        let records_before = index.segment(&job.key).map_or(0, |s| s.record_count());
+        index.apply(&job.key, Effect::Epoch(job.epoch));
+        index.apply(
+            &job.key,
+            Effect::Truncation {
+                epoch: job.epoch,
+                truncate_after: job.truncate_after,
+            },
+        );
+        let segment = index.segment(&job.key);
+        let scl = segment.map_or(Lsn::ZERO, |s| s.scl());
+        let dropped = records_before.saturating_sub(segment.map_or(0, |s| s.record_count()));
+        info!(
+            segment = %job.key, epoch = job.epoch.0, truncate_after = job.truncate_after.0,
+            dropped, scl = scl.0, "segment opened by a writer"
+        );
+        Ok(scl)
+    }
+
+    fn put_meta(&mut self, job: MetaJob) {
+        let result = self.put_meta_inner(&job.meta);
+        let _ = job.reply.send(result);
+    }
+
+    fn put_meta_inner(&mut self, new: &VolumeMeta) -> Result<u64, StoreError> {
+        let dir = {
+            let store = lock(&self.shared.meta);
+            if let Some(stored) = store.stale(new) {
+                return Ok(stored);
+            }
+            store.dir().to_owned()
+        };
+        // Only this thread writes metadata files, so nothing changes between the check and here.
+        if let Err(e) = meta::write_durable(&dir, new) {
+            error!(volume = %new.name, "failed to store volume metadata: {e}");
+            return Err(io_error("store volume metadata", &e));
+        }
+        lock(&self.shared.meta).insert(new.clone());
+        lock(&self.shared.index).raise_epoch(&new.name, Epoch(new.epoch));
+        Ok(new.version)
+    }
+
+    fn commit(&mut self) -> io::Result<()> {
+        self.writer.commit()?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        error!("failed to harden the hot log: {e}; refusing writes until restart");
+        self.failed = true;
+    }
+}
+
+/// What the jobs of one group decided so far: epochs their records raise, LSNs they add.
+#[derive(Default)]
+struct GroupView<'a> {
+    epochs: HashMap<&'a str, Epoch>,
+    lsns: HashMap<&'a SegmentKey, HashSet<Lsn>>,
+}
+
+impl<'a> GroupView<'a> {
+    /// The records of `job` to write (indices), or why the job is refused.
+    fn decide(&mut self, index: &Index, job: &'a AppendJob) -> Result<Vec<usize>, StoreError> {
+        let volume = job.key.volume.as_str();
+        if let Source::Writer { epoch, .. } = job.source {
+            let known = index
+                .epoch(volume)
+                .max(self.epochs.get(volume).copied().unwrap_or_default());
+            if epoch < known {
+                return Err(StoreError::fenced(volume, epoch, known));
+            }
+        }
+        let segment = index.segment(&job.key);
+        let seen = self.lsns.entry(&job.key).or_default();
+        let mut chosen = Vec::new();
+        for (i, record) in job.records.iter().enumerate() {
+            let admission =
+                segment.map_or(Admission::New, |s| s.admission(record.lsn, record.epoch));
+            if admission != Admission::New || !seen.insert(record.lsn) {
+                continue;
+            }
+            chosen.push(i);
+            let epoch = self.epochs.entry(volume).or_default();
+            *epoch = (*epoch).max(record.epoch);
+        }
+        Ok(chosen)
+    }
+}

@@ -1,0 +1,115 @@
+//! Errors: [`NodeError`] for starting and running the node (what `run` returns), [`StoreError`] for
+//! one request (mapped to a gRPC status in one place, [`StoreError::to_status`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sixfold_proto::{Epoch, Lsn, PgId};
+use thiserror::Error;
+
+/// Why the node could not start or stopped serving.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("failed to {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("failed to {action}: {message}")]
+    Task {
+        action: &'static str,
+        message: String,
+    },
+}
+
+/// Why one request failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(
+        "volume {volume}: fenced: request epoch {request} is older than the node's epoch {known}"
+    )]
+    Fenced {
+        volume: String,
+        request: u64,
+        known: u64,
+    },
+    #[error("segment {volume}/PG {pg} not hosted on this node")]
+    NotHosted { volume: String, pg: u32 },
+    #[error("segment {volume}/PG {pg}: segment behind: scl {scl} < required {required}")]
+    Behind {
+        volume: String,
+        pg: u32,
+        scl: u64,
+        required: u64,
+    },
+    #[error(
+        "segment {volume}/PG {pg}: record {lsn} read back from the hot log is corrupt: {detail}"
+    )]
+    Corrupt {
+        volume: String,
+        pg: u32,
+        lsn: u64,
+        detail: String,
+    },
+    #[error("failed to {action}: {source}")]
+    Io {
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the hot log failed earlier (write or fsync error); the node refuses writes until restarted")]
+    LogFailed,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl StoreError {
+    pub fn fenced(volume: &str, request: Epoch, known: Epoch) -> StoreError {
+        StoreError::Fenced {
+            volume: volume.to_string(),
+            request: request.0,
+            known: known.0,
+        }
+    }
+
+    pub fn not_hosted(volume: &str, pg: PgId) -> StoreError {
+        StoreError::NotHosted {
+            volume: volume.to_string(),
+            pg: pg.0,
+        }
+    }
+
+    pub fn behind(volume: &str, pg: PgId, scl: Lsn, required: Lsn) -> StoreError {
+        StoreError::Behind {
+            volume: volume.to_string(),
+            pg: pg.0,
+            scl: scl.0,
+            required: required.0,
+        }
+    }
+
+    /// The gRPC status a client sees.
+    pub fn to_status(&self) -> tonic::Status {
+        let message = self.to_string();
+        match self {
+            StoreError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            StoreError::Fenced { .. } | StoreError::Behind { .. } => {
+                tonic::Status::failed_precondition(message)
+            }
+            StoreError::NotHosted { .. } => tonic::Status::not_found(message),
+            StoreError::Corrupt { .. } => tonic::Status::data_loss(message),
+            StoreError::Io { .. } => tonic::Status::internal(message),
+            StoreError::LogFailed | StoreError::ShuttingDown => tonic::Status::unavailable(message),
+        }
+    }
+}

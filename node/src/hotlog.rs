@@ -1,0 +1,437 @@
+//! The hot log: one append-only log per node for all its segments, so one fsync hardens a batch of
+//! records for many segments (group commit). Files are `data_dir/log/NNNNNNNN.log`, numbered from
+//! 1, rolled at [`LOG_FILE_BYTES_MAX`]; each holds [`crate::frame`] frames back to back.
+//!
+//! Invariants: frames are appended only at the end of the newest file; a file is never rewritten
+//! except to cut a torn tail at replay; a location handed to the index points at a frame body that
+//! was fsync'd before the index saw it.
+//!
+//! Crash consistency: a batch is acknowledged only after [`LogWriter::commit`] returned, i.e. after
+//! `sync_data` of every file the batch touched (a file that fills up is synced before the next
+//! one is created, and the directory is synced after each creation, so a new file's name is
+//! durable before anything in it is acknowledged). A crash (kill -9, power loss) can therefore
+//! only damage frames that were never acknowledged, all at the end of the newest file: replay cuts
+//! the newest file at its first torn or corrupt frame and the node continues from there. A bad
+//! frame inside an older file is damage to acknowledged data (bit rot): replay logs an error,
+//! skips the rest of that file and continues with the next; the hole it leaves in a segment's
+//! chain holds its SCL down until gap-fill fetches the missing records from peers.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sixfold_proto::record;
+use tracing::{error, warn};
+
+use crate::error::NodeError;
+use crate::frame::{self, Decoded, Encoded, Frame, FrameBody};
+use crate::lock;
+use crate::segment::Location;
+
+/// A log file is rolled once it would grow past this size.
+pub const LOG_FILE_BYTES_MAX: u64 = 64 << 20;
+
+fn file_name(number: u32) -> String {
+    format!("{number:08}.log")
+}
+
+fn parse_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Fsyncs a directory, so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Read access to the log files, shared by every reader (positional reads, no seek state).
+#[derive(Debug)]
+pub struct LogFiles {
+    dir: PathBuf,
+    open: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+impl LogFiles {
+    pub fn new(dir: PathBuf) -> LogFiles {
+        LogFiles {
+            dir,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads the bytes at `location` (a record's canonical encoding).
+    pub fn read(&self, location: Location) -> io::Result<Vec<u8>> {
+        let file = self.file(location.file)?;
+        let mut bytes = vec![0u8; location.len as usize];
+        file.read_exact_at(&mut bytes, location.offset)?;
+        Ok(bytes)
+    }
+
+    fn file(&self, number: u32) -> io::Result<Arc<File>> {
+        let mut open = lock(&self.open);
+        if let Some(file) = open.get(&number) {
+            return Ok(Arc::clone(file));
+        }
+        let file = Arc::new(File::open(self.dir.join(file_name(number)))?);
+        open.insert(number, Arc::clone(&file));
+        Ok(file)
+    }
+}
+
+/// Appends frames to the newest log file. Owned by the appender thread alone.
+#[derive(Debug)]
+pub struct LogWriter {
+    dir: PathBuf,
+    file: File,
+    number: u32,
+    /// Bytes of the current file already written to it.
+    size: u64,
+    /// Frames appended since the last commit, not yet written.
+    buffer: Vec<u8>,
+    /// Total bytes of all log files (what `sixfold status` shows), shared with readers.
+    total_bytes: Arc<AtomicU64>,
+}
+
+impl LogWriter {
+    /// Buffers a frame; returns where its body will be once committed. Rolls to a new file first
+    /// when the frame would push the current one past [`LOG_FILE_BYTES_MAX`].
+    pub fn append(&mut self, encoded: &Encoded) -> io::Result<Location> {
+        let pending = self.size + self.buffer.len() as u64;
+        if pending > 0 && pending + encoded.bytes.len() as u64 > LOG_FILE_BYTES_MAX {
+            self.roll()?;
+        }
+        let frame_offset = self.size + self.buffer.len() as u64;
+        self.buffer.extend_from_slice(&encoded.bytes);
+        Ok(Location {
+            file: self.number,
+            offset: frame_offset + encoded.body_offset as u64,
+            len: encoded.body_len() as u32,
+        })
+    }
+
+    /// Writes the buffered frames and fsyncs: when this returns Ok, every frame appended so far is
+    /// durable. After an error the writer must not be used again (the tail may be partial).
+    pub fn commit(&mut self) -> io::Result<()> {
+        self.write_buffer()?;
+        self.file.sync_data()
+    }
+
+    pub fn total_bytes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.total_bytes)
+    }
+
+    fn write_buffer(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.buffer, self.size)?;
+        self.size += self.buffer.len() as u64;
+        self.total_bytes
+            .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        self.buffer.clear();
+        Ok(())
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        self.write_buffer()?;
+        self.file.sync_data()?;
+        let number = self.number + 1;
+        self.file = create_file(&self.dir, number)?;
+        self.number = number;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn create_file(dir: &Path, number: u32) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(file_name(number)))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// What replay found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub files: usize,
+    pub frames: u64,
+    pub log_bytes: u64,
+    /// Bytes cut from the tail of the newest file (a torn write).
+    pub torn_bytes_cut: u64,
+    /// Older files whose rest was skipped after a bad frame.
+    pub damaged_files: usize,
+}
+
+/// Replays every log file in `dir` in order, handing each intact frame (records verified against
+/// their checksum) and the location of its body to `on_frame`; cuts a torn tail of the newest file;
+/// then opens the newest file for appending (creating file 1 in an empty directory).
+pub fn open(
+    dir: &Path,
+    mut on_frame: impl FnMut(Frame, Location),
+) -> Result<(LogWriter, ReplayStats), NodeError> {
+    let io_error = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| NodeError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io_error("create log directory", dir))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent).map_err(io_error("sync directory", parent))?;
+    }
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error("list log directory", dir))? {
+        let entry = entry.map_err(io_error("list log directory", dir))?;
+        match entry.file_name().to_str().and_then(parse_file_name) {
+            Some(number) => numbers.push(number),
+            None => {
+                warn!(path = %entry.path().display(), "ignoring unexpected file in the log directory")
+            }
+        }
+    }
+    numbers.sort_unstable();
+    let mut stats = ReplayStats {
+        files: numbers.len(),
+        ..ReplayStats::default()
+    };
+    let mut last_size = 0u64;
+    for (position, &number) in numbers.iter().enumerate() {
+        let path = dir.join(file_name(number));
+        let bytes = std::fs::read(&path).map_err(io_error("read log file", &path))?;
+        let is_last = position + 1 == numbers.len();
+        let (good_len, frames, problem) = replay_file(&bytes, number, &mut on_frame);
+        stats.frames += frames;
+        if let Some(problem) = problem {
+            let cut = bytes.len() as u64 - good_len;
+            if is_last {
+                warn!(
+                    path = %path.display(), offset = good_len, bytes_cut = cut, %problem,
+                    "cutting a torn or corrupt tail off the hot log (unacknowledged writes)"
+                );
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_error("open log file", &path))?;
+                file.set_len(good_len)
+                    .map_err(io_error("truncate log file", &path))?;
+                file.sync_all().map_err(io_error("sync log file", &path))?;
+                stats.torn_bytes_cut = cut;
+            } else {
+                error!(
+                    path = %path.display(), offset = good_len, bytes_skipped = cut, %problem,
+                    "bad frame inside an older hot-log file: skipping the rest of the file"
+                );
+                stats.damaged_files += 1;
+            }
+        }
+        stats.log_bytes += bytes.len() as u64;
+        if is_last {
+            stats.log_bytes -= stats.torn_bytes_cut;
+            last_size = good_len;
+        }
+    }
+    let total_bytes = Arc::new(AtomicU64::new(stats.log_bytes));
+    let writer = match numbers.last() {
+        Some(&number) => {
+            let path = dir.join(file_name(number));
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_error("open log file", &path))?;
+            LogWriter {
+                dir: dir.to_owned(),
+                file,
+                number,
+                size: last_size,
+                buffer: Vec::new(),
+                total_bytes,
+            }
+        }
+        None => LogWriter {
+            dir: dir.to_owned(),
+            file: create_file(dir, 1).map_err(io_error("create log file", dir))?,
+            number: 1,
+            size: 0,
+            buffer: Vec::new(),
+            total_bytes,
+        },
+    };
+    Ok((writer, stats))
+}
+
+/// Replays the frames of one file. Returns the length of its intact prefix, the number of frames
+/// in it, and what stopped replay early (if anything).
+fn replay_file(
+    bytes: &[u8],
+    number: u32,
+    on_frame: &mut impl FnMut(Frame, Location),
+) -> (u64, u64, Option<String>) {
+    let mut position = 0usize;
+    let mut frames = 0u64;
+    while position < bytes.len() {
+        let (frame, len, body_offset) = match frame::decode(&bytes[position..]) {
+            Decoded::Frame {
+                frame,
+                len,
+                body_offset,
+            } => (frame, len, body_offset),
+            Decoded::Incomplete => {
+                return (position as u64, frames, Some("torn frame".to_string()))
+            }
+            Decoded::Corrupt(reason) => return (position as u64, frames, Some(reason)),
+        };
+        if let FrameBody::Record(record) = &frame.body {
+            if let Err(e) = record::validate(record, frame.pg) {
+                return (position as u64, frames, Some(format!("record frame: {e}")));
+            }
+        }
+        let location = Location {
+            file: number,
+            offset: (position + body_offset) as u64,
+            len: (len - body_offset) as u32,
+        };
+        on_frame(frame, location);
+        frames += 1;
+        position += len;
+    }
+    (position as u64, frames, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use bytes::Bytes;
+    use sixfold_proto::wire::ByteRange;
+    use sixfold_proto::{Epoch, Lsn, PageId, PgId};
+
+    fn record_frame(lsn: u64) -> Encoded {
+        let record = record::seal(
+            Lsn(lsn),
+            Lsn(lsn - 1),
+            Epoch(1),
+            PageId(lsn % 4),
+            vec![ByteRange {
+                offset: 0,
+                data: Bytes::from(vec![lsn as u8; 100]),
+            }],
+        );
+        frame::encode("v", PgId(0), &FrameBody::Record(record))
+    }
+
+    fn replay(dir: &Path) -> (LogWriter, ReplayStats, Vec<(Frame, Location)>) {
+        let mut seen = Vec::new();
+        let (writer, stats) =
+            open(dir, |frame, location| seen.push((frame, location))).expect("opens");
+        (writer, stats, seen)
+    }
+
+    #[test]
+    fn frames_survive_reopen_and_read_back() {
+        let temp = TempDir::new("hotlog-reopen");
+        let (mut writer, _, seen) = replay(temp.path());
+        assert!(seen.is_empty());
+        let mut locations = Vec::new();
+        for lsn in 1..=5 {
+            locations.push(writer.append(&record_frame(lsn)).expect("append"));
+        }
+        writer.commit().expect("commit");
+        drop(writer);
+        let (_, stats, seen) = replay(temp.path());
+        assert_eq!(stats.frames, 5);
+        assert_eq!(seen.iter().map(|(_, l)| *l).collect::<Vec<_>>(), locations);
+        let files = LogFiles::new(temp.path().to_owned());
+        let bytes = files.read(locations[2]).expect("read");
+        let record = record::decode_canonical(&bytes).expect("decodes");
+        assert_eq!(record.lsn, 3);
+        record::validate(&record, PgId(0)).expect("valid");
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_appends_continue() {
+        let temp = TempDir::new("hotlog-torn");
+        let (mut writer, _, _) = replay(temp.path());
+        for lsn in 1..=3 {
+            writer.append(&record_frame(lsn)).expect("append");
+        }
+        writer.commit().expect("commit");
+        drop(writer);
+        let path = temp.path().join(file_name(1));
+        let full = std::fs::metadata(&path).expect("metadata").len();
+        let frame_len = record_frame(3).bytes.len() as u64;
+        // kill -9 in the middle of writing the third frame.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(full - 7))
+            .expect("tear");
+        let (mut writer, stats, seen) = replay(temp.path());
+        assert_eq!(seen.len(), 2);
+        assert_eq!(stats.torn_bytes_cut, frame_len - 7);
+        assert_eq!(
+            std::fs::metadata(&path).expect("metadata").len(),
+            full - frame_len
+        );
+        writer.append(&record_frame(3)).expect("append");
+        writer.commit().expect("commit");
+        drop(writer);
+        let (_, stats, seen) = replay(temp.path());
+        assert_eq!(seen.len(), 3);
+        assert_eq!(stats.torn_bytes_cut, 0);
+    }
+
+    #[test]
+    fn garbage_tail_is_cut_but_older_file_damage_is_skipped() {
+        let temp = TempDir::new("hotlog-damage");
+        let (mut writer, _, _) = replay(temp.path());
+        writer.append(&record_frame(1)).expect("append");
+        writer.append(&record_frame(2)).expect("append");
+        writer.commit().expect("commit");
+        writer.roll().expect("roll");
+        writer.append(&record_frame(3)).expect("append");
+        writer.commit().expect("commit");
+        drop(writer);
+        // Flip a byte in the first frame of the older file: its two frames are skipped, the newer
+        // file still replays.
+        let older = temp.path().join(file_name(1));
+        let mut bytes = std::fs::read(&older).expect("read");
+        bytes[20] ^= 0xff;
+        std::fs::write(&older, &bytes).expect("write");
+        // Append zeroes to the newest file (a torn, preallocated tail).
+        let newest = temp.path().join(file_name(2));
+        let mut bytes = std::fs::read(&newest).expect("read");
+        let good = bytes.len() as u64;
+        bytes.extend_from_slice(&[0u8; 30]);
+        std::fs::write(&newest, &bytes).expect("write");
+        let (_, stats, seen) = replay(temp.path());
+        assert_eq!(seen.len(), 1);
+        assert_eq!(stats.damaged_files, 1);
+        assert_eq!(stats.torn_bytes_cut, 30);
+        assert_eq!(std::fs::metadata(&newest).expect("metadata").len(), good);
+    }
+
+    #[test]
+    fn rolls_at_the_size_limit() {
+        let temp = TempDir::new("hotlog-roll");
+        let (mut writer, _, _) = replay(temp.path());
+        writer.size = LOG_FILE_BYTES_MAX - 10;
+        let location = writer.append(&record_frame(1)).expect("append");
+        assert_eq!(location.file, 2);
+        writer.commit().expect("commit");
+        assert!(temp.path().join(file_name(2)).exists());
+        assert_eq!(parse_file_name("00000002.log"), Some(2));
+        assert_eq!(parse_file_name("2.log"), None);
+    }
+}

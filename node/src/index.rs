@@ -1,0 +1,237 @@
+//! The node's in-memory index of everything in its hot log: segments keyed by (volume, PG), and
+//! per volume the newest epoch the node knows. Pure (no I/O).
+//!
+//! The index is a function of the hot log: the appender applies each frame after its fsync, and
+//! replay applies the same frames in the same order on start, through the same [`Index::apply`],
+//! so a restarted node rebuilds exactly the state it acknowledged. What is not in the hot log is
+//! soft state, lost on restart and resent by the writer: gossip peers and the writer's VCL/VDL.
+//!
+//! Invariants:
+//! - a volume's `epoch` never decreases; it is the highest epoch of any epoch, truncation or
+//!   record frame of the volume, and of its stored volume metadata;
+//! - every segment of the index has an entry in `volumes`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use sixfold_proto::{Epoch, Lsn, PgId};
+
+use crate::segment::{Admission, RecordMeta, Segment};
+
+/// Names a segment: the replica of one PG of one volume on this node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentKey {
+    pub volume: String,
+    pub pg: PgId,
+}
+
+impl fmt::Display for SegmentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.volume, self.pg)
+    }
+}
+
+/// What the node knows of a volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeState {
+    /// Newest volume epoch known: requests of older epochs are fenced. Never decreases.
+    pub epoch: Epoch,
+    /// The writer's VCL and VDL as last piggybacked on an Append (soft state, for status).
+    pub writer_vcl: Lsn,
+    pub writer_vdl: Lsn,
+}
+
+/// A segment and its soft state.
+#[derive(Debug, Default)]
+pub struct SegmentSlot {
+    pub segment: Segment,
+    /// Addresses of the PG's other segments, as last sent by the writer (gap-fill peers).
+    pub peers: Vec<String>,
+}
+
+/// One durable change, as a frame of the hot log carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Record { lsn: Lsn, meta: RecordMeta },
+    Epoch(Epoch),
+    Truncation { epoch: Epoch, truncate_after: Lsn },
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    segments: BTreeMap<SegmentKey, SegmentSlot>,
+    volumes: BTreeMap<String, VolumeState>,
+}
+
+impl Index {
+    /// Applies one durable change to its segment (created if new). Returns whether a record was
+    /// new to the segment (other effects answer `New`).
+    pub fn apply(&mut self, key: &SegmentKey, effect: Effect) -> Admission {
+        let epoch = match effect {
+            Effect::Record { meta, .. } => meta.epoch,
+            Effect::Epoch(epoch) | Effect::Truncation { epoch, .. } => epoch,
+        };
+        self.raise_epoch(&key.volume, epoch);
+        let slot = self.slot_mut(key);
+        match effect {
+            Effect::Record { lsn, meta } => slot.segment.insert(lsn, meta),
+            Effect::Epoch(_) => Admission::New,
+            Effect::Truncation {
+                epoch,
+                truncate_after,
+            } => {
+                slot.segment.truncate(epoch, truncate_after);
+                Admission::New
+            }
+        }
+    }
+
+    /// Raises the volume's known epoch (never lowers it).
+    pub fn raise_epoch(&mut self, volume: &str, epoch: Epoch) {
+        let state = self.volume_mut(volume);
+        state.epoch = state.epoch.max(epoch);
+    }
+
+    /// The segment, created empty if new (a segment exists from its first Append or OpenSegment).
+    pub fn slot_mut(&mut self, key: &SegmentKey) -> &mut SegmentSlot {
+        if !self.volumes.contains_key(&key.volume) {
+            self.volumes
+                .insert(key.volume.clone(), VolumeState::default());
+        }
+        if !self.segments.contains_key(key) {
+            self.segments.insert(key.clone(), SegmentSlot::default());
+        }
+        self.segments.get_mut(key).expect("inserted above")
+    }
+
+    pub fn volume_mut(&mut self, volume: &str) -> &mut VolumeState {
+        if !self.volumes.contains_key(volume) {
+            self.volumes
+                .insert(volume.to_string(), VolumeState::default());
+        }
+        self.volumes.get_mut(volume).expect("inserted above")
+    }
+
+    pub fn segment(&self, key: &SegmentKey) -> Option<&Segment> {
+        self.segments.get(key).map(|slot| &slot.segment)
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = (&SegmentKey, &SegmentSlot)> {
+        self.segments.iter()
+    }
+
+    pub fn volumes(&self) -> impl Iterator<Item = (&String, &VolumeState)> {
+        self.volumes.iter()
+    }
+
+    /// Newest epoch known for the volume (0 when the volume is unknown).
+    pub fn epoch(&self, volume: &str) -> Epoch {
+        self.volumes
+            .get(volume)
+            .map_or(Epoch(0), |state| state.epoch)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.segments
+            .values()
+            .map(|slot| slot.segment.record_count())
+            .sum()
+    }
+
+    /// Panics when an invariant does not hold (tests).
+    pub fn check_invariants(&self) {
+        for (key, slot) in &self.segments {
+            assert!(
+                self.volumes.contains_key(&key.volume),
+                "{key} has no volume state"
+            );
+            slot.segment.check_invariants();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Location;
+    use sixfold_proto::PageId;
+
+    fn record(lsn: u64, backlink: u64, epoch: u64) -> Effect {
+        Effect::Record {
+            lsn: Lsn(lsn),
+            meta: RecordMeta {
+                location: Location {
+                    file: 1,
+                    offset: lsn * 100,
+                    len: 50,
+                },
+                page: PageId(0),
+                backlink: Lsn(backlink),
+                epoch: Epoch(epoch),
+                full_page: false,
+            },
+        }
+    }
+
+    #[test]
+    fn epochs_come_from_every_kind_of_frame_and_never_fall() {
+        let key = SegmentKey {
+            volume: "v".into(),
+            pg: PgId(0),
+        };
+        let mut index = Index::default();
+        assert_eq!(index.epoch("v"), Epoch(0));
+        index.apply(&key, record(1, 0, 3));
+        assert_eq!(index.epoch("v"), Epoch(3));
+        index.apply(&key, Effect::Epoch(Epoch(2)));
+        assert_eq!(index.epoch("v"), Epoch(3));
+        index.apply(
+            &key,
+            Effect::Truncation {
+                epoch: Epoch(5),
+                truncate_after: Lsn(0),
+            },
+        );
+        assert_eq!(index.epoch("v"), Epoch(5));
+        assert_eq!(index.segment(&key).map(|s| s.scl()), Some(Lsn(0)));
+        index.check_invariants();
+    }
+
+    #[test]
+    fn replaying_the_same_effects_gives_the_same_index() {
+        let key = SegmentKey {
+            volume: "v".into(),
+            pg: PgId(0),
+        };
+        let effects = [
+            record(3, 1, 1),
+            record(1, 0, 1),
+            record(6, 3, 1),
+            Effect::Truncation {
+                epoch: Epoch(2),
+                truncate_after: Lsn(3),
+            },
+            record(6, 3, 1),
+            record(10, 3, 2),
+        ];
+        let build = || {
+            let mut index = Index::default();
+            for effect in effects {
+                index.apply(&key, effect);
+            }
+            index.check_invariants();
+            index
+        };
+        let (a, b) = (build(), build());
+        let state = |i: &Index| {
+            let s = i.segment(&key).expect("segment");
+            (s.scl(), s.max_lsn(), s.record_count(), i.epoch("v"))
+        };
+        assert_eq!(state(&a), (Lsn(10), Lsn(10), 3, Epoch(2)));
+        assert_eq!(state(&a), state(&b));
+    }
+}

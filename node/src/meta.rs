@@ -1,0 +1,220 @@
+//! Volume metadata this node stores for the cluster: one `VolumeMeta` per volume name, in
+//! `data_dir/meta/<volume>.meta` (crc32c u32 | protobuf bytes). The writer replicates it like a PG
+//! (put at 4/6 with a version, read from 3/6); each node keeps the highest version it was given.
+//!
+//! Invariants: the stored version of a volume never decreases; what `get` answers is what the file
+//! holds (the cache is only updated after the file is durable).
+//!
+//! Crash consistency: a put writes a temp file, fsyncs it, renames it over the old file and fsyncs
+//! the directory before it is acknowledged, so after a crash each volume has either the old or the
+//! new metadata, whole. A leftover temp file (crash before the rename) is deleted on start. A file
+//! that fails its crc is logged and ignored (the writer reads metadata from 3 nodes and takes the
+//! highest version, so one bad copy is not fatal).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use sixfold_proto::wire::VolumeMeta;
+use tracing::{error, warn};
+
+use crate::error::NodeError;
+use crate::hotlog::sync_dir;
+use crate::request;
+
+const SUFFIX: &str = ".meta";
+const TEMP_SUFFIX: &str = ".meta.tmp";
+/// Longest volume name used verbatim as a file name (a 255-byte name plus a suffix would exceed
+/// the file-name limit of most file systems).
+const STEM_BYTES_MAX: usize = 200;
+
+/// The file name stem of a volume's metadata: the name itself, or for long names a prefix, `~`
+/// (not allowed in volume names, so no clash) and a 64-bit hash of the whole name. The file also
+/// holds the name, checked on load.
+fn file_stem(volume: &str) -> String {
+    if volume.len() <= STEM_BYTES_MAX {
+        return volume.to_string();
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in volume.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut end = STEM_BYTES_MAX;
+    while !volume.is_char_boundary(end) {
+        end -= 1; // Volume names are ASCII once validated; never panic on any other string.
+    }
+    format!("{}~{hash:016x}", &volume[..end])
+}
+
+/// The metadata files of one node, with an in-memory copy of each.
+#[derive(Debug)]
+pub struct MetaStore {
+    dir: PathBuf,
+    volumes: BTreeMap<String, VolumeMeta>,
+}
+
+impl MetaStore {
+    /// Loads every metadata file of `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<MetaStore, NodeError> {
+        let io_error = |action: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| NodeError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io_error("create metadata directory", dir))?;
+        let mut volumes = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io_error("list metadata directory", dir))? {
+            let entry = entry.map_err(io_error("list metadata directory", dir))?;
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                warn!(path = %path.display(), "ignoring a metadata file with a non-UTF-8 name");
+                continue;
+            };
+            if name.ends_with(TEMP_SUFFIX) {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!(path = %path.display(), "failed to remove a leftover metadata temp file: {e}");
+                }
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(SUFFIX) else {
+                warn!(path = %path.display(), "ignoring an unexpected file in the metadata directory");
+                continue;
+            };
+            let bytes = std::fs::read(&path).map_err(io_error("read metadata file", &path))?;
+            match decode(&bytes) {
+                Some(meta)
+                    if file_stem(&meta.name) == stem
+                        && request::volume_name(&meta.name).is_ok() =>
+                {
+                    volumes.insert(meta.name.clone(), meta);
+                }
+                Some(meta) => error!(
+                    path = %path.display(), stored_name = %meta.name,
+                    "metadata file names another volume: ignored"
+                ),
+                None => error!(path = %path.display(), "metadata file is corrupt: ignored"),
+            }
+        }
+        Ok(MetaStore {
+            dir: dir.to_owned(),
+            volumes,
+        })
+    }
+
+    pub fn get(&self, volume: &str) -> Option<&VolumeMeta> {
+        self.volumes.get(volume)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &VolumeMeta> {
+        self.volumes.values()
+    }
+
+    /// The version a put of `meta` must beat: `Some(stored)` when the put is a no-op.
+    pub fn stale(&self, meta: &VolumeMeta) -> Option<u64> {
+        let stored = self.volumes.get(&meta.name)?;
+        (meta.version <= stored.version).then_some(stored.version)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Caches metadata that [`write_durable`] has written.
+    pub fn insert(&mut self, meta: VolumeMeta) {
+        self.volumes.insert(meta.name.clone(), meta);
+    }
+
+    /// Writes `meta` durably, then caches it.
+    #[cfg(test)]
+    pub fn put(&mut self, meta: VolumeMeta) -> io::Result<()> {
+        write_durable(&self.dir, &meta)?;
+        self.insert(meta);
+        Ok(())
+    }
+}
+
+/// Writes `meta` to `dir` durably: temp file, fsync, rename, fsync the directory. The caller has
+/// validated the name (a file name by construction) and checked [`MetaStore::stale`].
+pub fn write_durable(dir: &Path, meta: &VolumeMeta) -> io::Result<()> {
+    let stem = file_stem(&meta.name);
+    let final_path = dir.join(format!("{stem}{SUFFIX}"));
+    let temp_path = dir.join(format!("{stem}{TEMP_SUFFIX}"));
+    let body = meta.encode_to_vec();
+    let mut bytes = Vec::with_capacity(4 + body.len());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let mut file = File::create(&temp_path)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp_path, &final_path)?;
+    sync_dir(dir)
+}
+
+fn decode(bytes: &[u8]) -> Option<VolumeMeta> {
+    let crc = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+    let body = bytes.get(4..)?;
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    VolumeMeta::decode(body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    fn meta(version: u64) -> VolumeMeta {
+        VolumeMeta {
+            name: "vol".into(),
+            size_bytes: 1 << 30,
+            page_size: 4096,
+            epoch: 2,
+            version,
+            pgs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn put_survives_reopen_and_versions_only_rise() {
+        let temp = TempDir::new("meta");
+        let mut store = MetaStore::open(temp.path()).expect("open");
+        assert_eq!(store.stale(&meta(1)), None);
+        store.put(meta(3)).expect("put");
+        assert_eq!(store.stale(&meta(3)), Some(3));
+        assert_eq!(store.stale(&meta(2)), Some(3));
+        assert_eq!(store.stale(&meta(4)), None);
+        std::fs::write(temp.path().join("other.meta.tmp"), b"half").expect("write");
+        std::fs::write(temp.path().join("bad.meta"), b"garbage!").expect("write");
+        let store = MetaStore::open(temp.path()).expect("reopen");
+        assert_eq!(store.get("vol"), Some(&meta(3)));
+        assert_eq!(store.get("bad"), None);
+        assert!(!temp.path().join("other.meta.tmp").exists());
+    }
+
+    #[test]
+    fn longest_names_fit_a_file_name() {
+        let temp = TempDir::new("meta-long");
+        let mut store = MetaStore::open(temp.path()).expect("open");
+        let long = VolumeMeta {
+            name: "x".repeat(255),
+            ..meta(1)
+        };
+        let other = VolumeMeta {
+            name: format!("{}y", "x".repeat(254)),
+            ..meta(1)
+        };
+        store.put(long.clone()).expect("put");
+        store.put(other.clone()).expect("put");
+        let store = MetaStore::open(temp.path()).expect("reopen");
+        assert_eq!(store.get(&long.name), Some(&long));
+        assert_eq!(store.get(&other.name), Some(&other));
+    }
+}

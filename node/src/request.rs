@@ -1,0 +1,206 @@
+//! Validation of what arrives from the network, before anything touches the store: volume names,
+//! PG numbers, records (checksum and structure, `record::validate`), batch sizes, peer lists.
+//! Everything here is pure; every failure is an [`StoreError::InvalidArgument`] naming the problem.
+//!
+//! Invariant: a [`PreparedRecord`] holds a record that passed `record::validate` for its segment's
+//! PG, already encoded as a hot-log frame (the checksum is verified again when it is read back).
+
+use sixfold_proto::record::{self, RecordError};
+use sixfold_proto::wire::{Record, SegmentRef};
+use sixfold_proto::{Epoch, Lsn, PageId, PgId, PG_COUNT_MAX};
+
+use crate::error::StoreError;
+use crate::frame::{self, Encoded, FrameBody};
+use crate::index::SegmentKey;
+use crate::segment::{Location, RecordMeta};
+
+/// Longest volume name, in bytes.
+pub const VOLUME_NAME_BYTES_MAX: usize = 255;
+/// Most record bytes (canonical encoding) in one Append.
+pub const APPEND_BYTES_MAX: usize = 64 << 20;
+/// Most peers remembered per segment, and the longest peer address.
+pub const PEERS_MAX: usize = 16;
+pub const PEER_ADDRESS_BYTES_MAX: usize = 255;
+
+fn invalid(message: impl Into<String>) -> StoreError {
+    StoreError::InvalidArgument(message.into())
+}
+
+/// A volume name is 1..=255 bytes of `[A-Za-z0-9._-]` (safe as a file name, too).
+pub fn volume_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() {
+        return Err(invalid("volume name is empty"));
+    }
+    if name.len() > VOLUME_NAME_BYTES_MAX {
+        return Err(invalid(format!(
+            "volume name is {} bytes (at most {VOLUME_NAME_BYTES_MAX})",
+            name.len()
+        )));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(format!(
+            "volume name {name:?} has the character {bad:?} (allowed: A-Z a-z 0-9 . _ -)"
+        )));
+    }
+    Ok(())
+}
+
+/// The segment a request names: present, a valid volume name, a PG inside the largest volume.
+pub fn segment_key(segment: Option<&SegmentRef>) -> Result<SegmentKey, StoreError> {
+    let segment = segment.ok_or_else(|| invalid("request names no segment"))?;
+    volume_name(&segment.volume)?;
+    if segment.pg >= PG_COUNT_MAX {
+        return Err(invalid(format!(
+            "PG {} is beyond the largest volume ({PG_COUNT_MAX} PGs)",
+            segment.pg
+        )));
+    }
+    Ok(SegmentKey {
+        volume: segment.volume.clone(),
+        pg: PgId(segment.pg),
+    })
+}
+
+/// A validated record, encoded as a hot-log frame.
+#[derive(Clone, Debug)]
+pub struct PreparedRecord {
+    pub lsn: Lsn,
+    pub backlink: Lsn,
+    pub epoch: Epoch,
+    pub page: PageId,
+    pub full_page: bool,
+    pub frame: Encoded,
+}
+
+impl PreparedRecord {
+    /// The index entry once the frame is at `location`.
+    pub fn meta(&self, location: Location) -> RecordMeta {
+        RecordMeta {
+            location,
+            page: self.page,
+            backlink: self.backlink,
+            epoch: self.epoch,
+            full_page: self.full_page,
+        }
+    }
+}
+
+/// Validates every record for the segment (and, for a writer's batch, that each carries the
+/// batch's epoch) and encodes it as a frame.
+pub fn prepare_records(
+    key: &SegmentKey,
+    batch_epoch: Option<Epoch>,
+    records: &[Record],
+) -> Result<Vec<PreparedRecord>, StoreError> {
+    let mut bytes_total = 0usize;
+    let mut prepared = Vec::with_capacity(records.len());
+    for record in records {
+        let mut checked = record::validate(record, key.pg);
+        if let (Ok(()), Some(epoch)) = (&checked, batch_epoch) {
+            if record.epoch != epoch.0 {
+                checked = Err(RecordError::Epoch {
+                    lsn: record.lsn,
+                    epoch: record.epoch,
+                    batch_epoch: epoch.0,
+                });
+            }
+        }
+        if let Err(e) = checked {
+            return Err(invalid(format!("segment {key}: {e}")));
+        }
+        bytes_total += record::canonical_len(record) + 4;
+        if bytes_total > APPEND_BYTES_MAX {
+            return Err(invalid(format!(
+                "segment {key}: batch exceeds {APPEND_BYTES_MAX} bytes of records"
+            )));
+        }
+        prepared.push(PreparedRecord {
+            lsn: Lsn(record.lsn),
+            backlink: Lsn(record.backlink),
+            epoch: Epoch(record.epoch),
+            page: PageId(record.page),
+            full_page: record::is_full_page(record),
+            frame: frame::encode(&key.volume, key.pg, &FrameBody::Record(record.clone())),
+        });
+    }
+    Ok(prepared)
+}
+
+/// The writer's peer list: at most [`PEERS_MAX`] non-empty addresses of bounded length.
+pub fn peers(list: &[String]) -> Result<Vec<String>, StoreError> {
+    if list.len() > PEERS_MAX {
+        return Err(invalid(format!(
+            "{} peers (at most {PEERS_MAX})",
+            list.len()
+        )));
+    }
+    for peer in list {
+        if peer.is_empty()
+            || peer.len() > PEER_ADDRESS_BYTES_MAX
+            || peer.chars().any(char::is_whitespace)
+        {
+            return Err(invalid(format!("peer address {peer:?} is not a host:port")));
+        }
+    }
+    Ok(list.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sixfold_proto::wire::ByteRange;
+
+    #[test]
+    fn volume_names() {
+        assert!(volume_name("db-1.main_v2").is_ok());
+        for bad in ["", "a/b", "é", "a b", &"x".repeat(256)] {
+            assert!(volume_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(volume_name(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn records_are_checked() {
+        let key = SegmentKey {
+            volume: "v".into(),
+            pg: PgId(0),
+        };
+        let good = record::seal(
+            Lsn(2),
+            Lsn(1),
+            Epoch(4),
+            PageId(3),
+            vec![ByteRange {
+                offset: 0,
+                data: Bytes::from_static(b"x"),
+            }],
+        );
+        assert_eq!(
+            prepare_records(&key, Some(Epoch(4)), std::slice::from_ref(&good))
+                .map(|v| v.len())
+                .ok(),
+            Some(1)
+        );
+        let error = prepare_records(&key, Some(Epoch(5)), std::slice::from_ref(&good)).unwrap_err();
+        assert!(error.to_string().contains("epoch"), "{error}");
+        let mut bad = good.clone();
+        bad.checksum ^= 1;
+        let error = prepare_records(&key, None, &[bad]).unwrap_err();
+        assert!(error.to_string().contains("checksum"), "{error}");
+        let other_pg = SegmentKey {
+            volume: "v".into(),
+            pg: PgId(1),
+        };
+        assert!(prepare_records(&other_pg, None, &[good]).is_err());
+        assert!(segment_key(None).is_err());
+        assert!(segment_key(Some(&SegmentRef {
+            volume: "v".into(),
+            pg: PG_COUNT_MAX,
+        }))
+        .is_err());
+    }
+}

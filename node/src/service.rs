@@ -1,0 +1,214 @@
+//! The gRPC service: validates each request ([`crate::request`]), calls the store, and turns the
+//! outcome into a response or a status ([`StoreError::to_status`], the one place errors become
+//! gRPC codes). Holds no state of its own; never panics on any input.
+
+use sixfold_proto::wire::storage_node_server::StorageNode;
+use sixfold_proto::wire::{
+    AppendRequest, AppendResponse, FetchRecordsRequest, FetchRecordsResponse, GetVolumeMetaRequest,
+    GetVolumeMetaResponse, NodeStatusRequest, NodeStatusResponse, OpenSegmentRequest,
+    OpenSegmentResponse, PutVolumeMetaRequest, PutVolumeMetaResponse, ReadPageRequest,
+    ReadPageResponse, SegmentRef, SegmentStateRequest, SegmentStateResponse, SegmentStatus,
+    VolumeWriterState,
+};
+use sixfold_proto::{Epoch, Lsn, PageId, PgId};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::appender::Source;
+use crate::error::StoreError;
+use crate::request;
+use crate::store::Store;
+
+pub struct Service {
+    store: Store,
+    az: String,
+}
+
+impl Service {
+    pub fn new(store: Store, az: String) -> Service {
+        Service { store, az }
+    }
+}
+
+/// Logs a refused request (a malformed one is a client bug: warn; fencing and a segment that is
+/// behind are normal in failover and catch-up) and turns it into its status.
+fn status(method: &'static str, e: StoreError) -> Status {
+    match &e {
+        StoreError::InvalidArgument(_) => warn!(method, "invalid request: {e}"),
+        StoreError::Fenced { .. } => info!(method, "request refused: {e}"),
+        _ => debug!(method, "request refused: {e}"),
+    }
+    e.to_status()
+}
+
+fn page_in_pg(pg: PgId, page: u64) -> Result<PageId, StoreError> {
+    let page = PageId(page);
+    if !pg.contains(page) {
+        return Err(StoreError::InvalidArgument(format!(
+            "{page} is not in {pg}"
+        )));
+    }
+    Ok(page)
+}
+
+#[tonic::async_trait]
+impl StorageNode for Service {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let request = request.into_inner();
+        let prepared = (|| {
+            let key = request::segment_key(request.segment.as_ref())?;
+            let epoch = Epoch(request.epoch);
+            let records = request::prepare_records(&key, Some(epoch), &request.records)?;
+            let peers = request::peers(&request.peers)?;
+            Ok::<_, StoreError>((key, epoch, records, peers))
+        })();
+        let (key, epoch, records, peers) = prepared.map_err(|e| status("Append", e))?;
+        let source = Source::Writer {
+            epoch,
+            peers,
+            writer_vcl: Lsn(request.writer_vcl),
+            writer_vdl: Lsn(request.writer_vdl),
+        };
+        let scl = self
+            .store
+            .append(key, source, records)
+            .await
+            .map_err(|e| status("Append", e))?;
+        Ok(Response::new(AppendResponse { scl: scl.0 }))
+    }
+
+    async fn read_page(
+        &self,
+        request: Request<ReadPageRequest>,
+    ) -> Result<Response<ReadPageResponse>, Status> {
+        let request = request.into_inner();
+        let key =
+            request::segment_key(request.segment.as_ref()).map_err(|e| status("ReadPage", e))?;
+        let page = page_in_pg(key.pg, request.page).map_err(|e| status("ReadPage", e))?;
+        let (data, scl) = self
+            .store
+            .read_page(&key, page, Lsn(request.read_lsn), Lsn(request.required_scl))
+            .await
+            .map_err(|e| status("ReadPage", e))?;
+        Ok(Response::new(ReadPageResponse {
+            data: data.into(),
+            scl: scl.0,
+        }))
+    }
+
+    async fn fetch_records(
+        &self,
+        request: Request<FetchRecordsRequest>,
+    ) -> Result<Response<FetchRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let key = request::segment_key(request.segment.as_ref())
+            .map_err(|e| status("FetchRecords", e))?;
+        let (records, scl) = self
+            .store
+            .fetch_records(&key, Lsn(request.after_lsn), u64::from(request.max_bytes))
+            .await
+            .map_err(|e| status("FetchRecords", e))?;
+        Ok(Response::new(FetchRecordsResponse {
+            records,
+            scl: scl.0,
+        }))
+    }
+
+    async fn segment_state(
+        &self,
+        request: Request<SegmentStateRequest>,
+    ) -> Result<Response<SegmentStateResponse>, Status> {
+        let request = request.into_inner();
+        let key = request::segment_key(request.segment.as_ref())
+            .map_err(|e| status("SegmentState", e))?;
+        let state = self.store.segment_state(&key);
+        Ok(Response::new(SegmentStateResponse {
+            exists: state.exists,
+            scl: state.scl.0,
+            max_lsn: state.max_lsn.0,
+            epoch: state.epoch.0,
+        }))
+    }
+
+    async fn open_segment(
+        &self,
+        request: Request<OpenSegmentRequest>,
+    ) -> Result<Response<OpenSegmentResponse>, Status> {
+        let request = request.into_inner();
+        let key =
+            request::segment_key(request.segment.as_ref()).map_err(|e| status("OpenSegment", e))?;
+        let scl = self
+            .store
+            .open_segment(key, Epoch(request.epoch), Lsn(request.truncate_after))
+            .await
+            .map_err(|e| status("OpenSegment", e))?;
+        Ok(Response::new(OpenSegmentResponse { scl: scl.0 }))
+    }
+
+    async fn put_volume_meta(
+        &self,
+        request: Request<PutVolumeMetaRequest>,
+    ) -> Result<Response<PutVolumeMetaResponse>, Status> {
+        let meta = request
+            .into_inner()
+            .meta
+            .ok_or_else(|| StoreError::InvalidArgument("request carries no volume metadata".into()))
+            .and_then(|meta| request::volume_name(&meta.name).map(|()| meta))
+            .map_err(|e| status("PutVolumeMeta", e))?;
+        let version = self
+            .store
+            .put_meta(meta)
+            .await
+            .map_err(|e| status("PutVolumeMeta", e))?;
+        Ok(Response::new(PutVolumeMetaResponse { version }))
+    }
+
+    async fn get_volume_meta(
+        &self,
+        request: Request<GetVolumeMetaRequest>,
+    ) -> Result<Response<GetVolumeMetaResponse>, Status> {
+        let name = request.into_inner().name;
+        request::volume_name(&name).map_err(|e| status("GetVolumeMeta", e))?;
+        Ok(Response::new(GetVolumeMetaResponse {
+            meta: self.store.get_meta(&name),
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        let snapshot = self.store.status();
+        Ok(Response::new(NodeStatusResponse {
+            az: self.az.clone(),
+            segments: snapshot
+                .segments
+                .into_iter()
+                .map(|(key, summary)| SegmentStatus {
+                    segment: Some(SegmentRef {
+                        volume: key.volume,
+                        pg: key.pg.0,
+                    }),
+                    scl: summary.scl.0,
+                    max_lsn: summary.max_lsn.0,
+                    records: summary.records,
+                    bytes: summary.bytes,
+                })
+                .collect(),
+            hot_log_bytes: snapshot.log_bytes,
+            volumes: snapshot
+                .volumes
+                .into_iter()
+                .map(|(volume, state)| VolumeWriterState {
+                    volume,
+                    epoch: state.epoch.0,
+                    writer_vcl: state.writer_vcl.0,
+                    writer_vdl: state.writer_vdl.0,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,462 @@
+//! The store: the node's state behind one cloneable handle. It recovers the index from the hot log
+//! and the metadata files on open, sends every durable change to the appender thread
+//! ([`crate::appender`]) and serves reads from the index plus positional reads of the hot log.
+//!
+//! Invariants:
+//! - the index only describes hardened frames (the appender applies them after their fsync);
+//! - every record served (ReadPage, FetchRecords) was read back from disk and passed
+//!   `record::validate` for its PG and the LSN and page the index expected; a mismatch is a
+//!   [`StoreError::Corrupt`], logged and never served;
+//! - locks (`index`, `meta`) are held only for in-memory work, never across I/O or an await; when
+//!   both are taken, `meta` is taken first.
+//!
+//! Crash consistency: everything acknowledged is in the hot log or a metadata file (see
+//! [`crate::hotlog`], [`crate::meta`]); open rebuilds the index by replaying the log and raising
+//! each volume's epoch to its stored metadata's. Soft state (gossip peers, the writer's VCL/VDL)
+//! is lost and comes back with the writer's next Append.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sixfold_proto::record;
+use sixfold_proto::wire::{Record, VolumeMeta};
+use sixfold_proto::{Epoch, Lsn, PageId, PAGE_SIZE};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::error;
+
+use crate::appender::{AppendJob, Appender, Job, MetaJob, OpenJob, Reply, Source};
+use crate::error::{NodeError, StoreError};
+use crate::frame::{Frame, FrameBody};
+use crate::hotlog::{self, LogFiles};
+use crate::index::{Effect, Index, SegmentKey};
+use crate::lock;
+use crate::meta::MetaStore;
+use crate::request::PreparedRecord;
+use crate::segment::{Location, RecordMeta};
+
+/// Jobs queued for the appender before senders wait (back-pressure on writers).
+pub const APPEND_QUEUE_JOBS_MAX: usize = 256;
+/// Record bytes (in KiB) of the appends queued or being hardened at once; later appends wait.
+pub const APPEND_QUEUE_KIB_MAX: usize = 256 << 10;
+/// Most bytes of records one FetchRecords answers with.
+pub const FETCH_BYTES_MAX: u64 = 8 << 20;
+
+/// State shared by the store handles and the appender thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub index: Mutex<Index>,
+    pub meta: Mutex<MetaStore>,
+    pub files: LogFiles,
+    /// Bytes of hot log on disk (maintained by the writer).
+    pub log_bytes: Arc<AtomicU64>,
+    /// Hot-log fsyncs so far (one per group commit).
+    pub syncs: AtomicU64,
+}
+
+/// What recovery found, for the start-up log line.
+#[derive(Clone, Debug)]
+pub struct RecoveryStats {
+    pub segments: usize,
+    pub records: usize,
+    pub log_files: usize,
+    pub log_bytes: u64,
+    pub frames: u64,
+    pub torn_bytes_cut: u64,
+    pub damaged_files: usize,
+    pub volumes_with_meta: usize,
+    pub elapsed: Duration,
+}
+
+/// A segment's state, as SegmentState answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub exists: bool,
+    pub scl: Lsn,
+    pub max_lsn: Lsn,
+    pub records: u64,
+    pub bytes: u64,
+    pub epoch: Epoch,
+}
+
+/// A snapshot for NodeStatus.
+#[derive(Clone, Debug, Default)]
+pub struct StatusSnapshot {
+    pub segments: Vec<(SegmentKey, SegmentSummary)>,
+    pub volumes: Vec<(String, crate::index::VolumeState)>,
+    pub log_bytes: u64,
+}
+
+/// A segment whose chain has a hole, with the peers that may fill it.
+#[derive(Clone, Debug)]
+pub struct GapCandidate {
+    pub key: SegmentKey,
+    pub scl: Lsn,
+    pub peers: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Job>,
+    /// [`APPEND_QUEUE_KIB_MAX`] permits, one per KiB of records in flight to the appender.
+    append_budget: Arc<Semaphore>,
+    appender: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
+    let key = SegmentKey {
+        volume: frame.volume,
+        pg: frame.pg,
+    };
+    let effect = match frame.body {
+        FrameBody::Record(record) => Effect::Record {
+            lsn: Lsn(record.lsn),
+            meta: RecordMeta {
+                location,
+                page: PageId(record.page),
+                backlink: Lsn(record.backlink),
+                epoch: Epoch(record.epoch),
+                full_page: record::is_full_page(&record),
+            },
+        },
+        FrameBody::Epoch(epoch) => Effect::Epoch(epoch),
+        FrameBody::Truncation {
+            epoch,
+            truncate_after,
+        } => Effect::Truncation {
+            epoch,
+            truncate_after,
+        },
+    };
+    index.apply(&key, effect);
+}
+
+impl Store {
+    /// Recovers the node's state from `data_dir` (blocking I/O) and starts the appender thread.
+    pub fn open(data_dir: &Path) -> Result<(Store, RecoveryStats), NodeError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(data_dir).map_err(|source| NodeError::Io {
+            action: "create data directory",
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let log_dir = data_dir.join("log");
+        let mut index = Index::default();
+        let (writer, replay) = hotlog::open(&log_dir, |frame, location| {
+            apply_frame(&mut index, frame, location)
+        })?;
+        let meta = MetaStore::open(&data_dir.join("meta"))?;
+        let mut volumes_with_meta = 0;
+        for stored in meta.all() {
+            index.raise_epoch(&stored.name, Epoch(stored.epoch));
+            volumes_with_meta += 1;
+        }
+        let stats = RecoveryStats {
+            segments: index.segment_count(),
+            records: index.record_count(),
+            log_files: replay.files,
+            log_bytes: replay.log_bytes,
+            frames: replay.frames,
+            torn_bytes_cut: replay.torn_bytes_cut,
+            damaged_files: replay.damaged_files,
+            volumes_with_meta,
+            elapsed: started.elapsed(),
+        };
+        let shared = Arc::new(Shared {
+            index: Mutex::new(index),
+            meta: Mutex::new(meta),
+            files: LogFiles::new(log_dir),
+            log_bytes: writer.total_bytes(),
+            syncs: AtomicU64::new(0),
+        });
+        let (jobs, receiver) = mpsc::channel(APPEND_QUEUE_JOBS_MAX);
+        let appender = Appender::new(Arc::clone(&shared), writer);
+        let handle = std::thread::Builder::new()
+            .name("sixfold-appender".into())
+            .spawn(move || appender.run(receiver))
+            .map_err(|source| NodeError::Io {
+                action: "start the appender thread for",
+                path: data_dir.to_owned(),
+                source,
+            })?;
+        let store = Store {
+            shared,
+            jobs,
+            append_budget: Arc::new(Semaphore::new(APPEND_QUEUE_KIB_MAX)),
+            appender: Arc::new(Mutex::new(Some(handle))),
+        };
+        Ok((store, stats))
+    }
+
+    async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Hardens the records (those not already held) and answers the segment's SCL.
+    pub async fn append(
+        &self,
+        key: SegmentKey,
+        source: Source,
+        records: Vec<PreparedRecord>,
+    ) -> Result<Lsn, StoreError> {
+        let bytes: usize = records.iter().map(|r| r.frame.bytes.len()).sum();
+        let kib = bytes.div_ceil(1024).clamp(1, APPEND_QUEUE_KIB_MAX);
+        let _permit = self
+            .append_budget
+            .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        self.submit(|reply| {
+            Job::Append(AppendJob {
+                key,
+                source,
+                records,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Adopts `epoch` for the volume and truncates the segment after `truncate_after`.
+    pub async fn open_segment(
+        &self,
+        key: SegmentKey,
+        epoch: Epoch,
+        truncate_after: Lsn,
+    ) -> Result<Lsn, StoreError> {
+        self.submit(|reply| {
+            Job::Open(OpenJob {
+                key,
+                epoch,
+                truncate_after,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Stores the metadata if its version is higher than the stored one; answers the stored version.
+    pub async fn put_meta(&self, meta: VolumeMeta) -> Result<u64, StoreError> {
+        self.submit(|reply| Job::PutMeta(MetaJob { meta, reply }))
+            .await
+    }
+
+    pub fn get_meta(&self, volume: &str) -> Option<VolumeMeta> {
+        lock(&self.shared.meta).get(volume).cloned()
+    }
+
+    /// The page as of `read_lsn`, if the segment's SCL is at least `required_scl`; and the SCL.
+    pub async fn read_page(
+        &self,
+        key: &SegmentKey,
+        page: PageId,
+        read_lsn: Lsn,
+        required_scl: Lsn,
+    ) -> Result<(Vec<u8>, Lsn), StoreError> {
+        let (plan, scl) = {
+            let index = lock(&self.shared.index);
+            let segment = index
+                .segment(key)
+                .ok_or_else(|| StoreError::not_hosted(&key.volume, key.pg))?;
+            if segment.scl() < required_scl {
+                return Err(StoreError::behind(
+                    &key.volume,
+                    key.pg,
+                    segment.scl(),
+                    required_scl,
+                ));
+            }
+            (segment.page_records(page, read_lsn), segment.scl())
+        };
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        let data = blocking(move || {
+            let mut data = vec![0u8; PAGE_SIZE];
+            for (lsn, meta) in plan {
+                let record = read_record(&shared, &key, lsn, &meta)?;
+                record::apply(&record, &mut data);
+            }
+            Ok(data)
+        })
+        .await?;
+        Ok((data, scl))
+    }
+
+    /// Records of the complete chain above `after_lsn`, in LSN order, up to `bytes_max` (capped at
+    /// [`FETCH_BYTES_MAX`]; 0 means the cap); and the SCL.
+    pub async fn fetch_records(
+        &self,
+        key: &SegmentKey,
+        after_lsn: Lsn,
+        bytes_max: u64,
+    ) -> Result<(Vec<Record>, Lsn), StoreError> {
+        let bytes_max = if bytes_max == 0 {
+            FETCH_BYTES_MAX
+        } else {
+            bytes_max.min(FETCH_BYTES_MAX)
+        };
+        let (plan, scl) = {
+            let index = lock(&self.shared.index);
+            let segment = index
+                .segment(key)
+                .ok_or_else(|| StoreError::not_hosted(&key.volume, key.pg))?;
+            (
+                segment.complete_records(after_lsn, bytes_max),
+                segment.scl(),
+            )
+        };
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        let records = blocking(move || {
+            plan.iter()
+                .map(|(lsn, meta)| read_record(&shared, &key, *lsn, meta))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        Ok((records, scl))
+    }
+
+    pub fn segment_state(&self, key: &SegmentKey) -> SegmentSummary {
+        let index = lock(&self.shared.index);
+        summarize(&index, key)
+    }
+
+    #[cfg(test)]
+    pub fn shared_for_tests(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// True when the segment holds records beyond its SCL.
+    pub fn segment_has_gap(&self, key: &SegmentKey) -> bool {
+        lock(&self.shared.index)
+            .segment(key)
+            .is_some_and(|s| s.has_gap())
+    }
+
+    pub fn status(&self) -> StatusSnapshot {
+        let index = lock(&self.shared.index);
+        StatusSnapshot {
+            segments: index
+                .slots()
+                .map(|(key, _)| (key.clone(), summarize(&index, key)))
+                .collect(),
+            volumes: index
+                .volumes()
+                .map(|(name, state)| (name.clone(), state.clone()))
+                .collect(),
+            log_bytes: self.shared.log_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Up to `limit` segments with a hole in their chain and known peers, starting after `cursor`
+    /// (round-robin across calls).
+    pub fn gap_candidates(&self, limit: usize, cursor: Option<&SegmentKey>) -> Vec<GapCandidate> {
+        let index = lock(&self.shared.index);
+        let candidate = |(key, slot): (&SegmentKey, &crate::index::SegmentSlot)| {
+            (slot.segment.has_gap() && !slot.peers.is_empty()).then(|| GapCandidate {
+                key: key.clone(),
+                scl: slot.segment.scl(),
+                peers: slot.peers.clone(),
+            })
+        };
+        let after = index
+            .slots()
+            .filter(|(key, _)| cursor.is_some_and(|c| *key > c))
+            .filter_map(candidate);
+        let before = index
+            .slots()
+            .filter(|(key, _)| cursor.is_none_or(|c| *key <= c))
+            .filter_map(candidate);
+        after.chain(before).take(limit).collect()
+    }
+
+    /// Stops the appender after the jobs queued before this call, and waits for it.
+    pub async fn close(&self) {
+        let _ = self.jobs.send(Job::Stop).await;
+        let handle = lock(&self.appender).take();
+        if let Some(handle) = handle {
+            if tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .is_err()
+            {
+                error!("the appender thread panicked");
+            }
+        }
+    }
+}
+
+fn summarize(index: &Index, key: &SegmentKey) -> SegmentSummary {
+    let epoch = index.epoch(&key.volume);
+    match index.segment(key) {
+        Some(segment) => SegmentSummary {
+            exists: true,
+            scl: segment.scl(),
+            max_lsn: segment.max_lsn(),
+            records: segment.record_count() as u64,
+            bytes: segment.bytes(),
+            epoch,
+        },
+        None => SegmentSummary {
+            exists: false,
+            scl: Lsn::ZERO,
+            max_lsn: Lsn::ZERO,
+            records: 0,
+            bytes: 0,
+            epoch,
+        },
+    }
+}
+
+/// Reads a record back from the hot log and verifies it (pair assertion: checked when hardened,
+/// checked again here).
+fn read_record(
+    shared: &Shared,
+    key: &SegmentKey,
+    lsn: Lsn,
+    meta: &RecordMeta,
+) -> Result<Record, StoreError> {
+    let corrupt = |detail: String| {
+        error!(segment = %key, lsn = lsn.0, location = ?meta.location, "corrupt record in the hot log: {detail}");
+        StoreError::Corrupt {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+            lsn: lsn.0,
+            detail,
+        }
+    };
+    let bytes = shared.files.read(meta.location).map_err(|source| {
+        error!(segment = %key, lsn = lsn.0, "failed to read a record from the hot log: {source}");
+        StoreError::Io {
+            action: "read a record from the hot log",
+            source,
+        }
+    })?;
+    let record = record::decode_canonical(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    record::validate(&record, key.pg).map_err(|e| corrupt(e.to_string()))?;
+    if record.lsn != lsn.0 || record.page != meta.page.0 {
+        return Err(corrupt(format!(
+            "found record {} of page {} where the index expects {lsn} of {}",
+            record.lsn, record.page, meta.page
+        )));
+    }
+    Ok(record)
+}
+
+/// Runs blocking disk reads off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Io {
+            action: "run a blocking read",
+            source: std::io::Error::other(e.to_string()),
+        })?
+}

@@ -1,0 +1,383 @@
+//! Store-level tests: the real hot log on disk, the appender thread, recovery after restart.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use sixfold_proto::record;
+use sixfold_proto::wire::{Record, VolumeMeta};
+use sixfold_proto::{Epoch, Lsn, PageId, PgId, PAGE_SIZE, PG_PAGES};
+
+use crate::appender::Source;
+use crate::error::StoreError;
+use crate::index::SegmentKey;
+use crate::request::prepare_records;
+use crate::store::Store;
+use crate::testutil::{full, partial, TempDir};
+
+fn key(volume: &str, pg: u32) -> SegmentKey {
+    SegmentKey {
+        volume: volume.into(),
+        pg: PgId(pg),
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir).expect("store opens").0
+}
+
+async fn append(
+    store: &Store,
+    key: &SegmentKey,
+    epoch: u64,
+    records: &[Record],
+) -> Result<Lsn, StoreError> {
+    let prepared = prepare_records(key, Some(Epoch(epoch)), records).expect("valid records");
+    let source = Source::Writer {
+        epoch: Epoch(epoch),
+        peers: vec!["127.0.0.1:1".into()],
+        writer_vcl: Lsn(0),
+        writer_vdl: Lsn(0),
+    };
+    store.append(key.clone(), source, prepared).await
+}
+
+async fn gossip(store: &Store, key: &SegmentKey, records: &[Record]) -> Result<Lsn, StoreError> {
+    let prepared = prepare_records(key, None, records).expect("valid records");
+    store.append(key.clone(), Source::Gossip, prepared).await
+}
+
+async fn page(store: &Store, key: &SegmentKey, page: u64, read_lsn: u64) -> Vec<u8> {
+    store
+        .read_page(key, PageId(page), Lsn(read_lsn), Lsn(0))
+        .await
+        .expect("read")
+        .0
+}
+
+/// The page as of `read_lsn` by brute force: every record of the page, in LSN order, from zeroes.
+fn model(records: &[Record], page: u64, read_lsn: u64) -> Vec<u8> {
+    let mut sorted: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.page == page && r.lsn <= read_lsn)
+        .collect();
+    sorted.sort_by_key(|r| r.lsn);
+    let mut data = vec![0u8; PAGE_SIZE];
+    for r in sorted {
+        record::apply(r, &mut data);
+    }
+    data
+}
+
+fn history() -> Vec<Record> {
+    vec![
+        partial(1, 0, 1, 7, 10, b"one"),
+        full(2, 1, 1, 8, 0xaa),
+        full(3, 2, 1, 7, 0x11),
+        partial(4, 3, 1, 7, 100, b"four"),
+        partial(5, 4, 1, 8, 4090, b"fivexx"),
+        partial(6, 5, 1, 7, 12, b"SIX"),
+        full(7, 6, 1, 7, 0x77),
+        partial(8, 7, 1, 7, 0, b"eight"),
+    ]
+}
+
+#[tokio::test]
+async fn reads_as_of_lsn_with_full_and_partial_records() {
+    let temp = TempDir::new("read-as-of");
+    let store = open(temp.path());
+    let k = key("v", 0);
+    let records = history();
+    // Out of order, in two batches.
+    assert_eq!(
+        append(&store, &k, 1, &records[4..]).await.expect("append"),
+        Lsn(0)
+    );
+    assert_eq!(
+        append(&store, &k, 1, &records[..4]).await.expect("append"),
+        Lsn(8)
+    );
+    for page_id in [7, 8, 9] {
+        for read_lsn in 0..=9 {
+            assert_eq!(
+                page(&store, &k, page_id, read_lsn).await,
+                model(&records, page_id, read_lsn),
+                "page {page_id} as of {read_lsn}"
+            );
+        }
+    }
+    store.close().await;
+    // The same answers after a restart.
+    let store = open(temp.path());
+    for read_lsn in 0..=9 {
+        assert_eq!(
+            page(&store, &k, 7, read_lsn).await,
+            model(&records, 7, read_lsn)
+        );
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn read_refusals() {
+    let temp = TempDir::new("read-refusals");
+    let store = open(temp.path());
+    let k = key("v", 1);
+    let missing = store.read_page(&k, PageId(PG_PAGES), Lsn(1), Lsn(0)).await;
+    assert!(
+        matches!(missing, Err(StoreError::NotHosted { .. })),
+        "{missing:?}"
+    );
+    append(
+        &store,
+        &k,
+        1,
+        &[
+            partial(3, 0, 1, PG_PAGES, 0, b"x"),
+            partial(9, 5, 1, PG_PAGES, 0, b"y"),
+        ],
+    )
+    .await
+    .expect("append");
+    let behind = store.read_page(&k, PageId(PG_PAGES), Lsn(9), Lsn(9)).await;
+    let error = behind.expect_err("behind");
+    assert!(
+        error
+            .to_string()
+            .contains("segment behind: scl 3 < required 9"),
+        "{error}"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_not_written_twice() {
+    let temp = TempDir::new("dedup");
+    let store = open(temp.path());
+    let k = key("v", 0);
+    let records = history();
+    append(&store, &k, 1, &records).await.expect("append");
+    let bytes = store.status().log_bytes;
+    let syncs = store.shared_syncs();
+    assert_eq!(
+        append(&store, &k, 1, &records).await.expect("retransmit"),
+        Lsn(8)
+    );
+    assert_eq!(store.status().log_bytes, bytes, "nothing new written");
+    assert_eq!(store.shared_syncs(), syncs, "nothing to fsync");
+    let state = store.segment_state(&k);
+    assert_eq!(
+        (state.scl, state.max_lsn, state.records),
+        (Lsn(8), Lsn(8), 8)
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_share_fsyncs() {
+    let temp = TempDir::new("group-commit");
+    let store = open(temp.path());
+    let mut tasks = Vec::new();
+    for pg in 0..64u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let k = key("v", pg);
+            let first = u64::from(pg) * PG_PAGES;
+            append(&store, &k, 1, &[partial(1, 0, 1, first, 0, b"a")]).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task").expect("append"), Lsn(1));
+    }
+    let syncs = store.shared_syncs();
+    assert!((1..=64).contains(&syncs), "{syncs} fsyncs");
+    assert_eq!(store.status().segments.len(), 64);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_on_restart() {
+    let temp = TempDir::new("store-torn");
+    let k = key("v", 0);
+    let records = history();
+    let store = open(temp.path());
+    append(&store, &k, 1, &records[..7]).await.expect("append");
+    append(&store, &k, 1, &records[7..]).await.expect("append");
+    store.close().await;
+    // kill -9 while the last batch was being written: its frame is torn.
+    let log = temp.path().join("log").join("00000001.log");
+    let len = std::fs::metadata(&log).expect("log").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .expect("open");
+    file.set_len(len - 3).expect("tear");
+    drop(file);
+    let store = open(temp.path());
+    let state = store.segment_state(&k);
+    assert_eq!((state.scl, state.records), (Lsn(7), 7));
+    assert_eq!(page(&store, &k, 7, 100).await, model(&records[..7], 7, 100));
+    // The writer resends the unacknowledged batch.
+    assert_eq!(
+        append(&store, &k, 1, &records[7..]).await.expect("append"),
+        Lsn(8)
+    );
+    store.close().await;
+    let store = open(temp.path());
+    assert_eq!(store.segment_state(&k).scl, Lsn(8));
+    assert_eq!(page(&store, &k, 7, 100).await, model(&records, 7, 100));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn truncation_survives_restart() {
+    let temp = TempDir::new("truncation");
+    let k = key("v", 0);
+    let store = open(temp.path());
+    let old: Vec<Record> = (1..=10)
+        .map(|lsn| partial(lsn, lsn - 1, 1, 0, 0, &[lsn as u8]))
+        .collect();
+    append(&store, &k, 1, &old).await.expect("append");
+    // A new writer recovered the PG up to 6.
+    assert_eq!(
+        store
+            .open_segment(k.clone(), Epoch(2), Lsn(6))
+            .await
+            .expect("open"),
+        Lsn(6)
+    );
+    let new = [partial(20, 6, 2, 0, 1, b"n")];
+    assert_eq!(append(&store, &k, 2, &new).await.expect("append"), Lsn(20));
+    store.close().await;
+    let store = open(temp.path());
+    let state = store.segment_state(&k);
+    assert_eq!(
+        (state.scl, state.max_lsn, state.records, state.epoch),
+        (Lsn(20), Lsn(20), 7, Epoch(2))
+    );
+    let mut expected = model(&old[..6], 0, 100);
+    expected[1] = b'n';
+    assert_eq!(page(&store, &k, 0, 100).await, expected);
+    // A stale peer offers the truncated records again: refused.
+    assert_eq!(
+        gossip(&store, &k, &old[6..]).await.expect("gossip"),
+        Lsn(20)
+    );
+    assert_eq!(store.segment_state(&k).records, 7);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn epochs_fence_old_writers_across_restarts() {
+    let temp = TempDir::new("fencing");
+    let k = key("v", 0);
+    let store = open(temp.path());
+    append(&store, &k, 2, &[partial(1, 0, 2, 0, 0, b"a")])
+        .await
+        .expect("append");
+    let error = append(&store, &k, 1, &[partial(2, 1, 1, 0, 0, b"b")])
+        .await
+        .expect_err("fenced");
+    let text = error.to_string();
+    assert!(
+        text.contains("fenced") && text.contains('1') && text.contains('2'),
+        "{text}"
+    );
+    assert!(store
+        .open_segment(k.clone(), Epoch(1), Lsn(0))
+        .await
+        .is_err());
+    let meta = VolumeMeta {
+        name: "v".into(),
+        size_bytes: 1 << 30,
+        page_size: PAGE_SIZE as u32,
+        epoch: 5,
+        version: 1,
+        pgs: Vec::new(),
+    };
+    assert_eq!(store.put_meta(meta.clone()).await.expect("put"), 1);
+    assert!(matches!(
+        append(&store, &k, 4, &[partial(2, 1, 4, 0, 0, b"b")]).await,
+        Err(StoreError::Fenced {
+            request: 4,
+            known: 5,
+            ..
+        })
+    ));
+    store.close().await;
+    let store = open(temp.path());
+    assert_eq!(store.segment_state(&k).epoch, Epoch(5));
+    assert!(append(&store, &k, 4, &[partial(2, 1, 4, 0, 0, b"b")])
+        .await
+        .is_err());
+    assert_eq!(
+        append(&store, &k, 5, &[partial(2, 1, 5, 0, 0, b"b")])
+            .await
+            .expect("append"),
+        Lsn(2)
+    );
+    // Metadata keeps the highest version.
+    let older = VolumeMeta {
+        version: 0,
+        epoch: 9,
+        ..meta.clone()
+    };
+    assert_eq!(store.put_meta(older).await.expect("put"), 1);
+    assert_eq!(store.get_meta("v"), Some(meta));
+    assert_eq!(
+        store.segment_state(&k).epoch,
+        Epoch(5),
+        "a stale put changes nothing"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn fetch_returns_the_complete_chain_only() {
+    let temp = TempDir::new("fetch");
+    let k = key("v", 0);
+    let store = open(temp.path());
+    let records = history();
+    let mut held: Vec<Record> = records.clone();
+    held.remove(5); // hole at 6: SCL 5
+    append(&store, &k, 1, &held).await.expect("append");
+    let (fetched, scl) = store.fetch_records(&k, Lsn(2), 0).await.expect("fetch");
+    assert_eq!(scl, Lsn(5));
+    assert_eq!(fetched, records[2..5].to_vec());
+    let (fetched, _) = store.fetch_records(&k, Lsn(0), 1).await.expect("fetch");
+    assert_eq!(fetched.len(), 1, "at least one record");
+    assert!(store.segment_has_gap(&k));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn corrupt_record_on_disk_is_never_served() {
+    let temp = TempDir::new("corrupt");
+    let k = key("v", 0);
+    let store = open(temp.path());
+    append(&store, &k, 1, &[full(1, 0, 1, 3, 0x5a)])
+        .await
+        .expect("append");
+    // Bit rot in the page data, behind the store's back.
+    let log = temp.path().join("log").join("00000001.log");
+    let mut bytes = std::fs::read(&log).expect("read");
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&log, &bytes).expect("write");
+    let read = store.read_page(&k, PageId(3), Lsn(1), Lsn(0)).await;
+    assert!(
+        matches!(read, Err(StoreError::Corrupt { lsn: 1, .. })),
+        "{read:?}"
+    );
+    let fetch = store.fetch_records(&k, Lsn(0), 0).await;
+    assert!(
+        matches!(fetch, Err(StoreError::Corrupt { .. })),
+        "{fetch:?}"
+    );
+    store.close().await;
+}
+
+impl Store {
+    fn shared_syncs(&self) -> u64 {
+        self.shared_for_tests().syncs.load(Ordering::Relaxed)
+    }
+}

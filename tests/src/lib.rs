@@ -1,0 +1,416 @@
+//! Harness for sixfold's end-to-end tests: real `sixfold node` processes on 127.0.0.x addresses,
+//! real `sixfold mount` FUSE daemons, and helpers to kill, restart and inspect them.
+//!
+//! Every test gets a directory under `target/test-runs/<test name>/` (node data, the cluster file,
+//! one log per process) that is kept after the run for inspection and wiped when the test starts
+//! again. Processes are killed when the harness values are dropped, so a failing test never
+//! leaves a mount or a node behind.
+
+pub mod shadow;
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The `sixfold` binary under test: `$SIXFOLD_BIN`, or `target/release/sixfold` next to the test
+/// executable's `deps/` directory.
+pub fn sixfold_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("SIXFOLD_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    profile_dir.join("sixfold")
+}
+
+/// A fresh directory for one test's files, kept after the run.
+pub fn test_dir(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = target.join("test-runs").join(name);
+    let _ = Command::new("fusermount3")
+        .arg("-uz")
+        .arg(dir.join("mnt"))
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+/// Fails early, with the reason, when the machine cannot run FUSE tests.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests need FUSE (run scripts/setup.sh as root)"
+    );
+    let found = Command::new("sh")
+        .args(["-c", "command -v fusermount3"])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "fusermount3 is missing: run scripts/setup.sh (installs Debian's fuse3)"
+    );
+    assert!(
+        sixfold_bin().exists(),
+        "{} is missing: build it with cargo build --release",
+        sixfold_bin().display()
+    );
+}
+
+fn free_port(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// The last lines of a log file, for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub az: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of real `sixfold node` processes, node i on 127.0.0.(10+i), AZs a,a,b,b,c,c,...
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub cluster_file: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    pub fn start(dir: &Path, count: usize) -> Result<Cluster> {
+        let azs = ["a", "b", "c"];
+        let mut nodes = Vec::new();
+        let mut toml = String::new();
+        for i in 0..count {
+            let ip = format!("127.0.0.{}", 10 + i);
+            let addr: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse()?;
+            let az = azs[(i * azs.len()) / count].to_string();
+            toml.push_str(&format!("[[node]]\naddr = \"{addr}\"\naz = \"{az}\"\n\n"));
+            nodes.push(Node {
+                addr,
+                az,
+                data: dir.join(format!("node{i}")),
+                log: dir.join(format!("node{i}.log")),
+                child: None,
+            });
+        }
+        let cluster_file = dir.join("cluster.toml");
+        std::fs::write(&cluster_file, toml)?;
+        let mut cluster = Cluster {
+            dir: dir.to_owned(),
+            cluster_file,
+            nodes,
+        };
+        for i in 0..count {
+            cluster.start_node(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts) node `i` on its address and data directory; waits until it listens.
+    pub fn start_node(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "node {i} is already running");
+        let log = File::options().create(true).append(true).open(&node.log)?;
+        let child = Command::new(sixfold_bin())
+            .args([
+                "node",
+                "--listen",
+                &node.addr.to_string(),
+                "--az",
+                &node.az,
+                "--data",
+            ])
+            .arg(&node.data)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn sixfold node")?;
+        node.child = Some(child);
+        let addr = node.addr;
+        let log = node.log.clone();
+        wait_for(
+            &format!("node {i} to listen on {addr}"),
+            Duration::from_secs(60),
+            || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+        )
+        .with_context(|| format!("node log:\n{}", log_tail(&log, 20)))
+    }
+
+    /// kill -9 node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM node `i` and wait for it to exit.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `sixfold status --json` for a volume.
+    pub fn status(&self, volume: &str) -> Result<serde_json::Value> {
+        let output = Command::new(sixfold_bin())
+            .args(["status", "--json", "--volume", volume, "--cluster"])
+            .arg(&self.cluster_file)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "sixfold status failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+}
+
+/// A real `sixfold mount` FUSE daemon; the volume file is `mountpoint/volume`.
+pub struct Mount {
+    pub mountpoint: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn start(cluster: &Cluster, volume: &str, size: &str, mountpoint: &Path) -> Result<Mount> {
+        std::fs::create_dir_all(mountpoint)?;
+        let log_path = cluster.dir.join(format!("mount-{volume}.log"));
+        let log = File::options().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(sixfold_bin())
+            .args([
+                "mount",
+                "--volume",
+                volume,
+                "--size",
+                size,
+                "--cache-mb",
+                "64",
+                "--cluster",
+            ])
+            .arg(&cluster.cluster_file)
+            .arg(mountpoint)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn sixfold mount")?;
+        let volume_file = mountpoint.join("volume");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "sixfold mount exited with {status}:\n{}",
+                    log_tail(&log_path, 30)
+                );
+            }
+            if std::fs::metadata(&volume_file).is_ok_and(|m| m.len() > 0) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("volume file did not appear:\n{}", log_tail(&log_path, 30));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Mount {
+            mountpoint: mountpoint.to_owned(),
+            log: log_path,
+            child: Some(child),
+        })
+    }
+
+    pub fn volume_path(&self) -> PathBuf {
+        self.mountpoint.join("volume")
+    }
+
+    /// Clean unmount (`fusermount3 -u`); waits for the daemon to flush and exit.
+    pub fn unmount(mut self) -> Result<()> {
+        let status = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mountpoint)
+            .status()?;
+        if !status.success() {
+            bail!("fusermount3 -u {} failed", self.mountpoint.display());
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    if !status.success() {
+                        bail!(
+                            "sixfold mount exited with {status}:\n{}",
+                            log_tail(&self.log, 30)
+                        );
+                    }
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!(
+                        "sixfold mount did not exit after unmount:\n{}",
+                        log_tail(&self.log, 30)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// kill -9 of the FUSE daemon, then a lazy unmount of what it left.
+    pub fn kill(mut self) {
+        self.kill_inner();
+    }
+
+    fn kill_inner(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mountpoint)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.kill_inner();
+    }
+}
+
+/// Runs a command to completion; fails with its output when it does not succeed.
+pub fn run(command: &mut Command) -> Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {command:?}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed with {}:\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// A `sixfold up` setup (six nodes, mount, ext4 on a loop device at `dir`), taken down on drop.
+pub struct Up {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub size: String,
+}
+
+impl Up {
+    pub fn start(dir: &Path, state: &Path, size: &str) -> Result<Up> {
+        run(Command::new(sixfold_bin())
+            .arg("up")
+            .arg(dir)
+            .arg("--state")
+            .arg(state)
+            .args(["--size", size]))?;
+        Ok(Up {
+            dir: dir.to_owned(),
+            state: state.to_owned(),
+            size: size.to_owned(),
+        })
+    }
+
+    /// `sixfold down`, then `sixfold up` again on the same state.
+    pub fn restart(&self) -> Result<()> {
+        self.down()?;
+        run(Command::new(sixfold_bin())
+            .arg("up")
+            .arg(&self.dir)
+            .arg("--state")
+            .arg(&self.state)
+            .args(["--size", &self.size]))?;
+        Ok(())
+    }
+
+    pub fn down(&self) -> Result<()> {
+        run(Command::new(sixfold_bin())
+            .arg("down")
+            .arg(&self.dir)
+            .arg("--state")
+            .arg(&self.state))?;
+        Ok(())
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Err(error) = self.down() {
+            eprintln!("sixfold down failed while cleaning up: {error:#}");
+        }
+    }
+}
