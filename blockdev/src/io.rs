@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sixfold_proto::record::seal;
 use sixfold_proto::wire::{ByteRange, ReadPageRequest, SegmentRef};
-use sixfold_proto::{PageId, PgId, PAGE_SIZE};
+use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -293,6 +293,11 @@ impl Volume {
                 };
                 let read_lsn = state.ledger.vdl();
                 let required_scl = chain.pgcl.min(read_lsn).min(chain.tail);
+                if chain.pgcl == Lsn::ZERO {
+                    // No record of this PG is durable, so none is at or below the read point
+                    // (a page with a newer record is pinned in the cache and never fetched).
+                    return Ok(Bytes::from(vec![0u8; PAGE_SIZE]));
+                }
                 let queue = &state.pgs[&pg];
                 let mut candidates: Vec<(bool, bool, bool, u64, String)> = queue
                     .segments

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sixfold_proto::wire::{AppendRequest, SegmentRef};
 use sixfold_proto::{Lsn, PgId};
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::shared::{Shared, SEGMENT_BACKOFF_MAX};
 
@@ -21,6 +21,8 @@ pub const BATCH_RECORDS_MAX: usize = 512;
 pub const BATCH_BYTES_MAX: usize = 2 << 20;
 /// Batches in flight per segment.
 pub const IN_FLIGHT_BATCHES_MAX: usize = 4;
+/// How often an idle segment that is down or behind the PGCL gets a heartbeat.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A batch not acknowledged within this time counts as failed.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +46,11 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
             let vcl = state.ledger.vcl();
             let vdl = state.ledger.vdl();
             let closed = state.closed || state.fenced;
+            let (pgcl, acked) = state
+                .ledger
+                .pg(pg)
+                .map(|chain| (chain.pgcl, chain.scls[index]))
+                .unwrap_or((Lsn::ZERO, Lsn::ZERO));
             match state.pgs.get_mut(&pg) {
                 None => Next::Stop,
                 Some(_) if closed => Next::Stop,
@@ -69,23 +76,43 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                     + 48;
                                 records.push((**record).clone());
                             }
+                            let request = |records| AppendRequest {
+                                segment: Some(SegmentRef {
+                                    volume: shared.volume.clone(),
+                                    pg: pg.0,
+                                }),
+                                epoch: shared.epoch.0,
+                                records,
+                                peers,
+                                writer_vcl: vcl.0,
+                                writer_vdl: vdl.0,
+                                pgcl: pgcl.0,
+                            };
                             match records.last() {
-                                None => Next::Wait(link.wake.clone(), Some(Duration::from_secs(1))),
                                 Some(last) => {
                                     let last = Lsn(last.lsn);
                                     link.sent = last;
-                                    let request = AppendRequest {
-                                        segment: Some(SegmentRef {
-                                            volume: shared.volume.clone(),
-                                            pg: pg.0,
-                                        }),
-                                        epoch: shared.epoch.0,
-                                        records,
-                                        peers,
-                                        writer_vcl: vcl.0,
-                                        writer_vdl: vdl.0,
-                                    };
-                                    Next::Send(request, link.addr.clone(), last)
+                                    link.probed_at = Some(now);
+                                    Next::Send(request(records), link.addr.clone(), last)
+                                }
+                                None => {
+                                    // Nothing to send. A segment that is down, or behind the
+                                    // PGCL, gets a heartbeat: it tells the writer when it is back
+                                    // and tells the node how far the PG is durable, so that it
+                                    // fills its gap from its peers.
+                                    let due = link
+                                        .probed_at
+                                        .is_none_or(|at| now.duration_since(at) >= PROBE_INTERVAL);
+                                    if (!link.up || acked < pgcl) && due {
+                                        link.probed_at = Some(now);
+                                        Next::Send(
+                                            request(Vec::new()),
+                                            link.addr.clone(),
+                                            link.sent,
+                                        )
+                                    } else {
+                                        Next::Wait(link.wake.clone(), Some(PROBE_INTERVAL))
+                                    }
                                 }
                             }
                         }
@@ -96,10 +123,12 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
         match next {
             Next::Stop => return,
             Next::Wait(wake, timeout) => {
+                trace!(%pg, index, ?timeout, "sender waiting");
                 let timeout = timeout.unwrap_or(Duration::from_secs(1));
                 let _ = tokio::time::timeout(timeout, wake.notified()).await;
             }
             Next::Send(request, addr, last) => {
+                trace!(%pg, node = %addr, records = request.records.len(), %last, "sending batch");
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };

@@ -46,6 +46,8 @@ pub struct SegmentLink {
     /// Smoothed latency of successful requests, for read routing.
     pub latency_us: u64,
     pub last_error: Option<String>,
+    /// When the last batch or heartbeat was sent.
+    pub probed_at: Option<Instant>,
     /// Wakes this segment's sender (notify_one keeps a permit, so no wake-up is lost).
     pub wake: Arc<Notify>,
 }
@@ -61,6 +63,7 @@ impl SegmentLink {
             backoff: SEGMENT_BACKOFF_MIN,
             latency_us: 0,
             last_error: None,
+            probed_at: None,
             wake: Arc::new(Notify::new()),
         }
     }

@@ -248,6 +248,18 @@ impl Volume {
         }
     }
 
+    /// Fails when the writer was fenced by a newer one or closed; otherwise `Ok` at once.
+    pub fn check_writable(&self) -> Result<(), VolumeError> {
+        let state = self.shared.lock();
+        if state.fenced {
+            return Err(self.fenced_error());
+        }
+        if state.closed {
+            return Err(VolumeError::Closed);
+        }
+        Ok(())
+    }
+
     pub(crate) fn fenced_error(&self) -> VolumeError {
         VolumeError::Fenced {
             volume: self.shared.volume.clone(),
@@ -297,6 +309,15 @@ impl Volume {
             volume: self.shared.volume.clone(),
             detail: "the cluster has too few AZs or nodes to place a PG".into(),
         })?;
+        // Create the six segments in this epoch (at a write quorum) before the PG is recorded.
+        open::recover_pg(
+            &self.shared.clients,
+            &self.shared.volume,
+            pg,
+            nodes.clone(),
+            self.shared.epoch,
+        )
+        .await?;
         let mut next = meta.clone();
         next.pgs.push(PgPlacement {
             pg: pg.0,

@@ -65,6 +65,7 @@ pub enum Source {
         peers: Vec<String>,
         writer_vcl: Lsn,
         writer_vdl: Lsn,
+        pgcl: Lsn,
     },
     /// Gap-fill from a peer: records of any epoch the segment's truncations allow.
     Gossip,
@@ -220,12 +221,14 @@ impl Appender {
                     peers,
                     writer_vcl,
                     writer_vdl,
+                    pgcl,
                     ..
                 } = job.source
                 {
                     if !peers.is_empty() {
                         slot.peers = peers;
                     }
+                    slot.pgcl_hint = slot.pgcl_hint.max(pgcl);
                     let volume = index.volume_mut(&job.key.volume);
                     volume.writer_vcl = writer_vcl;
                     volume.writer_vdl = writer_vdl;

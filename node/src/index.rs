@@ -47,6 +47,10 @@ pub struct SegmentSlot {
     pub segment: Segment,
     /// Addresses of the PG's other segments, as last sent by the writer (gap-fill peers).
     pub peers: Vec<String>,
+    /// The highest PGCL a writer reported for the PG: records up to it exist on a write quorum,
+    /// so a segment whose SCL is below it has a gap even when it holds nothing beyond its SCL.
+    /// Soft state (the writer sends it with every Append and heartbeat). Never decreases.
+    pub pgcl_hint: Lsn,
 }
 
 /// One durable change, as a frame of the hot log carries it.

@@ -71,6 +71,7 @@ impl StorageNode for Service {
             peers,
             writer_vcl: Lsn(request.writer_vcl),
             writer_vdl: Lsn(request.writer_vdl),
+            pgcl: Lsn(request.pgcl),
         };
         let scl = self
             .store

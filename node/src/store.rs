@@ -360,7 +360,8 @@ impl Store {
     pub fn gap_candidates(&self, limit: usize, cursor: Option<&SegmentKey>) -> Vec<GapCandidate> {
         let index = lock(&self.shared.index);
         let candidate = |(key, slot): (&SegmentKey, &crate::index::SegmentSlot)| {
-            (slot.segment.has_gap() && !slot.peers.is_empty()).then(|| GapCandidate {
+            let behind = slot.segment.scl() < slot.pgcl_hint;
+            ((slot.segment.has_gap() || behind) && !slot.peers.is_empty()).then(|| GapCandidate {
                 key: key.clone(),
                 scl: slot.segment.scl(),
                 peers: slot.peers.clone(),

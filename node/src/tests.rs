@@ -37,6 +37,7 @@ async fn append(
         peers: vec!["127.0.0.1:1".into()],
         writer_vcl: Lsn(0),
         writer_vdl: Lsn(0),
+        pgcl: Lsn(0),
     };
     store.append(key.clone(), source, prepared).await
 }

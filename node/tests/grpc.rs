@@ -129,6 +129,7 @@ fn append(
         peers,
         writer_vcl: 0,
         writer_vdl: 0,
+        pgcl: 0,
     }
 }
 

@@ -42,6 +42,7 @@ pub fn test_dir(name: &str) -> PathBuf {
     let _ = Command::new("fusermount3")
         .arg("-uz")
         .arg(dir.join("mnt"))
+        .stderr(Stdio::null())
         .status();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
@@ -161,7 +162,7 @@ impl Cluster {
                 "--data",
             ])
             .arg(&node.data)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("SIXFOLD_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -253,7 +254,7 @@ impl Mount {
             ])
             .arg(&cluster.cluster_file)
             .arg(mountpoint)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("SIXFOLD_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -43,7 +43,7 @@ fn restarted_node_serves_correct_data_up_to_its_scl() -> anyhow::Result<()> {
     cluster.kill_node(victim);
     write(&mut shadow, 64 << 20)?;
     cluster.start_node(victim)?;
-    // One more write so that the writer talks to the restarted node (and names its peers).
+    // One more write after the restart (the writer also probes the node by itself: heartbeats).
     write(&mut shadow, 1 << 20)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
