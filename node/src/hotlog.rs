@@ -2,8 +2,13 @@
 //! records for many segments (group commit). Files are `data_dir/log/NNNNNNNN.log`, numbered from
 //! 1, rolled at [`LOG_FILE_BYTES_MAX`]; each holds [`crate::frame`] frames back to back.
 //!
-//! Invariants: frames are appended only at the end of the newest file; a file is never rewritten
-//! except to cut a torn tail at replay; a location handed to the index points at a frame body that
+//! Files are created full size and filled with zeroes before use, and the directory is synced:
+//! appending then only overwrites zeroes, so each fsync (`sync_data`) flushes data and never has
+//! to commit file-size or block-allocation metadata (on ext4 about 2.5x cheaper per fsync). Zeroes
+//! after the last frame mark the end of a file's data.
+//!
+//! Invariants: frames are appended only at the end of the newest file's data; a file is never
+//! rewritten except to zero a torn tail at replay; everything after a file's last frame is zeroes; a location handed to the index points at a frame body that
 //! was fsync'd before the index saw it.
 //!
 //! Crash consistency: a batch is acknowledged only after [`LogWriter::commit`] returned, i.e. after
@@ -151,13 +156,30 @@ impl LogWriter {
     }
 }
 
+/// Creates log file `number` full size, filled with zeroes, fsync'd, its name durable.
 fn create_file(dir: &Path, number: u32) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(dir.join(file_name(number)))?;
+    zero_fill(&file, 0, LOG_FILE_BYTES_MAX)?;
+    file.sync_all()?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Writes zeroes over `[from, to)` of `file` (real zero blocks, not a hole or an unwritten
+/// extent, so that later overwrites need no allocation).
+fn zero_fill(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeroes = vec![0u8; CHUNK];
+    let mut offset = from;
+    while offset < to {
+        let len = (to - offset).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeroes[..len], offset)?;
+        offset += len as u64;
+    }
+    Ok(())
 }
 
 /// What replay found.
@@ -214,7 +236,7 @@ pub fn open(
         let (good_len, frames, problem) = replay_file(&bytes, number, &mut on_frame);
         stats.frames += frames;
         if let Some(problem) = problem {
-            let cut = bytes.len() as u64 - good_len;
+            let cut = data_end(&bytes, good_len as usize) - good_len;
             if is_last {
                 warn!(
                     path = %path.display(), offset = good_len, bytes_cut = cut, %problem,
@@ -224,8 +246,8 @@ pub fn open(
                     .write(true)
                     .open(&path)
                     .map_err(io_error("open log file", &path))?;
-                file.set_len(good_len)
-                    .map_err(io_error("truncate log file", &path))?;
+                zero_fill(&file, good_len, bytes.len() as u64)
+                    .map_err(io_error("zero the torn tail of log file", &path))?;
                 file.sync_all().map_err(io_error("sync log file", &path))?;
                 stats.torn_bytes_cut = cut;
             } else {
@@ -236,9 +258,8 @@ pub fn open(
                 stats.damaged_files += 1;
             }
         }
-        stats.log_bytes += bytes.len() as u64;
+        stats.log_bytes += good_len;
         if is_last {
-            stats.log_bytes -= stats.torn_bytes_cut;
             last_size = good_len;
         }
     }
@@ -271,6 +292,16 @@ pub fn open(
     Ok((writer, stats))
 }
 
+/// Where the non-zero bytes of a file end (its data, torn frames included), from `start` on.
+fn data_end(bytes: &[u8], start: usize) -> u64 {
+    let end = bytes[start..]
+        .iter()
+        .rposition(|b| *b != 0)
+        .map(|last| start + last + 1)
+        .unwrap_or(start);
+    end as u64
+}
+
 /// Replays the frames of one file. Returns the length of its intact prefix, the number of frames
 /// in it, and what stopped replay early (if anything).
 fn replay_file(
@@ -281,6 +312,9 @@ fn replay_file(
     let mut position = 0usize;
     let mut frames = 0u64;
     while position < bytes.len() {
+        if bytes[position..].iter().all(|b| *b == 0) {
+            break; // the zeroes after the last frame: the end of the file's data
+        }
         let (frame, len, body_offset) = match frame::decode(&bytes[position..]) {
             Decoded::Frame {
                 frame,
@@ -369,20 +403,28 @@ mod tests {
         writer.commit().expect("commit");
         drop(writer);
         let path = temp.path().join(file_name(1));
-        let full = std::fs::metadata(&path).expect("metadata").len();
+        let full = data_end(&std::fs::read(&path).expect("read"), 0);
         let frame_len = record_frame(3).bytes.len() as u64;
-        // kill -9 in the middle of writing the third frame.
+        // kill -9 in the middle of writing the third frame: its last bytes never reached the
+        // disk, which still holds the zeroes of the preallocated file there.
         OpenOptions::new()
             .write(true)
             .open(&path)
-            .and_then(|f| f.set_len(full - 7))
+            .and_then(|f| f.write_all_at(&[0u8; 7], full - 7))
             .expect("tear");
         let (mut writer, stats, seen) = replay(temp.path());
         assert_eq!(seen.len(), 2);
-        assert_eq!(stats.torn_bytes_cut, frame_len - 7);
+        assert!(stats.torn_bytes_cut > 0 && stats.torn_bytes_cut <= frame_len);
+        let bytes = std::fs::read(&path).expect("read");
         assert_eq!(
-            std::fs::metadata(&path).expect("metadata").len(),
-            full - frame_len
+            bytes.len() as u64,
+            LOG_FILE_BYTES_MAX,
+            "the file keeps its full size"
+        );
+        assert_eq!(
+            data_end(&bytes, 0),
+            full - frame_len,
+            "the torn frame is zeroed"
         );
         writer.append(&record_frame(3)).expect("append");
         writer.commit().expect("commit");
@@ -409,17 +451,20 @@ mod tests {
         let mut bytes = std::fs::read(&older).expect("read");
         bytes[20] ^= 0xff;
         std::fs::write(&older, &bytes).expect("write");
-        // Append zeroes to the newest file (a torn, preallocated tail).
+        // Garbage after the newest file's last frame (a torn write of a frame header).
         let newest = temp.path().join(file_name(2));
         let mut bytes = std::fs::read(&newest).expect("read");
-        let good = bytes.len() as u64;
-        bytes.extend_from_slice(&[0u8; 30]);
+        let good = data_end(&bytes, 0);
+        bytes[good as usize..good as usize + 30].fill(0xab);
         std::fs::write(&newest, &bytes).expect("write");
         let (_, stats, seen) = replay(temp.path());
         assert_eq!(seen.len(), 1);
         assert_eq!(stats.damaged_files, 1);
         assert_eq!(stats.torn_bytes_cut, 30);
-        assert_eq!(std::fs::metadata(&newest).expect("metadata").len(), good);
+        assert_eq!(data_end(&std::fs::read(&newest).expect("read"), 0), good);
+        // Zeroes after the last frame are the normal end of data, not damage.
+        let (_, stats, seen) = replay(temp.path());
+        assert_eq!((seen.len(), stats.torn_bytes_cut), (1, 0));
     }
 
     #[test]

@@ -162,7 +162,10 @@ impl Cluster {
                 "--data",
             ])
             .arg(&node.data)
-            .env("RUST_LOG", std::env::var("SIXFOLD_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SIXFOLD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -254,7 +257,10 @@ impl Mount {
             ])
             .arg(&cluster.cluster_file)
             .arg(mountpoint)
-            .env("RUST_LOG", std::env::var("SIXFOLD_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SIXFOLD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,0 +1,149 @@
+//! `sixfold mount`: opens a volume as its single writer (`Volume::open`: epoch bump, recovery)
+//! and serves it as `MOUNTPOINT/volume` through FUSE, in the foreground, until it is unmounted
+//! or receives SIGTERM/SIGINT; then the volume is flushed and closed.
+//!
+//! Errors name what went wrong: the cluster file (path and parse error), the mount point (in use,
+//! not empty, stale), the nodes (from `Volume::open`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sixfold_blockdev::{ClusterConfig, OpenOptions, Volume};
+use sixfold_fuse::MountOptions;
+
+use crate::signals::Signals;
+use crate::size::{human, parse_volume_size};
+
+/// How long the runtime may take to wind down its last tasks after the unmount.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+#[command(
+    about = "Open a volume as its writer and serve it as MOUNTPOINT/volume through FUSE",
+    long_about = "Open a volume as its single writer and serve it as MOUNTPOINT/volume through \
+                  FUSE. The volume is created on first mount with --size. Runs in the foreground \
+                  until MOUNTPOINT is unmounted (`fusermount3 -u MOUNTPOINT`) or SIGTERM/SIGINT \
+                  arrives; then it flushes and closes the volume. Any later mount from any host \
+                  holding the cluster file fences this writer out (epoch)."
+)]
+pub struct MountArgs {
+    /// Cluster file (TOML, one [[node]] table with `addr` and `az` per storage node).
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    /// Name of the volume (A-Z a-z 0-9 . _ -).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    volume: String,
+    /// Size of the volume when it is created (ignored when it exists): bytes or 64G, 10GiB, 1T;
+    /// a multiple of 4096, at most 64T.
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_volume_size)]
+    size: u64,
+    /// MiB of clean pages the writer's page cache may hold.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    cache_mb: u64,
+    /// AZ of this host: reads prefer segments in the same AZ.
+    #[arg(long, value_name = "NAME")]
+    az: Option<String>,
+    /// Let other users than the one mounting use the mount (FUSE allow_other).
+    #[arg(long)]
+    allow_other: bool,
+    /// Let the kernel cache the volume file's pages (default: direct I/O, no double caching).
+    #[arg(long, hide = true)]
+    kernel_cache: bool,
+    /// Empty directory to mount on; the volume appears as MOUNTPOINT/volume.
+    #[arg(value_name = "MOUNTPOINT")]
+    mountpoint: PathBuf,
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let cluster = ClusterConfig::load(&args.cluster).context("load the cluster file")?;
+    // Check the mount point before touching the cluster: opening the volume fences any other
+    // writer, which should not happen for a mount that cannot succeed.
+    let mountpoint = sixfold_fuse::mount_point::check_mount_point(&args.mountpoint)
+        .context("check the mount point")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sixfold-mount")
+        .build()
+        .context("start the tokio runtime")?;
+    let signals = Signals::install(&runtime)?;
+
+    let options = OpenOptions {
+        cluster: cluster.clone(),
+        volume: args.volume.clone(),
+        create_size_bytes: args.size,
+        cache_bytes: args.cache_mb.saturating_mul(1 << 20),
+        az: args.az.clone(),
+    };
+    println!(
+        "sixfold mount: opening volume {} on {} nodes ({})",
+        args.volume,
+        cluster.nodes.len(),
+        args.cluster.display()
+    );
+    let volume: Arc<Volume> = runtime
+        .block_on(async {
+            tokio::select! {
+                opened = Volume::open(options) => opened.map_err(anyhow::Error::from),
+                () = interrupted() => Err(anyhow::anyhow!("interrupted by a signal")),
+            }
+        })
+        .with_context(|| format!("open volume {}", args.volume))?;
+    let stats = volume.stats();
+    println!(
+        "sixfold mount: volume {} open as its writer ({}, {} bytes, {}, {} PGs allocated); serving {}",
+        args.volume,
+        human(stats.size_bytes),
+        stats.size_bytes,
+        stats.epoch,
+        stats.pgs,
+        mountpoint.join(sixfold_fuse::VOLUME_FILE_NAME).display()
+    );
+    if stats.size_bytes != args.size {
+        println!(
+            "sixfold mount: the volume already existed; --size {} was not applied (use `sixfold grow`)",
+            human(args.size)
+        );
+    }
+
+    let mount_options = MountOptions {
+        volume_name: args.volume.clone(),
+        allow_other: args.allow_other,
+        direct_io: !args.kernel_cache,
+        ..MountOptions::default()
+    };
+    let served = sixfold_fuse::mount(
+        volume,
+        runtime.handle().clone(),
+        &mountpoint,
+        mount_options,
+        signals.recv(),
+    );
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    served.with_context(|| format!("serve volume {} at {}", args.volume, mountpoint.display()))?;
+    println!(
+        "sixfold mount: unmounted {}; volume {} flushed and closed",
+        mountpoint.display(),
+        args.volume
+    );
+    Ok(())
+}
+
+/// A second set of handlers for the opening phase (the first one is handed to the FUSE mount).
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
