@@ -208,6 +208,13 @@ impl Cluster {
         }
     }
 
+    /// `sixfold status` for a volume, as a person reads it.
+    pub fn status_text(&self, volume: &str) -> Result<String> {
+        run(Command::new(sixfold_bin())
+            .args(["status", "--volume", volume, "--cluster"])
+            .arg(&self.cluster_file))
+    }
+
     /// `sixfold status --json` for a volume.
     pub fn status(&self, volume: &str) -> Result<serde_json::Value> {
         let output = Command::new(sixfold_bin())

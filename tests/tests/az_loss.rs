@@ -79,6 +79,32 @@ fn losing_an_az_keeps_writing_and_a_third_loss_blocks_fsync() -> anyhow::Result<
     let (result, mut shadow, mut writes) = load.join().expect("load thread");
     result?;
     shadow.verify(&volume, 50, 3)?;
+    // An operator sees which nodes are gone, and that every PG still has a quorum of SCLs.
+    let text = cluster.status_text("azloss")?;
+    for dead in [0, 1] {
+        let addr = cluster.nodes[dead].addr.to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&addr) && l.contains("UNREACHABLE")),
+            "status must show {addr} as unreachable:\n{text}"
+        );
+    }
+    let status = cluster.status("azloss")?;
+    assert_eq!(
+        status["unreachable"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    for pg in status["pgs"].as_array().expect("pgs") {
+        assert!(
+            pg["pgcl"].as_u64() > Some(0),
+            "every PG has durable records: {pg}"
+        );
+    }
+    assert!(
+        status["vdl"].as_u64() > Some(0),
+        "the writer reported its VDL: {status}"
+    );
 
     // A third node down: only 3 of 6 segments remain, so fsync must not return...
     cluster.kill_node(2);
