@@ -1,7 +1,7 @@
 //! [`VolumeFs`]: fuser's `Filesystem` over a [`Volume`].
 //!
 //! The tree is fixed: the root directory holds one regular file, `volume` (see [`crate::attr`]).
-//! Data requests (`read`, `write`), barriers (`fsync`, `release` with the flush flag)
+//! Data requests (`read`, `write`), the barrier (`fsync`)
 //! and growth (`setattr` with a larger size) are handed to the tokio runtime with
 //! [`VolumeFs::spawn`], which replies from there, so a barrier waiting for write quorum never
 //! holds up other requests. Directory and attribute requests answer inline: they never touch the
@@ -368,12 +368,9 @@ impl Filesystem for VolumeFs {
         flush: bool,
         reply: ReplyEmpty,
     ) {
-        let span = tracing::debug_span!("release", req = req.unique().0, %ino, flush);
-        if flush {
-            self.spawn_flush(span, reply);
-        } else {
-            reply.ok();
-        }
+        // Not a barrier either (see `flush`); the kernel does not wait for this reply.
+        let _span = tracing::debug_span!("release", req = req.unique().0, %ino, flush).entered();
+        reply.ok();
     }
 
     fn fsync(

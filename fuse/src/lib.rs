@@ -26,10 +26,14 @@
 //! # Durability contract at this edge
 //!
 //! `write` replies once [`Volume::write`] accepted the data: like a disk with a volatile cache,
-//! the data is not yet durable. `fsync`, `flush` (every `close()`) and `release` with the flush
-//! flag reply OK only after [`Volume::flush`] returned `Ok`, i.e. after VDL passed every write
-//! before them; an error is returned as `EIO`, never swallowed. On unmount the session waits for
-//! requests still in flight, then flushes and closes the volume.
+//! the data is not yet durable. `fsync` replies OK only after [`Volume::flush`] returned `Ok`,
+//! i.e. after VDL passed every write before it; an error is returned as `EIO`, never swallowed.
+//! `close()` is not a barrier, as on every local file system: the kernel sends `flush` for every
+//! close of every descriptor, including the copies a child process inherits and closes at exec,
+//! and waiting for quorum there would hang a process that spawns another while a PG has lost its
+//! write quorum (the spawned process may be the very node that would restore it). `flush` only
+//! reports a fenced or closed writer. On unmount the session waits for requests still in flight,
+//! then flushes and closes the volume.
 
 pub mod attr;
 pub mod errno;
