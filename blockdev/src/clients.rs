@@ -1,10 +1,13 @@
-//! gRPC clients of the storage nodes: one lazily connected channel per node address.
+//! gRPC clients of the storage nodes: one lazily connected channel per node address, and
+//! [`ask_all`], the one way the writer asks several nodes at once (metadata, recovery, status).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest gRPC message either side accepts.
@@ -41,4 +44,54 @@ impl Clients {
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX))
     }
+}
+
+/// One node's answer in [`ask_all`]: the node's index in the list asked, its address, and the
+/// response or why there is none ("timed out", a connection error, or the node's gRPC status).
+pub struct Answer<T> {
+    pub index: usize,
+    pub addr: String,
+    pub result: Result<T, String>,
+}
+
+/// Sends one request to every node of `addrs` in parallel, each bounded by `timeout`, and
+/// returns their answers in completion order. `call` makes the request for one client.
+pub async fn ask_all<T, F, Fut>(
+    clients: &Arc<Clients>,
+    addrs: &[String],
+    timeout: Duration,
+    call: F,
+) -> Vec<Answer<T>>
+where
+    T: Send + 'static,
+    F: Fn(NodeClient) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    for (index, addr) in addrs.iter().enumerate() {
+        let request = clients.get(addr).map(&call);
+        let addr = addr.clone();
+        tasks.spawn(async move {
+            let result = match request {
+                Err(error) => Err(error),
+                Ok(request) => match tokio::time::timeout(timeout, request).await {
+                    Err(_) => Err("timed out".to_string()),
+                    Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                    Ok(Ok(response)) => Ok(response.into_inner()),
+                },
+            };
+            Answer {
+                index,
+                addr,
+                result,
+            }
+        });
+    }
+    let mut answers = Vec::with_capacity(addrs.len());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers
 }

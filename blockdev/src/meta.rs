@@ -15,9 +15,8 @@ use sixfold_proto::cluster::ClusterConfig;
 use sixfold_proto::placement;
 use sixfold_proto::wire::{GetVolumeMetaRequest, PutVolumeMetaRequest, VolumeMeta};
 use sixfold_proto::{READ_QUORUM, WRITE_QUORUM};
-use tokio::task::JoinSet;
 
-use crate::clients::Clients;
+use crate::clients::{ask_all, Answer, Clients};
 use crate::error::VolumeError;
 
 const META_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,38 +36,24 @@ pub async fn read(
     volume: &str,
 ) -> Result<Option<VolumeMeta>, VolumeError> {
     let placed = meta_nodes(cluster, volume)?;
-    let mut tasks = JoinSet::new();
-    for node in &cluster.nodes {
-        let addr = node.addr.clone();
-        let clients = clients.clone();
-        let name = volume.to_owned();
-        tasks.spawn(async move {
-            let result = async {
-                let mut client = clients.get(&addr)?;
-                let response = tokio::time::timeout(
-                    META_TIMEOUT,
-                    client.get_volume_meta(GetVolumeMetaRequest { name }),
-                )
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|status| status.message().to_string())?;
-                Ok::<_, String>(response.into_inner().meta)
-            }
-            .await;
-            (addr, result)
-        });
-    }
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    let answers = ask_all(clients, &addrs, META_TIMEOUT, |mut client| {
+        let request = GetVolumeMetaRequest {
+            name: volume.to_owned(),
+        };
+        async move { client.get_volume_meta(request).await }
+    })
+    .await;
     let mut newest: Option<VolumeMeta> = None;
     let mut placed_answers = 0;
     let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((addr, result)) = joined else { continue };
+    for Answer { addr, result, .. } in answers {
         match result {
-            Ok(meta) => {
+            Ok(response) => {
                 if placed.contains(&addr) {
                     placed_answers += 1;
                 }
-                if let Some(meta) = meta {
+                if let Some(meta) = response.meta {
                     if newest.as_ref().is_none_or(|n| meta.version > n.version) {
                         newest = Some(meta);
                     }
@@ -77,21 +62,17 @@ pub async fn read(
             Err(error) => failures.push(format!("{addr}: {error}")),
         }
     }
-    if placed_answers < READ_QUORUM && newest.is_none() {
-        return Err(VolumeError::Meta {
-            volume: volume.to_owned(),
-            detail: format!(
-                "only {placed_answers} of the 6 metadata nodes answered, {READ_QUORUM} needed; unreachable: {}",
-                failures.join("; ")
-            ),
-        });
-    }
     if placed_answers < READ_QUORUM {
-        // Found some metadata but cannot prove it is the newest.
+        // Found metadata or not, fewer than a read quorum cannot prove it is the newest.
+        let why = if newest.is_some() {
+            " to be sure of the newest version"
+        } else {
+            ""
+        };
         return Err(VolumeError::Meta {
             volume: volume.to_owned(),
             detail: format!(
-                "only {placed_answers} of the 6 metadata nodes answered, {READ_QUORUM} needed to be sure of the newest version; unreachable: {}",
+                "only {placed_answers} of the 6 metadata nodes answered, {READ_QUORUM} needed{why}; unreachable: {}",
                 failures.join("; ")
             ),
         });
@@ -106,41 +87,22 @@ pub async fn write(
     meta: &VolumeMeta,
 ) -> Result<(), VolumeError> {
     let placed = meta_nodes(cluster, &meta.name)?;
-    let mut tasks = JoinSet::new();
-    for addr in placed {
-        let clients = clients.clone();
-        let meta = meta.clone();
-        tasks.spawn(async move {
-            let result = async {
-                let mut client = clients.get(&addr)?;
-                let response = tokio::time::timeout(
-                    META_TIMEOUT,
-                    client.put_volume_meta(PutVolumeMetaRequest {
-                        meta: Some(meta.clone()),
-                    }),
-                )
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|status| status.message().to_string())?;
-                let stored = response.into_inner().version;
-                if stored != meta.version {
-                    return Err(format!(
-                        "node holds version {stored}, newer than ours ({}): another writer?",
-                        meta.version
-                    ));
-                }
-                Ok::<_, String>(())
-            }
-            .await;
-            (addr, result)
-        });
-    }
+    let answers = ask_all(clients, &placed, META_TIMEOUT, |mut client| {
+        let request = PutVolumeMetaRequest {
+            meta: Some(meta.clone()),
+        };
+        async move { client.put_volume_meta(request).await }
+    })
+    .await;
     let mut acks = 0;
     let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((addr, result)) = joined else { continue };
+    for Answer { addr, result, .. } in answers {
         match result {
-            Ok(()) => acks += 1,
+            Ok(response) if response.version == meta.version => acks += 1,
+            Ok(response) => failures.push(format!(
+                "{addr}: node holds version {}, newer than ours ({}): another writer?",
+                response.version, meta.version
+            )),
             Err(error) => failures.push(format!("{addr}: {error}")),
         }
     }

@@ -23,7 +23,7 @@ use sixfold_proto::{Epoch, Lsn, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
 
-use crate::clients::Clients;
+use crate::clients::{ask_all, Answer, Clients};
 use crate::error::VolumeError;
 
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,37 +51,18 @@ pub async fn recover_pg(
         pg: pg.0,
     };
     // Segment states from every node.
-    let mut tasks = JoinSet::new();
-    for (index, addr) in nodes.iter().enumerate() {
-        let clients = clients.clone();
-        let addr = addr.clone();
-        let segment = segment.clone();
-        tasks.spawn(async move {
-            let result = async {
-                let mut client = clients.get(&addr)?;
-                let response = tokio::time::timeout(
-                    RECOVERY_TIMEOUT,
-                    client.segment_state(SegmentStateRequest {
-                        segment: Some(segment),
-                    }),
-                )
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|s| s.message().to_string())?;
-                Ok::<_, String>(response.into_inner())
-            }
-            .await;
-            (index, addr, result)
-        });
-    }
+    let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
+        let request = SegmentStateRequest {
+            segment: Some(segment.clone()),
+        };
+        async move { client.segment_state(request).await }
+    })
+    .await;
     let mut answered = 0;
     let mut tail = Lsn::ZERO;
     let mut max_lsn_seen = Lsn::ZERO;
     let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((_, addr, result)) = joined else {
-            continue;
-        };
+    for Answer { addr, result, .. } in answers {
         match result {
             Ok(state) => {
                 answered += 1;
@@ -107,42 +88,28 @@ pub async fn recover_pg(
         });
     }
     // Adopt the epoch and truncate beyond the tail at a write quorum.
-    let mut tasks = JoinSet::new();
-    for (index, addr) in nodes.iter().enumerate() {
-        let clients = clients.clone();
-        let addr = addr.clone();
-        let segment = segment.clone();
-        tasks.spawn(async move {
-            let result = async {
-                let mut client = clients.get(&addr)?;
-                let response = tokio::time::timeout(
-                    RECOVERY_TIMEOUT,
-                    client.open_segment(OpenSegmentRequest {
-                        segment: Some(segment),
-                        epoch: epoch.0,
-                        truncate_after: tail.0,
-                    }),
-                )
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|s| s.message().to_string())?;
-                Ok::<_, String>(response.into_inner().scl)
-            }
-            .await;
-            (index, addr, result)
-        });
-    }
+    let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
+        let request = OpenSegmentRequest {
+            segment: Some(segment.clone()),
+            epoch: epoch.0,
+            truncate_after: tail.0,
+        };
+        async move { client.open_segment(request).await }
+    })
+    .await;
     let mut scls = [Lsn::ZERO; COPIES];
     let mut opened = 0;
     let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((index, addr, result)) = joined else {
-            continue;
-        };
+    for Answer {
+        index,
+        addr,
+        result,
+    } in answers
+    {
         match result {
-            Ok(scl) => {
+            Ok(response) => {
                 opened += 1;
-                scls[index] = Lsn(scl).min(tail);
+                scls[index] = Lsn(response.scl).min(tail);
             }
             Err(error) => failures.push(format!("{addr}: {error}")),
         }

@@ -10,9 +10,8 @@ use serde::Serialize;
 use sixfold_proto::cluster::ClusterConfig;
 use sixfold_proto::wire::{NodeStatusRequest, NodeStatusResponse};
 use sixfold_proto::{Lsn, COPIES, PG_BYTES};
-use tokio::task::JoinSet;
 
-use crate::clients::Clients;
+use crate::clients::{ask_all, Clients};
 use crate::error::VolumeError;
 use crate::{meta, quorum};
 
@@ -167,30 +166,15 @@ impl StatusReport {
 pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusReport, VolumeError> {
     crate::volume::validate_volume_name(volume)?;
     let clients = Arc::new(Clients::default());
-    let mut tasks = JoinSet::new();
-    for node in &cluster.nodes {
-        let clients = clients.clone();
-        let addr = node.addr.clone();
-        tasks.spawn(async move {
-            let result = async {
-                let mut client = clients.get(&addr)?;
-                let response =
-                    tokio::time::timeout(STATUS_TIMEOUT, client.node_status(NodeStatusRequest {}))
-                        .await
-                        .map_err(|_| "timed out".to_string())?
-                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-                Ok::<NodeStatusResponse, String>(response.into_inner())
-            }
-            .await;
-            (addr, result)
-        });
-    }
-    let mut answers: HashMap<String, Result<NodeStatusResponse, String>> = HashMap::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((addr, result)) = joined {
-            answers.insert(addr, result);
-        }
-    }
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    let answers: HashMap<String, Result<NodeStatusResponse, String>> =
+        ask_all(&clients, &addrs, STATUS_TIMEOUT, |mut client| async move {
+            client.node_status(NodeStatusRequest {}).await
+        })
+        .await
+        .into_iter()
+        .map(|answer| (answer.addr, answer.result))
+        .collect();
     let (meta, metadata_error) = match meta::read(&clients, cluster, volume).await {
         Ok(meta) => (meta, None),
         Err(error) => (None, Some(error.to_string())),

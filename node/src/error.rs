@@ -2,7 +2,7 @@
 //! one request (mapped to a gRPC status in one place, [`StoreError::to_status`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sixfold_proto::{Epoch, Lsn, PgId};
 use thiserror::Error;
@@ -71,6 +71,21 @@ pub enum StoreError {
     LogFailed,
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+impl NodeError {
+    /// For `map_err`: an I/O error of `action` on `path`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> NodeError {
+        let path = path.to_owned();
+        move |source| NodeError::Io {
+            action,
+            path,
+            source,
+        }
+    }
 }
 
 impl StoreError {

@@ -201,14 +201,7 @@ pub fn open(
     dir: &Path,
     mut on_frame: impl FnMut(Frame, Location),
 ) -> Result<(LogWriter, ReplayStats), NodeError> {
-    let io_error = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| NodeError::Io {
-            action,
-            path,
-            source,
-        }
-    };
+    let io_error = NodeError::io;
     std::fs::create_dir_all(dir).map_err(io_error("create log directory", dir))?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent).map_err(io_error("sync directory", parent))?;

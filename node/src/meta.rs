@@ -59,14 +59,7 @@ pub struct MetaStore {
 impl MetaStore {
     /// Loads every metadata file of `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<MetaStore, NodeError> {
-        let io_error = |action: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| NodeError::Io {
-                action,
-                path,
-                source,
-            }
-        };
+        let io_error = NodeError::io;
         std::fs::create_dir_all(dir).map_err(io_error("create metadata directory", dir))?;
         let mut volumes = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(io_error("list metadata directory", dir))? {
