@@ -23,7 +23,7 @@ use tracing::debug;
 
 use crate::delta;
 use crate::error::VolumeError;
-use crate::shared::Shared;
+use crate::shared::{Queued, Shared};
 use crate::volume::Volume;
 
 /// Bytes of one write request handled in one critical section (bounded well below LAL).
@@ -37,6 +37,18 @@ struct Piece<'a> {
     page: PageId,
     offset_in_page: usize,
     bytes: &'a [u8],
+}
+
+/// What a write has to wait for before it can be staged.
+enum Blocked {
+    /// The page is being loaded by a reader (read-modify-write must see it first).
+    Latch(PageId, Arc<Notify>),
+    /// A partially written page is no longer cached.
+    Evicted,
+    /// The PG has no segments yet.
+    NoPg(PgId),
+    /// LSN allocation is at LAL ahead of VDL.
+    Lal,
 }
 
 fn pieces(offset: u64, data: &[u8]) -> Vec<Piece<'_>> {
@@ -99,6 +111,25 @@ impl Volume {
         Ok(())
     }
 
+    /// Writes `data` at `offset` if that can be done at once, without waiting: every PG
+    /// allocated, every partially written page cached and not loading, allocation within LAL.
+    /// `None` means it would have to wait (use [`Volume::write`]); nothing was written then.
+    /// Lets the FUSE layer answer most writes on its own thread, with no hand-off.
+    pub fn try_write_now(&self, offset: u64, data: &[u8]) -> Option<Result<(), VolumeError>> {
+        if let Err(error) = self.check_range(offset, data.len() as u64) {
+            return Some(Err(error));
+        }
+        if data.len() > WRITE_CHUNK_BYTES {
+            return None;
+        }
+        let pieces = pieces(offset, data);
+        match self.stage(&pieces) {
+            Ok(None) => Some(Ok(())),
+            Ok(Some(_)) => None,
+            Err(error) => Some(Err(error)),
+        }
+    }
+
     async fn write_chunk(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         let pieces = pieces(offset, data);
         let mut pgs: Vec<PgId> = pieces.iter().map(|p| p.page.pg()).collect();
@@ -113,96 +144,109 @@ impl Volume {
                 self.page(piece.page).await?;
             }
             let mut progress = shared.progress.subscribe();
-            enum Blocked {
-                Latch(PageId, Arc<Notify>),
-                Evicted,
-                Lal,
-            }
-            let blocked = {
-                let mut state = shared.lock();
-                if state.fenced {
-                    return Err(self.fenced_error());
-                }
-                if state.closed {
-                    return Err(VolumeError::Closed);
-                }
-                let mut blocked = None;
-                for piece in &pieces {
-                    if let Some(latch) = state.cache.loading(piece.page) {
-                        blocked = Some(Blocked::Latch(piece.page, latch));
-                        break;
-                    }
-                    if piece.bytes.len() < PAGE_SIZE && state.cache.get(piece.page).is_none() {
-                        blocked = Some(Blocked::Evicted);
-                        break;
-                    }
-                }
-                if blocked.is_none() && !state.ledger.can_allocate(pieces.len() as u64) {
-                    blocked = Some(Blocked::Lal);
-                }
-                if blocked.is_none() {
-                    let mut last = None;
-                    let mut woken = Vec::new();
-                    for piece in &pieces {
-                        let old = state.cache.get(piece.page);
-                        let (page_bytes, ranges) = if piece.bytes.len() == PAGE_SIZE {
-                            let new = Bytes::copy_from_slice(piece.bytes);
-                            let ranges = match &old {
-                                Some(old) => delta::page_delta(old, &new),
-                                None => vec![delta::full_page(&new)],
-                            };
-                            (new, ranges)
-                        } else {
-                            let old = old.expect("partial pieces were checked to be cached");
-                            let mut page = old.to_vec();
-                            let start = piece.offset_in_page;
-                            page[start..start + piece.bytes.len()].copy_from_slice(piece.bytes);
-                            let page = Bytes::from(page);
-                            let range = ByteRange {
-                                offset: start as u32,
-                                data: page.slice(start..start + piece.bytes.len()),
-                            };
-                            (page, vec![range])
-                        };
-                        if ranges.is_empty() {
-                            continue; // the page already holds these bytes
-                        }
-                        let pg = piece.page.pg();
-                        let (lsn, backlink) = state
-                            .ledger
-                            .allocate(pg)
-                            .expect("allocation was checked against LAL under the same lock");
-                        let record = seal(lsn, backlink, shared.epoch, piece.page, ranges);
-                        state.cache.put_dirty(piece.page, page_bytes, lsn);
-                        if let Some(queue) = state.pgs.get_mut(&pg) {
-                            queue.records.push_back(Arc::new(record));
-                            if !woken.contains(&pg) {
-                                woken.push(pg);
-                                for link in &queue.segments {
-                                    link.wake.notify_one();
-                                }
-                            }
-                        }
-                        last = Some(lsn);
-                    }
-                    if let Some(last) = last {
-                        state.ledger.mark_cpl(last);
-                    }
-                    return Ok(());
-                }
-                blocked
-            };
-            match blocked {
+            match self.stage(&pieces)? {
+                None => return Ok(()),
                 Some(Blocked::Latch(page, latch)) => wait_latch(shared, page, latch).await,
                 Some(Blocked::Evicted) => {
                     debug!("old page evicted before the write; fetching again")
                 }
-                Some(Blocked::Lal) | None => {
+                Some(Blocked::NoPg(pg)) => self.ensure_pg(pg).await?,
+                Some(Blocked::Lal) => {
                     // Back-pressure: wait for VDL to move (or the writer to be fenced/closed).
                     let _ = tokio::time::timeout(Duration::from_secs(1), progress.changed()).await;
                 }
             }
         }
+    }
+
+    /// In one critical section: checks that the write can go ahead, then allocates an LSN per
+    /// changed page within LAL, makes its record (only the changed bytes when the old page is
+    /// cached), caches the new page as dirty and queues the record for the PG's senders.
+    /// Returns what it would have to wait for instead, having changed nothing.
+    fn stage(&self, pieces: &[Piece<'_>]) -> Result<Option<Blocked>, VolumeError> {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        if state.fenced {
+            return Err(self.fenced_error());
+        }
+        if state.closed {
+            return Err(VolumeError::Closed);
+        }
+        for piece in pieces {
+            let pg = piece.page.pg();
+            if !state.ledger.has_pg(pg) {
+                return Ok(Some(Blocked::NoPg(pg)));
+            }
+            if let Some(latch) = state.cache.loading(piece.page) {
+                return Ok(Some(Blocked::Latch(piece.page, latch)));
+            }
+            if piece.bytes.len() < PAGE_SIZE && state.cache.get(piece.page).is_none() {
+                return Ok(Some(Blocked::Evicted));
+            }
+        }
+        if !state.ledger.can_allocate(pieces.len() as u64) {
+            // Back-pressure: what is allocated must go out now for VDL to move.
+            let last = state.ledger.last_allocated();
+            state.push(last);
+            return Ok(Some(Blocked::Lal));
+        }
+        let now = Instant::now();
+        let mut last = None;
+        let mut woken = Vec::new();
+        for piece in pieces {
+            let old = state.cache.get(piece.page);
+            let (page_bytes, ranges) = if piece.bytes.len() == PAGE_SIZE {
+                let new = Bytes::copy_from_slice(piece.bytes);
+                let ranges = match &old {
+                    Some(old) => delta::page_delta(old, &new),
+                    None => vec![delta::full_page(&new)],
+                };
+                (new, ranges)
+            } else {
+                let old = old.expect("partial pieces were checked to be cached");
+                let mut page = old.to_vec();
+                let start = piece.offset_in_page;
+                page[start..start + piece.bytes.len()].copy_from_slice(piece.bytes);
+                let page = Bytes::from(page);
+                let range = ByteRange {
+                    offset: start as u32,
+                    data: page.slice(start..start + piece.bytes.len()),
+                };
+                (page, vec![range])
+            };
+            if ranges.is_empty() {
+                continue; // the page already holds these bytes
+            }
+            let pg = piece.page.pg();
+            let (lsn, backlink) = state
+                .ledger
+                .allocate(pg)
+                .expect("allocation was checked against LAL under the same lock");
+            let record = seal(lsn, backlink, shared.epoch, piece.page, ranges);
+            state.cache.put_dirty(piece.page, page_bytes, lsn);
+            if let Some(queue) = state.pgs.get_mut(&pg) {
+                // A sender with nothing pending starts its linger now; one with records
+                // pending already has a deadline.
+                let before = queue.records.back().map(|q| Lsn(q.record.lsn));
+                queue.records.push_back(Queued {
+                    record: Arc::new(record),
+                    at: now,
+                });
+                if !woken.contains(&pg) {
+                    woken.push(pg);
+                    for link in &queue.segments {
+                        if before.is_none_or(|b| link.sent >= b) {
+                            link.wake.notify_one();
+                        }
+                    }
+                }
+            }
+            last = Some(lsn);
+        }
+        if let Some(last) = last {
+            state.ledger.mark_cpl(last);
+        }
+        Ok(None)
     }
 
     /// Reads `len` bytes at `offset` (must lie within the volume).

@@ -20,6 +20,7 @@ pub mod quorum;
 mod sender;
 mod shared;
 pub mod status;
+mod stream;
 mod volume;
 
 pub use error::VolumeError;

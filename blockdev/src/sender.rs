@@ -14,11 +14,17 @@ use sixfold_proto::{Lsn, PgId};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, trace, warn};
 
-use crate::shared::{Shared, SEGMENT_BACKOFF_MAX};
+use crate::shared::{Queued, Shared, SEGMENT_BACKOFF_MAX};
+use crate::stream::{AppendStream, InFlight};
 
 /// Largest batch, in records and in payload bytes.
 pub const BATCH_RECORDS_MAX: usize = 512;
 pub const BATCH_BYTES_MAX: usize = 2 << 20;
+/// Records wait up to this long for more to share their batch, unless a flush (or a writer held
+/// back by LAL) needs them, or this many bytes are pending. A filesystem on the volume writes
+/// its data and journal blocks and then flushes: they travel in one batch, one fsync per node.
+pub const LINGER: Duration = Duration::from_millis(2);
+pub const BATCH_EAGER_BYTES: usize = 256 << 10;
 /// Batches in flight per segment.
 pub const IN_FLIGHT_BATCHES_MAX: usize = 4;
 /// How often an idle segment that is down or behind the PGCL gets a heartbeat.
@@ -40,12 +46,14 @@ enum Next {
 
 async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT_BATCHES_MAX));
+    let mut stream: Option<AppendStream> = None;
     loop {
         let next = {
             let mut state = shared.lock();
             let vcl = state.ledger.vcl();
             let vdl = state.ledger.vdl();
             let closed = state.closed || state.fenced;
+            let push_to = state.push_to;
             let (pgcl, acked) = state
                 .ledger
                 .pg(pg)
@@ -61,21 +69,26 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                     match link.retry_at {
                         Some(at) if at > now => Next::Wait(link.wake.clone(), Some(at - now)),
                         _ => {
-                            let start = queue.records.partition_point(|r| Lsn(r.lsn) <= link.sent);
-                            let mut bytes = 0;
-                            let mut records = Vec::new();
-                            for record in queue.records.iter().skip(start) {
-                                if records.len() >= BATCH_RECORDS_MAX || bytes >= BATCH_BYTES_MAX {
-                                    break;
-                                }
-                                bytes += record
-                                    .ranges
-                                    .iter()
-                                    .map(|r| r.data.len() + 8)
-                                    .sum::<usize>()
-                                    + 48;
-                                records.push((**record).clone());
-                            }
+                            let start = queue
+                                .records
+                                .partition_point(|q| Lsn(q.record.lsn) <= link.sent);
+                            let (count, bytes) = batch_extent(queue.records.range(start..));
+                            let linger_left = queue.records.get(start).and_then(|first| {
+                                let urgent = Lsn(first.record.lsn) <= push_to
+                                    || count >= BATCH_RECORDS_MAX
+                                    || bytes >= BATCH_EAGER_BYTES;
+                                let age = now.saturating_duration_since(first.at);
+                                (!urgent && age < LINGER).then(|| LINGER - age)
+                            });
+                            let records: Vec<_> = if linger_left.is_some() {
+                                Vec::new()
+                            } else {
+                                queue
+                                    .records
+                                    .range(start..start + count)
+                                    .map(|q| (*q.record).clone())
+                                    .collect()
+                            };
                             let request = |records| AppendRequest {
                                 segment: Some(SegmentRef {
                                     volume: shared.volume.clone(),
@@ -89,6 +102,9 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                 pgcl: pgcl.0,
                             };
                             match records.last() {
+                                _ if linger_left.is_some() => {
+                                    Next::Wait(link.wake.clone(), linger_left)
+                                }
                                 Some(last) => {
                                     let last = Lsn(last.lsn);
                                     link.sent = last;
@@ -127,8 +143,8 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                 let timeout = timeout.unwrap_or(Duration::from_secs(1));
                 let _ = tokio::time::timeout(timeout, wake.notified()).await;
             }
-            Next::Send(request, addr, last) => {
-                trace!(%pg, node = %addr, records = request.records.len(), %last, "sending batch");
+            Next::Send(request, addr, last) if request.records.is_empty() => {
+                // A heartbeat: one unary request, whatever the state of the stream.
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
@@ -138,8 +154,54 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                     drop(permit);
                 });
             }
+            Next::Send(request, addr, last) => {
+                trace!(%pg, node = %addr, records = request.records.len(), %last, "sending batch");
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let records = request.records.len();
+                if stream.as_ref().is_none_or(|s| s.is_dead()) {
+                    stream = None;
+                    match AppendStream::open(&shared, pg, index, &addr).await {
+                        Ok(opened) => stream = Some(opened),
+                        Err(error) => {
+                            on_error(&shared, pg, index, &addr, records, last, error);
+                            continue;
+                        }
+                    }
+                }
+                if let Some(stream) = &stream {
+                    let batch = InFlight {
+                        last,
+                        records,
+                        started: Instant::now(),
+                        _permit: permit,
+                    };
+                    stream.send(&shared, request, batch).await;
+                }
+            }
         }
     }
+}
+
+/// How many of `pending` records go in the next batch, and their approximate payload bytes.
+fn batch_extent<'a>(pending: impl Iterator<Item = &'a Queued>) -> (usize, usize) {
+    let mut count = 0;
+    let mut bytes = 0;
+    for queued in pending {
+        if count >= BATCH_RECORDS_MAX || bytes >= BATCH_BYTES_MAX {
+            break;
+        }
+        bytes += queued
+            .record
+            .ranges
+            .iter()
+            .map(|r| r.data.len() + 8)
+            .sum::<usize>()
+            + 48;
+        count += 1;
+    }
+    (count, bytes)
 }
 
 async fn send_batch(
@@ -175,7 +237,7 @@ async fn send_batch(
     }
 }
 
-fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed: Duration) {
+pub(crate) fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed: Duration) {
     let mut state = shared.lock();
     let vdl_moved = state.ledger.handle_ack(pg, index, scl);
     let pgcl = state.ledger.pg(pg).map(|c| c.pgcl).unwrap_or(Lsn::ZERO);
@@ -203,7 +265,7 @@ fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed: Duration) 
     }
 }
 
-fn on_error(
+pub(crate) fn on_error(
     shared: &Shared,
     pg: PgId,
     index: usize,
@@ -236,7 +298,7 @@ fn on_error(
     }
 }
 
-fn on_fenced(shared: &Shared, addr: &str, message: &str) {
+pub(crate) fn on_fenced(shared: &Shared, addr: &str, message: &str) {
     let mut state = shared.lock();
     if !state.fenced {
         warn!(volume = %shared.volume, epoch = %shared.epoch, node = %addr, "fenced by a newer writer: {message}");

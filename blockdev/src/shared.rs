@@ -69,11 +69,18 @@ impl SegmentLink {
     }
 }
 
+/// A record waiting in a PG queue, and when the writer made it (for the sender's linger).
+#[derive(Debug)]
+pub struct Queued {
+    pub record: Arc<Record>,
+    pub at: Instant,
+}
+
 /// A PG's outgoing records and its six segment links.
 #[derive(Debug)]
 pub struct PgQueue {
     /// Records not yet released, in LSN order.
-    pub records: VecDeque<Arc<Record>>,
+    pub records: VecDeque<Queued>,
     pub segments: Vec<SegmentLink>,
 }
 
@@ -99,7 +106,7 @@ impl PgQueue {
     /// ones beyond the retention bound).
     pub fn release(&mut self, pgcl: Lsn) {
         while let Some(front) = self.records.front() {
-            let lsn = Lsn(front.lsn);
+            let lsn = Lsn(front.record.lsn);
             if lsn > pgcl {
                 break;
             }
@@ -128,6 +135,30 @@ pub struct State {
     pub pgs: HashMap<PgId, PgQueue>,
     pub fenced: bool,
     pub closed: bool,
+    /// Records at or below this LSN are sent at once (a flush or a back-pressured writer waits
+    /// for them); later ones may linger briefly to travel in fewer, larger batches.
+    pub push_to: Lsn,
+}
+
+impl State {
+    /// Asks every sender to send, without lingering, all records up to `lsn`.
+    pub fn push(&mut self, lsn: Lsn) {
+        if lsn <= self.push_to {
+            return;
+        }
+        self.push_to = lsn;
+        for queue in self.pgs.values() {
+            let unsent = |link: &SegmentLink| {
+                queue
+                    .records
+                    .back()
+                    .is_some_and(|q| Lsn(q.record.lsn) > link.sent)
+            };
+            for link in queue.segments.iter().filter(|l| unsent(l)) {
+                link.wake.notify_one();
+            }
+        }
+    }
 }
 
 pub struct Shared {

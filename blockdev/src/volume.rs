@@ -135,6 +135,7 @@ impl Volume {
             pgs,
             fenced: false,
             closed: false,
+            push_to: Lsn::ZERO,
         };
         let (progress, _) = watch::channel(Progress {
             vdl: start,
@@ -191,7 +192,12 @@ impl Volume {
     /// fewer than four segments acknowledging; never returns `Ok` early.
     pub async fn flush(&self) -> Result<(), VolumeError> {
         let mut progress = self.shared.progress.subscribe();
-        let target = self.shared.lock().ledger.last_allocated();
+        let target = {
+            let mut state = self.shared.lock();
+            let target = state.ledger.last_allocated();
+            state.push(target);
+            target
+        };
         let started = Instant::now();
         let mut next_report = Duration::from_secs(10);
         loop {

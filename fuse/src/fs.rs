@@ -315,23 +315,33 @@ impl Filesystem for VolumeFs {
         if ino != VOLUME_INODE {
             return reply.error(Errno::EISDIR);
         }
-        let volume = self.volume.clone();
-        let data = data.to_vec();
-        self.spawn(span, async move {
-            if data.is_empty() {
-                return reply.written(0);
-            }
-            let size_bytes = volume.size_bytes();
-            if offset >= size_bytes {
+        if data.is_empty() {
+            return reply.written(0);
+        }
+        let size_bytes = self.volume.size_bytes();
+        if offset >= size_bytes {
+            span.in_scope(|| {
                 tracing::warn!(
                     "refused: write at {offset} starts at or past the end of the volume \
                      ({size_bytes} bytes; grow it first)"
-                );
-                return reply.error(Errno::EFBIG);
+                )
+            });
+            return reply.error(Errno::EFBIG);
+        }
+        // `len` is at most `data.len()`, which the kernel bounds by `max_write` (a u32).
+        let len = (data.len() as u64).min(size_bytes - offset) as usize;
+        // Most writes need no waiting: answer them here, without a hand-off to the runtime.
+        match self.volume.try_write_now(offset, &data[..len]) {
+            Some(Ok(())) => return reply.written(len as u32),
+            Some(Err(error)) => {
+                return span.in_scope(|| reply.error(errno_for(Operation::Write, &error)));
             }
-            let len = (data.len() as u64).min(size_bytes - offset) as usize;
-            match volume.write(offset, &data[..len]).await {
-                // `len` is at most `data.len()`, which the kernel bounds by `max_write` (a u32).
+            None => {}
+        }
+        let volume = self.volume.clone();
+        let data = data[..len].to_vec();
+        self.spawn(span, async move {
+            match volume.write(offset, &data).await {
                 Ok(()) => reply.written(len as u32),
                 Err(error) => reply.error(errno_for(Operation::Write, &error)),
             }

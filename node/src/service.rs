@@ -11,7 +11,10 @@ use sixfold_proto::wire::{
     VolumeWriterState,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::appender::Source;
@@ -51,34 +54,95 @@ fn page_in_pg(pg: PgId, page: u64) -> Result<PageId, StoreError> {
     Ok(page)
 }
 
+/// Batches of one append stream hardened concurrently (their answers still go out in order).
+pub const APPEND_STREAM_IN_FLIGHT_MAX: usize = 16;
+
+/// Validates one batch, hardens it and answers the segment's SCL.
+async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendResponse, Status> {
+    let prepared = (|| {
+        let key = request::segment_key(request.segment.as_ref())?;
+        let epoch = Epoch(request.epoch);
+        let records = request::prepare_records(&key, Some(epoch), &request.records)?;
+        let peers = request::peers(&request.peers)?;
+        Ok::<_, StoreError>((key, epoch, records, peers))
+    })();
+    let (key, epoch, records, peers) = prepared.map_err(|e| status("Append", e))?;
+    let source = Source::Writer {
+        epoch,
+        peers,
+        writer_vcl: Lsn(request.writer_vcl),
+        writer_vdl: Lsn(request.writer_vdl),
+        pgcl: Lsn(request.pgcl),
+    };
+    let scl = store
+        .append(key, source, records)
+        .await
+        .map_err(|e| status("Append", e))?;
+    Ok(AppendResponse { scl: scl.0 })
+}
+
+/// Serves one append stream: each batch is handed to the store as it arrives (so that several
+/// share a group commit), and the answers go back in arrival order. The first refused batch
+/// ends the stream with its status; so does a broken inbound stream.
+async fn serve_append_stream(
+    store: Store,
+    mut inbound: Streaming<AppendRequest>,
+    responses: mpsc::Sender<Result<AppendResponse, Status>>,
+) {
+    let (order, mut in_order) =
+        mpsc::channel::<JoinHandle<Result<AppendResponse, Status>>>(APPEND_STREAM_IN_FLIGHT_MAX);
+    let responder = tokio::spawn(async move {
+        while let Some(batch) = in_order.recv().await {
+            let answer = batch
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("append task failed: {e}"))));
+            let refused = answer.is_err();
+            if responses.send(answer).await.is_err() || refused {
+                return;
+            }
+        }
+    });
+    loop {
+        match inbound.message().await {
+            Ok(Some(request)) => {
+                let store = store.clone();
+                let batch = tokio::spawn(async move { append_one(&store, request).await });
+                if order.send(batch).await.is_err() {
+                    break; // the responder stopped: the stream is over
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!("append stream ended: {e}");
+                break;
+            }
+        }
+    }
+    drop(order);
+    let _ = responder.await;
+}
+
 #[tonic::async_trait]
 impl StorageNode for Service {
     async fn append(
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
-        let request = request.into_inner();
-        let prepared = (|| {
-            let key = request::segment_key(request.segment.as_ref())?;
-            let epoch = Epoch(request.epoch);
-            let records = request::prepare_records(&key, Some(epoch), &request.records)?;
-            let peers = request::peers(&request.peers)?;
-            Ok::<_, StoreError>((key, epoch, records, peers))
-        })();
-        let (key, epoch, records, peers) = prepared.map_err(|e| status("Append", e))?;
-        let source = Source::Writer {
-            epoch,
-            peers,
-            writer_vcl: Lsn(request.writer_vcl),
-            writer_vdl: Lsn(request.writer_vdl),
-            pgcl: Lsn(request.pgcl),
-        };
-        let scl = self
-            .store
-            .append(key, source, records)
+        append_one(&self.store, request.into_inner())
             .await
-            .map_err(|e| status("Append", e))?;
-        Ok(Response::new(AppendResponse { scl: scl.0 }))
+            .map(Response::new)
+    }
+
+    type AppendStreamStream = ReceiverStream<Result<AppendResponse, Status>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (responses, stream) = mpsc::channel(APPEND_STREAM_IN_FLIGHT_MAX);
+        tokio::spawn(serve_append_stream(self.store.clone(), inbound, responses));
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 
     async fn read_page(

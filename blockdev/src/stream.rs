@@ -1,0 +1,180 @@
+//! One segment's append stream: the long-lived gRPC stream (`AppendStream`) its sender writes
+//! batches into, and the task that reads the node's answers, in order, into the ledger.
+//!
+//! A stream saves each batch the cost of a new HTTP/2 request (headers, stream set-up, trailers)
+//! on both sides; batches still pipeline, several in flight.
+//!
+//! Invariants:
+//! - A batch is queued in `in_flight` before it is written to the stream, so every answer finds
+//!   the batch it answers (the node answers in arrival order).
+//! - A stream dies once: on an error status, an end, or no answer within [`APPEND_TIMEOUT`] while
+//!   a batch waits. The reader then marks it dead and reports every unanswered batch through
+//!   `on_error` (which rewinds the segment's "sent" mark so they go again), under the same lock
+//!   a sender takes to queue a batch: a batch is either reported by the reader or refused (and
+//!   reported) by [`AppendStream::send`], never lost.
+//! - A stream its sender dropped (the writer is closing) reports nothing.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use sixfold_proto::wire::{AppendRequest, AppendResponse};
+use sixfold_proto::{Lsn, PgId};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::sender::{on_ack, on_error, on_fenced, APPEND_TIMEOUT, IN_FLIGHT_BATCHES_MAX};
+use crate::shared::Shared;
+
+/// A batch written to the stream and not yet answered.
+pub struct InFlight {
+    pub last: Lsn,
+    pub records: usize,
+    pub started: Instant,
+    /// Bounds the batches in flight per segment; released with the answer.
+    pub _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<InFlight>,
+    /// Set once, by the reader when the stream fails or by the owner when it drops the stream.
+    dead: bool,
+}
+
+pub struct AppendStream {
+    requests: mpsc::Sender<AppendRequest>,
+    queue: Arc<Mutex<Queue>>,
+    pg: PgId,
+    index: usize,
+    addr: String,
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AppendStream {
+    /// Opens a stream to segment `index` of `pg` (on the node at `addr`) and starts its reader.
+    pub async fn open(
+        shared: &Arc<Shared>,
+        pg: PgId,
+        index: usize,
+        addr: &str,
+    ) -> Result<AppendStream, String> {
+        let mut client = shared.clients.get(addr)?;
+        let (requests, outbound) = mpsc::channel(IN_FLIGHT_BATCHES_MAX + 1);
+        let opened = tokio::time::timeout(
+            APPEND_TIMEOUT,
+            client.append_stream(ReceiverStream::new(outbound)),
+        )
+        .await;
+        let answers = match opened {
+            Err(_) => {
+                return Err(format!(
+                    "append stream not opened within {APPEND_TIMEOUT:?}"
+                ))
+            }
+            Ok(Err(status)) => return Err(format!("{:?}: {}", status.code(), status.message())),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        tokio::spawn(read_answers(
+            shared.clone(),
+            pg,
+            index,
+            addr.to_owned(),
+            answers,
+            queue.clone(),
+        ));
+        Ok(AppendStream {
+            requests,
+            queue,
+            pg,
+            index,
+            addr: addr.to_owned(),
+        })
+    }
+
+    pub fn is_dead(&self) -> bool {
+        lock(&self.queue).dead
+    }
+
+    /// Writes one batch to the stream. On a dead stream the batch is reported failed at once.
+    pub async fn send(&self, shared: &Shared, request: AppendRequest, batch: InFlight) {
+        let (last, records) = (batch.last, batch.records);
+        {
+            let mut queue = lock(&self.queue);
+            if queue.dead {
+                drop(queue);
+                let error = "append stream closed".to_owned();
+                on_error(
+                    shared, self.pg, self.index, &self.addr, records, last, error,
+                );
+                return;
+            }
+            queue.batches.push_back(batch);
+        }
+        // If the stream is gone, its reader sees it end and reports this batch with the rest.
+        let _ = self.requests.send(request).await;
+    }
+}
+
+impl Drop for AppendStream {
+    fn drop(&mut self) {
+        lock(&self.queue).dead = true;
+    }
+}
+
+async fn read_answers(
+    shared: Arc<Shared>,
+    pg: PgId,
+    index: usize,
+    addr: String,
+    mut answers: Streaming<AppendResponse>,
+    queue: Arc<Mutex<Queue>>,
+) {
+    let error = loop {
+        match tokio::time::timeout(APPEND_TIMEOUT, answers.message()).await {
+            Err(_) => {
+                let stalled = lock(&queue)
+                    .batches
+                    .front()
+                    .is_some_and(|b| b.started.elapsed() >= APPEND_TIMEOUT);
+                if stalled {
+                    break format!("no acknowledgement within {APPEND_TIMEOUT:?}");
+                }
+            }
+            Ok(Ok(Some(answer))) => {
+                let Some(batch) = lock(&queue).batches.pop_front() else {
+                    break "the node answered a batch that was never sent".to_owned();
+                };
+                on_ack(&shared, pg, index, Lsn(answer.scl), batch.started.elapsed());
+            }
+            Ok(Ok(None)) => break "append stream closed by the node".to_owned(),
+            Ok(Err(status))
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message().contains("fenced") =>
+            {
+                lock(&queue).dead = true;
+                on_fenced(&shared, &addr, status.message());
+                return;
+            }
+            Ok(Err(status)) => break format!("{:?}: {}", status.code(), status.message()),
+        }
+    };
+    let failed: Vec<InFlight> = {
+        let mut queue = lock(&queue);
+        if queue.dead {
+            return; // dropped by its sender: the writer is closing
+        }
+        queue.dead = true;
+        queue.batches.drain(..).collect()
+    };
+    let records = failed.iter().map(|b| b.records).sum();
+    let last = failed.iter().map(|b| b.last).max().unwrap_or(Lsn::ZERO);
+    on_error(&shared, pg, index, &addr, records, last, error);
+}
