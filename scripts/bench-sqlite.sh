@@ -19,6 +19,9 @@ cleanup
 rm -rf "$work"
 mkdir -p "$work/local" "$work/sixfold"
 
+# The disk under both: what one flush costs, and what six at once (six nodes) cost.
+disk_line=$(python3 scripts/disk_flush_latency.py "$work")
+
 # (a) baseline: ext4 on a loop device over a sparse local file.
 truncate -s 8G "$work/local.img"
 mkfs.ext4 -F -q "$work/local.img"
@@ -50,3 +53,4 @@ a, b, before, after, n = map(float, sys.argv[1:])
 print("  ratio b/a                        : %10.2f" % (b / a))
 print("  bytes hardened on nodes / commit : %10.0f (all six copies; %.0f per copy)" % ((after - before) / n, (after - before) / n / 6))
 PY
+echo "  disk write+fdatasync (no sixfold) : $disk_line"
