@@ -54,11 +54,17 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
             let vdl = state.ledger.vdl();
             let closed = state.closed || state.fenced;
             let push_to = state.push_to;
-            let (pgcl, acked) = state
+            let (pgcl, acked, lowest_scl) = state
                 .ledger
                 .pg(pg)
-                .map(|chain| (chain.pgcl, chain.scls[index]))
-                .unwrap_or((Lsn::ZERO, Lsn::ZERO));
+                .map(|chain| {
+                    let lowest = chain.scls.iter().min().copied().unwrap_or(Lsn::ZERO);
+                    (chain.pgcl, chain.scls[index], lowest)
+                })
+                .unwrap_or((Lsn::ZERO, Lsn::ZERO, Lsn::ZERO));
+            // Nodes may fold what every segment holds and no read will ask below: the writer
+            // reads at its VDL.
+            let fold_limit = lowest_scl.min(vdl);
             match state.pgs.get_mut(&pg) {
                 None => Next::Stop,
                 Some(_) if closed => Next::Stop,
@@ -100,6 +106,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                 writer_vcl: vcl.0,
                                 writer_vdl: vdl.0,
                                 pgcl: pgcl.0,
+                                fold_limit: fold_limit.0,
                             };
                             match records.last() {
                                 _ if linger_left.is_some() => {

@@ -24,6 +24,7 @@ pub struct NodeReport {
     pub reachable: bool,
     pub error: Option<String>,
     pub hot_log_bytes: u64,
+    pub page_store_bytes: u64,
     pub segments: usize,
 }
 
@@ -139,11 +140,12 @@ impl StatusReport {
             if node.reachable {
                 let _ = writeln!(
                     out,
-                    "  {:<22} az {:<4} up    {} segment(s), hot log {}",
+                    "  {:<22} az {:<4} up    {} segment(s), hot log {}, page stores {}",
                     node.addr,
                     node.az,
                     node.segments,
-                    human_bytes(node.hot_log_bytes)
+                    human_bytes(node.hot_log_bytes),
+                    human_bytes(node.page_store_bytes)
                 );
             } else {
                 let _ = writeln!(
@@ -196,6 +198,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     reachable: true,
                     error: None,
                     hot_log_bytes: status.hot_log_bytes,
+                    page_store_bytes: status.page_store_bytes,
                     segments: status.segments.len(),
                 });
             }
@@ -211,6 +214,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     reachable: false,
                     error: Some(error),
                     hot_log_bytes: 0,
+                    page_store_bytes: 0,
                     segments: 0,
                 });
             }

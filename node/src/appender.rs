@@ -66,6 +66,7 @@ pub enum Source {
         writer_vcl: Lsn,
         writer_vdl: Lsn,
         pgcl: Lsn,
+        fold_limit: Lsn,
     },
     /// Gap-fill from a peer: records of any epoch the segment's truncations allow.
     Gossip,
@@ -156,6 +157,10 @@ impl Appender {
                     self.append_group(group);
                 }
             }
+            // Every frame in a file before the current one is now in the index.
+            self.shared
+                .applied_file
+                .store(self.writer.file_number(), Ordering::Release);
         }
     }
 
@@ -222,6 +227,7 @@ impl Appender {
                     writer_vcl,
                     writer_vdl,
                     pgcl,
+                    fold_limit,
                     ..
                 } = job.source
                 {
@@ -229,6 +235,7 @@ impl Appender {
                         slot.peers = peers;
                     }
                     slot.pgcl_hint = slot.pgcl_hint.max(pgcl);
+                    slot.fold_limit_hint = slot.fold_limit_hint.max(fold_limit);
                     let volume = index.volume_mut(&job.key.volume);
                     volume.writer_vcl = writer_vcl;
                     volume.writer_vdl = writer_vdl;

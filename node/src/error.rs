@@ -53,14 +53,23 @@ pub enum StoreError {
         scl: u64,
         required: u64,
     },
-    #[error(
-        "segment {volume}/PG {pg}: record {lsn} read back from the hot log is corrupt: {detail}"
-    )]
+    #[error("segment {volume}/PG {pg}: corrupt data on disk (at LSN {lsn}): {detail}")]
     Corrupt {
         volume: String,
         pg: u32,
         lsn: u64,
         detail: String,
+    },
+    #[error(
+        "segment {volume}/PG {pg}: {what} at or below {folded} are folded into pages here; \
+         {advice}"
+    )]
+    Folded {
+        volume: String,
+        pg: u32,
+        folded: u64,
+        what: &'static str,
+        advice: &'static str,
     },
     #[error("failed to {action}: {source}")]
     Io {
@@ -118,7 +127,7 @@ impl StoreError {
         let message = self.to_string();
         match self {
             StoreError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            StoreError::Fenced { .. } | StoreError::Behind { .. } => {
+            StoreError::Fenced { .. } | StoreError::Behind { .. } | StoreError::Folded { .. } => {
                 tonic::Status::failed_precondition(message)
             }
             StoreError::NotHosted { .. } => tonic::Status::not_found(message),

@@ -21,7 +21,7 @@
 //! skips the rest of that file and continues with the next; the hole it leaves in a segment's
 //! chain holds its SCL down until gap-fill fetches the missing records from peers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -57,19 +57,53 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Read access to the log files, shared by every reader (positional reads, no seek state).
+/// Data bytes of each log file, kept by the writer and by garbage collection.
+pub type FileBytes = Arc<Mutex<BTreeMap<u32, u64>>>;
+
+/// Read access to the log files, shared by every reader (positional reads, no seek state), and
+/// their garbage collection.
 #[derive(Debug)]
 pub struct LogFiles {
     dir: PathBuf,
     open: Mutex<HashMap<u32, Arc<File>>>,
+    file_bytes: FileBytes,
+    total_bytes: Arc<AtomicU64>,
 }
 
 impl LogFiles {
-    pub fn new(dir: PathBuf) -> LogFiles {
+    pub fn new(dir: PathBuf, writer: &LogWriter) -> LogFiles {
         LogFiles {
             dir,
             open: Mutex::new(HashMap::new()),
+            file_bytes: Arc::clone(&writer.file_bytes),
+            total_bytes: writer.total_bytes(),
         }
+    }
+
+    /// Deletes every log file numbered below `first_kept` (their frames must be folded or
+    /// summarized in the checkpoint: see [`crate::folder`]). Returns how many were deleted and
+    /// their data bytes. A reader holding one open keeps reading it until it lets go.
+    pub fn remove_below(&self, first_kept: u32) -> io::Result<(usize, u64)> {
+        let doomed: Vec<(u32, u64)> = lock(&self.file_bytes)
+            .range(..first_kept)
+            .map(|(n, b)| (*n, *b))
+            .collect();
+        let mut freed = 0;
+        for (number, bytes) in &doomed {
+            match std::fs::remove_file(self.dir.join(file_name(*number))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            lock(&self.open).remove(number);
+            lock(&self.file_bytes).remove(number);
+            self.total_bytes.fetch_sub(*bytes, Ordering::Relaxed);
+            freed += bytes;
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok((doomed.len(), freed))
     }
 
     /// Reads the bytes at `location` (a record's canonical encoding).
@@ -103,6 +137,8 @@ pub struct LogWriter {
     buffer: Vec<u8>,
     /// Total bytes of all log files (what `sixfold status` shows), shared with readers.
     total_bytes: Arc<AtomicU64>,
+    /// Data bytes per file, shared with [`LogFiles`].
+    file_bytes: FileBytes,
 }
 
 impl LogWriter {
@@ -133,12 +169,18 @@ impl LogWriter {
         Arc::clone(&self.total_bytes)
     }
 
+    /// Number of the file being appended to.
+    pub fn file_number(&self) -> u32 {
+        self.number
+    }
+
     fn write_buffer(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         self.file.write_all_at(&self.buffer, self.size)?;
         self.size += self.buffer.len() as u64;
+        lock(&self.file_bytes).insert(self.number, self.size);
         self.total_bytes
             .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
         self.buffer.clear();
@@ -222,6 +264,7 @@ pub fn open(
         ..ReplayStats::default()
     };
     let mut last_size = 0u64;
+    let mut file_bytes = BTreeMap::new();
     for (position, &number) in numbers.iter().enumerate() {
         let path = dir.join(file_name(number));
         let bytes = std::fs::read(&path).map_err(io_error("read log file", &path))?;
@@ -252,11 +295,13 @@ pub fn open(
             }
         }
         stats.log_bytes += good_len;
+        file_bytes.insert(number, good_len);
         if is_last {
             last_size = good_len;
         }
     }
     let total_bytes = Arc::new(AtomicU64::new(stats.log_bytes));
+    let file_bytes = Arc::new(Mutex::new(file_bytes));
     let writer = match numbers.last() {
         Some(&number) => {
             let path = dir.join(file_name(number));
@@ -271,6 +316,7 @@ pub fn open(
                 size: last_size,
                 buffer: Vec::new(),
                 total_bytes,
+                file_bytes,
             }
         }
         None => LogWriter {
@@ -280,6 +326,7 @@ pub fn open(
             size: 0,
             buffer: Vec::new(),
             total_bytes,
+            file_bytes,
         },
     };
     Ok((writer, stats))
@@ -376,10 +423,10 @@ mod tests {
         }
         writer.commit().expect("commit");
         drop(writer);
-        let (_, stats, seen) = replay(temp.path());
+        let (writer, stats, seen) = replay(temp.path());
         assert_eq!(stats.frames, 5);
         assert_eq!(seen.iter().map(|(_, l)| *l).collect::<Vec<_>>(), locations);
-        let files = LogFiles::new(temp.path().to_owned());
+        let files = LogFiles::new(temp.path().to_owned(), &writer);
         let bytes = files.read(locations[2]).expect("read");
         let record = record::decode_canonical(&bytes).expect("decodes");
         assert_eq!(record.lsn, 3);

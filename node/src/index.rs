@@ -16,7 +16,7 @@ use std::fmt;
 
 use sixfold_proto::{Epoch, Lsn, PgId};
 
-use crate::segment::{Admission, RecordMeta, Segment};
+use crate::segment::{Admission, RecordMeta, Segment, Truncation};
 
 /// Names a segment: the replica of one PG of one volume on this node.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,6 +51,8 @@ pub struct SegmentSlot {
     /// so a segment whose SCL is below it has a gap even when it holds nothing beyond its SCL.
     /// Soft state (the writer sends it with every Append and heartbeat). Never decreases.
     pub pgcl_hint: Lsn,
+    /// The highest fold limit a writer reported (soft state, like `pgcl_hint`). Never decreases.
+    pub fold_limit_hint: Lsn,
 }
 
 /// One durable change, as a frame of the hot log carries it.
@@ -90,6 +92,15 @@ impl Index {
         }
     }
 
+    /// Starts a segment from its checkpointed fold point (before replay; replaces nothing that
+    /// holds records).
+    pub fn restore_segment(&mut self, key: &SegmentKey, folded: Lsn, truncations: Vec<Truncation>) {
+        let slot = self.slot_mut(key);
+        if slot.segment.record_count() == 0 && slot.segment.folded() <= folded {
+            slot.segment = Segment::restore(folded, truncations);
+        }
+    }
+
     /// Raises the volume's known epoch (never lowers it).
     pub fn raise_epoch(&mut self, volume: &str, epoch: Epoch) {
         let state = self.volume_mut(volume);
@@ -114,6 +125,10 @@ impl Index {
                 .insert(volume.to_string(), VolumeState::default());
         }
         self.volumes.get_mut(volume).expect("inserted above")
+    }
+
+    pub fn slot(&self, key: &SegmentKey) -> Option<&SegmentSlot> {
+        self.segments.get(key)
     }
 
     pub fn segment(&self, key: &SegmentKey) -> Option<&Segment> {

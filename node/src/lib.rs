@@ -19,17 +19,22 @@
 //! [`appender`], [`meta`] and [`store`].
 
 mod appender;
+mod checkpoint;
 pub mod error;
+mod folder;
 pub mod frame;
 mod gossip;
 mod hotlog;
 pub mod index;
 mod meta;
+mod pagestore;
 mod request;
 pub mod segment;
 mod service;
 mod store;
 
+#[cfg(test)]
+mod fold_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

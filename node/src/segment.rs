@@ -16,8 +16,17 @@
 //! and re-extends through what remains. The truncation is remembered, so a dropped record that
 //! comes back later (gossip from a peer that missed the truncation) is refused.
 //!
+//! Folding: records at or below `folded` live in the segment's page store
+//! ([`crate::pagestore`]), not here. `folded` is 0 or the LSN of a record that was on the chain;
+//! the chain below it is history the page store holds. A restarted segment starts at its
+//! checkpointed `folded` ([`Segment::restore`]); the hot-log records at or below it replay as
+//! duplicates. Truncation never reaches below `folded` (only records at or below the PGCL, which
+//! no recovery truncates, are folded).
+//!
 //! Invariants (checked by [`Segment::check_invariants`]):
-//! - `scl` is 0 or the LSN of a held record; every held record at or below `scl` is on the chain;
+//! - `folded <= scl`; no held record is at or below `folded`;
+//! - `scl` is `folded` or the LSN of a held record; every held record at or below `scl` is on the
+//!   chain, which walks down by backlinks from `scl` to exactly `folded`;
 //! - every held record above `scl` is in `waiting` under its backlink, and nothing else is;
 //! - `pages` holds exactly one `(page, lsn)` entry per held record; `bytes` is their body total;
 //! - `scl` only falls through [`Segment::truncate`]; inserts never lower it.
@@ -80,11 +89,81 @@ pub struct Segment {
     truncations: Vec<Truncation>,
     /// Sum of the held records' canonical lengths.
     bytes: u64,
+    /// Records up to here are folded into the page store.
+    folded: Lsn,
+}
+
+/// What reading a page as of an LSN needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PagePlan {
+    /// Start from the page store's image (else from zeros: a full-page record comes first).
+    pub base: bool,
+    /// Held records of the page to apply on top, in LSN order.
+    pub records: Vec<(Lsn, RecordMeta)>,
 }
 
 impl Segment {
+    /// A segment whose records up to `folded` are in its page store (from a checkpoint).
+    pub fn restore(folded: Lsn, truncations: Vec<Truncation>) -> Segment {
+        Segment {
+            scl: folded,
+            folded,
+            truncations,
+            ..Segment::default()
+        }
+    }
+
     pub fn scl(&self) -> Lsn {
         self.scl
+    }
+
+    pub fn folded(&self) -> Lsn {
+        self.folded
+    }
+
+    pub fn truncations(&self) -> &[Truncation] {
+        &self.truncations
+    }
+
+    /// Oldest hot-log file holding one of this segment's records.
+    pub fn oldest_log_file(&self) -> Option<u32> {
+        self.records.values().map(|m| m.location.file).min()
+    }
+
+    /// The next records to fold: those on the chain above `folded`, up to `limit`, in LSN order,
+    /// as long a prefix as touches at most `pages_max` distinct pages (at least one record).
+    pub fn fold_plan(&self, limit: Lsn, pages_max: usize) -> Vec<(Lsn, RecordMeta)> {
+        let limit = limit.min(self.scl);
+        let mut out = Vec::new();
+        if limit <= self.folded {
+            return out;
+        }
+        let mut pages = BTreeSet::new();
+        for (lsn, meta) in self
+            .records
+            .range((Bound::Excluded(self.folded), Bound::Included(limit)))
+        {
+            if !pages.contains(&meta.page) && pages.len() >= pages_max && !out.is_empty() {
+                break;
+            }
+            pages.insert(meta.page);
+            out.push((*lsn, *meta));
+        }
+        out
+    }
+
+    /// Forgets the records up to `to`, now folded into the page store. `to` must be a record on
+    /// the chain (the last one of a [`Segment::fold_plan`]); anything else is ignored.
+    pub fn forget_folded(&mut self, to: Lsn) {
+        if to <= self.folded || to > self.scl || !self.records.contains_key(&to) {
+            tracing::warn!(%to, folded = %self.folded, scl = %self.scl, "fold point not on the chain; ignored");
+            return;
+        }
+        let done: Vec<Lsn> = self.records.range(..=to).map(|(lsn, _)| *lsn).collect();
+        for lsn in done {
+            self.remove(lsn);
+        }
+        self.folded = to;
     }
 
     /// Highest LSN held, complete chain or not.
@@ -163,7 +242,8 @@ impl Segment {
                 .records
                 .range(..=after)
                 .next_back()
-                .map_or(Lsn::ZERO, |(lsn, _)| *lsn);
+                .map_or(self.folded, |(lsn, _)| *lsn)
+                .max(self.folded);
             let rejoin: Vec<(Lsn, Lsn)> = self
                 .records
                 .range((Bound::Excluded(new_scl), Bound::Included(old_scl)))
@@ -176,10 +256,13 @@ impl Segment {
         doomed.len()
     }
 
-    /// The records to apply to read `page` as of `read_lsn`, in LSN order: every held record of the
-    /// page at or below `read_lsn`, starting at the newest full-page record among them.
-    pub fn page_records(&self, page: PageId, read_lsn: Lsn) -> Vec<(Lsn, RecordMeta)> {
+    /// How to read `page` as of `read_lsn`: the held records of the page at or below it,
+    /// starting at the newest full-page record among them, on top of the page store's image
+    /// unless such a record comes first. (Below `folded` only the image can answer: the caller
+    /// checks that the page did not change after `read_lsn`.)
+    pub fn page_records(&self, page: PageId, read_lsn: Lsn) -> PagePlan {
         let mut newest_first = Vec::new();
+        let mut base = true;
         for (_, lsn) in self.pages.range((page, Lsn::ZERO)..=(page, read_lsn)).rev() {
             let Some(meta) = self.records.get(lsn) else {
                 debug_assert!(false, "pages and records disagree at {lsn}");
@@ -187,11 +270,15 @@ impl Segment {
             };
             newest_first.push((*lsn, *meta));
             if meta.full_page {
+                base = false;
                 break;
             }
         }
         newest_first.reverse();
-        newest_first
+        PagePlan {
+            base,
+            records: newest_first,
+        }
     }
 
     /// Records of the complete chain above `after_lsn`, in LSN order, up to `bytes_max` of
@@ -218,8 +305,14 @@ impl Segment {
 
     /// Panics when an invariant of the module doc does not hold (tests and simulation).
     pub fn check_invariants(&self) {
+        assert!(self.folded <= self.scl, "folded above the SCL");
         assert!(
-            self.scl == Lsn::ZERO || self.records.contains_key(&self.scl),
+            self.records.range(..=self.folded).next().is_none(),
+            "a record at or below folded {} is still held",
+            self.folded
+        );
+        assert!(
+            self.scl == self.folded || self.records.contains_key(&self.scl),
             "SCL {} is not a held record",
             self.scl
         );
@@ -244,7 +337,7 @@ impl Segment {
         // The chain: walking backlinks down from the SCL visits every record at or below it.
         let mut cursor = self.scl;
         let mut on_chain = 0usize;
-        while cursor != Lsn::ZERO {
+        while cursor != self.folded {
             let meta = self.records.get(&cursor).expect("chain link is held");
             on_chain += 1;
             cursor = meta.backlink;
@@ -429,6 +522,7 @@ mod tests {
         s.check_invariants();
         let lsns = |read: u64| {
             s.page_records(PageId(7), Lsn(read))
+                .records
                 .into_iter()
                 .map(|(l, _)| l.0)
                 .collect::<Vec<_>>()
@@ -438,8 +532,13 @@ mod tests {
         assert_eq!(lsns(4), vec![2, 4]);
         assert_eq!(lsns(5), vec![5]);
         assert_eq!(lsns(100), vec![5, 6]);
-        assert!(s.page_records(PageId(9), Lsn(100)).is_empty());
-        assert!(s.page_records(PageId(7), Lsn(0)).is_empty());
+        assert!(s.page_records(PageId(9), Lsn(100)).records.is_empty());
+        assert!(s.page_records(PageId(7), Lsn(0)).records.is_empty());
+        assert!(
+            !s.page_records(PageId(7), Lsn(100)).base,
+            "starts at full page 5"
+        );
+        assert!(s.page_records(PageId(7), Lsn(1)).base);
     }
 
     #[test]

@@ -73,6 +73,7 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
         writer_vcl: Lsn(request.writer_vcl),
         writer_vdl: Lsn(request.writer_vdl),
         pgcl: Lsn(request.pgcl),
+        fold_limit: Lsn(request.fold_limit),
     };
     let scl = store
         .append(key, source, records)
@@ -264,6 +265,7 @@ impl StorageNode for Service {
                 })
                 .collect(),
             hot_log_bytes: snapshot.log_bytes,
+            page_store_bytes: snapshot.page_store_bytes,
             volumes: snapshot
                 .volumes
                 .into_iter()

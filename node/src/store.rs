@@ -15,8 +15,9 @@
 //! each volume's epoch to its stored metadata's. Soft state (gossip peers, the writer's VCL/VDL)
 //! is lost and comes back with the writer's next Append.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,12 +28,15 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::error;
 
 use crate::appender::{AppendJob, Appender, Job, MetaJob, OpenJob, Reply, Source};
+use crate::checkpoint::{self, Checkpoint, SegmentCheckpoint};
 use crate::error::{NodeError, StoreError};
+use crate::folder;
 use crate::frame::{Frame, FrameBody};
 use crate::hotlog::{self, LogFiles};
 use crate::index::{Effect, Index, SegmentKey};
 use crate::lock;
 use crate::meta::MetaStore;
+use crate::pagestore::{PageStore, Stored};
 use crate::request::PreparedRecord;
 use crate::segment::{Location, RecordMeta};
 
@@ -53,6 +57,12 @@ pub struct Shared {
     pub log_bytes: Arc<AtomicU64>,
     /// Hot-log fsyncs so far (one per group commit).
     pub syncs: AtomicU64,
+    /// Every frame of hot-log files numbered below this is applied to the index (set by the
+    /// appender): the checkpoint taken after reading it covers them.
+    pub applied_file: AtomicU32,
+    /// Page stores of the segments that have folded, by segment.
+    pub pages: Mutex<HashMap<SegmentKey, Arc<PageStore>>>,
+    pub data_dir: PathBuf,
 }
 
 /// What recovery found, for the start-up log line.
@@ -86,6 +96,7 @@ pub struct StatusSnapshot {
     pub segments: Vec<(SegmentKey, SegmentSummary)>,
     pub volumes: Vec<(String, crate::index::VolumeState)>,
     pub log_bytes: u64,
+    pub page_store_bytes: u64,
 }
 
 /// A segment whose chain has a hole, with the peers that may fill it.
@@ -103,6 +114,7 @@ pub struct Store {
     /// [`APPEND_QUEUE_KIB_MAX`] permits, one per KiB of records in flight to the appender.
     append_budget: Arc<Semaphore>,
     appender: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    folder: Arc<Mutex<Option<folder::Folder>>>,
 }
 
 fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
@@ -144,6 +156,27 @@ impl Store {
         })?;
         let log_dir = data_dir.join("log");
         let mut index = Index::default();
+        // The checkpoint and the page stores first: the log replays on top of them.
+        let checkpoint = Checkpoint::load(data_dir)
+            .map_err(NodeError::io(
+                "read the checkpoint",
+                &data_dir.join(checkpoint::FILE_NAME),
+            ))?
+            .unwrap_or_default();
+        for (volume, epoch) in &checkpoint.volumes {
+            index.raise_epoch(volume, *epoch);
+        }
+        let mut restored: BTreeMap<SegmentKey, SegmentCheckpoint> = checkpoint.segments;
+        let pages = folder::open_page_stores(data_dir)?;
+        for (key, (_, redone)) in &pages {
+            if let Some(to) = redone {
+                let entry = restored.entry(key.clone()).or_default();
+                entry.folded = entry.folded.max(*to);
+            }
+        }
+        for (key, segment) in restored {
+            index.restore_segment(&key, segment.folded, segment.truncations);
+        }
         let (writer, replay) = hotlog::open(&log_dir, |frame, location| {
             apply_frame(&mut index, frame, location)
         })?;
@@ -167,9 +200,12 @@ impl Store {
         let shared = Arc::new(Shared {
             index: Mutex::new(index),
             meta: Mutex::new(meta),
-            files: LogFiles::new(log_dir),
+            files: LogFiles::new(log_dir, &writer),
             log_bytes: writer.total_bytes(),
             syncs: AtomicU64::new(0),
+            applied_file: AtomicU32::new(writer.file_number()),
+            pages: Mutex::new(pages.into_iter().map(|(k, (s, _))| (k, s)).collect()),
+            data_dir: data_dir.to_owned(),
         });
         let (jobs, receiver) = mpsc::channel(APPEND_QUEUE_JOBS_MAX);
         let appender = Appender::new(Arc::clone(&shared), writer);
@@ -181,11 +217,18 @@ impl Store {
                 path: data_dir.to_owned(),
                 source,
             })?;
+        let folder =
+            folder::Folder::spawn(Arc::clone(&shared)).map_err(|source| NodeError::Io {
+                action: "start the folder thread for",
+                path: data_dir.to_owned(),
+                source,
+            })?;
         let store = Store {
             shared,
             jobs,
             append_budget: Arc::new(Semaphore::new(APPEND_QUEUE_KIB_MAX)),
             appender: Arc::new(Mutex::new(Some(handle))),
+            folder: Arc::new(Mutex::new(Some(folder))),
         };
         Ok((store, stats))
     }
@@ -260,7 +303,27 @@ impl Store {
         read_lsn: Lsn,
         required_scl: Lsn,
     ) -> Result<(Vec<u8>, Lsn), StoreError> {
-        let (plan, scl) = {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.read_page_once(key, page, read_lsn, required_scl).await {
+                // A fold and hot-log GC ran between planning and reading: plan again (the
+                // page store now holds what the deleted file did).
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < 3 => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_page_once(
+        &self,
+        key: &SegmentKey,
+        page: PageId,
+        read_lsn: Lsn,
+        required_scl: Lsn,
+    ) -> Result<(Vec<u8>, Lsn), StoreError> {
+        let (plan, scl, folded) = {
             let index = lock(&self.shared.index);
             let segment = index
                 .segment(key)
@@ -273,13 +336,52 @@ impl Store {
                     required_scl,
                 ));
             }
-            (segment.page_records(page, read_lsn), segment.scl())
+            (
+                segment.page_records(page, read_lsn),
+                segment.scl(),
+                segment.folded(),
+            )
+        };
+        let store = if plan.base && folded > Lsn::ZERO {
+            lock(&self.shared.pages).get(key).cloned()
+        } else {
+            None
         };
         let shared = Arc::clone(&self.shared);
         let key = key.clone();
         let data = blocking(move || {
             let mut data = vec![0u8; PAGE_SIZE];
-            for (lsn, meta) in plan {
+            if let Some(store) = store {
+                match store.read(page).map_err(|source| StoreError::Io {
+                    action: "read a page from the page store",
+                    source,
+                })? {
+                    Stored::Absent => {}
+                    Stored::Page { lsn, data: image } => {
+                        if lsn > read_lsn {
+                            // Only when read_lsn < folded: the image is newer than asked.
+                            return Err(StoreError::Folded {
+                                volume: key.volume.clone(),
+                                pg: key.pg.0,
+                                folded: folded.0,
+                                what: "page versions",
+                                advice: "read at a newer LSN",
+                            });
+                        }
+                        data = image;
+                    }
+                    Stored::Corrupt(detail) => {
+                        error!(segment = %key, %page, "corrupt page in the page store: {detail}");
+                        return Err(StoreError::Corrupt {
+                            volume: key.volume.clone(),
+                            pg: key.pg.0,
+                            lsn: folded.0,
+                            detail: format!("page store: {detail}"),
+                        });
+                    }
+                }
+            }
+            for (lsn, meta) in plan.records {
                 let record = read_record(&shared, &key, lsn, &meta)?;
                 record::apply(&record, &mut data);
             }
@@ -307,6 +409,15 @@ impl Store {
             let segment = index
                 .segment(key)
                 .ok_or_else(|| StoreError::not_hosted(&key.volume, key.pg))?;
+            if after_lsn < segment.folded() {
+                return Err(StoreError::Folded {
+                    volume: key.volume.clone(),
+                    pg: key.pg.0,
+                    folded: segment.folded().0,
+                    what: "records",
+                    advice: "fetch them from a peer that still holds them",
+                });
+            }
             (
                 segment.complete_records(after_lsn, bytes_max),
                 segment.scl(),
@@ -352,6 +463,10 @@ impl Store {
                 .map(|(name, state)| (name.clone(), state.clone()))
                 .collect(),
             log_bytes: self.shared.log_bytes.load(Ordering::Relaxed),
+            page_store_bytes: lock(&self.shared.pages)
+                .values()
+                .map(|s| s.disk_bytes())
+                .sum(),
         }
     }
 
@@ -380,6 +495,10 @@ impl Store {
 
     /// Stops the appender after the jobs queued before this call, and waits for it.
     pub async fn close(&self) {
+        let folder = lock(&self.folder).take();
+        if let Some(mut folder) = folder {
+            let _ = tokio::task::spawn_blocking(move || folder.stop()).await;
+        }
         let _ = self.jobs.send(Job::Stop).await;
         let handle = lock(&self.appender).take();
         if let Some(handle) = handle {
@@ -417,13 +536,14 @@ fn summarize(index: &Index, key: &SegmentKey) -> SegmentSummary {
 
 /// Reads a record back from the hot log and verifies it (pair assertion: checked when hardened,
 /// checked again here).
-fn read_record(
+pub(crate) fn read_record(
     shared: &Shared,
     key: &SegmentKey,
     lsn: Lsn,
     meta: &RecordMeta,
 ) -> Result<Record, StoreError> {
     let corrupt = |detail: String| {
+        let detail = format!("hot-log record: {detail}");
         error!(segment = %key, lsn = lsn.0, location = ?meta.location, "corrupt record in the hot log: {detail}");
         StoreError::Corrupt {
             volume: key.volume.clone(),

@@ -38,6 +38,7 @@ async fn append(
         writer_vcl: Lsn(0),
         writer_vdl: Lsn(0),
         pgcl: Lsn(0),
+        fold_limit: Lsn(0),
     };
     store.append(key.clone(), source, prepared).await
 }

@@ -135,6 +135,7 @@ async fn write_until_killed(port: u16, volume: String, pg: u32, acked: Arc<Mutex
             writer_vcl: 0,
             writer_vdl: 0,
             pgcl: 0,
+            fold_limit: 0,
         };
         match client.append(request).await {
             Ok(response) => {

@@ -130,6 +130,7 @@ fn append(
         writer_vcl: 0,
         writer_vdl: 0,
         pgcl: 0,
+        fold_limit: 0,
     }
 }
 

@@ -90,6 +90,7 @@ fn append(pg: u32, epoch: u64, records: Vec<sixfold_proto::wire::Record>) -> App
         writer_vcl: 0,
         writer_vdl: 0,
         pgcl: 0,
+        fold_limit: 0,
     }
 }
 

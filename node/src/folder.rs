@@ -1,0 +1,301 @@
+//! The folder: one background thread that coalesces each segment's records into its page store
+//! ([`crate::pagestore`]), checkpoints ([`crate::checkpoint`]) and deletes the hot-log files
+//! nothing needs any more, so that the hot log, the index in memory and restart time stay bounded.
+//!
+//! Every [`FOLD_INTERVAL`], for each segment: the fold point may rise to the lowest of its SCL,
+//! the PGCL and the fold limit the writer reported (the lowest SCL among the PG's segments as the
+//! writer knows them, capped by its VDL, its lowest read point). Records at or below the PGCL
+//! are never truncated by a recovery; records at or below every peer's SCL are never asked for by
+//! gap-fill; and no read asks for a point below the VDL. A step folds a prefix of the records
+//! above the fold point touching at most [`FOLD_PAGES_MAX`] pages: the page images (the store's
+//! image, or zeros below a full-page record, plus the records in LSN order) are made durable by
+//! [`PageStore::fold`], and only then does the index forget those records.
+//!
+//! After a round that folded anything: the checkpoint (volume epochs, every segment's fold point
+//! and truncations) is written durably, and then every hot-log file older than both the oldest
+//! file still holding an indexed record and the appender's applied file is deleted. Order
+//! matters: a file goes only once every frame in it is folded, dropped, or summarized in a
+//! checkpoint already on disk.
+//!
+//! The folder writes only page stores, the checkpoint and log-file deletions; the appender stays
+//! the only writer of the hot log. A segment whose limit does not rise (a writer that is gone, a
+//! peer that is down and so holds the PG's lowest SCL) is not folded, and its log files stay.
+//! Hydrating a peer that fell behind every log from pages is not built yet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use sixfold_proto::{record, Lsn, PageId, PgId, PAGE_SIZE};
+use tracing::{debug, error, info};
+
+use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
+use crate::error::{NodeError, StoreError};
+use crate::index::SegmentKey;
+use crate::lock;
+use crate::pagestore::{PageImage, PageStore, Stored};
+use crate::segment::RecordMeta;
+use crate::store::{read_record, Shared};
+
+/// How often the folder looks for work.
+pub const FOLD_INTERVAL: Duration = Duration::from_millis(500);
+/// Most pages one fold step writes (its journal is at most this many pages).
+pub const FOLD_PAGES_MAX: usize = 2048;
+/// Most fold steps per segment per round, so that one busy segment does not starve the others.
+const STEPS_PER_ROUND_MAX: usize = 16;
+
+/// Page stores live in `data_dir/pages/<volume>/pg-<N>`.
+fn store_dir(data_dir: &Path, key: &SegmentKey) -> std::path::PathBuf {
+    data_dir
+        .join("pages")
+        .join(&key.volume)
+        .join(format!("pg-{}", key.pg.0))
+}
+
+/// Opens every page store on disk, redoing the newest fold of each where its journal is valid.
+/// Returns, per segment, the store and the fold point a redone journal brought it to.
+pub type OpenedStores = HashMap<SegmentKey, (Arc<PageStore>, Option<Lsn>)>;
+
+pub fn open_page_stores(data_dir: &Path) -> Result<OpenedStores, NodeError> {
+    let mut out = HashMap::new();
+    let root = data_dir.join("pages");
+    let volumes = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(NodeError::io("list page stores", &root)(e)),
+    };
+    for volume in volumes {
+        let volume = volume.map_err(NodeError::io("list page stores", &root))?;
+        let Some(name) = volume.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let dir = volume.path();
+        for pg in std::fs::read_dir(&dir).map_err(NodeError::io("list page stores", &dir))? {
+            let pg = pg.map_err(NodeError::io("list page stores", &dir))?;
+            let Some(number) = pg
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("pg-"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = pg.path();
+            let (store, redone) = PageStore::open(&path, PgId(number))
+                .map_err(NodeError::io("open page store", &path))?;
+            if let Some(to) = redone {
+                info!(path = %path.display(), %to, "redid the newest fold from its journal");
+            }
+            let key = SegmentKey {
+                volume: name.clone(),
+                pg: PgId(number),
+            };
+            out.insert(key, (Arc::new(store), redone));
+        }
+    }
+    Ok(out)
+}
+
+/// The folder thread's handle: stops and joins it.
+#[derive(Debug)]
+pub struct Folder {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Folder {
+    pub fn spawn(shared: Arc<Shared>) -> std::io::Result<Folder> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("sixfold-folder".into())
+            .spawn(move || run(&shared, &flag))?;
+        Ok(Folder {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                error!("the folder thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
+    loop {
+        {
+            let stopped = lock(&stop.0);
+            let (stopped, _) = stop
+                .1
+                .wait_timeout_while(stopped, FOLD_INTERVAL, |s| !*s)
+                .unwrap_or_else(|p| p.into_inner());
+            if *stopped {
+                return;
+            }
+        }
+        round(shared);
+    }
+}
+
+/// One pass over every segment; then checkpoint and GC if anything was folded.
+pub fn round(shared: &Shared) {
+    let started = Instant::now();
+    let keys: Vec<SegmentKey> = {
+        let index = lock(&shared.index);
+        index
+            .slots()
+            .filter(|(_, slot)| {
+                let limit = slot.fold_limit_hint.min(slot.pgcl_hint);
+                limit.min(slot.segment.scl()) > slot.segment.folded()
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    };
+    let mut steps = 0;
+    for key in &keys {
+        for _ in 0..STEPS_PER_ROUND_MAX {
+            match fold_step(shared, key) {
+                Ok(true) => steps += 1,
+                Ok(false) => break,
+                Err(e) => {
+                    error!(segment = %key, "fold failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    if steps == 0 {
+        return;
+    }
+    match checkpoint_and_collect(shared) {
+        Ok((files, bytes)) => debug!(
+            steps,
+            files_deleted = files,
+            bytes_freed = bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "fold round"
+        ),
+        Err(e) => error!("checkpoint or hot-log GC failed: {e}"),
+    }
+}
+
+fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageStore>, StoreError> {
+    if let Some(store) = lock(&shared.pages).get(key) {
+        return Ok(Arc::clone(store));
+    }
+    let dir = store_dir(&shared.data_dir, key);
+    let (store, _) = PageStore::open(&dir, key.pg).map_err(|source| StoreError::Io {
+        action: "create a page store",
+        source,
+    })?;
+    let store = Arc::new(store);
+    lock(&shared.pages).insert(key.clone(), Arc::clone(&store));
+    Ok(store)
+}
+
+/// Folds the next prefix of the segment's records; false when there is nothing to fold.
+fn fold_step(shared: &Shared, key: &SegmentKey) -> Result<bool, StoreError> {
+    let plan = {
+        let index = lock(&shared.index);
+        let Some(slot) = index.slot(key) else {
+            return Ok(false);
+        };
+        let limit = slot.fold_limit_hint.min(slot.pgcl_hint);
+        slot.segment.fold_plan(limit, FOLD_PAGES_MAX)
+    };
+    let Some(&(to, _)) = plan.last() else {
+        return Ok(false);
+    };
+    let store = page_store(shared, key)?;
+    let mut by_page: BTreeMap<PageId, Vec<(Lsn, RecordMeta)>> = BTreeMap::new();
+    for (lsn, meta) in plan {
+        by_page.entry(meta.page).or_default().push((lsn, meta));
+    }
+    let io = |action: &'static str| move |source| StoreError::Io { action, source };
+    let mut images = Vec::with_capacity(by_page.len());
+    for (page, records) in by_page {
+        // From the newest full-page record if there is one, else from the stored image.
+        let start = records.iter().rposition(|(_, m)| m.full_page);
+        let mut data = vec![0u8; PAGE_SIZE];
+        if start.is_none() {
+            match store.read(page).map_err(io("read a page to fold into"))? {
+                Stored::Absent => {}
+                Stored::Page { data: image, .. } => data = image,
+                Stored::Corrupt(detail) => {
+                    return Err(StoreError::Corrupt {
+                        volume: key.volume.clone(),
+                        pg: key.pg.0,
+                        lsn: to.0,
+                        detail,
+                    })
+                }
+            }
+        }
+        let mut last = Lsn::ZERO;
+        for (lsn, meta) in &records[start.unwrap_or(0)..] {
+            let record = read_record(shared, key, *lsn, meta)?;
+            record::apply(&record, &mut data);
+            last = *lsn;
+        }
+        images.push(PageImage {
+            page,
+            lsn: last,
+            data,
+        });
+    }
+    store
+        .fold(to, &images)
+        .map_err(io("write folded pages to the page store"))?;
+    let mut index = lock(&shared.index);
+    index.slot_mut(key).segment.forget_folded(to);
+    Ok(true)
+}
+
+/// Writes the checkpoint, then deletes the hot-log files it and the page stores made useless.
+fn checkpoint_and_collect(shared: &Shared) -> Result<(usize, u64), StoreError> {
+    let applied = shared.applied_file.load(Ordering::Acquire);
+    let (checkpoint, oldest_live) = {
+        let index = lock(&shared.index);
+        let mut checkpoint = Checkpoint::default();
+        for (volume, state) in index.volumes() {
+            checkpoint.volumes.insert(volume.clone(), state.epoch);
+        }
+        let mut oldest = None::<u32>;
+        for (key, slot) in index.slots() {
+            checkpoint.segments.insert(
+                key.clone(),
+                SegmentCheckpoint {
+                    folded: slot.segment.folded(),
+                    truncations: slot.segment.truncations().to_vec(),
+                },
+            );
+            if let Some(file) = slot.segment.oldest_log_file() {
+                oldest = Some(oldest.map_or(file, |o| o.min(file)));
+            }
+        }
+        (checkpoint, oldest)
+    };
+    let io = |action: &'static str| move |source| StoreError::Io { action, source };
+    checkpoint
+        .store(&shared.data_dir)
+        .map_err(io("write the checkpoint"))?;
+    let first_kept = oldest_live.map_or(applied, |o| o.min(applied));
+    shared
+        .files
+        .remove_below(first_kept)
+        .map_err(io("delete hot-log files"))
+}
