@@ -9,7 +9,8 @@
 //! that the decisions of later jobs depend on, so each runs as a group of its own.
 //!
 //! Invariants:
-//! - only this thread changes durable state (hot log, metadata files) and the index's durable part;
+//! - only this thread writes the hot log and the metadata files and adds to the index (the folder
+//!   thread writes page stores and the checkpoint, and removes folded records from the index);
 //! - a job is answered only after every frame it depends on is fsync'd (a job whose records were
 //!   all duplicates depends on frames an earlier, already answered group made durable, or on frames
 //!   of its own group);

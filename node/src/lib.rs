@@ -1,8 +1,9 @@
 //! The sixfold storage node: hosts segments (one PG's replica each) for any number of volumes,
 //! hardens the writer's redo records to one hot log per node (group commit: one fsync for many
 //! batches of many segments), serves pages as of an LSN, tracks each segment's backlink chain
-//! (SCL), fences old writers by volume epoch, stores volume metadata, and fills chain holes from
-//! peers (gossip gap-fill).
+//! (SCL), fences old writers by volume epoch, stores volume metadata, fills chain holes from
+//! peers (gossip gap-fill), and folds records into per-segment page stores so that the hot log,
+//! the index in memory and restart time stay bounded.
 //!
 //! Modules, from pure to driving:
 //! - [`frame`]: hot-log frame encoding (pure);
@@ -11,12 +12,16 @@
 //! - [`request`]: validation of network input (pure);
 //! - [`hotlog`]: log files, appends, replay, torn-tail cut;
 //! - [`meta`]: volume metadata files;
-//! - [`appender`]: the group-commit thread, the only writer of durable state;
+//! - [`pagestore`]: one segment's pages as of its fold point (double-write journal, checksums);
+//! - [`checkpoint`]: epochs, fold points and truncations that outlive deleted log files;
+//! - [`appender`]: the group-commit thread, the only writer of the hot log and metadata;
+//! - [`folder`]: the folding thread, the only writer of page stores and the checkpoint, and the
+//!   hot-log garbage collector;
 //! - [`store`]: the shared handle (recovery, reads, job submission);
 //! - [`service`]: the tonic service; [`gossip`]: the gap-fill task.
 //!
 //! The node serves what it acknowledged, after any crash: see "Crash consistency" in [`hotlog`],
-//! [`appender`], [`meta`] and [`store`].
+//! [`appender`], [`meta`] and [`store`], and the ordering rules in [`pagestore`] and [`folder`].
 
 mod appender;
 mod checkpoint;

@@ -1,0 +1,139 @@
+//! Issue 4, test 3 (at a size CI can afford; `scripts/soak-hot-log.sh` runs it bigger): a
+//! sustained write through the volume, with fsyncs. Records are folded into the nodes' page
+//! stores and hot-log files deleted as they go, so each node's hot log and resident memory stay
+//! under stated bounds; after a remount every page reads back from the page stores.
+
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use sixfold_tests::{require_fuse, test_dir, Cluster, Mount};
+
+const CHUNK: u64 = 1 << 20;
+/// Hot log per node at any sample: a few 64 MiB files (the one being written, the one before,
+/// what the last fold interval and the records not yet at every segment hold).
+const HOT_LOG_BOUND: u64 = 320 << 20;
+/// Once the writes stop and the folder catches up: the files still in use.
+const HOT_LOG_SETTLED_BOUND: u64 = 192 << 20;
+const NODE_RSS_BOUND: u64 = 256 << 20;
+
+fn total_bytes() -> u64 {
+    std::env::var("SIXFOLD_HOT_LOG_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1024)
+        << 20
+}
+
+/// The content of chunk `i`: distinct per chunk and per word, so any misplaced page shows.
+fn chunk(i: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CHUNK as usize);
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while out.len() < CHUNK as usize {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Chunk `i` goes to PG 0 or PG 1 alternately (both 10 GiB PGs stay busy).
+fn offset(i: u64) -> u64 {
+    (i % 2) * (10 << 30) + (i / 2) * CHUNK
+}
+
+fn hot_logs(cluster: &Cluster, volume: &str) -> anyhow::Result<Vec<u64>> {
+    let status = cluster.status(volume)?;
+    let nodes = status["nodes"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("status has no nodes: {status}"))?;
+    Ok(nodes
+        .iter()
+        .map(|n| n["hot_log_bytes"].as_u64().unwrap_or(u64::MAX))
+        .collect())
+}
+
+#[test]
+fn hot_log_and_memory_stay_bounded_under_sustained_writes() -> anyhow::Result<()> {
+    require_fuse();
+    let dir = test_dir("node_hot_log_bounded");
+    let cluster = Cluster::start(&dir, 6)?;
+    let mountpoint = dir.join("mnt");
+    let mount = Mount::start(&cluster, "sustained", "32G", &mountpoint)?;
+    let volume = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(mount.volume_path())?;
+    let chunks = total_bytes() / CHUNK;
+    let started = Instant::now();
+    let (mut max_log, mut max_rss) = (0u64, 0u64);
+    for i in 0..chunks {
+        volume.write_all_at(&chunk(i), offset(i))?;
+        if (i + 1) % 128 == 0 {
+            volume.sync_all()?;
+            let logs = hot_logs(&cluster, "sustained")?;
+            let rss = cluster.nodes.iter().filter_map(|n| n.rss_bytes()).max();
+            max_log = max_log.max(logs.iter().copied().max().unwrap_or(0));
+            max_rss = max_rss.max(rss.unwrap_or(0));
+            eprintln!(
+                "{} MiB written: hot logs {:?} MiB, largest node RSS {} MiB",
+                ((i + 1) * CHUNK) >> 20,
+                logs.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+                rss.unwrap_or(0) >> 20
+            );
+        }
+    }
+    volume.sync_all()?;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "wrote {} MiB in {:.1} s; largest hot log {} MiB, largest node RSS {} MiB",
+        (chunks * CHUNK) >> 20,
+        elapsed.as_secs_f64(),
+        max_log >> 20,
+        max_rss >> 20
+    );
+    assert!(
+        max_log <= HOT_LOG_BOUND,
+        "a node's hot log reached {} MiB (bound {} MiB)",
+        max_log >> 20,
+        HOT_LOG_BOUND >> 20
+    );
+    assert!(
+        max_rss <= NODE_RSS_BOUND,
+        "a node's resident memory reached {} MiB (bound {} MiB)",
+        max_rss >> 20,
+        NODE_RSS_BOUND >> 20
+    );
+    // The folder catches up once the writes stop.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = hot_logs(&cluster, "sustained")?;
+        if logs.iter().all(|b| *b <= HOT_LOG_SETTLED_BOUND) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hot logs did not shrink under {} MiB after the writes: {:?} MiB",
+            HOT_LOG_SETTLED_BOUND >> 20,
+            logs.iter().map(|b| b >> 20).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(volume);
+    mount.unmount()?;
+
+    // Every chunk reads back from the nodes (page stores plus what is left of the logs).
+    let mount = Mount::start(&cluster, "sustained", "32G", &mountpoint)?;
+    let volume = std::fs::File::open(mount.volume_path())?;
+    let mut got = vec![0u8; CHUNK as usize];
+    for i in (0..chunks).step_by(7) {
+        volume.read_exact_at(&mut got, offset(i))?;
+        assert!(
+            got == chunk(i),
+            "chunk {i} reads back different after remount"
+        );
+    }
+    drop(volume);
+    mount.unmount()?;
+    Ok(())
+}
