@@ -2,10 +2,12 @@
 //! fetches them from the PG's other segments, so its SCL rises without the writer resending.
 //!
 //! Every [`GAP_FILL_INTERVAL`], for the segments whose chain has a hole (records held beyond the
-//! SCL) and whose peers are known (the writer sends them with each Append), the task asks peers for
-//! `FetchRecords(after_lsn = SCL)`, verifies every record (`record::validate` for the segment's PG)
-//! and appends them through the store like any batch: dedup, hot log, fsync, index. It keeps
-//! fetching from a peer while that raises the SCL, then moves on.
+//! SCL) or whose SCL is below the PGCL a writer reported, and whose peers are known (the writer
+//! sends them with each Append), the task asks peers for `FetchRecords(after_lsn = SCL)`, verifies
+//! every record (`record::validate` for the segment's PG) and appends them through the store like
+//! any batch: dedup, hot log, fsync, index. It keeps fetching from a peer while that raises the
+//! SCL and the segment is still behind, then moves on. A round that spent its whole budget is
+//! followed at once by the next (a node back from a long absence catches up at disk speed).
 //!
 //! Limits: [`SEGMENTS_PER_ROUND_MAX`] segments (round-robin across rounds), [`FETCHES_PER_ROUND_MAX`]
 //! calls and [`ROUND_BYTES_MAX`] bytes per round; each call has connect and request timeouts, and
@@ -21,6 +23,7 @@ use std::time::Duration;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{FetchRecordsRequest, Record, SegmentRef};
 use sixfold_proto::Lsn;
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
@@ -36,13 +39,15 @@ pub const GAP_FILL_INTERVAL: Duration = Duration::from_millis(300);
 pub const SEGMENTS_PER_ROUND_MAX: usize = 32;
 /// Most FetchRecords calls per round.
 pub const FETCHES_PER_ROUND_MAX: usize = 64;
-/// Most record bytes fetched per round.
-pub const ROUND_BYTES_MAX: u64 = 32 << 20;
+/// Most record bytes fetched per round (then the next round starts at once, cursor moved on).
+pub const ROUND_BYTES_MAX: u64 = 64 << 20;
 /// `max_bytes` of each FetchRecords call.
-pub const FETCH_BYTES: u32 = 4 << 20;
+pub const FETCH_BYTES: u32 = 16 << 20;
 /// Timeouts of one call to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Segments filled at once (each with its share of the round's budget).
+pub const PARALLEL_FILLS_MAX: usize = 4;
 /// Most cached peer clients (the cache is emptied when full).
 pub const PEER_CLIENTS_MAX: usize = 256;
 
@@ -59,7 +64,7 @@ pub async fn run(store: Store, own_addresses: Vec<String>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        gossip.round().await;
+        while gossip.round().await {}
     }
 }
 
@@ -84,55 +89,96 @@ impl Budget {
 }
 
 impl Gossip {
-    async fn round(&mut self) {
+    /// One round; true when it fetched its whole byte budget (more data is likely waiting; a
+    /// round that only met failures or empty answers never asks for an immediate next one).
+    async fn round(&mut self) -> bool {
         let candidates = self
             .store
             .gap_candidates(SEGMENTS_PER_ROUND_MAX, self.cursor.as_ref());
-        let mut budget = Budget {
-            fetches: FETCHES_PER_ROUND_MAX,
-            bytes: ROUND_BYTES_MAX,
-        };
+        let mut fills = JoinSet::new();
+        let mut exhausted = false;
         for candidate in candidates {
-            if budget.exhausted() {
-                return;
-            }
             self.cursor = Some(candidate.key.clone());
-            self.fill(candidate, &mut budget).await;
+            // Segments start at different peers, so that one node does not serve every fill.
+            let mut order = candidate.peers.clone();
+            if !order.is_empty() {
+                let shift = candidate.key.pg.0 as usize % order.len();
+                order.rotate_left(shift);
+            }
+            let mut peers = Vec::new();
+            for peer in &order {
+                if self.own_addresses.contains(peer) {
+                    continue;
+                }
+                match self.client(peer) {
+                    Ok(client) => peers.push((peer.clone(), client)),
+                    Err(reason) => debug!(peer, "no client for a peer: {reason}"),
+                }
+            }
+            let budget = Budget {
+                fetches: FETCHES_PER_ROUND_MAX / PARALLEL_FILLS_MAX,
+                bytes: ROUND_BYTES_MAX / PARALLEL_FILLS_MAX as u64,
+            };
+            fills.spawn(fill(self.store.clone(), candidate, peers, budget));
+            if fills.len() >= PARALLEL_FILLS_MAX {
+                if let Some(Ok(spent)) = fills.join_next().await {
+                    exhausted |= spent;
+                }
+            }
         }
+        while let Some(joined) = fills.join_next().await {
+            exhausted |= joined.unwrap_or(false);
+        }
+        exhausted
     }
+}
 
-    /// Fetches from the segment's peers until its chain has no hole or the peers have nothing.
-    async fn fill(&mut self, candidate: GapCandidate, budget: &mut Budget) {
+/// Fetches from the segment's peers until its chain has no hole and its SCL reaches the target,
+/// or the peers have nothing more. Returns true when it spent its whole byte budget.
+async fn fill(
+    store: Store,
+    candidate: GapCandidate,
+    peers: Vec<(String, StorageNodeClient<Channel>)>,
+    mut budget: Budget,
+) -> bool {
+    let budget = &mut budget;
+    {
         let GapCandidate {
             key,
             mut scl,
-            peers,
+            target,
+            ..
         } = candidate;
         let scl_before = scl;
-        for peer in peers {
-            if self.own_addresses.contains(&peer) {
-                continue;
-            }
+        for (peer, client) in peers {
+            // The next batch is fetched while this one is hardened (pipelined).
+            let mut fetched: Option<Vec<Record>> = None;
             loop {
                 if budget.exhausted() {
-                    return;
+                    return true;
                 }
-                budget.fetches -= 1;
-                let records = match self.fetch(&peer, &key, scl).await {
-                    Ok(records) => records,
-                    Err(reason) => {
-                        debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
-                        break;
+                let records = match fetched.take() {
+                    Some(records) => records,
+                    None => {
+                        budget.fetches -= 1;
+                        match fetch(client.clone(), &key, scl).await {
+                            Ok(records) => records,
+                            Err(reason) => {
+                                debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
+                                break;
+                            }
+                        }
                     }
                 };
-                if records.is_empty() {
+                let Some(last) = records.last().map(|r| Lsn(r.lsn)) else {
                     break;
-                }
+                };
                 let bytes: u64 = records
                     .iter()
                     .map(|r| sixfold_proto::record::canonical_len(r) as u64)
                     .sum();
                 budget.bytes = budget.bytes.saturating_sub(bytes);
+                let count = records.len() as u64;
                 let prepared = match request::prepare_records(&key, None, &records) {
                     Ok(prepared) => prepared,
                     Err(e) => {
@@ -140,24 +186,30 @@ impl Gossip {
                         break;
                     }
                 };
-                let scl_new = match self
-                    .store
-                    .append(key.clone(), Source::Gossip, prepared)
-                    .await
-                {
+                budget.fetches = budget.fetches.saturating_sub(1);
+                let (hardened, next) = tokio::join!(
+                    store.append(key.clone(), Source::Gossip, prepared),
+                    fetch(client.clone(), &key, last)
+                );
+                let scl_new = match hardened {
                     Ok(scl_new) => scl_new,
                     Err(e) => {
                         warn!(segment = %key, "failed to harden gap-fill records: {e}");
-                        return;
+                        return false;
                     }
                 };
+                store.count_gap_fill(count, bytes);
                 if scl_new <= scl {
                     break;
                 }
                 scl = scl_new;
-                if !self.store.segment_has_gap(&key) {
+                if !store.segment_has_gap(&key) && scl >= target {
                     info!(segment = %key, peer, from = scl_before.0, to = scl.0, "gap filled from a peer");
-                    return;
+                    return false;
+                }
+                // The prefetched batch follows `last`; it is only good if the chain reached it.
+                if scl == last {
+                    fetched = next.ok();
                 }
             }
         }
@@ -165,29 +217,10 @@ impl Gossip {
             info!(segment = %key, from = scl_before.0, to = scl.0, "gap partly filled from peers");
         }
     }
+    budget.bytes == 0
+}
 
-    async fn fetch(
-        &mut self,
-        peer: &str,
-        key: &SegmentKey,
-        after_lsn: Lsn,
-    ) -> Result<Vec<Record>, String> {
-        let mut client = self.client(peer)?;
-        let request = FetchRecordsRequest {
-            segment: Some(SegmentRef {
-                volume: key.volume.clone(),
-                pg: key.pg.0,
-            }),
-            after_lsn: after_lsn.0,
-            max_bytes: FETCH_BYTES,
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, client.fetch_records(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner().records),
-            Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
-            Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
-        }
-    }
-
+impl Gossip {
     fn client(&mut self, peer: &str) -> Result<StorageNodeClient<Channel>, String> {
         if let Some(client) = self.clients.get(peer) {
             return Ok(client.clone());
@@ -210,5 +243,25 @@ impl Gossip {
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         self.clients.insert(peer.to_string(), client.clone());
         Ok(client)
+    }
+}
+
+async fn fetch(
+    mut client: StorageNodeClient<Channel>,
+    key: &SegmentKey,
+    after_lsn: Lsn,
+) -> Result<Vec<Record>, String> {
+    let request = FetchRecordsRequest {
+        segment: Some(SegmentRef {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+        }),
+        after_lsn: after_lsn.0,
+        max_bytes: FETCH_BYTES,
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.fetch_records(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner().records),
+        Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
+        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
     }
 }

@@ -266,6 +266,8 @@ impl StorageNode for Service {
                 .collect(),
             hot_log_bytes: snapshot.log_bytes,
             page_store_bytes: snapshot.page_store_bytes,
+            gap_fill_records: snapshot.gap_fill_records,
+            gap_fill_bytes: snapshot.gap_fill_bytes,
             volumes: snapshot
                 .volumes
                 .into_iter()

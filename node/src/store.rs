@@ -45,7 +45,7 @@ pub const APPEND_QUEUE_JOBS_MAX: usize = 256;
 /// Record bytes (in KiB) of the appends queued or being hardened at once; later appends wait.
 pub const APPEND_QUEUE_KIB_MAX: usize = 256 << 10;
 /// Most bytes of records one FetchRecords answers with.
-pub const FETCH_BYTES_MAX: u64 = 8 << 20;
+pub const FETCH_BYTES_MAX: u64 = 16 << 20;
 
 /// State shared by the store handles and the appender thread.
 #[derive(Debug)]
@@ -57,6 +57,9 @@ pub struct Shared {
     pub log_bytes: Arc<AtomicU64>,
     /// Hot-log fsyncs so far (one per group commit).
     pub syncs: AtomicU64,
+    /// Records (and their bytes) hardened from peers by gap-fill, since start.
+    pub gap_fill_records: AtomicU64,
+    pub gap_fill_bytes: AtomicU64,
     /// Every frame of hot-log files numbered below this is applied to the index (set by the
     /// appender): the checkpoint taken after reading it covers them.
     pub applied_file: AtomicU32,
@@ -97,6 +100,8 @@ pub struct StatusSnapshot {
     pub volumes: Vec<(String, crate::index::VolumeState)>,
     pub log_bytes: u64,
     pub page_store_bytes: u64,
+    pub gap_fill_records: u64,
+    pub gap_fill_bytes: u64,
 }
 
 /// A segment whose chain has a hole, with the peers that may fill it.
@@ -104,6 +109,8 @@ pub struct StatusSnapshot {
 pub struct GapCandidate {
     pub key: SegmentKey,
     pub scl: Lsn,
+    /// The highest PGCL a writer reported: the segment is behind until its SCL reaches it.
+    pub target: Lsn,
     pub peers: Vec<String>,
 }
 
@@ -203,6 +210,8 @@ impl Store {
             files: LogFiles::new(log_dir, &writer),
             log_bytes: writer.total_bytes(),
             syncs: AtomicU64::new(0),
+            gap_fill_records: AtomicU64::new(0),
+            gap_fill_bytes: AtomicU64::new(0),
             applied_file: AtomicU32::new(writer.file_number()),
             pages: Mutex::new(pages.into_iter().map(|(k, (s, _))| (k, s)).collect()),
             data_dir: data_dir.to_owned(),
@@ -444,6 +453,16 @@ impl Store {
         &self.shared
     }
 
+    /// Counts records hardened from peers by gap-fill.
+    pub fn count_gap_fill(&self, records: u64, bytes: u64) {
+        self.shared
+            .gap_fill_records
+            .fetch_add(records, Ordering::Relaxed);
+        self.shared
+            .gap_fill_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// True when the segment holds records beyond its SCL.
     pub fn segment_has_gap(&self, key: &SegmentKey) -> bool {
         lock(&self.shared.index)
@@ -467,6 +486,8 @@ impl Store {
                 .values()
                 .map(|s| s.disk_bytes())
                 .sum(),
+            gap_fill_records: self.shared.gap_fill_records.load(Ordering::Relaxed),
+            gap_fill_bytes: self.shared.gap_fill_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -479,6 +500,7 @@ impl Store {
             ((slot.segment.has_gap() || behind) && !slot.peers.is_empty()).then(|| GapCandidate {
                 key: key.clone(),
                 scl: slot.segment.scl(),
+                target: slot.pgcl_hint,
                 peers: slot.peers.clone(),
             })
         };

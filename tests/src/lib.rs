@@ -437,3 +437,18 @@ impl Drop for Up {
         }
     }
 }
+
+/// `len` bytes that are distinct for each `seed` and each 8-byte word (xorshift), so that a page
+/// served from the wrong place or the wrong time shows.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

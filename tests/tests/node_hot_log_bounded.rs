@@ -6,7 +6,7 @@
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use sixfold_tests::{require_fuse, test_dir, Cluster, Mount};
+use sixfold_tests::{pattern, require_fuse, test_dir, Cluster, Mount};
 
 const CHUNK: u64 = 1 << 20;
 /// Hot log per node at any sample: a few 64 MiB files (the one being written, the one before,
@@ -24,17 +24,8 @@ fn total_bytes() -> u64 {
         << 20
 }
 
-/// The content of chunk `i`: distinct per chunk and per word, so any misplaced page shows.
 fn chunk(i: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CHUNK as usize);
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while out.len() < CHUNK as usize {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
+    pattern(i, CHUNK as usize)
 }
 
 /// Chunk `i` goes to PG 0 or PG 1 alternately (both 10 GiB PGs stay busy).
