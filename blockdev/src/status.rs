@@ -25,6 +25,8 @@ pub struct NodeReport {
     pub error: Option<String>,
     pub hot_log_bytes: u64,
     pub page_store_bytes: u64,
+    /// Why the node refuses appends (a full disk, a failed hot log), if it does.
+    pub log_error: Option<String>,
     pub segments: usize,
 }
 
@@ -147,6 +149,9 @@ impl StatusReport {
                     human_bytes(node.hot_log_bytes),
                     human_bytes(node.page_store_bytes)
                 );
+                if let Some(error) = &node.log_error {
+                    let _ = writeln!(out, "  {:<22} REFUSING APPENDS: {error}", "");
+                }
             } else {
                 let _ = writeln!(
                     out,
@@ -199,6 +204,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     error: None,
                     hot_log_bytes: status.hot_log_bytes,
                     page_store_bytes: status.page_store_bytes,
+                    log_error: (!status.log_error.is_empty()).then(|| status.log_error.clone()),
                     segments: status.segments.len(),
                 });
             }
@@ -215,6 +221,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     error: Some(error),
                     hot_log_bytes: 0,
                     page_store_bytes: 0,
+                    log_error: None,
                     segments: 0,
                 });
             }

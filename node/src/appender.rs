@@ -33,6 +33,8 @@ use sixfold_proto::{Epoch, Lsn};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
+use crate::hotlog;
+
 use crate::error::StoreError;
 use crate::frame::{self, FrameBody};
 use crate::hotlog::LogWriter;
@@ -202,11 +204,9 @@ impl Appender {
             outcome = self.commit();
         }
         if let Err(e) = outcome {
-            self.fail(&e);
+            let error = self.fail("harden records to the hot log", &e);
             for job in jobs {
-                let _ = job
-                    .reply
-                    .send(Err(io_error("harden records to the hot log", &e)));
+                let _ = job.reply.send(Err(error.duplicate()));
             }
             return;
         }
@@ -293,8 +293,7 @@ impl Appender {
             .try_for_each(|f| self.writer.append(f).map(drop))
             .and_then(|()| self.commit());
         if let Err(e) = hardened {
-            self.fail(&e);
-            return Err(io_error("harden an epoch to the hot log", &e));
+            return Err(self.fail("harden an epoch to the hot log", &e));
         }
         let mut index = lock(&self.shared.index);
         let records_before = index.segment(&job.key).map_or(0, |s| s.record_count());
@@ -342,12 +341,32 @@ impl Appender {
     fn commit(&mut self) -> io::Result<()> {
         self.writer.commit()?;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        let mut error = lock(&self.shared.log_error);
+        if error.take().is_some() {
+            info!("the hot log has room again; appends resume");
+        }
         Ok(())
     }
 
-    fn fail(&mut self, e: &io::Error) {
+    /// After a failed append or commit: a full disk (no room for the next log file) leaves the
+    /// log intact, so appends are refused only until there is room again; any other error leaves
+    /// the tail unknown, so every later write is refused until a restart. Returns the error for
+    /// the jobs.
+    fn fail(&mut self, action: &'static str, e: &io::Error) -> StoreError {
+        if hotlog::is_no_room(e) {
+            let mut current = lock(&self.shared.log_error);
+            if current.is_none() {
+                error!("{e}; refusing appends until there is room (the log itself is intact)");
+            }
+            *current = Some(e.to_string());
+            return StoreError::NoRoom(e.to_string());
+        }
         error!("failed to harden the hot log: {e}; refusing writes until restart");
         self.failed = true;
+        *lock(&self.shared.log_error) = Some(format!(
+            "{e}; the node refuses writes until it is restarted"
+        ));
+        io_error(action, e)
     }
 }
 

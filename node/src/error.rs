@@ -78,6 +78,8 @@ pub enum StoreError {
     },
     #[error("the hot log failed earlier (write or fsync error); the node refuses writes until restarted")]
     LogFailed,
+    #[error("the node's disk is full ({0}); appends resume when there is room")]
+    NoRoom(String),
     #[error("the node is shutting down")]
     ShuttingDown,
 }
@@ -98,6 +100,18 @@ impl NodeError {
 }
 
 impl StoreError {
+    /// A copy for each job of a failed group (I/O errors are not `Clone`).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Io { action, source } => StoreError::Io {
+                action,
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::NoRoom(m) => StoreError::NoRoom(m.clone()),
+            other => StoreError::InvalidArgument(other.to_string()),
+        }
+    }
+
     pub fn fenced(volume: &str, request: Epoch, known: Epoch) -> StoreError {
         StoreError::Fenced {
             volume: volume.to_string(),
@@ -134,6 +148,7 @@ impl StoreError {
             StoreError::Corrupt { .. } => tonic::Status::data_loss(message),
             StoreError::Io { .. } => tonic::Status::internal(message),
             StoreError::LogFailed | StoreError::ShuttingDown => tonic::Status::unavailable(message),
+            StoreError::NoRoom(_) => tonic::Status::resource_exhausted(message),
         }
     }
 }

@@ -187,15 +187,44 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Finishes the current file and starts the next. Failing to create the next file (a full
+    /// disk, most often) leaves the log as it was, the current file complete and synced, and is
+    /// reported as [`NoRoom`]: appends that fit in the current file still work, and the next
+    /// roll tries again.
     fn roll(&mut self) -> io::Result<()> {
         self.write_buffer()?;
         self.file.sync_data()?;
         let number = self.number + 1;
-        self.file = create_file(&self.dir, number)?;
-        self.number = number;
-        self.size = 0;
-        Ok(())
+        match create_file(&self.dir, number) {
+            Ok(file) => {
+                self.file = file;
+                self.number = number;
+                self.size = 0;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(self.dir.join(file_name(number)));
+                Err(io::Error::new(e.kind(), NoRoom(e)))
+            }
+        }
     }
+}
+
+/// The next hot-log file could not be created (nothing already in the log was touched).
+#[derive(Debug)]
+pub struct NoRoom(io::Error);
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no room for a new hot-log file: {}", self.0)
+    }
+}
+
+impl std::error::Error for NoRoom {}
+
+/// True when `e` is a [`NoRoom`]: the log is intact and appending may work again later.
+pub fn is_no_room(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NoRoom>())
 }
 
 /// Creates log file `number` full size, filled with zeroes, fsync'd, its name durable.

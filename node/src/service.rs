@@ -268,6 +268,7 @@ impl StorageNode for Service {
             page_store_bytes: snapshot.page_store_bytes,
             gap_fill_records: snapshot.gap_fill_records,
             gap_fill_bytes: snapshot.gap_fill_bytes,
+            log_error: snapshot.log_error.unwrap_or_default(),
             volumes: snapshot
                 .volumes
                 .into_iter()

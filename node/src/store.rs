@@ -57,6 +57,8 @@ pub struct Shared {
     pub log_bytes: Arc<AtomicU64>,
     /// Hot-log fsyncs so far (one per group commit).
     pub syncs: AtomicU64,
+    /// Why the hot log refuses appends now (a full disk, a failed write), if it does.
+    pub log_error: Mutex<Option<String>>,
     /// Records (and their bytes) hardened from peers by gap-fill, since start.
     pub gap_fill_records: AtomicU64,
     pub gap_fill_bytes: AtomicU64,
@@ -102,6 +104,7 @@ pub struct StatusSnapshot {
     pub page_store_bytes: u64,
     pub gap_fill_records: u64,
     pub gap_fill_bytes: u64,
+    pub log_error: Option<String>,
 }
 
 /// A segment whose chain has a hole, with the peers that may fill it.
@@ -210,6 +213,7 @@ impl Store {
             files: LogFiles::new(log_dir, &writer),
             log_bytes: writer.total_bytes(),
             syncs: AtomicU64::new(0),
+            log_error: Mutex::new(None),
             gap_fill_records: AtomicU64::new(0),
             gap_fill_bytes: AtomicU64::new(0),
             applied_file: AtomicU32::new(writer.file_number()),
@@ -488,6 +492,7 @@ impl Store {
                 .sum(),
             gap_fill_records: self.shared.gap_fill_records.load(Ordering::Relaxed),
             gap_fill_bytes: self.shared.gap_fill_bytes.load(Ordering::Relaxed),
+            log_error: lock(&self.shared.log_error).clone(),
         }
     }
 
