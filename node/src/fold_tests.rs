@@ -196,3 +196,60 @@ fn tear_pages(data_dir: &Path, written: &[u64], rng: &mut StdRng) {
         }
     }
 }
+
+/// Hydration's store steps (what `hydrate` does over gRPC): B is behind A, whose records are
+/// folded; B folds its own prefix, copies A's pages changed after its SCL, starts at A's fold
+/// point, and then reads as A does, also after more records and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hydration_from_a_peers_pages_gives_the_same_reads() {
+    for seed in 100..112u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (temp_a, temp_b) = (TempDir::new("hydrate-a"), TempDir::new("hydrate-b"));
+        let a = Store::open(temp_a.path()).expect("open a").0;
+        let b = Store::open(temp_b.path()).expect("open b").0;
+        let n = rng.random_range(10..80);
+        let mut all = random_records(&mut rng, 0, n);
+        let last = all.last().map_or(0, |r| r.lsn);
+        append(&a, &all, last).await;
+        folder::round(a.shared_for_tests());
+        assert_eq!(folded(&a).0, last, "seed {seed}: A folded everything");
+        // B has only a prefix (it was away), unfolded.
+        let held = rng.random_range(0..n / 2);
+        if held > 0 {
+            append(&b, &all[..held], 0).await;
+        }
+        let scl = b.fold_to_scl(&key()).await.expect("fold to scl");
+        let mut cursor = 0;
+        let point = loop {
+            let (f, pages, next) = a
+                .fetch_pages(&key(), scl, cursor, 3)
+                .await
+                .expect("fetch pages");
+            b.store_hydrated_pages(&key(), pages)
+                .await
+                .expect("store pages");
+            if next >= sixfold_proto::PG_PAGES {
+                break f;
+            }
+            cursor = next;
+        };
+        assert_eq!(point.0, last);
+        let scl = b.finish_hydration(&key(), point).await.expect("finish");
+        assert_eq!(scl, point, "seed {seed}: B starts at A's fold point");
+        check_reads(&b, &all, last, seed, "after hydration").await;
+        // The writer goes on with both.
+        let n = rng.random_range(5..40);
+        let more = random_records(&mut rng, last, n);
+        all.extend(more.iter().cloned());
+        let last = all.last().map_or(0, |r| r.lsn);
+        append(&b, &more, last).await;
+        folder::round(b.shared_for_tests());
+        check_reads(&b, &all, folded(&b).0, seed, "after more records").await;
+        b.close().await;
+        drop(b);
+        let b = Store::open(temp_b.path()).expect("reopen b").0;
+        check_reads(&b, &all, folded(&b).0, seed, "after restart").await;
+        b.close().await;
+        a.close().await;
+    }
+}

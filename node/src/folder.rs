@@ -160,7 +160,7 @@ pub fn round(shared: &Shared) {
             .slots()
             .filter(|(_, slot)| {
                 let limit = slot.fold_limit_hint.min(slot.pgcl_hint);
-                limit.min(slot.segment.scl()) > slot.segment.folded()
+                limit.min(slot.segment.scl()) > slot.segment.folded() && !held(slot)
             })
             .map(|(key, _)| key.clone())
             .collect()
@@ -168,7 +168,7 @@ pub fn round(shared: &Shared) {
     let mut steps = 0;
     for key in &keys {
         for _ in 0..STEPS_PER_ROUND_MAX {
-            match fold_step(shared, key) {
+            match fold_step(shared, key, None) {
                 Ok(true) => steps += 1,
                 Ok(false) => break,
                 Err(e) => {
@@ -193,7 +193,7 @@ pub fn round(shared: &Shared) {
     }
 }
 
-fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageStore>, StoreError> {
+pub(crate) fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageStore>, StoreError> {
     if let Some(store) = lock(&shared.pages).get(key) {
         return Ok(Arc::clone(store));
     }
@@ -207,14 +207,38 @@ fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageStore>, Store
     Ok(store)
 }
 
-/// Folds the next prefix of the segment's records; false when there is nothing to fold.
-fn fold_step(shared: &Shared, key: &SegmentKey) -> Result<bool, StoreError> {
+/// True while a peer hydrates from the segment's pages (its fold point must hold still).
+fn held(slot: &crate::index::SegmentSlot) -> bool {
+    slot.fold_hold_until
+        .is_some_and(|until| Instant::now() < until)
+}
+
+/// Folds the segment's whole chain up to its SCL, whatever the writer's hints say (before a
+/// hydration, so that the page store alone holds the segment's state at its SCL).
+pub fn fold_to_scl(shared: &Shared, key: &SegmentKey) -> Result<(), StoreError> {
+    loop {
+        let scl = lock(&shared.index)
+            .segment(key)
+            .map_or(Lsn::ZERO, |s| s.scl());
+        if !fold_step(shared, key, Some(scl))? {
+            return Ok(());
+        }
+    }
+}
+
+/// Folds the next prefix of the segment's records, up to `limit` or else the writer's hints;
+/// false when there is nothing to fold.
+fn fold_step(shared: &Shared, key: &SegmentKey, limit: Option<Lsn>) -> Result<bool, StoreError> {
+    let _folding = lock(&shared.fold_lock);
     let plan = {
         let index = lock(&shared.index);
         let Some(slot) = index.slot(key) else {
             return Ok(false);
         };
-        let limit = slot.fold_limit_hint.min(slot.pgcl_hint);
+        if limit.is_none() && held(slot) {
+            return Ok(false);
+        }
+        let limit = limit.unwrap_or_else(|| slot.fold_limit_hint.min(slot.pgcl_hint));
         slot.segment.fold_plan(limit, FOLD_PAGES_MAX)
     };
     let Some(&(to, _)) = plan.last() else {
@@ -228,13 +252,18 @@ fn fold_step(shared: &Shared, key: &SegmentKey) -> Result<bool, StoreError> {
     let io = |action: &'static str| move |source| StoreError::Io { action, source };
     let mut images = Vec::with_capacity(by_page.len());
     for (page, records) in by_page {
-        // From the newest full-page record if there is one, else from the stored image.
+        // From the newest full-page record if there is one, else from the stored image; only
+        // records above the image's LSN apply to it (it may be newer: hydration, journal redo).
         let start = records.iter().rposition(|(_, m)| m.full_page);
         let mut data = vec![0u8; PAGE_SIZE];
+        let mut base = Lsn::ZERO;
         if start.is_none() {
             match store.read(page).map_err(io("read a page to fold into"))? {
                 Stored::Absent => {}
-                Stored::Page { data: image, .. } => data = image,
+                Stored::Page { data: image, lsn } => {
+                    data = image;
+                    base = lsn;
+                }
                 Stored::Corrupt(detail) => {
                     return Err(StoreError::Corrupt {
                         volume: key.volume.clone(),
@@ -245,8 +274,11 @@ fn fold_step(shared: &Shared, key: &SegmentKey) -> Result<bool, StoreError> {
                 }
             }
         }
-        let mut last = Lsn::ZERO;
-        for (lsn, meta) in &records[start.unwrap_or(0)..] {
+        let mut last = base;
+        for (lsn, meta) in records[start.unwrap_or(0)..]
+            .iter()
+            .filter(|(lsn, _)| *lsn > base)
+        {
             let record = read_record(shared, key, *lsn, meta)?;
             record::apply(&record, &mut data);
             last = *lsn;
@@ -266,7 +298,8 @@ fn fold_step(shared: &Shared, key: &SegmentKey) -> Result<bool, StoreError> {
 }
 
 /// Writes the checkpoint, then deletes the hot-log files it and the page stores made useless.
-fn checkpoint_and_collect(shared: &Shared) -> Result<(usize, u64), StoreError> {
+pub(crate) fn checkpoint_and_collect(shared: &Shared) -> Result<(usize, u64), StoreError> {
+    let _folding = lock(&shared.fold_lock);
     let applied = shared.applied_file.load(Ordering::Acquire);
     let (checkpoint, oldest_live) = {
         let index = lock(&shared.index);

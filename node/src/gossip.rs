@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::appender::Source;
+use crate::hydrate;
 use crate::index::SegmentKey;
 use crate::request;
 use crate::store::{GapCandidate, Store};
@@ -150,6 +151,9 @@ async fn fill(
             ..
         } = candidate;
         let scl_before = scl;
+        // A peer that answered that the records are folded into its pages: hydrate from it if
+        // no peer's log has them.
+        let mut folded_at: Option<(String, StorageNodeClient<Channel>)> = None;
         for (peer, client) in peers {
             // The next batch is fetched while this one is hardened (pipelined).
             let mut fetched: Option<Vec<Record>> = None;
@@ -165,6 +169,9 @@ async fn fill(
                             Ok(records) => records,
                             Err(reason) => {
                                 debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
+                                if reason.contains("folded into pages") && folded_at.is_none() {
+                                    folded_at = Some((peer.clone(), client.clone()));
+                                }
                                 break;
                             }
                         }
@@ -215,6 +222,12 @@ async fn fill(
         }
         if scl > scl_before {
             info!(segment = %key, from = scl_before.0, to = scl.0, "gap partly filled from peers");
+        } else if let Some((peer, client)) = folded_at {
+            match hydrate::hydrate(&store, &key, &peer, client).await {
+                Ok(scl_new) if scl_new > scl => return true, // go on from the peers' logs at once
+                Ok(_) => {}
+                Err(e) => warn!(segment = %key, peer, "hydration failed: {e}"),
+            }
         }
     }
     budget.bytes == 0

@@ -53,6 +53,8 @@ pub struct SegmentSlot {
     pub pgcl_hint: Lsn,
     /// The highest fold limit a writer reported (soft state, like `pgcl_hint`). Never decreases.
     pub fold_limit_hint: Lsn,
+    /// A peer is hydrating from this segment's pages: do not fold until then (soft state).
+    pub fold_hold_until: Option<std::time::Instant>,
 }
 
 /// One durable change, as a frame of the hot log carries it.

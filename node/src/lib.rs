@@ -18,7 +18,8 @@
 //! - [`folder`]: the folding thread, the only writer of page stores and the checkpoint, and the
 //!   hot-log garbage collector;
 //! - [`store`]: the shared handle (recovery, reads, job submission);
-//! - [`service`]: the tonic service; [`gossip`]: the gap-fill task.
+//! - [`service`]: the tonic service; [`gossip`]: the gap-fill task; [`hydrate`]: catching up
+//!   from a peer's pages when no peer's log still holds the missing records.
 //!
 //! The node serves what it acknowledged, after any crash: see "Crash consistency" in [`hotlog`],
 //! [`appender`], [`meta`] and [`store`], and the ordering rules in [`pagestore`] and [`folder`].
@@ -30,6 +31,7 @@ mod folder;
 pub mod frame;
 mod gossip;
 mod hotlog;
+mod hydrate;
 pub mod index;
 mod meta;
 mod pagestore;

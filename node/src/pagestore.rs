@@ -17,7 +17,10 @@
 //! Invariants:
 //! - a slot's meta entry and data agree (crc) except while a fold is writing it in place, which
 //!   readers never see (the fold holds `io` for writing, readers for reading);
-//! - a page's image LSN only rises.
+//! - a page's image is the page's state as of its LSN, and that LSN only rises (an older image
+//!   is never written over a newer one); whoever applies records to an image applies only those
+//!   above its LSN (the page-LSN rule), so images from a peer (hydration) and from a redone
+//!   journal compose with the records of the log.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -158,6 +161,51 @@ impl PageStore {
         Ok(Stored::Page { lsn, data })
     }
 
+    /// Images newer than `after` from page slot `cursor` on, at most `max_pages` of them, and the
+    /// slot to resume at (`None` once the scan reached the last slot ever written).
+    pub fn scan(
+        &self,
+        after: Lsn,
+        cursor: u64,
+        max_pages: usize,
+    ) -> io::Result<(Vec<PageImage>, Option<u64>)> {
+        const META_CHUNK: u64 = 4096;
+        let meta_len = {
+            let files = self.io.read().unwrap_or_else(|p| p.into_inner());
+            files.meta.metadata()?.len()
+        };
+        let slots = meta_len / META_BYTES;
+        let mut out = Vec::new();
+        let mut slot = cursor;
+        while slot < slots {
+            let count = META_CHUNK.min(slots - slot);
+            let mut meta = vec![0u8; (count * META_BYTES) as usize];
+            {
+                let files = self.io.read().unwrap_or_else(|p| p.into_inner());
+                read_fully_or_zero(&files.meta, &mut meta, slot * META_BYTES)?;
+            }
+            for (i, entry) in meta.chunks_exact(META_BYTES as usize).enumerate() {
+                let lsn = Lsn(u64::from_le_bytes(entry[0..8].try_into().expect("8 bytes")));
+                if entry.iter().all(|b| *b == 0) || lsn <= after {
+                    continue;
+                }
+                if out.len() >= max_pages {
+                    return Ok((out, Some(slot + i as u64)));
+                }
+                let page = PageId(self.pg.first_page().0 + slot + i as u64);
+                match self.read(page)? {
+                    Stored::Page { lsn, data } => out.push(PageImage { page, lsn, data }),
+                    Stored::Absent => {}
+                    Stored::Corrupt(detail) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, detail))
+                    }
+                }
+            }
+            slot += count;
+        }
+        Ok((out, None))
+    }
+
     /// Stores `images` durably as the fold up to `to_lsn`: journal, fsync, in place, fsync.
     pub fn fold(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
         let journal = encode_journal(to_lsn, images);
@@ -177,6 +225,15 @@ impl PageStore {
         let files = self.io.write().unwrap_or_else(|p| p.into_inner());
         for image in images {
             let slot = self.slot(image.page)?;
+            // A page's image never goes back to an older version.
+            let mut current = [0u8; META_BYTES as usize];
+            if read_fully_or_zero(&files.meta, &mut current, slot * META_BYTES)? {
+                let lsn = u64::from_le_bytes(current[0..8].try_into().expect("8 bytes"));
+                let magic = u32::from_le_bytes(current[12..16].try_into().expect("4 bytes"));
+                if magic == META_MAGIC && lsn > image.lsn.0 {
+                    continue;
+                }
+            }
             if image.data.len() != PAGE_SIZE {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,

@@ -152,6 +152,22 @@ impl Segment {
         out
     }
 
+    /// After hydration copied a peer's pages as of its fold point `to` into the page store: the
+    /// segment now starts at `to` (records at or below it are dropped; those above wait on the
+    /// chain as before). Nothing changes when `to` is not above the SCL.
+    pub fn hydrated(&mut self, to: Lsn) {
+        if to <= self.scl {
+            return;
+        }
+        let dropped: Vec<Lsn> = self.records.range(..=to).map(|(lsn, _)| *lsn).collect();
+        for lsn in dropped {
+            self.remove(lsn);
+        }
+        self.folded = to;
+        self.scl = to;
+        self.extend();
+    }
+
     /// Forgets the records up to `to`, now folded into the page store. `to` must be a record on
     /// the chain (the last one of a [`Segment::fold_plan`]); anything else is ignored.
     pub fn forget_folded(&mut self, to: Lsn) {

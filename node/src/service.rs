@@ -4,11 +4,11 @@
 
 use sixfold_proto::wire::storage_node_server::StorageNode;
 use sixfold_proto::wire::{
-    AppendRequest, AppendResponse, FetchRecordsRequest, FetchRecordsResponse, GetVolumeMetaRequest,
-    GetVolumeMetaResponse, NodeStatusRequest, NodeStatusResponse, OpenSegmentRequest,
-    OpenSegmentResponse, PutVolumeMetaRequest, PutVolumeMetaResponse, ReadPageRequest,
-    ReadPageResponse, SegmentRef, SegmentStateRequest, SegmentStateResponse, SegmentStatus,
-    VolumeWriterState,
+    AppendRequest, AppendResponse, FetchPagesRequest, FetchPagesResponse, FetchRecordsRequest,
+    FetchRecordsResponse, GetVolumeMetaRequest, GetVolumeMetaResponse, NodeStatusRequest,
+    NodeStatusResponse, OpenSegmentRequest, OpenSegmentResponse, PageImage, PutVolumeMetaRequest,
+    PutVolumeMetaResponse, ReadPageRequest, ReadPageResponse, SegmentRef, SegmentStateRequest,
+    SegmentStateResponse, SegmentStatus, VolumeWriterState,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 use tokio::sync::mpsc;
@@ -180,6 +180,37 @@ impl StorageNode for Service {
         Ok(Response::new(FetchRecordsResponse {
             records,
             scl: scl.0,
+        }))
+    }
+
+    async fn fetch_pages(
+        &self,
+        request: Request<FetchPagesRequest>,
+    ) -> Result<Response<FetchPagesResponse>, Status> {
+        let request = request.into_inner();
+        let key =
+            request::segment_key(request.segment.as_ref()).map_err(|e| status("FetchPages", e))?;
+        let (folded, pages, next_cursor) = self
+            .store
+            .fetch_pages(
+                &key,
+                Lsn(request.after_lsn),
+                request.cursor,
+                request.max_pages as usize,
+            )
+            .await
+            .map_err(|e| status("FetchPages", e))?;
+        Ok(Response::new(FetchPagesResponse {
+            folded: folded.0,
+            pages: pages
+                .into_iter()
+                .map(|image| PageImage {
+                    page: image.page.0,
+                    lsn: image.lsn.0,
+                    data: image.data.into(),
+                })
+                .collect(),
+            next_cursor,
         }))
     }
 

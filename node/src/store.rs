@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use sixfold_proto::record;
 use sixfold_proto::wire::{Record, VolumeMeta};
-use sixfold_proto::{Epoch, Lsn, PageId, PAGE_SIZE};
+use sixfold_proto::{Epoch, Lsn, PageId, PAGE_SIZE, PG_PAGES};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::error;
 
@@ -36,7 +36,7 @@ use crate::hotlog::{self, LogFiles};
 use crate::index::{Effect, Index, SegmentKey};
 use crate::lock;
 use crate::meta::MetaStore;
-use crate::pagestore::{PageStore, Stored};
+use crate::pagestore::{PageImage, PageStore, Stored};
 use crate::request::PreparedRecord;
 use crate::segment::{Location, RecordMeta};
 
@@ -44,6 +44,10 @@ use crate::segment::{Location, RecordMeta};
 pub const APPEND_QUEUE_JOBS_MAX: usize = 256;
 /// Record bytes (in KiB) of the appends queued or being hardened at once; later appends wait.
 pub const APPEND_QUEUE_KIB_MAX: usize = 256 << 10;
+/// How long a segment's fold point holds still after a peer's FetchPages.
+pub const FOLD_HOLD: Duration = Duration::from_secs(30);
+/// Most pages one FetchPages answers with.
+pub const FETCH_PAGES_MAX: usize = 2048;
 /// Most bytes of records one FetchRecords answers with.
 pub const FETCH_BYTES_MAX: u64 = 16 << 20;
 
@@ -65,6 +69,10 @@ pub struct Shared {
     /// Every frame of hot-log files numbered below this is applied to the index (set by the
     /// appender): the checkpoint taken after reading it covers them.
     pub applied_file: AtomicU32,
+    /// Held by whoever writes a page store or the checkpoint (the folder, a hydration), so
+    /// that fold journals and checkpoint files are written by one at a time. Taken before
+    /// `index`, never while holding it.
+    pub fold_lock: Mutex<()>,
     /// Page stores of the segments that have folded, by segment.
     pub pages: Mutex<HashMap<SegmentKey, Arc<PageStore>>>,
     pub data_dir: PathBuf,
@@ -217,6 +225,7 @@ impl Store {
             gap_fill_records: AtomicU64::new(0),
             gap_fill_bytes: AtomicU64::new(0),
             applied_file: AtomicU32::new(writer.file_number()),
+            fold_lock: Mutex::new(()),
             pages: Mutex::new(pages.into_iter().map(|(k, (s, _))| (k, s)).collect()),
             data_dir: data_dir.to_owned(),
         });
@@ -355,7 +364,7 @@ impl Store {
                 segment.folded(),
             )
         };
-        let store = if plan.base && folded > Lsn::ZERO {
+        let store = if plan.base {
             lock(&self.shared.pages).get(key).cloned()
         } else {
             None
@@ -364,6 +373,7 @@ impl Store {
         let key = key.clone();
         let data = blocking(move || {
             let mut data = vec![0u8; PAGE_SIZE];
+            let mut base = Lsn::ZERO;
             if let Some(store) = store {
                 match store.read(page).map_err(|source| StoreError::Io {
                     action: "read a page from the page store",
@@ -382,6 +392,7 @@ impl Store {
                             });
                         }
                         data = image;
+                        base = lsn;
                     }
                     Stored::Corrupt(detail) => {
                         error!(segment = %key, %page, "corrupt page in the page store: {detail}");
@@ -394,8 +405,9 @@ impl Store {
                     }
                 }
             }
-            for (lsn, meta) in plan.records {
-                let record = read_record(&shared, &key, lsn, &meta)?;
+            // The page-LSN rule: records the image already holds are not applied again.
+            for (lsn, meta) in plan.records.iter().filter(|(lsn, _)| *lsn > base) {
+                let record = read_record(&shared, &key, *lsn, meta)?;
                 record::apply(&record, &mut data);
             }
             Ok(data)
@@ -445,6 +457,98 @@ impl Store {
         })
         .await?;
         Ok((records, scl))
+    }
+
+    /// For a peer hydrating its segment: the stored pages newer than `after_lsn`, from page
+    /// `cursor` of the PG on, and this segment's fold point (held still for [`FOLD_HOLD`] after
+    /// each call, so that the whole scan sees one point). Returns (folded, pages, next cursor).
+    pub async fn fetch_pages(
+        &self,
+        key: &SegmentKey,
+        after_lsn: Lsn,
+        cursor: u64,
+        max_pages: usize,
+    ) -> Result<(Lsn, Vec<PageImage>, u64), StoreError> {
+        {
+            let mut index = lock(&self.shared.index);
+            if index.segment(key).is_none() {
+                return Err(StoreError::not_hosted(&key.volume, key.pg));
+            }
+            index.slot_mut(key).fold_hold_until = Some(Instant::now() + FOLD_HOLD);
+        }
+        let store = lock(&self.shared.pages).get(key).cloned();
+        let Some(store) = store else {
+            return Ok((Lsn::ZERO, Vec::new(), PG_PAGES));
+        };
+        let max_pages = max_pages.clamp(1, FETCH_PAGES_MAX);
+        let (pages, next) = blocking(move || {
+            store
+                .scan(after_lsn, cursor, max_pages)
+                .map_err(|source| StoreError::Io {
+                    action: "scan the page store",
+                    source,
+                })
+        })
+        .await?;
+        // Read after the scan: a fold step that began before the hold may have finished since.
+        let folded = lock(&self.shared.index)
+            .segment(key)
+            .map_or(Lsn::ZERO, |s| s.folded());
+        Ok((folded, pages, next.unwrap_or(PG_PAGES)))
+    }
+
+    /// Before a hydration: folds the segment's chain up to its SCL. Returns the SCL.
+    pub async fn fold_to_scl(&self, key: &SegmentKey) -> Result<Lsn, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        blocking(move || {
+            folder::fold_to_scl(&shared, &key)?;
+            Ok(lock(&shared.index)
+                .segment(&key)
+                .map_or(Lsn::ZERO, |s| s.scl()))
+        })
+        .await
+    }
+
+    /// Stores pages copied from a peer. Their journal names the current fold point, so a
+    /// crash mid-hydration never advances it (reads newer than an image are refused meanwhile).
+    pub async fn store_hydrated_pages(
+        &self,
+        key: &SegmentKey,
+        pages: Vec<PageImage>,
+    ) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        blocking(move || {
+            let _folding = lock(&shared.fold_lock);
+            let folded = lock(&shared.index)
+                .segment(&key)
+                .map_or(Lsn::ZERO, |s| s.folded());
+            let store = folder::page_store(&shared, &key)?;
+            store.fold(folded, &pages).map_err(|source| StoreError::Io {
+                action: "store hydrated pages",
+                source,
+            })
+        })
+        .await
+    }
+
+    /// After every page changed up to `to` was stored: the segment starts at `to`, durably
+    /// (checkpoint). Returns the new SCL.
+    pub async fn finish_hydration(&self, key: &SegmentKey, to: Lsn) -> Result<Lsn, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        blocking(move || {
+            {
+                let _folding = lock(&shared.fold_lock);
+                lock(&shared.index).slot_mut(&key).segment.hydrated(to);
+            }
+            folder::checkpoint_and_collect(&shared)?;
+            Ok(lock(&shared.index)
+                .segment(&key)
+                .map_or(Lsn::ZERO, |s| s.scl()))
+        })
+        .await
     }
 
     pub fn segment_state(&self, key: &SegmentKey) -> SegmentSummary {

@@ -1,0 +1,120 @@
+//! Hydration: a segment that fell behind every peer's hot log (its peers folded the records it
+//! misses into their page stores and deleted them) copies pages instead of records.
+//!
+//! 1. The segment folds its own chain up to its SCL `S`, so that its page store alone holds its
+//!    state at `S`.
+//! 2. It asks one peer, page by page range (FetchPages), for every stored page whose image is
+//!    newer than `S`, and stores each batch durably. The peer's fold point `F` holds still while
+//!    the scan goes on (each call renews the hold); if it moved anyway (a fold step that was
+//!    already running), a second pass copies what changed after the first pass's point.
+//! 3. Once a whole pass saw one `F`, the segment starts at `F` (fold point and SCL), durably in
+//!    the checkpoint, and gap-fill takes the records after `F` from the peers' logs.
+//!
+//! Safety: until step 3 the segment's SCL stays `S`, so no read above `S` is served from it
+//! (required SCL), and a stored image newer than a read point is never served for it (the store
+//! refuses). A crash mid-way leaves the fold point at `S` (the page batches' journal names the
+//! old point) and the next gap-fill round starts over.
+
+use std::time::{Duration, Instant};
+
+use sixfold_proto::wire::storage_node_client::StorageNodeClient;
+use sixfold_proto::wire::{FetchPagesRequest, SegmentRef};
+use sixfold_proto::{Lsn, PageId, PAGE_SIZE, PG_PAGES};
+use tonic::transport::Channel;
+use tracing::info;
+
+use crate::index::SegmentKey;
+use crate::pagestore::PageImage;
+use crate::store::Store;
+
+/// Pages asked for per FetchPages call (4 MiB).
+pub const PAGES_PER_CALL: u32 = 1024;
+/// Passes over the peer's pages before giving up on a moving fold point.
+const PASSES_MAX: usize = 4;
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Copies the pages `peer` changed after this segment's SCL and starts the segment at the
+/// peer's fold point. Returns the segment's SCL afterwards.
+pub async fn hydrate(
+    store: &Store,
+    key: &SegmentKey,
+    peer: &str,
+    client: StorageNodeClient<Channel>,
+) -> Result<Lsn, String> {
+    let started = Instant::now();
+    let scl = store.fold_to_scl(key).await.map_err(|e| e.to_string())?;
+    let mut after = scl;
+    let mut copied = 0u64;
+    for _ in 0..PASSES_MAX {
+        let mut cursor = 0u64;
+        let mut first = None;
+        let mut last;
+        loop {
+            let request = FetchPagesRequest {
+                segment: Some(SegmentRef {
+                    volume: key.volume.clone(),
+                    pg: key.pg.0,
+                }),
+                after_lsn: after.0,
+                cursor,
+                max_pages: PAGES_PER_CALL,
+            };
+            let response = tokio::time::timeout(CALL_TIMEOUT, client.clone().fetch_pages(request))
+                .await
+                .map_err(|_| format!("no answer from {peer} within {CALL_TIMEOUT:?}"))?
+                .map_err(|status| format!("{}: {}", status.code(), status.message()))?
+                .into_inner();
+            let folded = Lsn(response.folded);
+            first.get_or_insert(folded);
+            last = folded;
+            let mut images = Vec::with_capacity(response.pages.len());
+            for image in response.pages {
+                let page = PageId(image.page);
+                if !key.pg.contains(page) || image.data.len() != PAGE_SIZE || image.lsn > folded.0 {
+                    return Err(format!(
+                        "{peer} sent a bad page image ({page}, {} bytes, LSN {} with fold point {folded})",
+                        image.data.len(),
+                        image.lsn
+                    ));
+                }
+                images.push(PageImage {
+                    page,
+                    lsn: Lsn(image.lsn),
+                    data: image.data.to_vec(),
+                });
+            }
+            copied += images.len() as u64;
+            if !images.is_empty() {
+                store
+                    .store_hydrated_pages(key, images)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if response.next_cursor <= cursor || response.next_cursor >= PG_PAGES {
+                break;
+            }
+            cursor = response.next_cursor;
+        }
+        let first = first.unwrap_or(last);
+        if last <= scl {
+            return Ok(scl); // the peer is not ahead of us in pages
+        }
+        if first == last {
+            let scl_new = store
+                .finish_hydration(key, last)
+                .await
+                .map_err(|e| e.to_string())?;
+            info!(
+                segment = %key, peer, from = %scl, to = %scl_new, pages = copied,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "hydrated from a peer's pages"
+            );
+            return Ok(scl_new);
+        }
+        // The peer folded during the pass: copy what changed after the pass began.
+        after = first;
+    }
+    Err(format!(
+        "{peer}'s fold point kept moving during {PASSES_MAX} passes"
+    ))
+}
