@@ -27,6 +27,9 @@ pub struct NodeReport {
     pub page_store_bytes: u64,
     /// Why the node refuses appends (a full disk, a failed hot log), if it does.
     pub log_error: Option<String>,
+    /// Damaged data the node found, and pages it repaired from peers, since it started.
+    pub corrupt_found: u64,
+    pub corrupt_repaired: u64,
     pub segments: usize,
 }
 
@@ -149,6 +152,13 @@ impl StatusReport {
                     human_bytes(node.hot_log_bytes),
                     human_bytes(node.page_store_bytes)
                 );
+                if node.corrupt_found > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  {:<22} corrupt data found {}, pages repaired from peers {}",
+                        "", node.corrupt_found, node.corrupt_repaired
+                    );
+                }
                 if let Some(error) = &node.log_error {
                     let _ = writeln!(out, "  {:<22} REFUSING APPENDS: {error}", "");
                 }
@@ -205,6 +215,8 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     hot_log_bytes: status.hot_log_bytes,
                     page_store_bytes: status.page_store_bytes,
                     log_error: (!status.log_error.is_empty()).then(|| status.log_error.clone()),
+                    corrupt_found: status.corrupt_found,
+                    corrupt_repaired: status.corrupt_repaired,
                     segments: status.segments.len(),
                 });
             }
@@ -222,6 +234,8 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     hot_log_bytes: 0,
                     page_store_bytes: 0,
                     log_error: None,
+                    corrupt_found: 0,
+                    corrupt_repaired: 0,
                     segments: 0,
                 });
             }

@@ -19,8 +19,12 @@
 //!
 //! The folder writes only page stores, the checkpoint and log-file deletions; the appender stays
 //! the only writer of the hot log. A segment whose limit does not rise (a writer that is gone, a
-//! peer that is down and so holds the PG's lowest SCL) is not folded, and its log files stay.
-//! Hydrating a peer that fell behind every log from pages is not built yet.
+//! peer that is down and so holds the PG's lowest SCL) is not folded, and its log files stay
+//! (DESIGN.md folds below PGMRPL only; the lowest-SCL limit is ours, so that peers can gap-fill
+//! from logs in the common case). A segment that fell behind every peer's log anyway (its data
+//! was lost, or the writer's view of its SCL was stale) hydrates from a peer's pages
+//! ([`crate::hydrate`]). One fold step, hydration write or checkpoint runs at a time
+//! (`fold_lock`), and every image is built by the page-LSN rule.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -43,6 +47,9 @@ use crate::store::{read_record, Shared};
 pub const FOLD_INTERVAL: Duration = Duration::from_millis(500);
 /// Most pages one fold step writes (its journal is at most this many pages).
 pub const FOLD_PAGES_MAX: usize = 2048;
+/// The scrubber runs every this many rounds, over this many page slots of each segment.
+pub const SCRUB_EVERY_ROUNDS: u64 = 4;
+pub const SCRUB_SLOTS_PER_PASS: u64 = 16_384;
 /// Most fold steps per segment per round, so that one busy segment does not starve the others.
 const STEPS_PER_ROUND_MAX: usize = 16;
 
@@ -136,6 +143,8 @@ impl Drop for Folder {
 }
 
 fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
+    let mut scrub_cursors = HashMap::new();
+    let mut rounds = 0u64;
     loop {
         {
             let stopped = lock(&stop.0);
@@ -148,6 +157,33 @@ fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
             }
         }
         round(shared);
+        rounds += 1;
+        if rounds >= SCRUB_EVERY_ROUNDS {
+            rounds = 0;
+            scrub(shared, &mut scrub_cursors);
+        }
+    }
+}
+
+/// Verifies the next [`SCRUB_SLOTS_PER_PASS`] slots of every page store; a damaged one is
+/// counted, logged and queued for repair from a peer (the gossip task does it).
+fn scrub(shared: &Shared, cursors: &mut HashMap<SegmentKey, u64>) {
+    let stores: Vec<(SegmentKey, Arc<PageStore>)> = lock(&shared.pages)
+        .iter()
+        .map(|(key, store)| (key.clone(), Arc::clone(store)))
+        .collect();
+    for (key, store) in stores {
+        let cursor = cursors.get(&key).copied().unwrap_or(0);
+        match store.verify(cursor, SCRUB_SLOTS_PER_PASS) {
+            Ok((damaged, next)) => {
+                for page in damaged {
+                    error!(segment = %key, %page, "scrub found a damaged page; repairing it from a peer");
+                    shared.report_corrupt_page(&key, page);
+                }
+                cursors.insert(key, next.unwrap_or(0));
+            }
+            Err(e) => error!(segment = %key, "scrub failed to read the page store: {e}"),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{FetchRecordsRequest, Record, SegmentRef};
+use sixfold_proto::wire::{FetchRecordsRequest, ReadPageRequest, Record, SegmentRef};
 use sixfold_proto::Lsn;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -47,6 +47,8 @@ pub const FETCH_BYTES: u32 = 16 << 20;
 /// Timeouts of one call to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Damaged pages repaired per round.
+pub const REPAIRS_PER_ROUND_MAX: usize = 256;
 /// Segments filled at once (each with its share of the round's budget).
 pub const PARALLEL_FILLS_MAX: usize = 4;
 /// Most cached peer clients (the cache is emptied when full).
@@ -90,9 +92,59 @@ impl Budget {
 }
 
 impl Gossip {
+    /// Repairs damaged pages (found by scrub or a read) with a peer's image as of the PGCL the
+    /// writer reported; a page no peer can serve now goes back in the queue.
+    async fn repair_pages(&mut self) {
+        for (key, page, point, peers) in self.store.take_repairs(REPAIRS_PER_ROUND_MAX) {
+            let mut repaired = false;
+            for peer in &peers {
+                if self.own_addresses.contains(peer) {
+                    continue;
+                }
+                let Ok(mut client) = self.client(peer) else {
+                    continue;
+                };
+                let request = ReadPageRequest {
+                    segment: Some(SegmentRef {
+                        volume: key.volume.clone(),
+                        pg: key.pg.0,
+                    }),
+                    page: page.0,
+                    read_lsn: point.0,
+                    required_scl: point.0,
+                };
+                let data = match tokio::time::timeout(REQUEST_TIMEOUT, client.read_page(request))
+                    .await
+                {
+                    Ok(Ok(response)) => response.into_inner().data,
+                    Ok(Err(status)) => {
+                        debug!(segment = %key, %page, peer, "peer cannot serve the page for repair: {}", status.message());
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                match self
+                    .store
+                    .repair_page(&key, page, point, data.to_vec())
+                    .await
+                {
+                    Ok(()) => {
+                        repaired = true;
+                        break;
+                    }
+                    Err(e) => warn!(segment = %key, %page, peer, "page repair failed: {e}"),
+                }
+            }
+            if !repaired {
+                self.store.requeue_repair(key, page);
+            }
+        }
+    }
+
     /// One round; true when it fetched its whole byte budget (more data is likely waiting; a
     /// round that only met failures or empty answers never asks for an immediate next one).
     async fn round(&mut self) -> bool {
+        self.repair_pages().await;
         let candidates = self
             .store
             .gap_candidates(SEGMENTS_PER_ROUND_MAX, self.cursor.as_ref());

@@ -305,7 +305,8 @@ pub fn open(
             if is_last {
                 warn!(
                     path = %path.display(), offset = good_len, bytes_cut = cut, %problem,
-                    "cutting a torn or corrupt tail off the hot log (unacknowledged writes)"
+                    "cutting a torn or corrupt tail off the hot log (a torn write of unacknowledged \
+                     records, or damage: gap-fill fetches lost records again from peers)"
                 );
                 let file = OpenOptions::new()
                     .write(true)

@@ -76,6 +76,14 @@ fn page_checksum(page: PageId, lsn: Lsn, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, &page.0.to_le_bytes())
 }
 
+fn meta_entry(image: &PageImage) -> [u8; META_BYTES as usize] {
+    let mut meta = [0u8; META_BYTES as usize];
+    meta[0..8].copy_from_slice(&image.lsn.0.to_le_bytes());
+    meta[8..12].copy_from_slice(&page_checksum(image.page, image.lsn, &image.data).to_le_bytes());
+    meta[12..16].copy_from_slice(&META_MAGIC.to_le_bytes());
+    meta
+}
+
 fn open_rw(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
@@ -206,6 +214,48 @@ impl PageStore {
         Ok((out, None))
     }
 
+    /// Verifies up to `count` slots from `cursor` on (scrub): returns the pages whose stored
+    /// image is damaged, and the slot to go on from (`None` at the end: start over).
+    pub fn verify(&self, cursor: u64, count: u64) -> io::Result<(Vec<PageId>, Option<u64>)> {
+        let meta_len = {
+            let files = self.io.read().unwrap_or_else(|p| p.into_inner());
+            files.meta.metadata()?.len()
+        };
+        let slots = meta_len / META_BYTES;
+        let end = slots.min(cursor.saturating_add(count));
+        let mut damaged = Vec::new();
+        for slot in cursor..end {
+            let page = PageId(self.pg.first_page().0 + slot);
+            if let Stored::Corrupt(_) = self.read(page)? {
+                damaged.push(page);
+            }
+        }
+        Ok((damaged, (end < slots).then_some(end)))
+    }
+
+    /// Replaces a damaged page with a good image from a peer, whatever the damaged slot says
+    /// (its LSN cannot be trusted), through the journal like a fold.
+    pub fn repair(&self, folded: Lsn, image: PageImage) -> io::Result<()> {
+        let journal = encode_journal(folded, std::slice::from_ref(&image));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.journal_path())?;
+        file.write_all_at(&journal, 0)?;
+        file.sync_data()?;
+        let files = self.io.write().unwrap_or_else(|p| p.into_inner());
+        let slot = self.slot(image.page)?;
+        files
+            .data
+            .write_all_at(&image.data, slot * PAGE_SIZE as u64)?;
+        files
+            .meta
+            .write_all_at(&meta_entry(&image), slot * META_BYTES)?;
+        files.data.sync_data()?;
+        files.meta.sync_data()
+    }
+
     /// Stores `images` durably as the fold up to `to_lsn`: journal, fsync, in place, fsync.
     pub fn fold(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
         let journal = encode_journal(to_lsn, images);
@@ -243,12 +293,9 @@ impl PageStore {
             files
                 .data
                 .write_all_at(&image.data, slot * PAGE_SIZE as u64)?;
-            let mut meta = [0u8; META_BYTES as usize];
-            meta[0..8].copy_from_slice(&image.lsn.0.to_le_bytes());
-            meta[8..12]
-                .copy_from_slice(&page_checksum(image.page, image.lsn, &image.data).to_le_bytes());
-            meta[12..16].copy_from_slice(&META_MAGIC.to_le_bytes());
-            files.meta.write_all_at(&meta, slot * META_BYTES)?;
+            files
+                .meta
+                .write_all_at(&meta_entry(image), slot * META_BYTES)?;
         }
         files.data.sync_data()?;
         files.meta.sync_data()?;

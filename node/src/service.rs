@@ -300,6 +300,8 @@ impl StorageNode for Service {
             gap_fill_records: snapshot.gap_fill_records,
             gap_fill_bytes: snapshot.gap_fill_bytes,
             log_error: snapshot.log_error.unwrap_or_default(),
+            corrupt_found: snapshot.corrupt_found,
+            corrupt_repaired: snapshot.corrupt_repaired,
             volumes: snapshot
                 .volumes
                 .into_iter()

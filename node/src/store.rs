@@ -15,7 +15,7 @@
 //! each volume's epoch to its stored metadata's. Soft state (gossip peers, the writer's VCL/VDL)
 //! is lost and comes back with the writer's next Append.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,12 @@ pub struct Shared {
     pub syncs: AtomicU64,
     /// Why the hot log refuses appends now (a full disk, a failed write), if it does.
     pub log_error: Mutex<Option<String>>,
+    /// Damaged data found (page-store slots by scrub or read, hot-log records on read, older
+    /// hot-log files at replay) and pages repaired from peers, since start.
+    pub corrupt_found: AtomicU64,
+    pub corrupt_repaired: AtomicU64,
+    /// Damaged pages waiting for a good copy from a peer (gossip repairs them).
+    pub repair_queue: Mutex<BTreeSet<(SegmentKey, PageId)>>,
     /// Records (and their bytes) hardened from peers by gap-fill, since start.
     pub gap_fill_records: AtomicU64,
     pub gap_fill_bytes: AtomicU64,
@@ -92,6 +98,15 @@ pub struct RecoveryStats {
     pub elapsed: Duration,
 }
 
+impl Shared {
+    /// Counts a damaged page-store slot (once until repaired) and queues its repair.
+    pub fn report_corrupt_page(&self, key: &SegmentKey, page: PageId) {
+        if lock(&self.repair_queue).insert((key.clone(), page)) {
+            self.corrupt_found.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A segment's state, as SegmentState answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentSummary {
@@ -113,6 +128,8 @@ pub struct StatusSnapshot {
     pub gap_fill_records: u64,
     pub gap_fill_bytes: u64,
     pub log_error: Option<String>,
+    pub corrupt_found: u64,
+    pub corrupt_repaired: u64,
 }
 
 /// A segment whose chain has a hole, with the peers that may fill it.
@@ -222,6 +239,9 @@ impl Store {
             log_bytes: writer.total_bytes(),
             syncs: AtomicU64::new(0),
             log_error: Mutex::new(None),
+            corrupt_found: AtomicU64::new(replay.damaged_files as u64),
+            corrupt_repaired: AtomicU64::new(0),
+            repair_queue: Mutex::new(BTreeSet::new()),
             gap_fill_records: AtomicU64::new(0),
             gap_fill_bytes: AtomicU64::new(0),
             applied_file: AtomicU32::new(writer.file_number()),
@@ -396,6 +416,7 @@ impl Store {
                     }
                     Stored::Corrupt(detail) => {
                         error!(segment = %key, %page, "corrupt page in the page store: {detail}");
+                        shared.report_corrupt_page(&key, page);
                         return Err(StoreError::Corrupt {
                             volume: key.volume.clone(),
                             pg: key.pg.0,
@@ -495,6 +516,75 @@ impl Store {
             .segment(key)
             .map_or(Lsn::ZERO, |s| s.folded());
         Ok((folded, pages, next.unwrap_or(PG_PAGES)))
+    }
+
+    /// Up to `limit` damaged pages waiting for repair, with the point to repair them at and the
+    /// segment's peers. The point is the PGCL the writer last reported: no recovery truncates
+    /// at or below it (so the image never holds records that may be taken back), and peers fold
+    /// no further than it. Pages of segments that have heard no PGCL yet wait.
+    pub fn take_repairs(&self, limit: usize) -> Vec<(SegmentKey, PageId, Lsn, Vec<String>)> {
+        let taken: Vec<(SegmentKey, PageId)> = {
+            let mut queue = lock(&self.shared.repair_queue);
+            let taken: Vec<_> = queue.iter().take(limit).cloned().collect();
+            for item in &taken {
+                queue.remove(item);
+            }
+            taken
+        };
+        let index = lock(&self.shared.index);
+        let mut queue = lock(&self.shared.repair_queue);
+        taken
+            .into_iter()
+            .filter_map(|(key, page)| {
+                let slot = index.slot(&key)?;
+                if slot.pgcl_hint == Lsn::ZERO || slot.peers.is_empty() {
+                    queue.insert((key, page));
+                    return None;
+                }
+                Some((key, page, slot.pgcl_hint, slot.peers.clone()))
+            })
+            .collect()
+    }
+
+    /// Puts a page back in the repair queue (no peer could help this time).
+    pub fn requeue_repair(&self, key: SegmentKey, page: PageId) {
+        lock(&self.shared.repair_queue).insert((key, page));
+    }
+
+    /// Replaces a damaged page with a peer's image of it as of `lsn` (the segment's SCL when
+    /// asked: the page-LSN rule then skips the segment's own records up to it).
+    pub async fn repair_page(
+        &self,
+        key: &SegmentKey,
+        page: PageId,
+        lsn: Lsn,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        if data.len() != PAGE_SIZE || !key.pg.contains(page) {
+            return Err(StoreError::InvalidArgument(format!(
+                "a repair image of {page} must be one page of {}",
+                key.pg
+            )));
+        }
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        blocking(move || {
+            let _folding = lock(&shared.fold_lock);
+            let folded = lock(&shared.index)
+                .segment(&key)
+                .map_or(Lsn::ZERO, |s| s.folded());
+            let store = folder::page_store(&shared, &key)?;
+            store
+                .repair(folded, PageImage { page, lsn, data })
+                .map_err(|source| StoreError::Io {
+                    action: "write a repaired page",
+                    source,
+                })?;
+            shared.corrupt_repaired.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(segment = %key, %page, %lsn, "repaired a damaged page from a peer");
+            Ok(())
+        })
+        .await
     }
 
     /// Before a hydration: folds the segment's chain up to its SCL. Returns the SCL.
@@ -597,6 +687,8 @@ impl Store {
             gap_fill_records: self.shared.gap_fill_records.load(Ordering::Relaxed),
             gap_fill_bytes: self.shared.gap_fill_bytes.load(Ordering::Relaxed),
             log_error: lock(&self.shared.log_error).clone(),
+            corrupt_found: self.shared.corrupt_found.load(Ordering::Relaxed),
+            corrupt_repaired: self.shared.corrupt_repaired.load(Ordering::Relaxed),
         }
     }
 
@@ -675,6 +767,7 @@ pub(crate) fn read_record(
 ) -> Result<Record, StoreError> {
     let corrupt = |detail: String| {
         let detail = format!("hot-log record: {detail}");
+        shared.corrupt_found.fetch_add(1, Ordering::Relaxed);
         error!(segment = %key, lsn = lsn.0, location = ?meta.location, "corrupt record in the hot log: {detail}");
         StoreError::Corrupt {
             volume: key.volume.clone(),
