@@ -452,3 +452,9 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Removes a passed test's directory (node data can take gigabytes). A failed test never gets
+/// here, so its logs and data stay for inspection.
+pub fn remove_test_dir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -144,6 +144,9 @@ fn losing_an_az_keeps_writing_and_a_third_loss_blocks_fsync() -> anyhow::Result<
     shadow.verify(&volume, 50, 5)?;
     drop(volume);
     mount.unmount()?;
+    drop(shadow);
+    drop(cluster);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }
 

@@ -124,5 +124,7 @@ fn restarted_node_serves_correct_data_up_to_its_scl() -> anyhow::Result<()> {
     })?;
     drop(volume);
     mount.unmount()?;
+    drop(cluster);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }

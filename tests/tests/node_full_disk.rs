@@ -127,5 +127,7 @@ fn a_full_disk_stops_acknowledgements_and_space_coming_back_resumes_them() -> an
     drop(volume);
     mount.unmount()?;
     drop(cluster);
+    drop(_tmpfs);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }

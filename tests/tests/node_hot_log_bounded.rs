@@ -129,5 +129,7 @@ fn hot_log_and_memory_stay_bounded_under_sustained_writes() -> anyhow::Result<()
     }
     drop(volume);
     mount.unmount()?;
+    drop(cluster);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }

@@ -104,5 +104,7 @@ fn a_wiped_node_hydrates_from_its_peers_pages() -> anyhow::Result<()> {
     );
     drop(volume);
     mount.unmount()?;
+    drop(cluster);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }

@@ -181,5 +181,7 @@ fn killed_node_catches_up_through_gossip_alone() -> anyhow::Result<()> {
     })?;
     drop(volume);
     mount.unmount()?;
+    drop(cluster);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }

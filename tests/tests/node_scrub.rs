@@ -161,5 +161,7 @@ fn flipped_bytes_are_found_repaired_and_never_served() -> anyhow::Result<()> {
     })?;
     drop(volume);
     mount.unmount()?;
+    drop(cluster);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }

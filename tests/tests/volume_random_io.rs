@@ -61,5 +61,7 @@ fn random_writes_read_back_before_and_after_remount() -> anyhow::Result<()> {
     shadow.verify(&volume, 200, 2)?;
     drop(volume);
     mount.unmount()?;
+    drop(cluster);
+    sixfold_tests::remove_test_dir(&dir);
     Ok(())
 }
