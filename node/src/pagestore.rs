@@ -44,6 +44,15 @@ pub struct PageImage {
     pub data: Vec<u8>,
 }
 
+/// Which stored image a write may replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replace {
+    /// Only an older one (folds, hydration, journal redo).
+    OlderOnly,
+    /// Any (repair of a damaged slot).
+    Any,
+}
+
 /// What reading a slot found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -114,7 +123,7 @@ impl PageStore {
         let redone = match std::fs::read(store.journal_path()) {
             Ok(bytes) => match decode_journal(&bytes, pg) {
                 Some((to_lsn, images)) => {
-                    store.write_in_place(&images)?;
+                    store.write_in_place(&images, Replace::OlderOnly)?;
                     Some(to_lsn)
                 }
                 None => None,
@@ -236,7 +245,20 @@ impl PageStore {
     /// Replaces a damaged page with a good image from a peer, whatever the damaged slot says
     /// (its LSN cannot be trusted), through the journal like a fold.
     pub fn repair(&self, folded: Lsn, image: PageImage) -> io::Result<()> {
-        let journal = encode_journal(folded, std::slice::from_ref(&image));
+        let images = std::slice::from_ref(&image);
+        self.write_journal(folded, images)?;
+        self.write_in_place(images, Replace::Any)
+    }
+
+    /// Stores `images` durably as the fold up to `to_lsn`: journal, fsync, in place, fsync.
+    pub fn fold(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
+        self.write_journal(to_lsn, images)?;
+        self.write_in_place(images, Replace::OlderOnly)
+    }
+
+    /// Replaces the journal with `images` (fold point `to_lsn`), durably.
+    fn write_journal(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
+        let journal = encode_journal(to_lsn, images);
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -244,40 +266,19 @@ impl PageStore {
             .open(self.journal_path())?;
         file.write_all_at(&journal, 0)?;
         file.sync_data()?;
-        let files = self.io.write().unwrap_or_else(|p| p.into_inner());
-        let slot = self.slot(image.page)?;
-        files
-            .data
-            .write_all_at(&image.data, slot * PAGE_SIZE as u64)?;
-        files
-            .meta
-            .write_all_at(&meta_entry(&image), slot * META_BYTES)?;
-        files.data.sync_data()?;
-        files.meta.sync_data()
+        crate::hotlog::sync_dir(&self.dir)
     }
 
-    /// Stores `images` durably as the fold up to `to_lsn`: journal, fsync, in place, fsync.
-    pub fn fold(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
-        let journal = encode_journal(to_lsn, images);
-        let path = self.journal_path();
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        file.write_all_at(&journal, 0)?;
-        file.sync_data()?;
-        crate::hotlog::sync_dir(&self.dir)?;
-        self.write_in_place(images)
-    }
-
-    fn write_in_place(&self, images: &[PageImage]) -> io::Result<()> {
+    fn write_in_place(&self, images: &[PageImage], replace: Replace) -> io::Result<()> {
         let files = self.io.write().unwrap_or_else(|p| p.into_inner());
         for image in images {
             let slot = self.slot(image.page)?;
-            // A page's image never goes back to an older version.
+            // A page's image never goes back to an older version (unless the slot is damaged
+            // and being repaired: its LSN cannot be trusted).
             let mut current = [0u8; META_BYTES as usize];
-            if read_fully_or_zero(&files.meta, &mut current, slot * META_BYTES)? {
+            if replace == Replace::OlderOnly
+                && read_fully_or_zero(&files.meta, &mut current, slot * META_BYTES)?
+            {
                 let lsn = u64::from_le_bytes(current[0..8].try_into().expect("8 bytes"));
                 let magic = u32::from_le_bytes(current[12..16].try_into().expect("4 bytes"));
                 if magic == META_MAGIC && lsn > image.lsn.0 {

@@ -6,6 +6,7 @@
 //! again. Processes are killed when the harness values are dropped, so a failing test never
 //! leaves a mount or a node behind.
 
+pub mod probe;
 pub mod shadow;
 
 use std::fs::File;
@@ -224,6 +225,19 @@ impl Cluster {
             .arg(&self.cluster_file))
     }
 
+    /// The entry of the node at `addr` in `sixfold status --json` for a volume.
+    pub fn node_report(&self, volume: &str, addr: &str) -> Result<serde_json::Value> {
+        let status = self.status(volume)?;
+        let node = status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["addr"] == addr))
+            .cloned();
+        match node {
+            Some(node) => Ok(node),
+            None => bail!("node {addr} is not in the status: {status}"),
+        }
+    }
+
     /// `sixfold status --json` for a volume.
     pub fn status(&self, volume: &str) -> Result<serde_json::Value> {
         let output = Command::new(sixfold_bin())
@@ -309,6 +323,14 @@ impl Mount {
 
     pub fn volume_path(&self) -> PathBuf {
         self.mountpoint.join("volume")
+    }
+
+    /// `MOUNTPOINT/volume`, opened for reading and writing.
+    pub fn open_volume(&self) -> Result<File> {
+        Ok(File::options()
+            .read(true)
+            .write(true)
+            .open(self.volume_path())?)
     }
 
     /// Clean unmount (`fusermount3 -u`); waits for the daemon to flush and exit.

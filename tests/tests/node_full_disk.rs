@@ -33,15 +33,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn node_json(cluster: &Cluster, addr: &str) -> anyhow::Result<serde_json::Value> {
-    let status = cluster.status("full")?;
-    status["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["addr"] == addr))
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("node {addr} not in status: {status}"))
-}
-
 #[test]
 fn a_full_disk_stops_acknowledgements_and_space_coming_back_resumes_them() -> anyhow::Result<()> {
     require_fuse();
@@ -59,10 +50,7 @@ fn a_full_disk_stops_acknowledgements_and_space_coming_back_resumes_them() -> an
 
     let mountpoint = dir.join("mnt");
     let mount = Mount::start(&cluster, "full", "16G", &mountpoint)?;
-    let volume = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     // 256 MiB of writes: more than node 0 has room for. Every fsync still returns.
     let chunks = 256u64;
     for i in 0..chunks {
@@ -72,7 +60,7 @@ fn a_full_disk_stops_acknowledgements_and_space_coming_back_resumes_them() -> an
         }
     }
     volume.sync_all()?;
-    let node = node_json(&cluster, &addr)?;
+    let node = cluster.node_report("full", &addr)?;
     let error = node["log_error"].as_str().unwrap_or("").to_owned();
     assert!(
         error.contains("No space left") || error.contains("no room"),
@@ -104,7 +92,7 @@ fn a_full_disk_stops_acknowledgements_and_space_coming_back_resumes_them() -> an
             .and_then(|s| s.iter().find(|s| s["node"] == addr.as_str()).cloned())
             .ok_or_else(|| anyhow::anyhow!("no segment on node 0: {status}"))?;
         let scl = segment["scl"].as_u64().unwrap_or(0);
-        let node = node_json(&cluster, &addr)?;
+        let node = cluster.node_report("full", &addr)?;
         if scl >= pgcl && node["log_error"].is_null() {
             break;
         }

@@ -54,10 +54,7 @@ fn hot_log_and_memory_stay_bounded_under_sustained_writes() -> anyhow::Result<()
     let cluster = Cluster::start(&dir, 6)?;
     let mountpoint = dir.join("mnt");
     let mount = Mount::start(&cluster, "sustained", "32G", &mountpoint)?;
-    let volume = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     let chunks = total_bytes() / CHUNK;
     let started = Instant::now();
     let (mut max_log, mut max_rss) = (0u64, 0u64);

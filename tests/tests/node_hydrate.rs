@@ -5,11 +5,10 @@
 //! read straight from it match what was written.
 
 use std::os::unix::fs::FileExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{ReadPageRequest, SegmentRef, SegmentStateRequest};
 use sixfold_proto::PAGE_SIZE;
+use sixfold_tests::probe::NodeProbe;
 use sixfold_tests::{pattern, require_fuse, test_dir, Cluster, Mount};
 
 const CHUNK: u64 = 1 << 20;
@@ -21,10 +20,7 @@ fn a_wiped_node_hydrates_from_its_peers_pages() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(&dir, 6)?;
     let mountpoint = dir.join("mnt");
     let mount = Mount::start(&cluster, "hydrate", "16G", &mountpoint)?;
-    let volume = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     let write = |from: u64, to: u64| -> anyhow::Result<()> {
         for i in from..to {
             volume.write_all_at(&pattern(i, CHUNK as usize), i * CHUNK)?;
@@ -45,58 +41,19 @@ fn a_wiped_node_hydrates_from_its_peers_pages() -> anyhow::Result<()> {
     let status = cluster.status("hydrate")?;
     let pgcl = status["pgs"][0]["pgcl"].as_u64().unwrap_or(0);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let addr = cluster.nodes[victim].addr;
-        let mut client = StorageNodeClient::connect(format!("http://{addr}"))
-            .await?
-            .max_decoding_message_size(64 << 20);
-        let segment = SegmentRef {
-            volume: "hydrate".into(),
-            pg: 0,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let scl = loop {
-            let scl = client
-                .segment_state(SegmentStateRequest {
-                    segment: Some(segment.clone()),
-                })
-                .await?
-                .into_inner()
-                .scl;
-            if scl >= pgcl {
-                break scl;
-            }
+    let mut probe = NodeProbe::connect(cluster.nodes[victim].addr, "hydrate")?;
+    let scl = probe.wait_for_scl(0, pgcl, Duration::from_secs(120))?;
+    for i in 0..128u64 {
+        let expected = pattern(i, CHUNK as usize);
+        for k in [0u64, 77, 255] {
+            let served = probe.page(0, i * 256 + k, scl)?;
+            let at = (k as usize) * PAGE_SIZE;
             assert!(
-                Instant::now() < deadline,
-                "node {victim} stuck at SCL {scl}, PGCL is {pgcl}"
+                served[..] == expected[at..at + PAGE_SIZE],
+                "node {victim} serves wrong bytes for chunk {i}, page {k}"
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        for i in 0..128u64 {
-            let expected = pattern(i, CHUNK as usize);
-            for k in [0u64, 77, 255] {
-                let served = client
-                    .read_page(ReadPageRequest {
-                        segment: Some(segment.clone()),
-                        page: i * 256 + k,
-                        read_lsn: scl,
-                        required_scl: scl,
-                    })
-                    .await?
-                    .into_inner()
-                    .data;
-                let at = (k as usize) * PAGE_SIZE;
-                assert!(
-                    served[..] == expected[at..at + PAGE_SIZE],
-                    "node {victim} serves wrong bytes for chunk {i}, page {k}"
-                );
-            }
         }
-        anyhow::Ok(())
-    })?;
+    }
     let log = std::fs::read_to_string(&cluster.nodes[victim].log)?;
     assert!(
         log.contains("hydrated from a peer's pages"),

@@ -8,9 +8,8 @@
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{NodeStatusRequest, ReadPageRequest, SegmentRef, SegmentStateRequest};
 use sixfold_proto::PAGE_SIZE;
+use sixfold_tests::probe::NodeProbe;
 use sixfold_tests::{pattern, require_fuse, test_dir, Cluster, Mount};
 
 const CHUNK: u64 = 1 << 20;
@@ -35,10 +34,7 @@ fn killed_node_catches_up_through_gossip_alone() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(&dir, 6)?;
     let mountpoint = dir.join("mnt");
     let mount = Mount::start(&cluster, "repair", "32G", &mountpoint)?;
-    let volume = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     let chunks = repair_bytes() / CHUNK;
     // Both PGs exist on every node before the victim goes.
     volume.write_all_at(&pattern(0, CHUNK as usize), offset(0))?;
@@ -75,110 +71,64 @@ fn killed_node_catches_up_through_gossip_alone() -> anyhow::Result<()> {
 
     cluster.start_node(victim)?;
     let restarted = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let addr = cluster.nodes[victim].addr;
-        let mut client = StorageNodeClient::connect(format!("http://{addr}"))
-            .await?
-            .max_decoding_message_size(64 << 20);
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let scl_of = |client: &mut StorageNodeClient<tonic::transport::Channel>, pg: u32| {
-            let mut client = client.clone();
-            async move {
-                let state = client
-                    .segment_state(SegmentStateRequest {
-                        segment: Some(SegmentRef {
-                            volume: "repair".into(),
-                            pg,
-                        }),
-                    })
-                    .await?
-                    .into_inner();
-                anyhow::Ok(state.scl)
+    let mut probe = NodeProbe::connect(cluster.nodes[victim].addr, "repair")?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut initial = Vec::new();
+    for (pg, _) in &targets {
+        initial.push(probe.scl(*pg)?);
+    }
+    // Repair starts when a segment's SCL first moves (after the restart, the writer's next
+    // heartbeat names the peers and the PGCL).
+    let mut repair_started = None;
+    loop {
+        let mut done = true;
+        for (k, (pg, pgcl)) in targets.iter().enumerate() {
+            let scl = probe.scl(*pg)?;
+            if scl > initial[k] && repair_started.is_none() {
+                repair_started = Some(Instant::now());
             }
-        };
-        let mut initial = Vec::new();
-        for (pg, _) in &targets {
-            initial.push(scl_of(&mut client, *pg).await?);
+            done &= scl >= *pgcl;
+            assert!(
+                Instant::now() < deadline,
+                "node {victim} stuck at SCL {scl} of PG {pg}, PGCL is {pgcl}"
+            );
         }
-        // Repair starts when a segment's SCL first moves (after the restart, the writer's next
-        // heartbeat names the peers and the PGCL).
-        let mut repair_started = None;
-        loop {
-            let mut done = true;
-            for (k, (pg, pgcl)) in targets.iter().enumerate() {
-                let scl = scl_of(&mut client, *pg).await?;
-                if scl > initial[k] && repair_started.is_none() {
-                    repair_started = Some(Instant::now());
-                }
-                done &= scl >= *pgcl;
-                assert!(
-                    Instant::now() < deadline,
-                    "node {victim} stuck at SCL {scl} of PG {pg}, PGCL is {pgcl}"
-                );
-            }
-            if done {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if done {
+            break;
         }
-        let repairing = repair_started.map_or(Duration::ZERO, |at| at.elapsed());
-        let caught_up = restarted.elapsed();
-        let node = client
-            .node_status(NodeStatusRequest {})
-            .await?
-            .into_inner();
-        let missed = (chunks - 2) * CHUNK;
-        eprintln!(
-            "node {victim} caught up {:.1} s after its restart; {} MiB from peers in {:.1} s of repair = {:.0} MiB/s",
-            caught_up.as_secs_f64(),
-            node.gap_fill_bytes >> 20,
-            repairing.as_secs_f64(),
-            node.gap_fill_bytes as f64 / (1 << 20) as f64 / repairing.as_secs_f64().max(0.001)
-        );
-        assert!(
-            node.gap_fill_bytes >= missed,
-            "gossip brought {} bytes, but {missed} were written while the node was down",
-            node.gap_fill_bytes
-        );
-        // Pages straight from the repaired node, at its SCL, against what was written.
-        for i in (0..chunks).step_by(5) {
-            let expected = pattern(i, CHUNK as usize);
-            let first_page = offset(i) / PAGE_SIZE as u64;
-            let pg = (offset(i) >> 30) as u32 / 10;
-            let segment = SegmentRef {
-                volume: "repair".into(),
-                pg,
-            };
-            let scl = client
-                .segment_state(SegmentStateRequest {
-                    segment: Some(segment.clone()),
-                })
-                .await?
-                .into_inner()
-                .scl;
-            for k in [0u64, 100, 255] {
-                let served = client
-                    .read_page(ReadPageRequest {
-                        segment: Some(segment.clone()),
-                        page: first_page + k,
-                        read_lsn: scl,
-                        required_scl: scl,
-                    })
-                    .await?
-                    .into_inner()
-                    .data;
-                let at = (k as usize) * PAGE_SIZE;
-                assert!(
-                    served[..] == expected[at..at + PAGE_SIZE],
-                    "node {victim} serves wrong bytes for chunk {i}, page {k}"
-                );
-            }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let repairing = repair_started.map_or(Duration::ZERO, |at| at.elapsed());
+    let caught_up = restarted.elapsed();
+    let node = probe.status()?;
+    let missed = (chunks - 2) * CHUNK;
+    eprintln!(
+        "node {victim} caught up {:.1} s after its restart; {} MiB from peers in {:.1} s of repair = {:.0} MiB/s",
+        caught_up.as_secs_f64(),
+        node.gap_fill_bytes >> 20,
+        repairing.as_secs_f64(),
+        node.gap_fill_bytes as f64 / (1 << 20) as f64 / repairing.as_secs_f64().max(0.001)
+    );
+    assert!(
+        node.gap_fill_bytes >= missed,
+        "gossip brought {} bytes, but {missed} were written while the node was down",
+        node.gap_fill_bytes
+    );
+    // Pages straight from the repaired node, at its SCL, against what was written.
+    for i in (0..chunks).step_by(5) {
+        let expected = pattern(i, CHUNK as usize);
+        let first_page = offset(i) / PAGE_SIZE as u64;
+        let pg = (offset(i) >> 30) as u32 / 10;
+        let scl = probe.scl(pg)?;
+        for k in [0u64, 100, 255] {
+            let served = probe.page(pg, first_page + k, scl)?;
+            let at = (k as usize) * PAGE_SIZE;
+            assert!(
+                served[..] == expected[at..at + PAGE_SIZE],
+                "node {victim} serves wrong bytes for chunk {i}, page {k}"
+            );
         }
-        anyhow::Ok(())
-    })?;
+    }
     drop(volume);
     mount.unmount()?;
     drop(cluster);

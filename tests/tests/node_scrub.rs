@@ -7,23 +7,13 @@
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{ReadPageRequest, SegmentRef, SegmentStateRequest};
 use sixfold_proto::PAGE_SIZE;
+use sixfold_tests::probe::NodeProbe;
 use sixfold_tests::{pattern, require_fuse, test_dir, Cluster, Mount};
 
 const CHUNK: u64 = 1 << 20;
 /// The page whose stored image is damaged (in chunk 3).
 const DAMAGED_PAGE: u64 = 3 * 256 + 17;
-
-fn node_json(cluster: &Cluster, addr: &str) -> anyhow::Result<serde_json::Value> {
-    let status = cluster.status("scrub")?;
-    status["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["addr"] == addr))
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("node {addr} not in status: {status}"))
-}
 
 fn flip(path: &std::path::Path, offset: u64) -> anyhow::Result<()> {
     let file = std::fs::File::options().read(true).write(true).open(path)?;
@@ -42,10 +32,7 @@ fn flipped_bytes_are_found_repaired_and_never_served() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(&dir, 6)?;
     let mountpoint = dir.join("mnt");
     let mount = Mount::start(&cluster, "scrub", "16G", &mountpoint)?;
-    let volume = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     let chunks = 48u64;
     for i in 0..chunks {
         volume.write_all_at(&pattern(i, CHUNK as usize), i * CHUNK)?;
@@ -92,7 +79,7 @@ fn flipped_bytes_are_found_repaired_and_never_served() -> anyhow::Result<()> {
     let pgcl = status["pgs"][0]["pgcl"].as_u64().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let node = node_json(&cluster, &addr)?;
+        let node = cluster.node_report("scrub", &addr)?;
         let found = node["corrupt_found"].as_u64().unwrap_or(0);
         let repaired = node["corrupt_repaired"].as_u64().unwrap_or(0);
         if found >= 1 && repaired >= 1 {
@@ -109,56 +96,19 @@ fn flipped_bytes_are_found_repaired_and_never_served() -> anyhow::Result<()> {
         .status_text("scrub")?
         .contains("pages repaired from peers"));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut client = StorageNodeClient::connect(format!("http://{addr}"))
-            .await?
-            .max_decoding_message_size(64 << 20);
-        let segment = SegmentRef {
-            volume: "scrub".into(),
-            pg: 0,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let scl = loop {
-            let scl = client
-                .segment_state(SegmentStateRequest {
-                    segment: Some(segment.clone()),
-                })
-                .await?
-                .into_inner()
-                .scl;
-            if scl >= pgcl {
-                break scl;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {victim} stuck at SCL {scl} < {pgcl}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        for page in 0..(chunks + 8) * 256 {
-            let expected = pattern(page / 256, CHUNK as usize);
-            let at = (page % 256) as usize * PAGE_SIZE;
-            let served = client
-                .read_page(ReadPageRequest {
-                    segment: Some(segment.clone()),
-                    page,
-                    read_lsn: scl,
-                    required_scl: scl,
-                })
-                .await;
-            match served {
-                Ok(served) => assert!(
-                    served.into_inner().data[..] == expected[at..at + PAGE_SIZE],
-                    "node {victim} serves wrong bytes for page {page}"
-                ),
-                Err(status) => panic!("node {victim} cannot serve page {page}: {status}"),
-            }
-        }
-        anyhow::Ok(())
-    })?;
+    let mut probe = NodeProbe::connect(cluster.nodes[victim].addr, "scrub")?;
+    let scl = probe.wait_for_scl(0, pgcl, Duration::from_secs(60))?;
+    for page in 0..(chunks + 8) * 256 {
+        let expected = pattern(page / 256, CHUNK as usize);
+        let at = (page % 256) as usize * PAGE_SIZE;
+        let served = probe
+            .page(0, page, scl)
+            .map_err(|e| anyhow::anyhow!("node {victim} cannot serve page {page}: {e}"))?;
+        assert!(
+            served[..] == expected[at..at + PAGE_SIZE],
+            "node {victim} serves wrong bytes for page {page}"
+        );
+    }
     drop(volume);
     mount.unmount()?;
     drop(cluster);

@@ -18,10 +18,7 @@ fn random_writes_read_back_before_and_after_remount() -> anyhow::Result<()> {
     let mountpoint = dir.join("mnt");
     let mount = Mount::start(&cluster, "random", "64G", &mountpoint)?;
 
-    let volume = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     assert_eq!(volume.metadata()?.len(), VOLUME_BYTES);
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(0x5eed, VOLUME_BYTES, 1 << 20);
