@@ -5,7 +5,7 @@
 //! read straight from it match what was written.
 
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sixfold_proto::PAGE_SIZE;
 use sixfold_tests::probe::NodeProbe;
@@ -29,9 +29,21 @@ fn a_wiped_node_hydrates_from_its_peers_pages() -> anyhow::Result<()> {
         Ok(())
     };
     write(0, 64)?;
-    // Let the peers fold what every segment holds.
-    std::thread::sleep(Duration::from_secs(2));
     let victim = 4;
+    // The peers fold what every segment holds: wait until each has a page store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, node) in cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+    {
+        let meta = node.data.join("pages/hydrate/pg-0/pages.meta");
+        while std::fs::metadata(&meta).map_or(0, |m| m.len()) == 0 {
+            assert!(Instant::now() < deadline, "node {i} never folded");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     cluster.kill_node(victim);
     std::fs::remove_dir_all(&cluster.nodes[victim].data)?;
     std::fs::create_dir_all(&cluster.nodes[victim].data)?;
