@@ -27,7 +27,8 @@ pub const LINGER: Duration = Duration::from_millis(2);
 pub const BATCH_EAGER_BYTES: usize = 256 << 10;
 /// Batches in flight per segment.
 pub const IN_FLIGHT_BATCHES_MAX: usize = 4;
-/// How often an idle segment that is down or behind the PGCL gets a heartbeat.
+/// How often an idle segment that is down, behind the PGCL, or not told the latest fold limit
+/// gets a heartbeat.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A batch not acknowledged within this time counts as failed.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,18 +117,23 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                     let last = Lsn(last.lsn);
                                     link.sent = last;
                                     link.probed_at = Some(now);
+                                    link.hinted = fold_limit.min(pgcl);
                                     Next::Send(request(records), link.addr.clone(), last)
                                 }
                                 None => {
                                     // Nothing to send. A segment that is down, or behind the
                                     // PGCL, gets a heartbeat: it tells the writer when it is back
                                     // and tells the node how far the PG is durable, so that it
-                                    // fills its gap from its peers.
+                                    // fills its gap from its peers. So does one whose node has
+                                    // not heard the latest fold limit (it could not fold the
+                                    // PG's last records).
                                     let due = link
                                         .probed_at
                                         .is_none_or(|at| now.duration_since(at) >= PROBE_INTERVAL);
-                                    if (!link.up || acked < pgcl) && due {
+                                    let stale = fold_limit.min(pgcl) > link.hinted;
+                                    if (!link.up || acked < pgcl || stale) && due {
                                         link.probed_at = Some(now);
+                                        link.hinted = fold_limit.min(pgcl);
                                         Next::Send(
                                             request(Vec::new()),
                                             link.addr.clone(),

@@ -48,6 +48,10 @@ pub struct SegmentLink {
     pub last_error: Option<String>,
     /// When the last batch or heartbeat was sent.
     pub probed_at: Option<Instant>,
+    /// The lower of the fold limit and PGCL last sent to the segment: the node folds up to it,
+    /// so once a PG goes quiet a heartbeat must bring the node the final values, or the last
+    /// records stay in its hot log (and pin every log file after them) forever.
+    pub hinted: Lsn,
     /// Wakes this segment's sender (notify_one keeps a permit, so no wake-up is lost).
     pub wake: Arc<Notify>,
 }
@@ -64,6 +68,7 @@ impl SegmentLink {
             latency_us: 0,
             last_error: None,
             probed_at: None,
+            hinted: Lsn::ZERO,
             wake: Arc::new(Notify::new()),
         }
     }

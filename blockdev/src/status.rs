@@ -30,6 +30,8 @@ pub struct NodeReport {
     /// Damaged data the node found, and pages it repaired from peers, since it started.
     pub corrupt_found: u64,
     pub corrupt_repaired: u64,
+    /// Milliseconds the node held writer appends because its hot log was over its limit.
+    pub appends_held_ms: u64,
     pub segments: usize,
 }
 
@@ -159,6 +161,13 @@ impl StatusReport {
                         "", node.corrupt_found, node.corrupt_repaired
                     );
                 }
+                if node.appends_held_ms > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  {:<22} writer appends held {} ms so far (hot log over its limit)",
+                        "", node.appends_held_ms
+                    );
+                }
                 if let Some(error) = &node.log_error {
                     let _ = writeln!(out, "  {:<22} REFUSING APPENDS: {error}", "");
                 }
@@ -217,6 +226,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     log_error: (!status.log_error.is_empty()).then(|| status.log_error.clone()),
                     corrupt_found: status.corrupt_found,
                     corrupt_repaired: status.corrupt_repaired,
+                    appends_held_ms: status.appends_held_ms,
                     segments: status.segments.len(),
                 });
             }
@@ -236,6 +246,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     log_error: None,
                     corrupt_found: 0,
                     corrupt_repaired: 0,
+                    appends_held_ms: 0,
                     segments: 0,
                 });
             }

@@ -73,6 +73,9 @@ pub enum Source {
     },
     /// Gap-fill from a peer: records of any epoch the segment's truncations allow.
     Gossip,
+    /// Good copies, from a peer, of records this segment holds but found damaged in its hot log:
+    /// written again and the index pointed at them. Records it does not hold are ignored.
+    Repair,
 }
 
 pub struct AppendJob {
@@ -222,6 +225,7 @@ impl Appender {
                         continue;
                     }
                 };
+                let repair = matches!(job.source, Source::Repair);
                 let slot = index.slot_mut(&job.key);
                 if let Source::Writer {
                     peers,
@@ -240,6 +244,17 @@ impl Appender {
                     let volume = index.volume_mut(&job.key.volume);
                     volume.writer_vcl = writer_vcl;
                     volume.writer_vdl = writer_vdl;
+                }
+                if repair {
+                    let slot = index.slot_mut(&job.key);
+                    for (i, location) in chosen.into_iter().zip(job_locations) {
+                        if slot.segment.relocate(job.records[i].lsn, location) {
+                            self.shared.corrupt_repaired.fetch_add(1, Ordering::Relaxed);
+                            info!(segment = %job.key, lsn = job.records[i].lsn.0, "damaged hot-log record replaced by a peer's copy");
+                        }
+                    }
+                    replies.push((job.reply, Ok(Lsn::ZERO), job.key));
+                    continue;
                 }
                 for (i, location) in chosen.into_iter().zip(job_locations) {
                     let record = &job.records[i];
@@ -390,6 +405,20 @@ impl<'a> GroupView<'a> {
             }
         }
         let segment = index.segment(&job.key);
+        if matches!(job.source, Source::Repair) {
+            // Only records the segment still holds, each with the length the index expects.
+            return Ok(job
+                .records
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    segment
+                        .and_then(|s| s.get(r.lsn))
+                        .is_some_and(|m| m.location.len as usize == r.frame.body_len())
+                })
+                .map(|(i, _)| i)
+                .collect());
+        }
         let seen = self.lsns.entry(&job.key).or_default();
         let mut chosen = Vec::new();
         for (i, record) in job.records.iter().enumerate() {

@@ -2,14 +2,27 @@
 //! ([`crate::pagestore`]), checkpoints ([`crate::checkpoint`]) and deletes the hot-log files
 //! nothing needs any more, so that the hot log, the index in memory and restart time stay bounded.
 //!
-//! Every [`FOLD_INTERVAL`], for each segment: the fold point may rise to the lowest of its SCL,
-//! the PGCL and the fold limit the writer reported (the lowest SCL among the PG's segments as the
-//! writer knows them, capped by its VDL, its lowest read point). Records at or below the PGCL
-//! are never truncated by a recovery; records at or below every peer's SCL are never asked for by
-//! gap-fill; and no read asks for a point below the VDL. A step folds a prefix of the records
-//! above the fold point touching at most [`FOLD_PAGES_MAX`] pages: the page images (the store's
-//! image, or zeros below a full-page record, plus the records in LSN order) are made durable by
-//! [`PageStore::fold`], and only then does the index forget those records.
+//! The fold point of a segment may rise to the lowest of its SCL, the PGCL and the fold limit
+//! the writer reported (the lowest SCL among the PG's segments as the writer knows them, capped
+//! by its VDL, its lowest read point). Records at or below the PGCL are never truncated by a
+//! recovery; records at or below every peer's SCL are never asked for by gap-fill; and no read
+//! asks for a point below the VDL. A step folds a prefix of the records above the fold point
+//! touching at most [`FOLD_PAGES_MAX`] pages: the page images (the store's image, or zeros below
+//! a full-page record, plus the records in LSN order) are made durable by [`PageStore::fold`],
+//! and only then does the index forget those records.
+//!
+//! Folding is lazy, as in Aurora: the hot log is where records are cheap, and every fold step
+//! costs a journal write and four fsyncs on top of the page writes. Every [`FOLD_INTERVAL`] the
+//! folder folds a segment only when it is due: its records reach [`FOLD_BATCH_BYTES`], or it has
+//! had something to fold for [`FOLD_DELAY_MAX`], or the node's hot log is over
+//! [`HOT_LOG_PRESSURE_BYTES`]. Waiting lets the many records of a hot page (a database's WAL
+//! header, a file system's journal and inode blocks) fold into one page write instead of one
+//! each. Over [`HOT_LOG_PAST_PEERS_BYTES`] the folder also folds past a lagging peer's SCL, up to
+//! the writer's VDL (still capped by the PGCL and its own SCL): a peer that was away that long
+//! hydrates from pages ([`crate::hydrate`]) instead of holding every other segment's log on disk
+//! (DESIGN.md keeps records for gap-fill without a bound; a bounded log needs this). With the
+//! store's hold on writer appends above [`HOT_LOG_LIMIT_BYTES`] ([`crate::store::Store::append`]),
+//! this is what keeps the hot log bounded under a sustained write load.
 //!
 //! After a round that folded anything: the checkpoint (volume epochs, every segment's fold point
 //! and truncations) is written durably, and then every hot-log file older than both the oldest
@@ -37,7 +50,7 @@ use tracing::{debug, error, info};
 
 use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
 use crate::error::{NodeError, StoreError};
-use crate::index::SegmentKey;
+use crate::index::{Index, SegmentKey, SegmentSlot};
 use crate::lock;
 use crate::pagestore::{PageImage, PageStore, Stored};
 use crate::segment::RecordMeta;
@@ -51,6 +64,18 @@ pub const FOLD_PAGES_MAX: usize = 2048;
 /// (at most 16 MiB read): a full 10 GiB PG is verified about every 20 minutes.
 pub const SCRUB_EVERY_ROUNDS: u64 = 4;
 pub const SCRUB_SLOTS_PER_PASS: u64 = 4096;
+/// A segment is due for folding once its records in the hot log reach this many bytes...
+pub const FOLD_BATCH_BYTES: u64 = 16 << 20;
+/// ...or once it has had records to fold for this long (a quiet segment's log does not linger:
+/// this also bounds what a restart replays).
+pub const FOLD_DELAY_MAX: Duration = Duration::from_secs(5);
+/// Above this many hot-log bytes on the node every segment is due, every round...
+pub const HOT_LOG_PRESSURE_BYTES: u64 = 128 << 20;
+/// ...and above this many each folds up to the writer's VDL, even past a lagging peer's SCL.
+pub const HOT_LOG_PAST_PEERS_BYTES: u64 = 256 << 20;
+/// Above this many hot-log bytes the store holds writer appends (not gap-fill) until folding
+/// and GC bring the log back under it (see [`crate::store::Store::append`]).
+pub const HOT_LOG_LIMIT_BYTES: u64 = 384 << 20;
 /// Most fold steps per segment per round, so that one busy segment does not starve the others.
 const STEPS_PER_ROUND_MAX: usize = 16;
 
@@ -145,6 +170,7 @@ impl Drop for Folder {
 
 fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
     let mut scrub_cursors = HashMap::new();
+    let mut foldable_since = HashMap::new();
     let mut rounds = 0u64;
     loop {
         {
@@ -157,7 +183,7 @@ fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
                 return;
             }
         }
-        round(shared);
+        lazy_round(shared, &mut foldable_since);
         rounds += 1;
         if rounds >= SCRUB_EVERY_ROUNDS {
             rounds = 0;
@@ -188,24 +214,84 @@ fn scrub(shared: &Shared, cursors: &mut HashMap<SegmentKey, u64>) {
     }
 }
 
-/// One pass over every segment; then checkpoint and GC if anything was folded.
+/// The highest LSN the segment may fold to now (before its own SCL caps it): see the module
+/// docs. `past_peers`: a lagging peer no longer holds it back; the writer's VDL still does.
+fn fold_limit(slot: &SegmentSlot, writer_vdl: Lsn, past_peers: bool) -> Lsn {
+    let hinted = slot.fold_limit_hint.min(slot.pgcl_hint);
+    if past_peers {
+        hinted.max(writer_vdl.min(slot.pgcl_hint))
+    } else {
+        hinted
+    }
+}
+
+/// True when the segment has records it may fold now.
+fn foldable(index: &Index, key: &SegmentKey, slot: &SegmentSlot, past_peers: bool) -> bool {
+    let vdl = index
+        .volume(&key.volume)
+        .map_or(Lsn::ZERO, |v| v.writer_vdl);
+    fold_limit(slot, vdl, past_peers).min(slot.segment.scl()) > slot.segment.folded() && !held(slot)
+}
+
+/// One pass of the folder thread: folds the segments that are due (see the module docs);
+/// `foldable_since` remembers since when each segment has had something to fold.
+fn lazy_round(shared: &Shared, foldable_since: &mut HashMap<SegmentKey, Instant>) {
+    let log_bytes = shared.log_bytes.load(Ordering::Relaxed);
+    let pressure = log_bytes > HOT_LOG_PRESSURE_BYTES;
+    let past_peers = log_bytes > HOT_LOG_PAST_PEERS_BYTES;
+    let now = Instant::now();
+    let due: Vec<SegmentKey> = {
+        let index = lock(&shared.index);
+        let mut due = Vec::new();
+        let mut seen = HashMap::new();
+        for (key, slot) in index.slots() {
+            if !foldable(&index, key, slot, past_peers) {
+                continue;
+            }
+            let since = foldable_since.get(key).copied().unwrap_or(now);
+            seen.insert(key.clone(), since);
+            if pressure
+                || slot.segment.bytes() >= FOLD_BATCH_BYTES
+                || now.duration_since(since) >= FOLD_DELAY_MAX
+            {
+                due.push(key.clone());
+            }
+        }
+        *foldable_since = seen;
+        due
+    };
+    for key in &due {
+        foldable_since.remove(key);
+    }
+    fold_segments(shared, &due, past_peers);
+}
+
+/// Folds every segment that has anything to fold, now, within the writer's hints (tests use it
+/// to fold on demand); then checkpoints and collects garbage if anything was folded.
+#[cfg(test)]
 pub fn round(shared: &Shared) {
-    let started = Instant::now();
     let keys: Vec<SegmentKey> = {
         let index = lock(&shared.index);
         index
             .slots()
-            .filter(|(_, slot)| {
-                let limit = slot.fold_limit_hint.min(slot.pgcl_hint);
-                limit.min(slot.segment.scl()) > slot.segment.folded() && !held(slot)
-            })
+            .filter(|(key, slot)| foldable(&index, key, slot, false))
             .map(|(key, _)| key.clone())
             .collect()
     };
+    fold_segments(shared, &keys, false);
+}
+
+fn fold_segments(shared: &Shared, keys: &[SegmentKey], past_peers: bool) {
+    let started = Instant::now();
+    let limit = if past_peers {
+        Limit::PastPeers
+    } else {
+        Limit::Hints
+    };
     let mut steps = 0;
-    for key in &keys {
+    for key in keys {
         for _ in 0..STEPS_PER_ROUND_MAX {
-            match fold_step(shared, key, None) {
+            match fold_step(shared, key, limit) {
                 Ok(true) => steps += 1,
                 Ok(false) => break,
                 Err(e) => {
@@ -221,6 +307,7 @@ pub fn round(shared: &Shared) {
     match checkpoint_and_collect(shared) {
         Ok((files, bytes)) => debug!(
             steps,
+            past_peers,
             files_deleted = files,
             bytes_freed = bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -245,7 +332,7 @@ pub(crate) fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageSt
 }
 
 /// True while a peer hydrates from the segment's pages (its fold point must hold still).
-fn held(slot: &crate::index::SegmentSlot) -> bool {
+fn held(slot: &SegmentSlot) -> bool {
     slot.fold_hold_until
         .is_some_and(|until| Instant::now() < until)
 }
@@ -257,25 +344,42 @@ pub fn fold_to_scl(shared: &Shared, key: &SegmentKey) -> Result<(), StoreError> 
         let scl = lock(&shared.index)
             .segment(key)
             .map_or(Lsn::ZERO, |s| s.scl());
-        if !fold_step(shared, key, Some(scl))? {
+        if !fold_step(shared, key, Limit::Lsn(scl))? {
             return Ok(());
         }
     }
 }
 
-/// Folds the next prefix of the segment's records, up to `limit` or else the writer's hints;
-/// false when there is nothing to fold.
-fn fold_step(shared: &Shared, key: &SegmentKey, limit: Option<Lsn>) -> Result<bool, StoreError> {
+/// How far a fold step may go.
+#[derive(Clone, Copy, Debug)]
+enum Limit {
+    /// The writer's hints (see [`fold_limit`]), unless a peer holds the fold point still.
+    Hints,
+    /// The hints, or the writer's VDL past a lagging peer (the hot log is over
+    /// [`HOT_LOG_PAST_PEERS_BYTES`]).
+    PastPeers,
+    /// This LSN, whatever the hints say (hydration: before a peer copies the pages).
+    Lsn(Lsn),
+}
+
+/// Folds the next prefix of the segment's records, up to `limit`; false when there is nothing
+/// to fold.
+fn fold_step(shared: &Shared, key: &SegmentKey, limit: Limit) -> Result<bool, StoreError> {
     let _folding = lock(&shared.fold_lock);
     let plan = {
         let index = lock(&shared.index);
         let Some(slot) = index.slot(key) else {
             return Ok(false);
         };
-        if limit.is_none() && held(slot) {
-            return Ok(false);
-        }
-        let limit = limit.unwrap_or_else(|| slot.fold_limit_hint.min(slot.pgcl_hint));
+        let vdl = index
+            .volume(&key.volume)
+            .map_or(Lsn::ZERO, |v| v.writer_vdl);
+        let limit = match limit {
+            Limit::Lsn(lsn) => lsn,
+            _ if held(slot) => return Ok(false),
+            Limit::Hints => fold_limit(slot, vdl, false),
+            Limit::PastPeers => fold_limit(slot, vdl, true),
+        };
         slot.segment.fold_plan(limit, FOLD_PAGES_MAX)
     };
     let Some(&(to, _)) = plan.last() else {

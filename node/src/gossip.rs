@@ -9,6 +9,12 @@
 //! SCL and the segment is still behind, then moves on. A round that spent its whole budget is
 //! followed at once by the next (a node back from a long absence catches up at disk speed).
 //!
+//! Each round also repairs damage found since the last: a page-store slot that failed its
+//! checksum gets a peer's image of the page (ReadPage at the PGCL), and a hot-log record that
+//! failed its checksum on read or fold gets a peer's copy (FetchRecords after its backlink), which
+//! the store writes again and points its index at ([`Source::Repair`]). Until then the damaged
+//! data is never served: reads and folds of it fail with a corruption error.
+//!
 //! Limits: [`SEGMENTS_PER_ROUND_MAX`] segments (round-robin across rounds), [`FETCHES_PER_ROUND_MAX`]
 //! calls and [`ROUND_BYTES_MAX`] bytes per round; each call has connect and request timeouts, and
 //! an unreachable peer is skipped until the next round. Clients are created lazily and cached (at
@@ -141,10 +147,59 @@ impl Gossip {
         }
     }
 
+    /// Fetches a good copy of each hot-log record found damaged from a peer that holds it (a
+    /// peer that folded it past cannot help; the record waits for another round), and has the
+    /// store write it again and point its index at it.
+    async fn repair_records(&mut self) {
+        for (key, lsn, backlink, peers) in self.store.take_record_repairs(REPAIRS_PER_ROUND_MAX) {
+            let mut repaired = false;
+            for peer in &peers {
+                if self.own_addresses.contains(peer) {
+                    continue;
+                }
+                let Ok(client) = self.client(peer) else {
+                    continue;
+                };
+                let records = match fetch_up_to(client, &key, backlink, 1).await {
+                    Ok(records) => records,
+                    Err(e) => {
+                        debug!(segment = %key, lsn = lsn.0, peer, "peer cannot serve the record for repair: {e}");
+                        continue;
+                    }
+                };
+                let Some(record) = records.into_iter().find(|r| r.lsn == lsn.0) else {
+                    continue;
+                };
+                let prepared = match request::prepare_records(&key, None, &[record]) {
+                    Ok(prepared) => prepared,
+                    Err(e) => {
+                        warn!(segment = %key, peer, "peer sent an invalid record for repair: {e}");
+                        continue;
+                    }
+                };
+                match self
+                    .store
+                    .append(key.clone(), Source::Repair, prepared)
+                    .await
+                {
+                    Ok(_) => {
+                        repaired = true;
+                        break;
+                    }
+                    Err(e) => warn!(segment = %key, lsn = lsn.0, "record repair failed: {e}"),
+                }
+            }
+            if !repaired {
+                self.store.requeue_record_repair(key, lsn);
+            }
+        }
+    }
+
     /// One round; true when it fetched its whole byte budget (more data is likely waiting; a
     /// round that only met failures or empty answers never asks for an immediate next one).
     async fn round(&mut self) -> bool {
         self.repair_pages().await;
+        self.repair_records().await;
         let candidates = self
             .store
             .gap_candidates(SEGMENTS_PER_ROUND_MAX, self.cursor.as_ref());
@@ -312,9 +367,19 @@ impl Gossip {
 }
 
 async fn fetch(
+    client: StorageNodeClient<Channel>,
+    key: &SegmentKey,
+    after_lsn: Lsn,
+) -> Result<Vec<Record>, String> {
+    fetch_up_to(client, key, after_lsn, FETCH_BYTES).await
+}
+
+/// FetchRecords after `after_lsn`, at most `max_bytes` (at least one record).
+async fn fetch_up_to(
     mut client: StorageNodeClient<Channel>,
     key: &SegmentKey,
     after_lsn: Lsn,
+    max_bytes: u32,
 ) -> Result<Vec<Record>, String> {
     let request = FetchRecordsRequest {
         segment: Some(SegmentRef {
@@ -322,7 +387,7 @@ async fn fetch(
             pg: key.pg.0,
         }),
         after_lsn: after_lsn.0,
-        max_bytes: FETCH_BYTES,
+        max_bytes,
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, client.fetch_records(request)).await {
         Ok(Ok(response)) => Ok(response.into_inner().records),

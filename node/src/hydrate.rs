@@ -46,54 +46,39 @@ pub async fn hydrate(
     let mut after = scl;
     let mut copied = 0u64;
     for _ in 0..PASSES_MAX {
-        let mut cursor = 0u64;
         let mut first = None;
         let mut last;
+        // Pipelined: the next call is on its way while this batch is written.
+        let mut response = fetch(&client, key, peer, after, 0).await?;
         loop {
-            let request = FetchPagesRequest {
-                segment: Some(SegmentRef {
-                    volume: key.volume.clone(),
-                    pg: key.pg.0,
-                }),
-                after_lsn: after.0,
-                cursor,
-                max_pages: PAGES_PER_CALL,
-            };
-            let response = tokio::time::timeout(CALL_TIMEOUT, client.clone().fetch_pages(request))
-                .await
-                .map_err(|_| format!("no answer from {peer} within {CALL_TIMEOUT:?}"))?
-                .map_err(|status| format!("{}: {}", status.code(), status.message()))?
-                .into_inner();
             let folded = Lsn(response.folded);
             first.get_or_insert(folded);
             last = folded;
-            let mut images = Vec::with_capacity(response.pages.len());
-            for image in response.pages {
-                let page = PageId(image.page);
-                if !key.pg.contains(page) || image.data.len() != PAGE_SIZE || image.lsn > folded.0 {
-                    return Err(format!(
-                        "{peer} sent a bad page image ({page}, {} bytes, LSN {} with fold point {folded})",
-                        image.data.len(),
-                        image.lsn
-                    ));
+            let images = validate(key, peer, folded, response.pages)?;
+            let more = response.next_cursor > response.cursor && response.next_cursor < PG_PAGES;
+            let next = async {
+                if more {
+                    Some(fetch(&client, key, peer, after, response.next_cursor).await)
+                } else {
+                    None
                 }
-                images.push(PageImage {
-                    page,
-                    lsn: Lsn(image.lsn),
-                    data: image.data.to_vec(),
-                });
-            }
-            copied += images.len() as u64;
-            if !images.is_empty() {
+            };
+            let stored = async {
+                copied += images.len() as u64;
+                if images.is_empty() {
+                    return Ok(());
+                }
                 store
                     .store_hydrated_pages(key, images)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())
+            };
+            let (stored, next) = tokio::join!(stored, next);
+            stored?;
+            match next {
+                Some(next) => response = next?,
+                None => break,
             }
-            if response.next_cursor <= cursor || response.next_cursor >= PG_PAGES {
-                break;
-            }
-            cursor = response.next_cursor;
         }
         let first = first.unwrap_or(last);
         if last <= scl {
@@ -117,4 +102,69 @@ pub async fn hydrate(
     Err(format!(
         "{peer}'s fold point kept moving during {PASSES_MAX} passes"
     ))
+}
+
+/// One FetchPages call: the peer's pages newer than `after` from page `cursor` on.
+async fn fetch(
+    client: &StorageNodeClient<Channel>,
+    key: &SegmentKey,
+    peer: &str,
+    after: Lsn,
+    cursor: u64,
+) -> Result<Fetched, String> {
+    let request = FetchPagesRequest {
+        segment: Some(SegmentRef {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+        }),
+        after_lsn: after.0,
+        cursor,
+        max_pages: PAGES_PER_CALL,
+    };
+    let response = tokio::time::timeout(CALL_TIMEOUT, client.clone().fetch_pages(request))
+        .await
+        .map_err(|_| format!("no answer from {peer} within {CALL_TIMEOUT:?}"))?
+        .map_err(|status| format!("{}: {}", status.code(), status.message()))?
+        .into_inner();
+    Ok(Fetched {
+        cursor,
+        next_cursor: response.next_cursor,
+        folded: response.folded,
+        pages: response.pages,
+    })
+}
+
+/// A FetchPages answer and the cursor it was asked from.
+struct Fetched {
+    cursor: u64,
+    next_cursor: u64,
+    folded: u64,
+    pages: Vec<sixfold_proto::wire::PageImage>,
+}
+
+/// Checks a peer's page images against the segment's PG and the fold point it named.
+fn validate(
+    key: &SegmentKey,
+    peer: &str,
+    folded: Lsn,
+    pages: Vec<sixfold_proto::wire::PageImage>,
+) -> Result<Vec<PageImage>, String> {
+    pages
+        .into_iter()
+        .map(|image| {
+            let page = PageId(image.page);
+            if !key.pg.contains(page) || image.data.len() != PAGE_SIZE || image.lsn > folded.0 {
+                return Err(format!(
+                    "{peer} sent a bad page image ({page}, {} bytes, LSN {} with fold point {folded})",
+                    image.data.len(),
+                    image.lsn
+                ));
+            }
+            Ok(PageImage {
+                page,
+                lsn: Lsn(image.lsn),
+                data: image.data.to_vec(),
+            })
+        })
+        .collect()
 }

@@ -141,6 +141,10 @@ impl Index {
         self.segments.iter()
     }
 
+    pub fn volume(&self, volume: &str) -> Option<&VolumeState> {
+        self.volumes.get(volume)
+    }
+
     pub fn volumes(&self) -> impl Iterator<Item = (&String, &VolumeState)> {
         self.volumes.iter()
     }

@@ -250,6 +250,17 @@ impl PageStore {
         self.write_in_place(images, Replace::Any)
     }
 
+    /// Stores page images copied from a peer (hydration) in place, without the journal: they
+    /// are not the only copy, so a crash that tears one loses nothing. The segment's fold point
+    /// and SCL do not move until every copy is durable; a restarted hydration copies every page
+    /// newer than that point again (a torn slot's LSN is the copy's or older, so it is
+    /// overwritten), and a torn slot read before then fails its checksum and is repaired from a
+    /// peer. An older fold's journal redone at open never replaces a newer copy (never-regress).
+    /// Half the disk writes of [`PageStore::fold`]: hydration runs at the disk's write speed.
+    pub fn store_copies(&self, images: &[PageImage]) -> io::Result<()> {
+        self.write_in_place(images, Replace::OlderOnly)
+    }
+
     /// Stores `images` durably as the fold up to `to_lsn`: journal, fsync, in place, fsync.
     pub fn fold(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
         self.write_journal(to_lsn, images)?;

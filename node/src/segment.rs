@@ -208,6 +208,18 @@ impl Segment {
         self.records.get(&lsn)
     }
 
+    /// Points a held record at a fresh copy of it in the hot log (its old copy was found
+    /// damaged). False when the segment no longer holds `lsn` (folded or dropped meanwhile).
+    pub fn relocate(&mut self, lsn: Lsn, location: Location) -> bool {
+        match self.records.get_mut(&lsn) {
+            Some(meta) if meta.location.len == location.len => {
+                meta.location = location;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Would a record of `lsn` and `epoch` be new to this segment?
     pub fn admission(&self, lsn: Lsn, epoch: Epoch) -> Admission {
         if lsn <= self.scl || self.records.contains_key(&lsn) {

@@ -299,9 +299,11 @@ impl StorageNode for Service {
             page_store_bytes: snapshot.page_store_bytes,
             gap_fill_records: snapshot.gap_fill_records,
             gap_fill_bytes: snapshot.gap_fill_bytes,
+            hydrated_bytes: snapshot.hydrated_bytes,
             log_error: snapshot.log_error.unwrap_or_default(),
             corrupt_found: snapshot.corrupt_found,
             corrupt_repaired: snapshot.corrupt_repaired,
+            appends_held_ms: snapshot.appends_held_ms,
             volumes: snapshot
                 .volumes
                 .into_iter()

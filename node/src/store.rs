@@ -44,6 +44,10 @@ use crate::segment::{Location, RecordMeta};
 pub const APPEND_QUEUE_JOBS_MAX: usize = 256;
 /// Record bytes (in KiB) of the appends queued or being hardened at once; later appends wait.
 pub const APPEND_QUEUE_KIB_MAX: usize = 256 << 10;
+/// Longest one writer append waits for the hot log to shrink under its limit, and how often it
+/// looks.
+pub const APPEND_HOLD_MAX: Duration = Duration::from_secs(2);
+const APPEND_HOLD_POLL: Duration = Duration::from_millis(10);
 /// How long a segment's fold point holds still after a peer's FetchPages.
 pub const FOLD_HOLD: Duration = Duration::from_secs(30);
 /// Most pages one FetchPages answers with.
@@ -67,11 +71,20 @@ pub struct Shared {
     /// hot-log files at replay) and pages repaired from peers, since start.
     pub corrupt_found: AtomicU64,
     pub corrupt_repaired: AtomicU64,
+    /// Milliseconds writer appends waited because the hot log was over its limit, since start.
+    pub appends_held_ms: AtomicU64,
+    /// Above this many hot-log bytes writer appends wait ([`folder::HOT_LOG_LIMIT_BYTES`];
+    /// tests lower it).
+    pub hot_log_limit: AtomicU64,
     /// Damaged pages waiting for a good copy from a peer (gossip repairs them).
     pub repair_queue: Mutex<BTreeSet<(SegmentKey, PageId)>>,
+    /// Hot-log records found damaged on read, waiting for a good copy from a peer.
+    pub record_repairs: Mutex<BTreeSet<(SegmentKey, Lsn)>>,
     /// Records (and their bytes) hardened from peers by gap-fill, since start.
     pub gap_fill_records: AtomicU64,
     pub gap_fill_bytes: AtomicU64,
+    /// Page bytes copied from peers by hydration, since start.
+    pub hydrated_bytes: AtomicU64,
     /// Every frame of hot-log files numbered below this is applied to the index (set by the
     /// appender): the checkpoint taken after reading it covers them.
     pub applied_file: AtomicU32,
@@ -99,6 +112,13 @@ pub struct RecoveryStats {
 }
 
 impl Shared {
+    /// Counts a damaged hot-log record (once until repaired) and queues its repair.
+    pub fn report_corrupt_record(&self, key: &SegmentKey, lsn: Lsn) {
+        if lock(&self.record_repairs).insert((key.clone(), lsn)) {
+            self.corrupt_found.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a damaged page-store slot (once until repaired) and queues its repair.
     pub fn report_corrupt_page(&self, key: &SegmentKey, page: PageId) {
         if lock(&self.repair_queue).insert((key.clone(), page)) {
@@ -127,9 +147,11 @@ pub struct StatusSnapshot {
     pub page_store_bytes: u64,
     pub gap_fill_records: u64,
     pub gap_fill_bytes: u64,
+    pub hydrated_bytes: u64,
     pub log_error: Option<String>,
     pub corrupt_found: u64,
     pub corrupt_repaired: u64,
+    pub appends_held_ms: u64,
 }
 
 /// A segment whose chain has a hole, with the peers that may fill it.
@@ -241,9 +263,13 @@ impl Store {
             log_error: Mutex::new(None),
             corrupt_found: AtomicU64::new(replay.damaged_files as u64),
             corrupt_repaired: AtomicU64::new(0),
+            appends_held_ms: AtomicU64::new(0),
+            hot_log_limit: AtomicU64::new(folder::HOT_LOG_LIMIT_BYTES),
+            record_repairs: Mutex::new(BTreeSet::new()),
             repair_queue: Mutex::new(BTreeSet::new()),
             gap_fill_records: AtomicU64::new(0),
             gap_fill_bytes: AtomicU64::new(0),
+            hydrated_bytes: AtomicU64::new(0),
             applied_file: AtomicU32::new(writer.file_number()),
             fold_lock: Mutex::new(()),
             pages: Mutex::new(pages.into_iter().map(|(k, (s, _))| (k, s)).collect()),
@@ -285,12 +311,23 @@ impl Store {
     }
 
     /// Hardens the records (those not already held) and answers the segment's SCL.
+    ///
+    /// Back-pressure: a writer's append waits while the hot log is over
+    /// [`folder::HOT_LOG_LIMIT_BYTES`] (folding has fallen behind ingestion), for at most
+    /// [`APPEND_HOLD_MAX`] each, so the writer slows to the pace the folder keeps. Gap-fill
+    /// appends never wait: they let a segment's chain, and so its fold point, advance. The wait
+    /// is bounded so that a log that cannot shrink (every record above a writer's VDL, a PG
+    /// with no writer) slows writers down instead of stopping them.
     pub async fn append(
         &self,
         key: SegmentKey,
         source: Source,
         records: Vec<PreparedRecord>,
     ) -> Result<Lsn, StoreError> {
+        // A heartbeat (no records) is never held: it brings the hints that let the node fold.
+        if matches!(source, Source::Writer { .. }) && !records.is_empty() {
+            self.hold_while_log_full().await;
+        }
         let bytes: usize = records.iter().map(|r| r.frame.bytes.len()).sum();
         let kib = bytes.div_ceil(1024).clamp(1, APPEND_QUEUE_KIB_MAX);
         let _permit = self
@@ -307,6 +344,30 @@ impl Store {
             })
         })
         .await
+    }
+
+    async fn hold_while_log_full(&self) {
+        let log_bytes = || self.shared.log_bytes.load(Ordering::Relaxed);
+        let over = || log_bytes() > self.shared.hot_log_limit.load(Ordering::Relaxed);
+        if !over() {
+            return;
+        }
+        let started = Instant::now();
+        while over() && started.elapsed() < APPEND_HOLD_MAX {
+            tokio::time::sleep(APPEND_HOLD_POLL).await;
+        }
+        let held = started.elapsed();
+        let before = self
+            .shared
+            .appends_held_ms
+            .fetch_add(held.as_millis() as u64, Ordering::Relaxed);
+        if held >= APPEND_HOLD_MAX || before == 0 {
+            tracing::warn!(
+                hot_log_bytes = log_bytes(),
+                held_ms = held.as_millis() as u64,
+                "hot log over its limit: held a writer append while folding catches up"
+            );
+        }
     }
 
     /// Adopts `epoch` for the volume and truncates the segment after `truncate_after`.
@@ -546,6 +607,36 @@ impl Store {
             .collect()
     }
 
+    /// Damaged hot-log records to fetch again from peers (at most `limit`): each with the LSN
+    /// before it in the PG (FetchRecords after it answers the record first) and the peers.
+    /// Records the segment no longer holds are forgotten; segments with no known peers wait.
+    pub fn take_record_repairs(&self, limit: usize) -> Vec<(SegmentKey, Lsn, Lsn, Vec<String>)> {
+        let index = lock(&self.shared.index);
+        let mut queue = lock(&self.shared.record_repairs);
+        let taken: Vec<(SegmentKey, Lsn)> = queue.iter().take(limit).cloned().collect();
+        let mut out = Vec::new();
+        for (key, lsn) in taken {
+            let Some(slot) = index.slot(&key) else {
+                queue.remove(&(key, lsn));
+                continue;
+            };
+            let Some(meta) = slot.segment.get(lsn) else {
+                queue.remove(&(key, lsn));
+                continue;
+            };
+            if !slot.peers.is_empty() {
+                queue.remove(&(key.clone(), lsn));
+                out.push((key, lsn, meta.backlink, slot.peers.clone()));
+            }
+        }
+        out
+    }
+
+    /// Puts a damaged record back in its queue (no peer could help this time).
+    pub fn requeue_record_repair(&self, key: SegmentKey, lsn: Lsn) {
+        lock(&self.shared.record_repairs).insert((key, lsn));
+    }
+
     /// Puts a page back in the repair queue (no peer could help this time).
     pub fn requeue_repair(&self, key: SegmentKey, page: PageId) {
         lock(&self.shared.repair_queue).insert((key, page));
@@ -600,8 +691,9 @@ impl Store {
         .await
     }
 
-    /// Stores pages copied from a peer. Their journal names the current fold point, so a
-    /// crash mid-hydration never advances it (reads newer than an image are refused meanwhile).
+    /// Stores pages copied from a peer ([`PageStore::store_copies`]). The fold point does not
+    /// move until [`Store::finish_hydration`], so a crash mid-hydration never advances it (reads
+    /// older than an image are refused meanwhile).
     pub async fn store_hydrated_pages(
         &self,
         key: &SegmentKey,
@@ -611,14 +703,17 @@ impl Store {
         let key = key.clone();
         blocking(move || {
             let _folding = lock(&shared.fold_lock);
-            let folded = lock(&shared.index)
-                .segment(&key)
-                .map_or(Lsn::ZERO, |s| s.folded());
             let store = folder::page_store(&shared, &key)?;
-            store.fold(folded, &pages).map_err(|source| StoreError::Io {
-                action: "store hydrated pages",
-                source,
-            })
+            store
+                .store_copies(&pages)
+                .map_err(|source| StoreError::Io {
+                    action: "store hydrated pages",
+                    source,
+                })?;
+            shared
+                .hydrated_bytes
+                .fetch_add((pages.len() * PAGE_SIZE) as u64, Ordering::Relaxed);
+            Ok(())
         })
         .await
     }
@@ -686,9 +781,11 @@ impl Store {
                 .sum(),
             gap_fill_records: self.shared.gap_fill_records.load(Ordering::Relaxed),
             gap_fill_bytes: self.shared.gap_fill_bytes.load(Ordering::Relaxed),
+            hydrated_bytes: self.shared.hydrated_bytes.load(Ordering::Relaxed),
             log_error: lock(&self.shared.log_error).clone(),
             corrupt_found: self.shared.corrupt_found.load(Ordering::Relaxed),
             corrupt_repaired: self.shared.corrupt_repaired.load(Ordering::Relaxed),
+            appends_held_ms: self.shared.appends_held_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -767,7 +864,7 @@ pub(crate) fn read_record(
 ) -> Result<Record, StoreError> {
     let corrupt = |detail: String| {
         let detail = format!("hot-log record: {detail}");
-        shared.corrupt_found.fetch_add(1, Ordering::Relaxed);
+        shared.report_corrupt_record(key, lsn);
         error!(segment = %key, lsn = lsn.0, location = ?meta.location, "corrupt record in the hot log: {detail}");
         StoreError::Corrupt {
             volume: key.volume.clone(),

@@ -381,3 +381,45 @@ impl Store {
         self.shared_for_tests().syncs.load(Ordering::Relaxed)
     }
 }
+
+/// Back-pressure: over the hot-log limit a writer's append waits (at most APPEND_HOLD_MAX) and the
+/// wait is counted; gap-fill appends and heartbeats never wait.
+#[tokio::test]
+async fn writer_appends_wait_while_the_hot_log_is_over_its_limit() {
+    use std::time::{Duration, Instant};
+    let temp = TempDir::new("hold");
+    let store = open(temp.path());
+    let shared = store.shared_for_tests();
+    shared.hot_log_limit.store(64 << 10, Ordering::Relaxed);
+    let k = key("v", 0);
+    let records: Vec<Record> = (1..=40u64).map(|l| full(l, l - 1, 1, l, 0x42)).collect();
+    // Under the limit: no wait.
+    let started = Instant::now();
+    append(&store, &k, 1, &records[..20]).await.expect("append");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(shared.log_bytes.load(Ordering::Relaxed) > 64 << 10);
+    // Over it, and nothing can fold (no hints): a writer's append waits its longest.
+    let started = Instant::now();
+    append(&store, &k, 1, &records[20..21])
+        .await
+        .expect("append");
+    assert!(started.elapsed() >= crate::store::APPEND_HOLD_MAX);
+    assert!(shared.appends_held_ms.load(Ordering::Relaxed) >= 2000);
+    // Gap-fill and heartbeats pass at once.
+    let started = Instant::now();
+    assert_eq!(
+        gossip(&store, &k, &records[21..30]).await.expect("gossip"),
+        Lsn(30)
+    );
+    append(&store, &k, 1, &[]).await.expect("heartbeat");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Room again: no wait.
+    shared.hot_log_limit.store(1 << 30, Ordering::Relaxed);
+    let started = Instant::now();
+    assert_eq!(
+        append(&store, &k, 1, &records[30..]).await.expect("append"),
+        Lsn(40)
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    store.close().await;
+}

@@ -1,8 +1,10 @@
 //! Issue 4, test 1: a node is killed, at least 1 GiB is written without it, and it is restarted
 //! with no further writes. The writer no longer holds those records (it releases a record once
 //! it is durable on the live segments) and sends the node nothing but heartbeats naming the PGCL;
-//! the node reaches its peers' SCL through gap-fill from their hot logs alone (its status counts
-//! what gossip brought), and the pages read straight from it match what was written.
+//! the node reaches its peers' SCL from its peers alone: gap-fill from their hot logs, and, for
+//! what they folded away meanwhile (a peer's hot log over 256 MiB folds past a lagging segment),
+//! hydration from their page stores. Its status counts what each brought, and the pages read
+//! straight from it match what was written.
 //! The catch-up rate is printed (`scripts/bench-node.sh` measures it with a baseline).
 
 use std::os::unix::fs::FileExt;
@@ -77,11 +79,17 @@ fn killed_node_catches_up_through_gossip_alone() -> anyhow::Result<()> {
     for (pg, _) in &targets {
         initial.push(probe.scl(*pg)?);
     }
-    // Repair starts when a segment's SCL first moves (after the restart, the writer's next
-    // heartbeat names the peers and the PGCL).
+    // Repair starts when a segment's SCL first moves or the node first brings anything from a
+    // peer (after the restart, the writer's next heartbeat names the peers and the PGCL).
     let mut repair_started = None;
     loop {
         let mut done = true;
+        if repair_started.is_none() {
+            let node = probe.status()?;
+            if node.gap_fill_bytes + node.hydrated_bytes > 0 {
+                repair_started = Some(Instant::now());
+            }
+        }
         for (k, (pg, pgcl)) in targets.iter().enumerate() {
             let scl = probe.scl(*pg)?;
             if scl > initial[k] && repair_started.is_none() {
@@ -102,17 +110,23 @@ fn killed_node_catches_up_through_gossip_alone() -> anyhow::Result<()> {
     let caught_up = restarted.elapsed();
     let node = probe.status()?;
     let missed = (chunks - 2) * CHUNK;
+    let brought = node.gap_fill_bytes + node.hydrated_bytes;
     eprintln!(
-        "node {victim} caught up {:.1} s after its restart; {} MiB from peers in {:.1} s of repair = {:.0} MiB/s",
+        "node {victim} caught up {:.1} s after its restart; {} MiB from peers ({} MiB of records, \
+         {} MiB of pages) in {:.1} s of repair = {:.0} MiB/s",
         caught_up.as_secs_f64(),
+        brought >> 20,
         node.gap_fill_bytes >> 20,
+        node.hydrated_bytes >> 20,
         repairing.as_secs_f64(),
-        node.gap_fill_bytes as f64 / (1 << 20) as f64 / repairing.as_secs_f64().max(0.001)
+        brought as f64 / (1 << 20) as f64 / repairing.as_secs_f64().max(0.001)
     );
     assert!(
-        node.gap_fill_bytes >= missed,
-        "gossip brought {} bytes, but {missed} were written while the node was down",
-        node.gap_fill_bytes
+        brought >= missed,
+        "peers brought {} bytes of records and {} of pages, but {missed} were written while the \
+         node was down",
+        node.gap_fill_bytes,
+        node.hydrated_bytes
     );
     // Pages straight from the repaired node, at its SCL, against what was written.
     for i in (0..chunks).step_by(5) {
