@@ -35,6 +35,7 @@ mod hydrate;
 pub mod index;
 mod meta;
 mod pagestore;
+mod pagewrite;
 mod request;
 pub mod segment;
 mod service;

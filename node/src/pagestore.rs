@@ -30,6 +30,8 @@ use std::sync::RwLock;
 
 use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
 
+use crate::pagewrite::{SlotWriter, RUN_PAGES_MAX};
+
 const META_BYTES: u64 = 16;
 const META_MAGIC: u32 = 0x5346_5047; // "SFPG"
 const JOURNAL_MAGIC: u64 = 0x5346_464f_4c44_4a31; // "SFFOLDJ1"
@@ -77,6 +79,7 @@ pub struct PageStore {
 struct Files {
     data: File,
     meta: File,
+    writer: SlotWriter,
 }
 
 fn page_checksum(page: PageId, lsn: Lsn, data: &[u8]) -> u32 {
@@ -110,6 +113,7 @@ impl PageStore {
         let files = Files {
             data: open_rw(&dir.join("pages.dat"))?,
             meta: open_rw(&dir.join("pages.meta"))?,
+            writer: SlotWriter::open(&dir.join("pages.dat")),
         };
         if let Some(parent) = dir.parent() {
             crate::hotlog::sync_dir(parent)?;
@@ -281,33 +285,57 @@ impl PageStore {
     }
 
     fn write_in_place(&self, images: &[PageImage], replace: Replace) -> io::Result<()> {
-        let files = self.io.write().unwrap_or_else(|p| p.into_inner());
+        let mut slotted = Vec::with_capacity(images.len());
         for image in images {
-            let slot = self.slot(image.page)?;
-            // A page's image never goes back to an older version (unless the slot is damaged
-            // and being repaired: its LSN cannot be trusted).
-            let mut current = [0u8; META_BYTES as usize];
-            if replace == Replace::OlderOnly
-                && read_fully_or_zero(&files.meta, &mut current, slot * META_BYTES)?
-            {
-                let lsn = u64::from_le_bytes(current[0..8].try_into().expect("8 bytes"));
-                let magic = u32::from_le_bytes(current[12..16].try_into().expect("4 bytes"));
-                if magic == META_MAGIC && lsn > image.lsn.0 {
-                    continue;
-                }
-            }
             if image.data.len() != PAGE_SIZE {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("image of {} is {} bytes", image.page, image.data.len()),
                 ));
             }
-            files
-                .data
-                .write_all_at(&image.data, slot * PAGE_SIZE as u64)?;
-            files
-                .meta
-                .write_all_at(&meta_entry(image), slot * META_BYTES)?;
+            slotted.push((self.slot(image.page)?, image));
+        }
+        // Slot order; of two images of one slot the newer wins.
+        slotted.sort_by_key(|(slot, image)| (*slot, image.lsn));
+        slotted.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                *earlier = *later;
+                true
+            } else {
+                false
+            }
+        });
+        let mut guard = self.io.write().unwrap_or_else(|p| p.into_inner());
+        let files = &mut *guard;
+        for run in runs(&slotted) {
+            // A page's image never goes back to an older version (unless the slot is damaged
+            // and being repaired: its LSN cannot be trusted).
+            let keep: Vec<(u64, &PageImage)> = if replace == Replace::OlderOnly {
+                let first = run[0].0;
+                let mut current = vec![0u8; run.len() * META_BYTES as usize];
+                read_fully_or_zero(&files.meta, &mut current, first * META_BYTES)?;
+                run.iter()
+                    .filter(|(slot, image)| {
+                        let at = ((slot - first) * META_BYTES) as usize;
+                        let entry = &current[at..at + META_BYTES as usize];
+                        let lsn = u64::from_le_bytes(entry[0..8].try_into().expect("8 bytes"));
+                        let magic = u32::from_le_bytes(entry[12..16].try_into().expect("4 bytes"));
+                        !(magic == META_MAGIC && lsn > image.lsn.0)
+                    })
+                    .copied()
+                    .collect()
+            } else {
+                run.to_vec()
+            };
+            for part in runs(&keep) {
+                let pages: Vec<&[u8]> = part.iter().map(|(_, image)| &image.data[..]).collect();
+                files.writer.write_run(&files.data, part[0].0, &pages)?;
+                let meta: Vec<u8> = part
+                    .iter()
+                    .flat_map(|(_, image)| meta_entry(image))
+                    .collect();
+                files.meta.write_all_at(&meta, part[0].0 * META_BYTES)?;
+            }
         }
         files.data.sync_data()?;
         files.meta.sync_data()?;
@@ -323,6 +351,24 @@ impl PageStore {
             .map(|m| m.blocks() * 512)
             .sum()
     }
+}
+
+/// Splits slot-ordered, distinct slots into runs of consecutive slots, at most
+/// [`RUN_PAGES_MAX`] each.
+fn runs<'a, T>(slotted: &'a [(u64, T)]) -> impl Iterator<Item = &'a [(u64, T)]> + 'a {
+    let mut rest = slotted;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut len = 1;
+        while len < rest.len() && len < RUN_PAGES_MAX && rest[len].0 == rest[len - 1].0 + 1 {
+            len += 1;
+        }
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
+    })
 }
 
 /// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zero. Returns
@@ -454,6 +500,7 @@ mod tests {
         let files = Files {
             data: open_rw(&dir.join("pages.dat")).expect("data"),
             meta: open_rw(&dir.join("pages.meta")).expect("meta"),
+            writer: SlotWriter::open(&dir.join("pages.dat")),
         };
         let raw = PageStore {
             dir: dir.clone(),
