@@ -59,7 +59,7 @@ use crate::store::{read_record, Shared};
 /// How often the folder looks for work.
 pub const FOLD_INTERVAL: Duration = Duration::from_millis(500);
 /// Most pages one fold step writes (its journal is at most this many pages).
-pub const FOLD_PAGES_MAX: usize = 2048;
+pub const FOLD_PAGES_MAX: usize = 4096;
 /// The scrubber runs every this many rounds (2 s), over this many page slots of each segment
 /// (at most 16 MiB read): a full 10 GiB PG is verified about every 20 minutes.
 pub const SCRUB_EVERY_ROUNDS: u64 = 4;
@@ -172,18 +172,26 @@ fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
     let mut scrub_cursors = HashMap::new();
     let mut foldable_since = HashMap::new();
     let mut rounds = 0u64;
+    let mut behind = false;
     loop {
         {
+            // A round that folded under pressure is followed at once by the next: the hot log
+            // is over its mark and writers may be held.
+            let wait = if behind {
+                Duration::ZERO
+            } else {
+                FOLD_INTERVAL
+            };
             let stopped = lock(&stop.0);
             let (stopped, _) = stop
                 .1
-                .wait_timeout_while(stopped, FOLD_INTERVAL, |s| !*s)
+                .wait_timeout_while(stopped, wait, |s| !*s)
                 .unwrap_or_else(|p| p.into_inner());
             if *stopped {
                 return;
             }
         }
-        lazy_round(shared, &mut foldable_since);
+        behind = lazy_round(shared, &mut foldable_since);
         rounds += 1;
         if rounds >= SCRUB_EVERY_ROUNDS {
             rounds = 0;
@@ -234,8 +242,9 @@ fn foldable(index: &Index, key: &SegmentKey, slot: &SegmentSlot, past_peers: boo
 }
 
 /// One pass of the folder thread: folds the segments that are due (see the module docs);
-/// `foldable_since` remembers since when each segment has had something to fold.
-fn lazy_round(shared: &Shared, foldable_since: &mut HashMap<SegmentKey, Instant>) {
+/// `foldable_since` remembers since when each segment has had something to fold. True when it
+/// folded something while the hot log was under pressure.
+fn lazy_round(shared: &Shared, foldable_since: &mut HashMap<SegmentKey, Instant>) -> bool {
     let log_bytes = shared.log_bytes.load(Ordering::Relaxed);
     let pressure = log_bytes > HOT_LOG_PRESSURE_BYTES;
     let past_peers = log_bytes > HOT_LOG_PAST_PEERS_BYTES;
@@ -263,7 +272,7 @@ fn lazy_round(shared: &Shared, foldable_since: &mut HashMap<SegmentKey, Instant>
     for key in &due {
         foldable_since.remove(key);
     }
-    fold_segments(shared, &due, past_peers);
+    fold_segments(shared, &due, past_peers) > 0 && pressure
 }
 
 /// Folds every segment that has anything to fold, now, within the writer's hints (tests use it
@@ -281,7 +290,8 @@ pub fn round(shared: &Shared) {
     fold_segments(shared, &keys, false);
 }
 
-fn fold_segments(shared: &Shared, keys: &[SegmentKey], past_peers: bool) {
+/// Returns how many fold steps ran.
+fn fold_segments(shared: &Shared, keys: &[SegmentKey], past_peers: bool) -> usize {
     let started = Instant::now();
     let limit = if past_peers {
         Limit::PastPeers
@@ -302,7 +312,7 @@ fn fold_segments(shared: &Shared, keys: &[SegmentKey], past_peers: bool) {
         }
     }
     if steps == 0 {
-        return;
+        return 0;
     }
     match checkpoint_and_collect(shared) {
         Ok((files, bytes)) => debug!(
@@ -315,6 +325,7 @@ fn fold_segments(shared: &Shared, keys: &[SegmentKey], past_peers: bool) {
         ),
         Err(e) => error!("checkpoint or hot-log GC failed: {e}"),
     }
+    steps
 }
 
 pub(crate) fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageStore>, StoreError> {

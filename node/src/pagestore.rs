@@ -271,17 +271,26 @@ impl PageStore {
         self.write_in_place(images, Replace::OlderOnly)
     }
 
-    /// Replaces the journal with `images` (fold point `to_lsn`), durably.
+    /// Replaces the journal with `images` (fold point `to_lsn`), durably. Written over the old
+    /// one in place (no truncation: freeing and allocating its blocks every fold cost more than
+    /// the write); a crash mid-write leaves a journal whose checksum fails (nothing is redone:
+    /// no slot was touched yet) or, if not even the header was written, the previous one intact
+    /// (redoing it never regresses a page).
     fn write_journal(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
         let journal = encode_journal(to_lsn, images);
+        let path = self.journal_path();
+        let created = !path.exists();
         let file = OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
-            .open(self.journal_path())?;
+            .truncate(false)
+            .open(&path)?;
         file.write_all_at(&journal, 0)?;
         file.sync_data()?;
-        crate::hotlog::sync_dir(&self.dir)
+        if created {
+            crate::hotlog::sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     fn write_in_place(&self, images: &[PageImage], replace: Replace) -> io::Result<()> {
@@ -404,8 +413,13 @@ fn encode_journal(to_lsn: Lsn, images: &[PageImage]) -> Vec<u8> {
 
 /// The journal's fold LSN and images, if it is complete, intact and of this PG.
 fn decode_journal(bytes: &[u8], pg: PgId) -> Option<(Lsn, Vec<PageImage>)> {
-    let body_len = bytes.len().checked_sub(4)?;
-    let (body, crc) = bytes.split_at(body_len);
+    // The journal is overwritten in place, never truncated: its header says how long it is, and
+    // whatever follows is a longer, older journal's tail.
+    let count = u32::from_le_bytes(bytes.get(16..20)?.try_into().ok()?) as usize;
+    let body_len = count
+        .checked_mul(JOURNAL_ENTRY_BYTES)?
+        .checked_add(JOURNAL_HEADER_BYTES)?;
+    let (body, crc) = bytes.get(..body_len.checked_add(4)?)?.split_at(body_len);
     if crc32c::crc32c(body).to_le_bytes() != crc {
         return None;
     }
@@ -445,6 +459,27 @@ mod tests {
             lsn: Lsn(lsn),
             data: vec![fill; PAGE_SIZE],
         }
+    }
+
+    /// The journal is overwritten in place: a shorter journal over a longer one decodes as
+    /// itself, and one torn anywhere (a crash mid-write) decodes as nothing.
+    #[test]
+    fn journal_overwritten_in_place_decodes_by_its_own_length() {
+        let pg = PgId(0);
+        let long = encode_journal(Lsn(9), &[image(1, 9, 1), image(2, 8, 2), image(3, 7, 3)]);
+        let short = encode_journal(Lsn(12), &[image(5, 12, 5)]);
+        let mut file = long.clone();
+        file[..short.len()].copy_from_slice(&short);
+        let (to, images) = decode_journal(&file, pg).expect("the short journal");
+        assert_eq!(to, Lsn(12));
+        assert_eq!(images, vec![image(5, 12, 5)]);
+        // Torn: the new header and part of its body, the rest the old journal's bytes.
+        let mut torn = long.clone();
+        torn[..short.len() / 2].copy_from_slice(&short[..short.len() / 2]);
+        assert_eq!(decode_journal(&torn, pg), None);
+        // Cut short: nothing.
+        assert_eq!(decode_journal(&short[..short.len() - 1], pg), None);
+        assert_eq!(decode_journal(&[], pg), None);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Ingest rate of one storage node, with fsync: records/s and MiB/s of 4 KiB full-page records
 //! streamed to a real `sixfold node` over AppendStream (one stream per segment, several batches in
-//! flight), each acknowledged only after its group commit. Beside it, the baseline: the same bytes
-//! written to a file on the same disk in the same batch sizes, one fdatasync per batch.
+//! flight), each acknowledged only after its group commit. Each batch carries the hints a writer
+//! sends (PGCL, fold limit and VDL: here, what the node acknowledged so far), so the node folds
+//! and collects its hot log as it goes, as it must to sustain the rate. Beside it, the baseline:
+//! the same bytes written to a file on the same disk in the same batch sizes, one fdatasync per
+//! batch.
 //!
 //! Usage: cargo run --release -p sixfold-tests --example node_ingest [SECONDS]
 //! (`scripts/bench-node.sh` runs it; SIXFOLD_BIN names the binary.)
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sixfold_proto::record::seal;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{AppendRequest, ByteRange, SegmentRef};
+use sixfold_proto::wire::{AppendRequest, ByteRange, NodeStatusRequest, SegmentRef};
 use sixfold_proto::{Epoch, Lsn, PageId, PgId, PAGE_SIZE};
 use sixfold_tests::{pattern, test_dir, Cluster};
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,9 +41,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let page = Bytes::from(pattern(7, PAGE_SIZE));
     let records = Arc::new(AtomicU64::new(0));
+    // Per segment: the SCL the node last acknowledged (the single node is the write quorum).
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..SEGMENTS).map(|_| AtomicU64::new(0)).collect());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
-    runtime.block_on(async {
+    let status = runtime.block_on(async {
         let client = StorageNodeClient::connect(format!("http://{addr}"))
             .await?
             .max_encoding_message_size(64 << 20);
@@ -49,6 +54,8 @@ fn main() -> anyhow::Result<()> {
             let mut client = client.clone();
             let records = records.clone();
             let page = page.clone();
+            let acked = acked.clone();
+            let hints = acked.clone();
             tasks.push(tokio::spawn(async move {
                 let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
                 let mut answers = client
@@ -75,6 +82,12 @@ fn main() -> anyhow::Result<()> {
                                 }],
                             ));
                         }
+                        let scl = hints[pg as usize].load(Ordering::Relaxed);
+                        let vdl = hints
+                            .iter()
+                            .map(|a| a.load(Ordering::Relaxed))
+                            .min()
+                            .unwrap_or(0);
                         let request = AppendRequest {
                             segment: Some(SegmentRef {
                                 volume: "ingest".into(),
@@ -82,6 +95,10 @@ fn main() -> anyhow::Result<()> {
                             }),
                             epoch: 1,
                             records: batch,
+                            pgcl: scl,
+                            fold_limit: scl,
+                            writer_vcl: vdl,
+                            writer_vdl: vdl,
                             ..AppendRequest::default()
                         };
                         if tx.send(request).await.is_err() {
@@ -89,7 +106,8 @@ fn main() -> anyhow::Result<()> {
                         }
                     }
                 });
-                while answers.message().await?.is_some() {
+                while let Some(answer) = answers.message().await? {
+                    acked[pg as usize].fetch_max(answer.scl, Ordering::Relaxed);
                     records.fetch_add(BATCH_RECORDS, Ordering::Relaxed);
                 }
                 anyhow::Ok(())
@@ -98,7 +116,12 @@ fn main() -> anyhow::Result<()> {
         for task in tasks {
             task.await??;
         }
-        anyhow::Ok(())
+        let status = client
+            .clone()
+            .node_status(NodeStatusRequest {})
+            .await?
+            .into_inner();
+        anyhow::Ok(status)
     })?;
     let elapsed = started.elapsed().as_secs_f64();
     let count = records.load(Ordering::Relaxed);
@@ -136,6 +159,12 @@ fn main() -> anyhow::Result<()> {
         "  sixfold node                 : {:>9.0} records/s  {:>7.1} MiB/s",
         count as f64 / elapsed,
         node_mib
+    );
+    println!(
+        "    (hot log at the end {} MiB, page stores {} MiB, appends held {} ms)",
+        status.hot_log_bytes >> 20,
+        status.page_store_bytes >> 20,
+        status.appends_held_ms
     );
     println!(
         "  local file, fdatasync/batch  : {:>9.0} records/s  {:>7.1} MiB/s",
