@@ -15,6 +15,9 @@
 //!   all duplicates depends on frames an earlier, already answered group made durable, or on frames
 //!   of its own group);
 //! - the index is updated only after the fsync, so readers never see an unhardened record;
+//! - a [`Source::Repair`] job writes good copies of records the segment already holds (found
+//!   damaged on read) and only points the index at the new copies: it never adds a record and
+//!   never moves the SCL;
 //! - an Append of an epoch older than the volume's is refused before anything is written; since
 //!   epoch changes run alone and are applied before the next decision, no record of a fenced
 //!   writer is acknowledged after the fencing OpenSegment/PutVolumeMeta was.
