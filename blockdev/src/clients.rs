@@ -12,6 +12,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Largest gRPC message either side accepts.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// HTTP/2 flow-control windows (limits, not allocations): a whole batch or a run of pages goes
+/// out without waiting for window updates.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 /// How long a connection attempt may take before the node counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -33,6 +37,8 @@ impl Clients {
                     .map_err(|e| format!("bad node address {addr:?}: {e}"))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
+                    .initial_stream_window_size(STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(10));
                 let channel = endpoint.connect_lazy();

@@ -357,6 +357,9 @@ impl Gossip {
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(crate::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::CONNECTION_WINDOW_BYTES)
             .connect_lazy();
         let client = StorageNodeClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)

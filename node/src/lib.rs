@@ -66,6 +66,12 @@ use crate::store::Store;
 /// Largest gRPC message the node sends or accepts (a 64 MiB Append batch fits, with framing).
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
+/// HTTP/2 flow-control windows of the node's server and its peer clients: a 4 MiB FetchPages
+/// answer or a 2 MiB Append batch travels without waiting for window updates (the defaults, in
+/// the tens of KiB to a few MiB, cost round trips on a busy host). Limits, not allocations.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 /// How to run one storage node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -153,6 +159,8 @@ async fn serve(
     // One service, served directly (the workspace builds tonic without its router).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .serve_with_incoming_shutdown(service, incoming, shutdown)
         .await;
     gossip.abort();
