@@ -109,6 +109,18 @@ impl Node {
         self.child.is_some()
     }
 
+    /// How long the node's last start took to rebuild its state from disk (`recovery_ms` of its
+    /// last "recovered node state" log line).
+    pub fn last_recovery_ms(&self) -> Option<u64> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("recovered node state"))?;
+        let value = line.split("recovery_ms=").nth(1)?;
+        value.split_whitespace().next()?.parse().ok()
+    }
+
     /// Resident memory of the node process, from /proc (None when it is not running).
     pub fn rss_bytes(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
