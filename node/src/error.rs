@@ -100,7 +100,8 @@ impl NodeError {
 }
 
 impl StoreError {
-    /// A copy for each job of a failed group (I/O errors are not `Clone`).
+    /// A copy for each job of a failed group (I/O errors are not `Clone`): the same variant, so
+    /// that each job's caller sees the same gRPC status.
     pub fn duplicate(&self) -> StoreError {
         match self {
             StoreError::Io { action, source } => StoreError::Io {
@@ -108,7 +109,57 @@ impl StoreError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             StoreError::NoRoom(m) => StoreError::NoRoom(m.clone()),
-            other => StoreError::InvalidArgument(other.to_string()),
+            StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
+            StoreError::Fenced {
+                volume,
+                request,
+                known,
+            } => StoreError::Fenced {
+                volume: volume.clone(),
+                request: *request,
+                known: *known,
+            },
+            StoreError::NotHosted { volume, pg } => StoreError::NotHosted {
+                volume: volume.clone(),
+                pg: *pg,
+            },
+            StoreError::Behind {
+                volume,
+                pg,
+                scl,
+                required,
+            } => StoreError::Behind {
+                volume: volume.clone(),
+                pg: *pg,
+                scl: *scl,
+                required: *required,
+            },
+            StoreError::Corrupt {
+                volume,
+                pg,
+                lsn,
+                detail,
+            } => StoreError::Corrupt {
+                volume: volume.clone(),
+                pg: *pg,
+                lsn: *lsn,
+                detail: detail.clone(),
+            },
+            StoreError::Folded {
+                volume,
+                pg,
+                folded,
+                what,
+                advice,
+            } => StoreError::Folded {
+                volume: volume.clone(),
+                pg: *pg,
+                folded: *folded,
+                what,
+                advice,
+            },
+            StoreError::LogFailed => StoreError::LogFailed,
+            StoreError::ShuttingDown => StoreError::ShuttingDown,
         }
     }
 
