@@ -3,8 +3,9 @@
 //!
 //! 1. The segment folds its own chain up to its SCL `S`, so that its page store alone holds its
 //!    state at `S`.
-//! 2. It asks one peer, page by page range (FetchPages), for every stored page whose image is
-//!    newer than `S`, and stores each batch durably. The peer's fold point `F` holds still while
+//! 2. It asks one peer, page by page range (FetchPages, the next call in flight while a batch is
+//!    written), for every stored page whose image is newer than `S`, and stores each batch
+//!    durably, without the fold journal ([`crate::pagestore::PageStore::store_copies`]). The peer's fold point `F` holds still while
 //!    the scan goes on (each call renews the hold); if it moved anyway (a fold step that was
 //!    already running), a second pass copies what changed after the first pass's point.
 //! 3. Once a whole pass saw one `F`, the segment starts at `F` (fold point and SCL), durably in
@@ -12,8 +13,9 @@
 //!
 //! Safety: until step 3 the segment's SCL stays `S`, so no read above `S` is served from it
 //! (required SCL), and a stored image newer than a read point is never served for it (the store
-//! refuses). A crash mid-way leaves the fold point at `S` (the page batches' journal names the
-//! old point) and the next gap-fill round starts over.
+//! refuses). A crash mid-way leaves the fold point at `S` (the checkpoint still names it) and
+//! the next gap-fill round starts over, copying again every page newer than `S`, torn ones
+//! included.
 
 use std::time::{Duration, Instant};
 

@@ -356,16 +356,17 @@ impl Store {
         while over() && started.elapsed() < APPEND_HOLD_MAX {
             tokio::time::sleep(APPEND_HOLD_POLL).await;
         }
-        let held = started.elapsed();
+        let held = started.elapsed().as_millis() as u64;
         let before = self
             .shared
             .appends_held_ms
-            .fetch_add(held.as_millis() as u64, Ordering::Relaxed);
-        if held >= APPEND_HOLD_MAX || before == 0 {
+            .fetch_add(held, Ordering::Relaxed);
+        // Logged the first time, then once per minute of holding (many appends wait at once).
+        if before == 0 || before / 60_000 != (before + held) / 60_000 {
             tracing::warn!(
                 hot_log_bytes = log_bytes(),
-                held_ms = held.as_millis() as u64,
-                "hot log over its limit: held a writer append while folding catches up"
+                held_ms_total = before + held,
+                "hot log over its limit: holding writer appends while folding catches up"
             );
         }
     }
