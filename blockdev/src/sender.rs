@@ -14,7 +14,7 @@ use sixfold_proto::{Lsn, PgId};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, trace, warn};
 
-use crate::shared::{Queued, Shared, SEGMENT_BACKOFF_MAX};
+use crate::shared::{Hints, Queued, Shared, SEGMENT_BACKOFF_MAX};
 use crate::stream::{AppendStream, InFlight};
 
 /// Largest batch, in records and in payload bytes.
@@ -66,6 +66,11 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
             // Nodes may fold what every segment holds and no read will ask below: the writer
             // reads at its VDL.
             let fold_limit = lowest_scl.min(vdl);
+            let hints = Hints {
+                pgcl,
+                fold_limit,
+                vdl,
+            };
             match state.pgs.get_mut(&pg) {
                 None => Next::Stop,
                 Some(_) if closed => Next::Stop,
@@ -117,7 +122,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                     let last = Lsn(last.lsn);
                                     link.sent = last;
                                     link.probed_at = Some(now);
-                                    link.hinted = fold_limit.min(pgcl);
+                                    link.hinted = hints;
                                     Next::Send(request(records), link.addr.clone(), last)
                                 }
                                 None => {
@@ -130,10 +135,10 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                     let due = link
                                         .probed_at
                                         .is_none_or(|at| now.duration_since(at) >= PROBE_INTERVAL);
-                                    let stale = fold_limit.min(pgcl) > link.hinted;
+                                    let stale = link.hinted.stale(&hints);
                                     if (!link.up || acked < pgcl || stale) && due {
                                         link.probed_at = Some(now);
-                                        link.hinted = fold_limit.min(pgcl);
+                                        link.hinted = hints;
                                         Next::Send(
                                             request(Vec::new()),
                                             link.addr.clone(),

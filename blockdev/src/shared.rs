@@ -30,6 +30,27 @@ pub struct Progress {
     pub closed: bool,
 }
 
+/// What a node folds by: the PG's PGCL (nothing at or below it is ever truncated), the fold
+/// limit (the lowest SCL of the PG's segments, capped by the VDL) and the writer's VDL (how far
+/// a node under pressure may fold past a lagging peer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub pgcl: Lsn,
+    pub fold_limit: Lsn,
+    pub vdl: Lsn,
+}
+
+impl Hints {
+    /// True when `now` would let the node fold further than these: the PGCL or the fold limit
+    /// rose, or the VDL rose while it was still below the PGCL (past that, a higher VDL changes
+    /// nothing for this PG, and a heartbeat per second for every quiet PG would be waste).
+    pub fn stale(&self, now: &Hints) -> bool {
+        now.pgcl > self.pgcl
+            || now.fold_limit > self.fold_limit
+            || (now.vdl > self.vdl && self.vdl < now.pgcl)
+    }
+}
+
 /// The writer's link to one segment of a PG.
 #[derive(Debug)]
 pub struct SegmentLink {
@@ -48,10 +69,10 @@ pub struct SegmentLink {
     pub last_error: Option<String>,
     /// When the last batch or heartbeat was sent.
     pub probed_at: Option<Instant>,
-    /// The lower of the fold limit and PGCL last sent to the segment: the node folds up to it,
-    /// so once a PG goes quiet a heartbeat must bring the node the final values, or the last
-    /// records stay in its hot log (and pin every log file after them) forever.
-    pub hinted: Lsn,
+    /// The hints last sent to the segment's node. It folds up to them, so once a PG goes quiet
+    /// a heartbeat must bring the final values, or the PG's last records stay in its hot log
+    /// (and pin every log file after them) forever.
+    pub hinted: Hints,
     /// Wakes this segment's sender (notify_one keeps a permit, so no wake-up is lost).
     pub wake: Arc<Notify>,
 }
@@ -68,7 +89,7 @@ impl SegmentLink {
             latency_us: 0,
             last_error: None,
             probed_at: None,
-            hinted: Lsn::ZERO,
+            hinted: Hints::default(),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -202,5 +223,35 @@ impl Shared {
                 false
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+
+    fn hints(pgcl: u64, fold_limit: u64, vdl: u64) -> Hints {
+        Hints {
+            pgcl: Lsn(pgcl),
+            fold_limit: Lsn(fold_limit),
+            vdl: Lsn(vdl),
+        }
+    }
+
+    /// A quiet PG with a peer down: the fold limit is stuck at the peer's SCL, but the PGCL and
+    /// the VDL rose after the last batch was sent, so its nodes must hear them (they fold past
+    /// the lagging peer with them once their hot log is full).
+    #[test]
+    fn hints_are_stale_when_anything_a_node_folds_by_rose() {
+        let sent = hints(90, 40, 90);
+        assert!(sent.stale(&hints(100, 40, 90)), "PGCL rose");
+        assert!(sent.stale(&hints(90, 50, 90)), "fold limit rose");
+        assert!(
+            hints(100, 40, 90).stale(&hints(100, 40, 100)),
+            "VDL caught up with the PGCL"
+        );
+        assert!(!sent.stale(&sent));
+        // Past this PG's PGCL, a rising VDL (other PGs writing) is no reason for a heartbeat.
+        assert!(!hints(100, 100, 100).stale(&hints(100, 100, 500)));
     }
 }

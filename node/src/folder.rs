@@ -405,8 +405,17 @@ fn fold_step(shared: &Shared, key: &SegmentKey, limit: Limit) -> Result<bool, St
     let mut images = Vec::with_capacity(by_page.len());
     for (page, records) in by_page {
         // From the newest full-page record if there is one, else from the stored image; only
-        // records above the image's LSN apply to it (it may be newer: hydration, journal redo).
-        let start = records.iter().rposition(|(_, m)| m.full_page);
+        // records above the image's LSN apply to it (it may be newer: hydration, journal redo,
+        // or a page repaired from a peer over a damaged record, which then is never read).
+        let mut start = records.iter().rposition(|(_, m)| m.full_page);
+        if let Some(s) = start {
+            let stored = store
+                .lsn_of(page)
+                .map_err(io("read a page's LSN to fold into"))?;
+            if stored.is_some_and(|lsn| lsn >= records[s].0) {
+                start = None;
+            }
+        }
         let mut data = vec![0u8; PAGE_SIZE];
         let mut base = Lsn::ZERO;
         if start.is_none() {

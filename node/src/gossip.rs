@@ -37,7 +37,7 @@ use crate::appender::Source;
 use crate::hydrate;
 use crate::index::SegmentKey;
 use crate::request;
-use crate::store::{GapCandidate, Store};
+use crate::store::{GapCandidate, RecordRepair, Store};
 use crate::MESSAGE_BYTES_MAX;
 
 /// Time between gap-fill rounds.
@@ -151,8 +151,19 @@ impl Gossip {
     /// peer that folded it past cannot help; the record waits for another round), and has the
     /// store write it again and point its index at it.
     async fn repair_records(&mut self) {
-        for (key, lsn, backlink, peers) in self.store.take_record_repairs(REPAIRS_PER_ROUND_MAX) {
+        for repair in self.store.take_record_repairs(REPAIRS_PER_ROUND_MAX) {
+            let RecordRepair {
+                key,
+                lsn,
+                backlink,
+                page,
+                peers,
+            } = repair;
+            if self.store.record_bypassed(&key, page, lsn) {
+                continue; // its page was repaired over it; the next fold forgets it
+            }
             let mut repaired = false;
+            let mut folded = false;
             for peer in &peers {
                 if self.own_addresses.contains(peer) {
                     continue;
@@ -164,6 +175,7 @@ impl Gossip {
                     Ok(records) => records,
                     Err(e) => {
                         debug!(segment = %key, lsn = lsn.0, peer, "peer cannot serve the record for repair: {e}");
+                        folded |= e.contains("folded into pages");
                         continue;
                     }
                 };
@@ -190,6 +202,11 @@ impl Gossip {
                 }
             }
             if !repaired {
+                if folded {
+                    // A peer folded it: repair the page over it instead (next round).
+                    info!(segment = %key, lsn = lsn.0, %page, "peers folded the damaged record; repairing its page from a peer instead");
+                    self.store.repair_page_over_record(key.clone(), page);
+                }
                 self.store.requeue_record_repair(key, lsn);
             }
         }

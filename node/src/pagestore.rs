@@ -26,6 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
@@ -73,6 +74,8 @@ pub struct PageStore {
     dir: PathBuf,
     pg: PgId,
     io: RwLock<Files>,
+    /// The directory was fsync'd after the journal file existed, in this process.
+    journal_dir_synced: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -123,6 +126,7 @@ impl PageStore {
             dir: dir.to_owned(),
             pg,
             io: RwLock::new(files),
+            journal_dir_synced: AtomicBool::new(false),
         };
         let redone = match std::fs::read(store.journal_path()) {
             Ok(bytes) => match decode_journal(&bytes, pg) {
@@ -150,6 +154,21 @@ impl PageStore {
             ));
         }
         Ok(page.0 - self.pg.first_page().0)
+    }
+
+    /// The LSN of the stored image of `page` (meta entry only, not verified), if there is one.
+    pub fn lsn_of(&self, page: PageId) -> io::Result<Option<Lsn>> {
+        let slot = self.slot(page)?;
+        let files = self.io.read().unwrap_or_else(|p| p.into_inner());
+        let mut meta = [0u8; META_BYTES as usize];
+        if !read_fully_or_zero(&files.meta, &mut meta, slot * META_BYTES)?
+            || meta.iter().all(|b| *b == 0)
+        {
+            return Ok(None);
+        }
+        Ok(Some(Lsn(u64::from_le_bytes(
+            meta[0..8].try_into().expect("8 bytes"),
+        ))))
     }
 
     /// Reads the stored image of `page`, verifying its checksum.
@@ -279,7 +298,6 @@ impl PageStore {
     fn write_journal(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
         let journal = encode_journal(to_lsn, images);
         let path = self.journal_path();
-        let created = !path.exists();
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -287,8 +305,11 @@ impl PageStore {
             .open(&path)?;
         file.write_all_at(&journal, 0)?;
         file.sync_data()?;
-        if created {
+        // The journal's name must be durable too: synced once per process (it may have been
+        // created by a run that died before syncing the directory).
+        if !self.journal_dir_synced.load(Ordering::Acquire) {
             crate::hotlog::sync_dir(&self.dir)?;
+            self.journal_dir_synced.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -541,6 +562,7 @@ mod tests {
             dir: dir.clone(),
             pg,
             io: RwLock::new(files),
+            journal_dir_synced: AtomicBool::new(false),
         };
         assert!(matches!(
             raw.read(PageId(2)).expect("read"),

@@ -127,6 +127,16 @@ impl Shared {
     }
 }
 
+/// A damaged hot-log record to fetch again (see [`Store::take_record_repairs`]).
+#[derive(Clone, Debug)]
+pub struct RecordRepair {
+    pub key: SegmentKey,
+    pub lsn: Lsn,
+    pub backlink: Lsn,
+    pub page: PageId,
+    pub peers: Vec<String>,
+}
+
 /// A segment's state, as SegmentState answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentSummary {
@@ -446,16 +456,28 @@ impl Store {
                 segment.folded(),
             )
         };
-        let store = if plan.base {
-            lock(&self.shared.pages).get(key).cloned()
-        } else {
-            None
-        };
+        let store = lock(&self.shared.pages).get(key).cloned();
+        let full_page_at = (!plan.base).then(|| plan.records.first().map(|(lsn, _)| *lsn));
         let shared = Arc::clone(&self.shared);
         let key = key.clone();
         let data = blocking(move || {
             let mut data = vec![0u8; PAGE_SIZE];
             let mut base = Lsn::ZERO;
+            // Below a full-page record the stored image is not needed, unless it is at least
+            // as new (a page repaired from a peer over a damaged record): the page-LSN rule
+            // then skips the record.
+            let store = match (store, full_page_at) {
+                (Some(store), Some(Some(at))) => {
+                    let stored = store.lsn_of(page).map_err(|source| StoreError::Io {
+                        action: "read a page's LSN from the page store",
+                        source,
+                    })?;
+                    stored
+                        .is_some_and(|lsn| lsn >= at && lsn <= read_lsn)
+                        .then_some(store)
+                }
+                (store, _) => store,
+            };
             if let Some(store) = store {
                 match store.read(page).map_err(|source| StoreError::Io {
                     action: "read a page from the page store",
@@ -609,9 +631,10 @@ impl Store {
     }
 
     /// Damaged hot-log records to fetch again from peers (at most `limit`): each with the LSN
-    /// before it in the PG (FetchRecords after it answers the record first) and the peers.
-    /// Records the segment no longer holds are forgotten; segments with no known peers wait.
-    pub fn take_record_repairs(&self, limit: usize) -> Vec<(SegmentKey, Lsn, Lsn, Vec<String>)> {
+    /// before it in the PG (FetchRecords after it answers the record first), its page and the
+    /// peers. Records the segment no longer holds are forgotten; segments with no known peers
+    /// wait.
+    pub fn take_record_repairs(&self, limit: usize) -> Vec<RecordRepair> {
         let index = lock(&self.shared.index);
         let mut queue = lock(&self.shared.record_repairs);
         let taken: Vec<(SegmentKey, Lsn)> = queue.iter().take(limit).cloned().collect();
@@ -627,10 +650,30 @@ impl Store {
             };
             if !slot.peers.is_empty() {
                 queue.remove(&(key.clone(), lsn));
-                out.push((key, lsn, meta.backlink, slot.peers.clone()));
+                out.push(RecordRepair {
+                    lsn,
+                    backlink: meta.backlink,
+                    page: meta.page,
+                    peers: slot.peers.clone(),
+                    key,
+                });
             }
         }
         out
+    }
+
+    /// Queues a page for repair from a peer's image without counting new damage: the way around
+    /// a damaged hot-log record that every peer has folded already (the image, as of the PGCL,
+    /// is at least as new as the record, which the page-LSN rule then never reads).
+    pub fn repair_page_over_record(&self, key: SegmentKey, page: PageId) {
+        lock(&self.shared.repair_queue).insert((key, page));
+    }
+
+    /// True when the page store's image of `page` is at least as new as the record at `lsn`:
+    /// the page-LSN rule never reads the record again (a page repair went over it).
+    pub fn record_bypassed(&self, key: &SegmentKey, page: PageId, lsn: Lsn) -> bool {
+        let store = lock(&self.shared.pages).get(key).cloned();
+        store.is_some_and(|store| store.lsn_of(page).ok().flatten().is_some_and(|l| l >= lsn))
     }
 
     /// Puts a damaged record back in its queue (no peer could help this time).

@@ -212,6 +212,24 @@ impl Cluster {
         }
     }
 
+    /// Freezes node `i` (SIGSTOP): it holds its sockets and state but does nothing, like a
+    /// machine that stalls. [`Cluster::resume_node`] lets it go on.
+    pub fn pause_node(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGSTOP);
+            }
+        }
+    }
+
+    pub fn resume_node(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGCONT);
+            }
+        }
+    }
+
     /// SIGTERM node `i` and wait for it to exit.
     pub fn stop_node(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {

@@ -180,6 +180,49 @@ fn a_damaged_hot_log_record_is_refetched_while_the_node_runs() -> anyhow::Result
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Damage found late: the node stalls (SIGSTOP) right after the damage, while its peers
+    // fold the record away. When it goes on, its own fold meets the damaged record, no peer
+    // holds the record any more, and the page is repaired from a peer's image over it.
+    let page = 9u64;
+    let at = page as usize * PAGE_SIZE;
+    let expected = chunk[at..at + PAGE_SIZE].to_vec();
+    let needle = &expected[2000..2064];
+    let mut damaged = None;
+    for entry in std::fs::read_dir(&log_dir)? {
+        let path = entry?.path();
+        let bytes = std::fs::read(&path)?;
+        if let Some(found) = bytes.windows(needle.len()).position(|w| w == needle) {
+            damaged = Some((path, found as u64 + 10));
+            break;
+        }
+    }
+    let (path, offset) =
+        damaged.ok_or_else(|| anyhow::anyhow!("page {page} not in the hot log"))?;
+    flip(&path, offset)?;
+    cluster.pause_node(victim);
+    std::thread::sleep(Duration::from_secs(8));
+    cluster.resume_node(victim);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scl = probe.scl(0)?;
+        let served = probe.page(0, page, scl);
+        let repaired = cluster.node_report("rot", &cluster.nodes[victim].addr.to_string())?
+            ["corrupt_repaired"]
+            .as_u64()
+            .unwrap_or(0);
+        if let Ok(served) = &served {
+            assert!(*served == expected, "the node served a damaged page");
+            if repaired >= 2 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late-found damaged record was not repaired (last read: {:?}, repaired {repaired})",
+            served.err()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     drop(volume);
     mount.unmount()?;
     drop(cluster);
