@@ -116,6 +116,52 @@ fn flipped_bytes_are_found_repaired_and_never_served() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flips a byte of the hot-log record holding `page` (found by its bytes) in `log_dir`.
+fn flip_record_of(log_dir: &std::path::Path, page: &[u8]) -> anyhow::Result<()> {
+    let needle = &page[1000..1064];
+    for entry in std::fs::read_dir(log_dir)? {
+        let path = entry?.path();
+        let bytes = std::fs::read(&path)?;
+        if let Some(found) = bytes.windows(needle.len()).position(|w| w == needle) {
+            return flip(&path, found as u64 + 10);
+        }
+    }
+    anyhow::bail!("the page is not in the hot log")
+}
+
+/// Reads `page` from the victim until it serves `expected` and has repaired `repairs` pieces of
+/// damage; a read that answers must never answer wrong bytes.
+fn wait_until_repaired(
+    cluster: &Cluster,
+    victim: usize,
+    probe: &mut NodeProbe,
+    page: u64,
+    expected: &[u8],
+    repairs: u64,
+) -> anyhow::Result<()> {
+    let addr = cluster.nodes[victim].addr.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scl = probe.scl(0)?;
+        let served = probe.page(0, page, scl);
+        let repaired = cluster.node_report("rot", &addr)?["corrupt_repaired"]
+            .as_u64()
+            .unwrap_or(0);
+        if let Ok(served) = &served {
+            assert!(served == expected, "the node served a damaged page {page}");
+            if repaired >= repairs {
+                return Ok(());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "damage in page {page}'s record was not repaired (last read: {:?}, repaired {repaired})",
+            served.err()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A byte flipped in a hot-log record of a running node (bit rot under a live process): the read
 /// that meets it gets an error, never the bytes; the node fetches a good copy of the record from
 /// a peer, writes it again, and then serves the page right. Counted in `sixfold status`.
@@ -136,93 +182,40 @@ fn a_damaged_hot_log_record_is_refetched_while_the_node_runs() -> anyhow::Result
 
     // Page 5's record in the victim's hot log (folding waits seconds; this takes milliseconds).
     let victim = 2;
-    let page = 5u64;
-    let at = page as usize * PAGE_SIZE;
-    let expected = chunk[at..at + PAGE_SIZE].to_vec();
-    let needle = &expected[1000..1064];
     let log_dir = cluster.nodes[victim].data.join("log");
-    let mut damaged = None;
-    for entry in std::fs::read_dir(&log_dir)? {
-        let path = entry?.path();
-        let bytes = std::fs::read(&path)?;
-        if let Some(found) = bytes.windows(needle.len()).position(|w| w == needle) {
-            damaged = Some((path, found as u64 + 10));
-            break;
-        }
-    }
-    let (path, offset) =
-        damaged.ok_or_else(|| anyhow::anyhow!("page {page} not in the hot log"))?;
-    flip(&path, offset)?;
-
+    let page_bytes = |page: u64| chunk[page as usize * PAGE_SIZE..][..PAGE_SIZE].to_vec();
+    flip_record_of(&log_dir, &page_bytes(5))?;
     let mut probe = NodeProbe::connect(cluster.nodes[victim].addr, "rot")?;
     let scl = probe.wait_for_scl(0, pgcl, Duration::from_secs(30))?;
-    match probe.page(0, page, scl) {
+    match probe.page(0, 5, scl) {
         Err(e) => eprintln!("first read after the damage refused, as it must be: {e}"),
-        Ok(served) => assert!(served == expected, "the node served a damaged page"),
+        Ok(served) => assert!(served == page_bytes(5), "the node served a damaged page"),
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let served = probe.page(0, page, scl);
-        let repaired = cluster.node_report("rot", &cluster.nodes[victim].addr.to_string())?
-            ["corrupt_repaired"]
-            .as_u64()
-            .unwrap_or(0);
-        if let Ok(served) = &served {
-            assert!(*served == expected, "the node served a damaged page");
-            if repaired >= 1 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the damaged record was not repaired (last read: {:?}, repaired {repaired})",
-            served.err()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Damage found late: the node stalls (SIGSTOP) right after the damage, while its peers
-    // fold the record away. When it goes on, its own fold meets the damaged record, no peer
-    // holds the record any more, and the page is repaired from a peer's image over it.
-    let page = 9u64;
-    let at = page as usize * PAGE_SIZE;
-    let expected = chunk[at..at + PAGE_SIZE].to_vec();
-    let needle = &expected[2000..2064];
-    let mut damaged = None;
-    for entry in std::fs::read_dir(&log_dir)? {
-        let path = entry?.path();
-        let bytes = std::fs::read(&path)?;
-        if let Some(found) = bytes.windows(needle.len()).position(|w| w == needle) {
-            damaged = Some((path, found as u64 + 10));
-            break;
-        }
-    }
-    let (path, offset) =
-        damaged.ok_or_else(|| anyhow::anyhow!("page {page} not in the hot log"))?;
-    flip(&path, offset)?;
+    wait_until_repaired(&cluster, victim, &mut probe, 5, &page_bytes(5), 1)?;
+
+    // Damage found late: the node stalls (SIGSTOP) right after the damage while its peers fold
+    // every record away. When it goes on, its own fold meets the damaged record, no peer holds
+    // the record any more, and the page is repaired from a peer's image over it.
+    flip_record_of(&log_dir, &page_bytes(9))?;
     cluster.pause_node(victim);
-    std::thread::sleep(Duration::from_secs(8));
-    cluster.resume_node(victim);
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let scl = probe.scl(0)?;
-        let served = probe.page(0, page, scl);
-        let repaired = cluster.node_report("rot", &cluster.nodes[victim].addr.to_string())?
-            ["corrupt_repaired"]
-            .as_u64()
-            .unwrap_or(0);
-        if let Ok(served) = &served {
-            assert!(*served == expected, "the node served a damaged page");
-            if repaired >= 2 {
-                break;
-            }
+    for (i, node) in cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+    {
+        let mut peer = NodeProbe::connect(node.addr, "rot")?;
+        while peer.status()?.segments.iter().any(|s| s.records > 0) {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never folded its records"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the late-found damaged record was not repaired (last read: {:?}, repaired {repaired})",
-            served.err()
-        );
-        std::thread::sleep(Duration::from_millis(500));
     }
+    cluster.resume_node(victim);
+    wait_until_repaired(&cluster, victim, &mut probe, 9, &page_bytes(9), 2)?;
     drop(volume);
     mount.unmount()?;
     drop(cluster);
