@@ -6,19 +6,35 @@
 //!    not exist.
 //! 2. Write it back with `epoch + 1` at a write quorum. From here on, nodes that learned the new
 //!    epoch refuse the previous writer.
-//! 3. For each PG: ask its six segments for their SCL; with at least 3 answers, the PG's chain
-//!    tail is the highest SCL among them (a record a returned flush covered is on 4 segments, so
-//!    any 3 include it). Then `OpenSegment(epoch, truncate_after = tail)` at a write quorum:
-//!    segments adopt the epoch and drop older-epoch records beyond the tail.
+//! 3. For each PG: ask its six segments for their SCL and the truncations they have applied
+//!    (one per earlier writer recovery); with at least 3 answers, the PG's chain tail is the
+//!    highest SCL among them (a record a returned flush covered is on 4 segments, so any 3
+//!    include it). A segment that missed an earlier truncation another answer shows may still
+//!    hold records that recovery dropped on its chain: its SCL counts only up to that truncation
+//!    point. Then `OpenSegment(epoch, truncate_after = tail, history = every truncation seen)` at a
+//!    write quorum: segments apply the history they missed, adopt the epoch and drop older-epoch
+//!    records beyond the tail.
 //! 4. New LSNs start above every LSN seen plus LAL (the old writer could not have allocated more).
 //!
-//! Issue 5 (crash recovery) will harden step 3: a segment away during recovery must learn the
-//! truncation from its peers; this version relies on the OpenSegment reaching it later.
+//! No resurrection: every Append of this writer carries the PG's truncations (the history and its
+//! own), and a segment applies those it missed before anything else in the Append; peers pass
+//! theirs along with gap-fill records. So a segment that was away during this recovery (or an
+//! earlier one) drops the truncated records before it acknowledges, serves or folds anything
+//! of this writer's. The highest SCL is used rather than the longest complete chain of the union
+//! of the answers (DESIGN.md): both keep every record a returned flush covered, and the highest
+//! SCL is held whole by one segment, from which the others gap-fill.
+//!
+//! Known limit: a writer that died during its own recovery may have truncated a minority of
+//! segments that no later recovery hears of; a later recovery may keep records that minority
+//! dropped, and the minority then refuses them from peers until it catches up from page images
+//! (hydration). Nothing acknowledged is lost; those segments lag meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sixfold_proto::wire::{OpenSegmentRequest, SegmentRef, SegmentStateRequest, VolumeMeta};
+use sixfold_proto::wire::{
+    OpenSegmentRequest, SegmentRef, SegmentStateRequest, Truncation, VolumeMeta,
+};
 use sixfold_proto::{Epoch, Lsn, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
@@ -36,6 +52,36 @@ pub struct RecoveredPg {
     pub tail: Lsn,
     pub scls: [Lsn; COPIES],
     pub max_lsn_seen: Lsn,
+    /// Every truncation of the PG, this recovery's last, in ascending epoch order: sent with
+    /// every Append.
+    pub truncations: Vec<Truncation>,
+}
+
+/// The chain tail recovery keeps for a PG, from the answers of at least a read quorum: each
+/// answer's SCL, capped at the lowest truncation point (among those the answers show) that its
+/// segment has not applied; then the highest of them. Also returns every truncation seen, in
+/// ascending epoch order (one per epoch; the first answer's point when two disagree).
+pub fn chain_tail(answers: &[(Lsn, Vec<Truncation>)]) -> (Lsn, Vec<Truncation>) {
+    let mut seen: Vec<Truncation> = Vec::new();
+    for (_, truncations) in answers {
+        for t in truncations {
+            if !seen.iter().any(|s| s.epoch == t.epoch) {
+                seen.push(*t);
+            }
+        }
+    }
+    seen.sort_by_key(|t| t.epoch);
+    let tail = answers
+        .iter()
+        .map(|(scl, applied)| {
+            seen.iter()
+                .filter(|t| !applied.iter().any(|a| a.epoch == t.epoch))
+                .map(|t| Lsn(t.truncate_after))
+                .fold(*scl, Lsn::min)
+        })
+        .max()
+        .unwrap_or(Lsn::ZERO);
+    (tail, seen)
 }
 
 /// Recovers one PG (steps 3 of the module docs).
@@ -59,14 +105,14 @@ pub async fn recover_pg(
     })
     .await;
     let mut answered = 0;
-    let mut tail = Lsn::ZERO;
+    let mut states = Vec::new();
     let mut max_lsn_seen = Lsn::ZERO;
     let mut failures = Vec::new();
     for Answer { addr, result, .. } in answers {
         match result {
             Ok(state) => {
                 answered += 1;
-                tail = tail.max(Lsn(state.scl));
+                states.push((Lsn(state.scl), state.truncations));
                 max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
                 if state.epoch > epoch.0 {
                     return Err(VolumeError::Fenced {
@@ -87,12 +133,14 @@ pub async fn recover_pg(
             detail: failures.join("; "),
         });
     }
-    // Adopt the epoch and truncate beyond the tail at a write quorum.
+    let (tail, history) = chain_tail(&states);
+    // Apply the history, adopt the epoch and truncate beyond the tail at a write quorum.
     let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
         let request = OpenSegmentRequest {
             segment: Some(segment.clone()),
             epoch: epoch.0,
             truncate_after: tail.0,
+            history: history.clone(),
         };
         async move { client.open_segment(request).await }
     })
@@ -123,13 +171,20 @@ pub async fn recover_pg(
             detail: format!("opening segments in the new epoch: {}", failures.join("; ")),
         });
     }
-    info!(volume, %pg, %tail, answered, opened, "recovered PG");
+    info!(volume, %pg, %tail, answered, opened, earlier_truncations = history.len(), "recovered PG");
+    let mut truncations = history;
+    truncations.retain(|t| t.epoch < epoch.0);
+    truncations.push(Truncation {
+        epoch: epoch.0,
+        truncate_after: tail.0,
+    });
     Ok(RecoveredPg {
         pg,
         nodes,
         tail,
         scls,
         max_lsn_seen,
+        truncations,
     })
 }
 
@@ -165,4 +220,42 @@ pub async fn recover_all(
     }
     recovered.sort_by_key(|r| r.pg);
     Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(epoch: u64, after: u64) -> Truncation {
+        Truncation {
+            epoch,
+            truncate_after: after,
+        }
+    }
+
+    #[test]
+    fn the_highest_scl_wins_when_every_answer_knows_every_truncation() {
+        let answers = vec![
+            (Lsn(10), vec![t(2, 5)]),
+            (Lsn(14), vec![t(2, 5)]),
+            (Lsn(12), vec![t(2, 5)]),
+        ];
+        assert_eq!(chain_tail(&answers), (Lsn(14), vec![t(2, 5)]));
+    }
+
+    /// A segment away during the epoch-3 recovery still holds epoch-2 records above 20 on its
+    /// chain (SCL 27): they are not history, so its SCL counts only up to 20.
+    #[test]
+    fn a_segment_that_missed_a_truncation_counts_only_up_to_it() {
+        let answers = vec![
+            (Lsn(27), vec![t(2, 5)]),
+            (Lsn(20), vec![t(2, 5), t(3, 20)]),
+            (Lsn(18), vec![t(3, 20), t(2, 5)]),
+        ];
+        assert_eq!(chain_tail(&answers), (Lsn(20), vec![t(2, 5), t(3, 20)]));
+        // The epoch-3 writer wrote on from 40 (LSNs start above all it saw plus LAL).
+        let answers = vec![(Lsn(27), vec![]), (Lsn(45), vec![t(3, 20)])];
+        assert_eq!(chain_tail(&answers), (Lsn(45), vec![t(3, 20)]));
+        assert_eq!(chain_tail(&[]), (Lsn::ZERO, vec![]));
+    }
 }

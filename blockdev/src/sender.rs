@@ -76,6 +76,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                 Some(_) if closed => Next::Stop,
                 Some(queue) => {
                     let peers = queue.peers_of(index);
+                    let truncations = queue.truncations.clone();
                     let link = &mut queue.segments[index];
                     let now = Instant::now();
                     match link.retry_at {
@@ -113,6 +114,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                 writer_vdl: vdl.0,
                                 pgcl: pgcl.0,
                                 fold_limit: fold_limit.0,
+                                truncations: truncations.clone(),
                             };
                             match records.last() {
                                 _ if linger_left.is_some() => {

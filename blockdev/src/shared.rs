@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sixfold_proto::cluster::ClusterConfig;
-use sixfold_proto::wire::{Record, VolumeMeta};
+use sixfold_proto::wire::{Record, Truncation, VolumeMeta};
 use sixfold_proto::{Epoch, Lsn, PgId, COPIES};
 use tokio::sync::{watch, Notify};
 
@@ -108,10 +108,18 @@ pub struct PgQueue {
     /// Records not yet released, in LSN order.
     pub records: VecDeque<Queued>,
     pub segments: Vec<SegmentLink>,
+    /// Every truncation of the PG (recovery's, see `open`), sent with every Append so that a
+    /// segment that missed one applies it first. Empty for a PG this writer created.
+    pub truncations: Vec<Truncation>,
 }
 
 impl PgQueue {
-    pub fn new(nodes: &[String], cluster: &ClusterConfig, scls: &[Lsn; COPIES]) -> PgQueue {
+    pub fn new(
+        nodes: &[String],
+        cluster: &ClusterConfig,
+        scls: &[Lsn; COPIES],
+        truncations: Vec<Truncation>,
+    ) -> PgQueue {
         let segments = nodes
             .iter()
             .zip(scls.iter())
@@ -125,6 +133,7 @@ impl PgQueue {
         PgQueue {
             records: VecDeque::new(),
             segments,
+            truncations,
         }
     }
 

@@ -125,7 +125,15 @@ impl Volume {
         let mut pgs = HashMap::new();
         for pg in &recovered {
             ledger.add_pg(pg.pg, pg.tail, pg.scls);
-            pgs.insert(pg.pg, PgQueue::new(&pg.nodes, &options.cluster, &pg.scls));
+            pgs.insert(
+                pg.pg,
+                PgQueue::new(
+                    &pg.nodes,
+                    &options.cluster,
+                    &pg.scls,
+                    pg.truncations.clone(),
+                ),
+            );
         }
         let clean_pages = (options.cache_bytes / PAGE_SIZE as u64).max(16) as usize;
         let state = State {
@@ -336,7 +344,12 @@ impl Volume {
         {
             let mut state = self.shared.lock();
             state.ledger.add_pg(pg, Lsn::ZERO, [Lsn::ZERO; COPIES]);
-            let queue = PgQueue::new(&nodes, &self.shared.cluster, &[Lsn::ZERO; COPIES]);
+            let queue = PgQueue::new(
+                &nodes,
+                &self.shared.cluster,
+                &[Lsn::ZERO; COPIES],
+                Vec::new(),
+            );
             state.pgs.insert(pg, queue);
         }
         sender::spawn_senders(&self.shared, pg, COPIES);

@@ -45,7 +45,7 @@ use crate::index::{Effect, Index, SegmentKey};
 use crate::lock;
 use crate::meta;
 use crate::request::PreparedRecord;
-use crate::segment::{Admission, Location};
+use crate::segment::{Admission, Location, Truncation};
 use crate::store::Shared;
 
 /// Most Append jobs in one group commit.
@@ -95,11 +95,15 @@ impl AppendJob {
     }
 }
 
+/// Adopt a new writer's epoch (`OpenSegment`), and/or apply truncations the segment has not
+/// applied yet (learned from a writer's Append or a peer's FetchRecords answer).
 pub struct OpenJob {
     pub key: SegmentKey,
-    pub epoch: Epoch,
-    pub truncate_after: Lsn,
-    /// Answered with the segment's SCL after the epoch and truncation are hardened.
+    /// The epoch of the writer opening the segment; `None` when only learning truncations.
+    pub epoch: Option<Epoch>,
+    /// In ascending epoch order; an opening writer's own truncation is the last.
+    pub truncations: Vec<Truncation>,
+    /// Answered with the segment's SCL after the epoch and truncations are hardened.
     pub reply: Reply<Lsn>,
 }
 
@@ -291,21 +295,30 @@ impl Appender {
         if self.failed {
             return Err(StoreError::LogFailed);
         }
-        let known = lock(&self.shared.index).epoch(&job.key.volume);
-        if job.epoch < known {
-            return Err(StoreError::fenced(&job.key.volume, job.epoch, known));
+        if let Some(epoch) = job.epoch {
+            let known = lock(&self.shared.index).epoch(&job.key.volume);
+            if epoch < known {
+                return Err(StoreError::fenced(&job.key.volume, epoch, known));
+            }
         }
-        let frames = [
-            frame::encode(&job.key.volume, job.key.pg, &FrameBody::Epoch(job.epoch)),
-            frame::encode(
+        let mut frames = Vec::with_capacity(job.truncations.len() + 1);
+        if let Some(epoch) = job.epoch {
+            frames.push(frame::encode(
+                &job.key.volume,
+                job.key.pg,
+                &FrameBody::Epoch(epoch),
+            ));
+        }
+        for truncation in &job.truncations {
+            frames.push(frame::encode(
                 &job.key.volume,
                 job.key.pg,
                 &FrameBody::Truncation {
-                    epoch: job.epoch,
-                    truncate_after: job.truncate_after,
+                    epoch: truncation.epoch,
+                    truncate_after: truncation.after,
                 },
-            ),
-        ];
+            ));
+        }
         let hardened = frames
             .iter()
             .try_for_each(|f| self.writer.append(f).map(drop))
@@ -315,21 +328,36 @@ impl Appender {
         }
         let mut index = lock(&self.shared.index);
         let records_before = index.segment(&job.key).map_or(0, |s| s.record_count());
-        index.apply(&job.key, Effect::Epoch(job.epoch));
-        index.apply(
-            &job.key,
-            Effect::Truncation {
-                epoch: job.epoch,
-                truncate_after: job.truncate_after,
-            },
-        );
+        if let Some(epoch) = job.epoch {
+            index.apply(&job.key, Effect::Epoch(epoch));
+        }
+        for truncation in &job.truncations {
+            index.apply(
+                &job.key,
+                Effect::Truncation {
+                    epoch: truncation.epoch,
+                    truncate_after: truncation.after,
+                },
+            );
+        }
         let segment = index.segment(&job.key);
         let scl = segment.map_or(Lsn::ZERO, |s| s.scl());
         let dropped = records_before.saturating_sub(segment.map_or(0, |s| s.record_count()));
-        info!(
-            segment = %job.key, epoch = job.epoch.0, truncate_after = job.truncate_after.0,
-            dropped, scl = scl.0, "segment opened by a writer"
-        );
+        let truncations: Vec<(u64, u64)> = job
+            .truncations
+            .iter()
+            .map(|t| (t.epoch.0, t.after.0))
+            .collect();
+        match job.epoch {
+            Some(epoch) => info!(
+                segment = %job.key, epoch = epoch.0, ?truncations, dropped, scl = scl.0,
+                "segment opened by a writer"
+            ),
+            None => info!(
+                segment = %job.key, ?truncations, dropped, scl = scl.0,
+                "segment learned truncations it missed (it was away during a writer's recovery)"
+            ),
+        }
         Ok(scl)
     }
 

@@ -37,6 +37,7 @@ use crate::appender::Source;
 use crate::hydrate;
 use crate::index::SegmentKey;
 use crate::request;
+use crate::segment::Truncation;
 use crate::store::{GapCandidate, RecordRepair, Store};
 use crate::MESSAGE_BYTES_MAX;
 
@@ -172,7 +173,7 @@ impl Gossip {
                     continue;
                 };
                 let records = match fetch_up_to(client, &key, backlink, 1).await {
-                    Ok(records) => records,
+                    Ok(fetched) => fetched.records,
                     Err(e) => {
                         debug!(segment = %key, lsn = lsn.0, peer, "peer cannot serve the record for repair: {e}");
                         folded |= e.contains("folded into pages");
@@ -280,17 +281,20 @@ async fn fill(
         let mut folded_at: Option<(String, StorageNodeClient<Channel>)> = None;
         for (peer, client) in peers {
             // The next batch is fetched while this one is hardened (pipelined).
-            let mut fetched: Option<Vec<Record>> = None;
+            let mut fetched: Option<Fetched> = None;
             loop {
                 if budget.exhausted() {
                     return true;
                 }
-                let records = match fetched.take() {
-                    Some(records) => records,
+                let Fetched {
+                    records,
+                    truncations,
+                } = match fetched.take() {
+                    Some(fetched) => fetched,
                     None => {
                         budget.fetches -= 1;
                         match fetch(client.clone(), &key, scl).await {
-                            Ok(records) => records,
+                            Ok(fetched) => fetched,
                             Err(reason) => {
                                 debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
                                 if reason.contains("folded into pages") && folded_at.is_none() {
@@ -318,6 +322,10 @@ async fn fill(
                     }
                 };
                 budget.fetches = budget.fetches.saturating_sub(1);
+                if let Err(e) = store.learn_truncations(&key, &truncations).await {
+                    warn!(segment = %key, "failed to harden truncations learned from a peer: {e}");
+                    return false;
+                }
                 let (hardened, next) = tokio::join!(
                     store.append(key.clone(), Source::Gossip, prepared),
                     fetch(client.clone(), &key, last)
@@ -386,11 +394,18 @@ impl Gossip {
     }
 }
 
+/// A FetchRecords answer: records, and the truncations the peer has applied (the asker applies
+/// those it missed before the records).
+struct Fetched {
+    records: Vec<Record>,
+    truncations: Vec<Truncation>,
+}
+
 async fn fetch(
     client: StorageNodeClient<Channel>,
     key: &SegmentKey,
     after_lsn: Lsn,
-) -> Result<Vec<Record>, String> {
+) -> Result<Fetched, String> {
     fetch_up_to(client, key, after_lsn, FETCH_BYTES).await
 }
 
@@ -400,7 +415,7 @@ async fn fetch_up_to(
     key: &SegmentKey,
     after_lsn: Lsn,
     max_bytes: u32,
-) -> Result<Vec<Record>, String> {
+) -> Result<Fetched, String> {
     let request = FetchRecordsRequest {
         segment: Some(SegmentRef {
             volume: key.volume.clone(),
@@ -410,7 +425,15 @@ async fn fetch_up_to(
         max_bytes,
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, client.fetch_records(request)).await {
-        Ok(Ok(response)) => Ok(response.into_inner().records),
+        Ok(Ok(response)) => {
+            let response = response.into_inner();
+            let truncations = request::truncations(&response.truncations)
+                .map_err(|e| format!("peer sent invalid truncations: {e}"))?;
+            Ok(Fetched {
+                records: response.records,
+                truncations,
+            })
+        }
         Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
         Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
     }

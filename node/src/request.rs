@@ -1,18 +1,19 @@
 //! Validation of what arrives from the network, before anything touches the store: volume names,
-//! PG numbers, records (checksum and structure, `record::validate`), batch sizes, peer lists.
+//! PG numbers, records (checksum and structure, `record::validate`), batch sizes, peer lists,
+//! truncation lists.
 //! Everything here is pure; every failure is an [`StoreError::InvalidArgument`] naming the problem.
 //!
 //! Invariant: a [`PreparedRecord`] holds a record that passed `record::validate` for its segment's
 //! PG, already encoded as a hot-log frame (the checksum is verified again when it is read back).
 
 use sixfold_proto::record::{self, RecordError};
-use sixfold_proto::wire::{Record, SegmentRef};
+use sixfold_proto::wire::{self, Record, SegmentRef};
 use sixfold_proto::{Epoch, Lsn, PageId, PgId, PG_COUNT_MAX};
 
 use crate::error::StoreError;
 use crate::frame::{self, Encoded, FrameBody};
 use crate::index::SegmentKey;
-use crate::segment::{Location, RecordMeta};
+use crate::segment::{Location, RecordMeta, Truncation};
 
 /// Longest volume name, in bytes.
 pub const VOLUME_NAME_BYTES_MAX: usize = 255;
@@ -127,6 +128,45 @@ pub fn prepare_records(
         });
     }
     Ok(prepared)
+}
+
+/// Most truncations one request may carry (one per writer recovery of the PG).
+pub const TRUNCATIONS_MAX: usize = 4096;
+
+/// A PG's truncations as a request carries them, in ascending epoch order, at most one per
+/// epoch.
+pub fn truncations(list: &[wire::Truncation]) -> Result<Vec<Truncation>, StoreError> {
+    if list.len() > TRUNCATIONS_MAX {
+        return Err(invalid(format!(
+            "{} truncations (at most {TRUNCATIONS_MAX})",
+            list.len()
+        )));
+    }
+    let mut out: Vec<Truncation> = list
+        .iter()
+        .map(|t| Truncation {
+            epoch: Epoch(t.epoch),
+            after: Lsn(t.truncate_after),
+        })
+        .collect();
+    out.sort_by_key(|t| t.epoch);
+    if let Some(pair) = out.windows(2).find(|w| w[0].epoch == w[1].epoch) {
+        return Err(invalid(format!(
+            "two truncations for epoch {}",
+            pair[0].epoch.0
+        )));
+    }
+    Ok(out)
+}
+
+/// The wire form of a segment's truncations.
+pub fn truncations_to_wire(list: &[Truncation]) -> Vec<wire::Truncation> {
+    list.iter()
+        .map(|t| wire::Truncation {
+            epoch: t.epoch.0,
+            truncate_after: t.after.0,
+        })
+        .collect()
 }
 
 /// The writer's peer list: at most [`PEERS_MAX`] non-empty addresses of bounded length.

@@ -14,7 +14,11 @@
 //! Truncation (`OpenSegment` of a new writer): records above `truncate_after` written in an older
 //! epoch are dropped, the SCL falls back to the chain's last record at or below `truncate_after`
 //! and re-extends through what remains. The truncation is remembered, so a dropped record that
-//! comes back later (gossip from a peer that missed the truncation) is refused.
+//! comes back later (gossip from a peer that missed the truncation) is refused. A segment that
+//! missed the OpenSegment (it was away during the recovery) learns every truncation from the new
+//! writer's Appends, which carry them all, and from its peers' FetchRecords answers; it applies
+//! them before anything else in those messages, so it never acknowledges, serves or folds a
+//! truncated record in a later epoch.
 //!
 //! Folding: records at or below `folded` live in the segment's page store
 //! ([`crate::pagestore`]), not here. `folded` is 0 or the LSN of a record that was on the chain;

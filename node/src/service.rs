@@ -64,9 +64,16 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
         let epoch = Epoch(request.epoch);
         let records = request::prepare_records(&key, Some(epoch), &request.records)?;
         let peers = request::peers(&request.peers)?;
-        Ok::<_, StoreError>((key, epoch, records, peers))
+        let truncations = request::truncations(&request.truncations)?;
+        Ok::<_, StoreError>((key, epoch, records, peers, truncations))
     })();
-    let (key, epoch, records, peers) = prepared.map_err(|e| status("Append", e))?;
+    let (key, epoch, records, peers, truncations) = prepared.map_err(|e| status("Append", e))?;
+    // A segment that was away while this writer (or an earlier one) recovered the PG drops the
+    // records that recovery truncated before it acknowledges anything of this writer's.
+    store
+        .learn_truncations(&key, &truncations)
+        .await
+        .map_err(|e| status("Append", e))?;
     let source = Source::Writer {
         epoch,
         peers,
@@ -177,9 +184,13 @@ impl StorageNode for Service {
             .fetch_records(&key, Lsn(request.after_lsn), u64::from(request.max_bytes))
             .await
             .map_err(|e| status("FetchRecords", e))?;
+        // Read after the records: a truncation learned in between reaches the asker with them,
+        // and the asker applies it first.
+        let truncations = request::truncations_to_wire(&self.store.segment_state(&key).truncations);
         Ok(Response::new(FetchRecordsResponse {
             records,
             scl: scl.0,
+            truncations,
         }))
     }
 
@@ -227,6 +238,7 @@ impl StorageNode for Service {
             scl: state.scl.0,
             max_lsn: state.max_lsn.0,
             epoch: state.epoch.0,
+            truncations: request::truncations_to_wire(&state.truncations),
         }))
     }
 
@@ -235,11 +247,17 @@ impl StorageNode for Service {
         request: Request<OpenSegmentRequest>,
     ) -> Result<Response<OpenSegmentResponse>, Status> {
         let request = request.into_inner();
-        let key =
-            request::segment_key(request.segment.as_ref()).map_err(|e| status("OpenSegment", e))?;
+        let (key, history) = request::segment_key(request.segment.as_ref())
+            .and_then(|key| Ok((key, request::truncations(&request.history)?)))
+            .map_err(|e| status("OpenSegment", e))?;
         let scl = self
             .store
-            .open_segment(key, Epoch(request.epoch), Lsn(request.truncate_after))
+            .open_segment(
+                key,
+                Epoch(request.epoch),
+                Lsn(request.truncate_after),
+                history,
+            )
             .await
             .map_err(|e| status("OpenSegment", e))?;
         Ok(Response::new(OpenSegmentResponse { scl: scl.0 }))

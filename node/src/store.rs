@@ -38,7 +38,7 @@ use crate::lock;
 use crate::meta::MetaStore;
 use crate::pagestore::{PageImage, PageStore, Stored};
 use crate::request::PreparedRecord;
-use crate::segment::{Location, RecordMeta};
+use crate::segment::{Location, RecordMeta, Truncation};
 
 /// Jobs queued for the appender before senders wait (back-pressure on writers).
 pub const APPEND_QUEUE_JOBS_MAX: usize = 256;
@@ -138,7 +138,7 @@ pub struct RecordRepair {
 }
 
 /// A segment's state, as SegmentState answers it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentSummary {
     pub exists: bool,
     pub scl: Lsn,
@@ -146,6 +146,8 @@ pub struct SegmentSummary {
     pub records: u64,
     pub bytes: u64,
     pub epoch: Epoch,
+    /// Truncations of the PG the segment has applied, in ascending epoch order.
+    pub truncations: Vec<Truncation>,
 }
 
 /// A snapshot for NodeStatus.
@@ -387,16 +389,58 @@ impl Store {
         key: SegmentKey,
         epoch: Epoch,
         truncate_after: Lsn,
+        history: Vec<Truncation>,
     ) -> Result<Lsn, StoreError> {
+        let mut truncations = self.missing_truncations(&key, &history);
+        truncations.retain(|t| t.epoch < epoch);
+        truncations.push(Truncation {
+            epoch,
+            after: truncate_after,
+        });
         self.submit(|reply| {
             Job::Open(OpenJob {
                 key,
-                epoch,
-                truncate_after,
+                epoch: Some(epoch),
+                truncations,
                 reply,
             })
         })
         .await
+    }
+
+    /// The truncations of `known` that the segment has not applied (matched by epoch).
+    pub fn missing_truncations(&self, key: &SegmentKey, known: &[Truncation]) -> Vec<Truncation> {
+        let index = lock(&self.shared.index);
+        let applied = index.segment(key).map(|s| s.truncations()).unwrap_or(&[]);
+        known
+            .iter()
+            .filter(|t| !applied.iter().any(|a| a.epoch == t.epoch))
+            .copied()
+            .collect()
+    }
+
+    /// Applies (durably) the truncations of `known` the segment missed, before anything that
+    /// depends on them: a writer's Append, records from a peer. A segment that was away while a
+    /// writer recovered its PG learns here which of its records that recovery dropped.
+    pub async fn learn_truncations(
+        &self,
+        key: &SegmentKey,
+        known: &[Truncation],
+    ) -> Result<(), StoreError> {
+        let truncations = self.missing_truncations(key, known);
+        if truncations.is_empty() {
+            return Ok(());
+        }
+        self.submit(|reply| {
+            Job::Open(OpenJob {
+                key: key.clone(),
+                epoch: None,
+                truncations,
+                reply,
+            })
+        })
+        .await
+        .map(drop)
     }
 
     /// Stores the metadata if its version is higher than the stored one; answers the stored version.
@@ -886,6 +930,7 @@ fn summarize(index: &Index, key: &SegmentKey) -> SegmentSummary {
             records: segment.record_count() as u64,
             bytes: segment.bytes(),
             epoch,
+            truncations: segment.truncations().to_vec(),
         },
         None => SegmentSummary {
             exists: false,
@@ -894,6 +939,7 @@ fn summarize(index: &Index, key: &SegmentKey) -> SegmentSummary {
             records: 0,
             bytes: 0,
             epoch,
+            truncations: Vec::new(),
         },
     }
 }

@@ -136,6 +136,7 @@ async fn write_until_killed(port: u16, volume: String, pg: u32, acked: Arc<Mutex
             writer_vdl: 0,
             pgcl: 0,
             fold_limit: 0,
+            truncations: vec![],
         };
         match client.append(request).await {
             Ok(response) => {

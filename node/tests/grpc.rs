@@ -13,7 +13,8 @@ use sixfold_proto::record;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{
     AppendRequest, ByteRange, GetVolumeMetaRequest, NodeStatusRequest, OpenSegmentRequest,
-    PutVolumeMetaRequest, ReadPageRequest, Record, SegmentRef, SegmentStateRequest, VolumeMeta,
+    PutVolumeMetaRequest, ReadPageRequest, Record, SegmentRef, SegmentStateRequest, Truncation,
+    VolumeMeta,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PAGE_SIZE, PG_PAGES};
 use tokio::sync::oneshot;
@@ -131,6 +132,7 @@ fn append(
         writer_vdl: 0,
         pgcl: 0,
         fold_limit: 0,
+        truncations: vec![],
     }
 }
 
@@ -282,6 +284,7 @@ async fn append_read_and_malformed_requests() {
             segment: segment("vol", 0),
             epoch: 3,
             truncate_after: 4,
+            history: vec![],
         })
         .await
         .expect("open")
@@ -466,4 +469,95 @@ async fn gap_fill_from_a_peer() {
     drop((a, b));
     node_a.stop().await;
     node_b.stop().await;
+}
+
+/// A segment that was away while a new writer recovered its PG still holds the old writer's
+/// records beyond the recovery's truncation point, on its chain. The new writer's first Append
+/// (here a heartbeat with no records and the most permissive hints) carries the truncation: the
+/// segment drops those records before it answers, so it never acknowledges, serves or folds
+/// them. Without the truncation in the Append it answered SCL 10 and served record 9's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_away_during_recovery_learns_the_truncation_from_the_next_append() {
+    let temp = TempDir::new("missed-truncation");
+    let node = Node::start(temp.path()).await;
+    let mut client = node.client().await;
+    let old = chain(10, 1);
+    client
+        .append(append("vol", 0, 1, old.clone(), vec![]))
+        .await
+        .expect("append");
+    // Elsewhere, the epoch-2 writer recovered the PG up to 6 and wrote on from 40.
+    let heartbeat = AppendRequest {
+        pgcl: 41,
+        fold_limit: 41,
+        writer_vcl: 41,
+        writer_vdl: 41,
+        truncations: vec![Truncation {
+            epoch: 2,
+            truncate_after: 6,
+        }],
+        ..append("vol", 0, 2, vec![], vec![])
+    };
+    let answer = client
+        .append(heartbeat)
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert_eq!(answer.scl, 6, "the truncated records are off the chain");
+    let state = client
+        .segment_state(SegmentStateRequest {
+            segment: segment("vol", 0),
+        })
+        .await
+        .expect("state")
+        .into_inner();
+    assert_eq!((state.scl, state.max_lsn, state.epoch), (6, 6, 2));
+    assert_eq!(
+        state.truncations,
+        vec![Truncation {
+            epoch: 2,
+            truncate_after: 6
+        }]
+    );
+    for page in 0..3 {
+        let data = client
+            .read_page(read("vol", 0, page, 10, 0))
+            .await
+            .expect("read")
+            .into_inner();
+        assert_eq!(
+            data.data.to_vec(),
+            expected_page(&old, page, 6),
+            "page {page} shows no truncated record"
+        );
+    }
+    // The new writer's records chain on from 6.
+    let new = vec![rec(40, 6, 2, 1, 0, b"new"), rec(41, 40, 2, 2, 0, b"newer")];
+    let answer = client
+        .append(AppendRequest {
+            truncations: vec![Truncation {
+                epoch: 2,
+                truncate_after: 6,
+            }],
+            ..append("vol", 0, 2, new, vec![])
+        })
+        .await
+        .expect("append")
+        .into_inner();
+    assert_eq!(answer.scl, 41);
+    // A restart keeps all of it.
+    drop(client);
+    node.stop().await;
+    let node = Node::start(temp.path()).await;
+    let mut client = node.client().await;
+    let state = client
+        .segment_state(SegmentStateRequest {
+            segment: segment("vol", 0),
+        })
+        .await
+        .expect("state")
+        .into_inner();
+    assert_eq!((state.scl, state.max_lsn, state.epoch), (41, 41, 2));
+    drop(client);
+    node.stop().await;
 }

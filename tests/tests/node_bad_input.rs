@@ -91,6 +91,7 @@ fn append(pg: u32, epoch: u64, records: Vec<sixfold_proto::wire::Record>) -> App
         writer_vdl: 0,
         pgcl: 0,
         fold_limit: 0,
+        truncations: vec![],
     }
 }
 
@@ -250,6 +251,7 @@ fn node_answers_garbage_with_errors_and_keeps_serving() -> anyhow::Result<()> {
                 segment: segment(0),
                 epoch: 5,
                 truncate_after: 1,
+                history: vec![],
             })
             .await?;
         let stale = page_record(2, 1, 1, 5, 3);
