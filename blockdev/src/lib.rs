@@ -17,6 +17,7 @@ pub mod ledger;
 mod meta;
 mod open;
 pub mod quorum;
+pub mod recovery;
 mod sender;
 mod shared;
 pub mod status;

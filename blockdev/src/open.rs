@@ -6,10 +6,14 @@
 //!    not exist.
 //! 2. Write it back with `epoch + 1` at a write quorum. From here on, nodes that learned the new
 //!    epoch refuse the previous writer.
-//! 3. For each PG: ask its six segments for their SCL and the truncations they have applied
-//!    (one per earlier writer recovery); with at least 3 answers, the PG's chain tail is the
-//!    highest SCL among them (a record a returned flush covered is on 4 segments, so any 3
-//!    include it). A segment that missed an earlier truncation another answer shows may still
+//! 3. For each PG: seal its segments in the new epoch (`SegmentState` with `seal_epoch`: each
+//!    adopts the epoch durably, refusing the old writer from then on, and then answers its SCL
+//!    and the truncations it has applied, one per earlier writer recovery). The metadata's epoch
+//!    bump alone does not fence a PG: in a cluster of more than six nodes its segments sit on
+//!    other nodes than the metadata, and an old writer still running could otherwise complete a
+//!    flush between this recovery's reads and its truncation. With at least 4 sealed answers the
+//!    PG's chain tail is the highest SCL among them (a record a returned flush covered is on 4
+//!    segments, each of which acknowledged it before its seal, so any 3 answers include it). A segment that missed an earlier truncation another answer shows may still
 //!    hold records that recovery dropped on its chain: its SCL counts only up to that truncation
 //!    point. Then `OpenSegment(epoch, truncate_after = tail, history = every truncation seen)` at a
 //!    write quorum: segments apply the history they missed, adopt the epoch and drop older-epoch
@@ -35,12 +39,13 @@ use std::time::Duration;
 use sixfold_proto::wire::{
     OpenSegmentRequest, SegmentRef, SegmentStateRequest, Truncation, VolumeMeta,
 };
-use sixfold_proto::{Epoch, Lsn, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, PgId, COPIES, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
 
 use crate::clients::{ask_all, Answer, Clients};
 use crate::error::VolumeError;
+use crate::recovery::chain_tail;
 
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,33 +60,6 @@ pub struct RecoveredPg {
     /// Every truncation of the PG, this recovery's last, in ascending epoch order: sent with
     /// every Append.
     pub truncations: Vec<Truncation>,
-}
-
-/// The chain tail recovery keeps for a PG, from the answers of at least a read quorum: each
-/// answer's SCL, capped at the lowest truncation point (among those the answers show) that its
-/// segment has not applied; then the highest of them. Also returns every truncation seen, in
-/// ascending epoch order (one per epoch; the first answer's point when two disagree).
-pub fn chain_tail(answers: &[(Lsn, Vec<Truncation>)]) -> (Lsn, Vec<Truncation>) {
-    let mut seen: Vec<Truncation> = Vec::new();
-    for (_, truncations) in answers {
-        for t in truncations {
-            if !seen.iter().any(|s| s.epoch == t.epoch) {
-                seen.push(*t);
-            }
-        }
-    }
-    seen.sort_by_key(|t| t.epoch);
-    let tail = answers
-        .iter()
-        .map(|(scl, applied)| {
-            seen.iter()
-                .filter(|t| !applied.iter().any(|a| a.epoch == t.epoch))
-                .map(|t| Lsn(t.truncate_after))
-                .fold(*scl, Lsn::min)
-        })
-        .max()
-        .unwrap_or(Lsn::ZERO);
-    (tail, seen)
 }
 
 /// Recovers one PG (steps 3 of the module docs).
@@ -100,6 +78,7 @@ pub async fn recover_pg(
     let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
         let request = SegmentStateRequest {
             segment: Some(segment.clone()),
+            seal_epoch: epoch.0,
         };
         async move { client.segment_state(request).await }
     })
@@ -124,13 +103,16 @@ pub async fn recover_pg(
             Err(error) => failures.push(format!("{addr}: {error}")),
         }
     }
-    if answered < READ_QUORUM {
+    // Sealed at a write quorum: the old writer can no longer gather 4 acknowledgements, and
+    // every record it did gather 4 for is held by one of these answers (4 + 4 > 6; 3 would do
+    // for that alone).
+    if answered < WRITE_QUORUM {
         return Err(VolumeError::QuorumLost {
             volume: volume.to_owned(),
             pg,
             reachable: answered,
-            needed: READ_QUORUM,
-            detail: failures.join("; "),
+            needed: WRITE_QUORUM,
+            detail: format!("sealing the PG in the new epoch: {}", failures.join("; ")),
         });
     }
     let (tail, history) = chain_tail(&states);
@@ -220,42 +202,4 @@ pub async fn recover_all(
     }
     recovered.sort_by_key(|r| r.pg);
     Ok(recovered)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(epoch: u64, after: u64) -> Truncation {
-        Truncation {
-            epoch,
-            truncate_after: after,
-        }
-    }
-
-    #[test]
-    fn the_highest_scl_wins_when_every_answer_knows_every_truncation() {
-        let answers = vec![
-            (Lsn(10), vec![t(2, 5)]),
-            (Lsn(14), vec![t(2, 5)]),
-            (Lsn(12), vec![t(2, 5)]),
-        ];
-        assert_eq!(chain_tail(&answers), (Lsn(14), vec![t(2, 5)]));
-    }
-
-    /// A segment away during the epoch-3 recovery still holds epoch-2 records above 20 on its
-    /// chain (SCL 27): they are not history, so its SCL counts only up to 20.
-    #[test]
-    fn a_segment_that_missed_a_truncation_counts_only_up_to_it() {
-        let answers = vec![
-            (Lsn(27), vec![t(2, 5)]),
-            (Lsn(20), vec![t(2, 5), t(3, 20)]),
-            (Lsn(18), vec![t(3, 20), t(2, 5)]),
-        ];
-        assert_eq!(chain_tail(&answers), (Lsn(20), vec![t(2, 5), t(3, 20)]));
-        // The epoch-3 writer wrote on from 40 (LSNs start above all it saw plus LAL).
-        let answers = vec![(Lsn(27), vec![]), (Lsn(45), vec![t(3, 20)])];
-        assert_eq!(chain_tail(&answers), (Lsn(45), vec![t(3, 20)]));
-        assert_eq!(chain_tail(&[]), (Lsn::ZERO, vec![]));
-    }
 }

@@ -115,12 +115,7 @@ impl Volume {
             .map(|r| r.max_lsn_seen.max(r.tail))
             .max()
             .unwrap_or(Lsn::ZERO);
-        // Nothing the old writer allocated can be above max_seen + LAL.
-        let start = if max_seen == Lsn::ZERO {
-            Lsn::ZERO
-        } else {
-            Lsn(max_seen.0 + LAL)
-        };
+        let start = crate::recovery::new_start(max_seen, LAL);
         let mut ledger = Ledger::new(start, LAL);
         let mut pgs = HashMap::new();
         for pg in &recovered {

@@ -349,6 +349,10 @@ impl Appender {
             .map(|t| (t.epoch.0, t.after.0))
             .collect();
         match job.epoch {
+            Some(epoch) if job.truncations.is_empty() => info!(
+                segment = %job.key, epoch = epoch.0, scl = scl.0,
+                "segment sealed by a recovering writer"
+            ),
             Some(epoch) => info!(
                 segment = %job.key, epoch = epoch.0, ?truncations, dropped, scl = scl.0,
                 "segment opened by a writer"

@@ -232,6 +232,12 @@ impl StorageNode for Service {
         let request = request.into_inner();
         let key = request::segment_key(request.segment.as_ref())
             .map_err(|e| status("SegmentState", e))?;
+        if request.seal_epoch > 0 {
+            self.store
+                .seal(key.clone(), Epoch(request.seal_epoch))
+                .await
+                .map_err(|e| status("SegmentState", e))?;
+        }
         let state = self.store.segment_state(&key);
         Ok(Response::new(SegmentStateResponse {
             exists: state.exists,

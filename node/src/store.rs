@@ -408,6 +408,20 @@ impl Store {
         .await
     }
 
+    /// Adopts `epoch` durably for the segment's volume (refusing older writers from then on),
+    /// without truncating anything: the first step of a writer's recovery of the PG.
+    pub async fn seal(&self, key: SegmentKey, epoch: Epoch) -> Result<Lsn, StoreError> {
+        self.submit(|reply| {
+            Job::Open(OpenJob {
+                key,
+                epoch: Some(epoch),
+                truncations: Vec::new(),
+                reply,
+            })
+        })
+        .await
+    }
+
     /// The truncations of `known` that the segment has not applied (matched by epoch).
     pub fn missing_truncations(&self, key: &SegmentKey, known: &[Truncation]) -> Vec<Truncation> {
         let index = lock(&self.shared.index);

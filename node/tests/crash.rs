@@ -211,6 +211,7 @@ async fn kill_9_keeps_acknowledged_records() {
         let state = client
             .segment_state(SegmentStateRequest {
                 segment: segment.clone(),
+                seal_epoch: 0,
             })
             .await
             .expect("state")

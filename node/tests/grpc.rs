@@ -307,6 +307,7 @@ async fn append_read_and_malformed_requests() {
     let state = client
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
+            seal_epoch: 0,
         })
         .await
         .expect("state")
@@ -316,6 +317,7 @@ async fn append_read_and_malformed_requests() {
     let missing = client
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 5),
+            seal_epoch: 0,
         })
         .await
         .expect("state")
@@ -385,6 +387,7 @@ async fn restart_serves_what_was_acknowledged() {
     let state = client
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
+            seal_epoch: 0,
         })
         .await
         .expect("state")
@@ -444,6 +447,7 @@ async fn gap_fill_from_a_peer() {
         let state = b
             .segment_state(SegmentStateRequest {
                 segment: segment("vol", 0),
+                seal_epoch: 0,
             })
             .await
             .expect("state")
@@ -507,6 +511,7 @@ async fn a_segment_away_during_recovery_learns_the_truncation_from_the_next_appe
     let state = client
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
+            seal_epoch: 0,
         })
         .await
         .expect("state")
@@ -553,6 +558,7 @@ async fn a_segment_away_during_recovery_learns_the_truncation_from_the_next_appe
     let state = client
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
+            seal_epoch: 0,
         })
         .await
         .expect("state")

@@ -44,6 +44,7 @@ impl NodeProbe {
     pub fn scl(&mut self, pg: u32) -> Result<u64> {
         let request = SegmentStateRequest {
             segment: self.segment(pg),
+            seal_epoch: 0,
         };
         let state = self.runtime.block_on(self.client.segment_state(request))?;
         Ok(state.into_inner().scl)
