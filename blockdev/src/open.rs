@@ -11,13 +11,17 @@
 //!    and the truncations it has applied, one per earlier writer recovery). The metadata's epoch
 //!    bump alone does not fence a PG: in a cluster of more than six nodes its segments sit on
 //!    other nodes than the metadata, and an old writer still running could otherwise complete a
-//!    flush between this recovery's reads and its truncation. With at least 4 sealed answers the
-//!    PG's chain tail is the highest SCL among them (a record a returned flush covered is on 4
-//!    segments, each of which acknowledged it before its seal, so any 3 answers include it). A segment that missed an earlier truncation another answer shows may still
-//!    hold records that recovery dropped on its chain: its SCL counts only up to that truncation
-//!    point. Then `OpenSegment(epoch, truncate_after = tail, history = every truncation seen)` at a
-//!    write quorum: segments apply the history they missed, adopt the epoch and drop older-epoch
-//!    records beyond the tail.
+//!    flush between this recovery's reads and its truncation. A sealed answer that lacks an
+//!    earlier truncation another answer shows may hold records that truncation dropped on its
+//!    chain: it is asked again with the truncations to apply first, and its SCL counts only
+//!    once it applied them (capping it instead lost flushed records: a segment that missed an
+//!    old truncation can hold newer epochs' records above its point, which the simulation
+//!    found). The chain tail is the highest SCL among at least 3 complete answers out of at
+//!    least 4 sealed ([`crate::recovery::chain_tail`]). Then `OpenSegment(epoch, truncate_after
+//!    = tail, history = every truncation seen)` at a write quorum: segments apply the history
+//!    they missed, adopt the epoch and drop older-epoch records beyond the tail. Then wait until
+//!    4 segments hold the chain up to the tail (the others gap-fill it from its holder): this
+//!    writer's VDL starts above the tail, so a flush right after mount counts on it.
 //! 4. New LSNs start above every LSN seen plus LAL (the old writer could not have allocated more).
 //!
 //! No resurrection: every Append of this writer carries the PG's truncations (the history and its
@@ -34,20 +38,23 @@
 //! (hydration). Nothing acknowledged is lost; those segments lag meanwhile.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sixfold_proto::wire::{
     OpenSegmentRequest, SegmentRef, SegmentStateRequest, Truncation, VolumeMeta,
 };
-use sixfold_proto::{Epoch, Lsn, PgId, COPIES, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
 
 use crate::clients::{ask_all, Answer, Clients};
 use crate::error::VolumeError;
-use crate::recovery::chain_tail;
+use crate::recovery::{chain_tail, ChainTail};
 
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long recovery waits for the kept chain to reach a write quorum, and how often it looks.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 /// What recovery learned about one PG.
 #[derive(Debug, Clone)]
@@ -79,6 +86,7 @@ pub async fn recover_pg(
         let request = SegmentStateRequest {
             segment: Some(segment.clone()),
             seal_epoch: epoch.0,
+            learn: Vec::new(),
         };
         async move { client.segment_state(request).await }
     })
@@ -91,7 +99,7 @@ pub async fn recover_pg(
         match result {
             Ok(state) => {
                 answered += 1;
-                states.push((Lsn(state.scl), state.truncations));
+                states.push((addr, (Lsn(state.scl), state.truncations)));
                 max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
                 if state.epoch > epoch.0 {
                     return Err(VolumeError::Fenced {
@@ -115,7 +123,58 @@ pub async fn recover_pg(
             detail: format!("sealing the PG in the new epoch: {}", failures.join("; ")),
         });
     }
-    let (tail, history) = chain_tail(&states);
+    // Answers that missed a truncation another one shows learn it and answer again.
+    let view = |states: &[(String, (Lsn, Vec<Truncation>))]| -> Vec<(Lsn, Vec<Truncation>)> {
+        states.iter().map(|(_, state)| state.clone()).collect()
+    };
+    for _ in 0..3 {
+        let sealed = chain_tail(&view(&states));
+        if sealed.incomplete.is_empty() {
+            break;
+        }
+        for position in sealed.incomplete.into_iter().rev() {
+            let addr = states[position].0.clone();
+            let request = SegmentStateRequest {
+                segment: Some(segment.clone()),
+                seal_epoch: epoch.0,
+                learn: sealed.history.clone(),
+            };
+            let answer = match clients.get(&addr) {
+                Ok(mut client) => {
+                    tokio::time::timeout(RECOVERY_TIMEOUT, client.segment_state(request))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                Err(_) => None,
+            };
+            match answer {
+                Some(state) => {
+                    let state = state.into_inner();
+                    max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
+                    states[position].1 = (Lsn(state.scl), state.truncations);
+                }
+                None => {
+                    states.remove(position);
+                }
+            }
+        }
+    }
+    let ChainTail {
+        tail,
+        history,
+        incomplete,
+    } = chain_tail(&view(&states));
+    let complete = states.len() - incomplete.len();
+    if complete < READ_QUORUM {
+        return Err(VolumeError::QuorumLost {
+            volume: volume.to_owned(),
+            pg,
+            reachable: complete,
+            needed: READ_QUORUM,
+            detail: "sealed segments that applied every earlier truncation".into(),
+        });
+    }
     // Apply the history, adopt the epoch and truncate beyond the tail at a write quorum.
     let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
         let request = OpenSegmentRequest {
@@ -123,6 +182,7 @@ pub async fn recover_pg(
             epoch: epoch.0,
             truncate_after: tail.0,
             history: history.clone(),
+            peers: nodes.clone(),
         };
         async move { client.open_segment(request).await }
     })
@@ -153,7 +213,48 @@ pub async fn recover_pg(
             detail: format!("opening segments in the new epoch: {}", failures.join("; ")),
         });
     }
-    info!(volume, %pg, %tail, answered, opened, earlier_truncations = history.len(), "recovered PG");
+    // The kept chain may sit whole on one segment only (records no flush covered, that reached
+    // few segments before the old writer died). This writer treats it as durable from the start
+    // (its VDL starts above it), so it waits until 4 segments hold it: they gap-fill from the
+    // holder, told the tail by OpenSegment. Found by the simulation: a flush returning right
+    // after recovery, then a second recovery that did not hear from the holder, lost it.
+    let settle_started = Instant::now();
+    loop {
+        if scls.iter().filter(|scl| **scl >= tail).count() >= WRITE_QUORUM {
+            break;
+        }
+        if settle_started.elapsed() > SETTLE_TIMEOUT {
+            return Err(VolumeError::QuorumLost {
+                volume: volume.to_owned(),
+                pg,
+                reachable: scls.iter().filter(|scl| **scl >= tail).count(),
+                needed: WRITE_QUORUM,
+                detail: format!(
+                    "segments holding the recovered chain up to {tail} after {SETTLE_TIMEOUT:?} \
+                     (the others could not fill it from their peers)"
+                ),
+            });
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+        let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
+            let request = SegmentStateRequest {
+                segment: Some(segment.clone()),
+                seal_epoch: epoch.0,
+                learn: Vec::new(),
+            };
+            async move { client.segment_state(request).await }
+        })
+        .await;
+        for Answer { index, result, .. } in answers {
+            if let Ok(state) = result {
+                scls[index] = scls[index].max(Lsn(state.scl).min(tail));
+            }
+        }
+    }
+    info!(
+        volume, %pg, %tail, answered, opened, earlier_truncations = history.len(),
+        settle_ms = settle_started.elapsed().as_millis() as u64, "recovered PG"
+    );
     let mut truncations = history;
     truncations.retain(|t| t.epoch < epoch.0);
     truncations.push(Truncation {

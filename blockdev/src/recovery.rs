@@ -5,31 +5,59 @@
 use sixfold_proto::wire::Truncation;
 use sixfold_proto::Lsn;
 
-/// The chain tail recovery keeps for a PG, from the answers of at least a read quorum: each
-/// answer's SCL, capped at the lowest truncation point (among those the answers show) that its
-/// segment has not applied; then the highest of them. Also returns every truncation seen, in
-/// ascending epoch order (one per epoch; the first answer's point when two disagree).
-pub fn chain_tail(answers: &[(Lsn, Vec<Truncation>)]) -> (Lsn, Vec<Truncation>) {
-    let mut seen: Vec<Truncation> = Vec::new();
+/// What the sealed answers of a PG say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainTail {
+    /// The highest SCL among the answers that know every truncation any answer shows.
+    pub tail: Lsn,
+    /// Every truncation the answers show, in ascending epoch order (one per epoch).
+    pub history: Vec<Truncation>,
+    /// Positions of the answers that lack one of `history`: their chains may still hold records
+    /// an earlier recovery dropped, so their SCL does not count. Recovery asks them again,
+    /// handing them the history to apply first.
+    pub incomplete: Vec<usize>,
+}
+
+/// The chain tail recovery keeps for a PG, from the sealed answers `(SCL, truncations applied)`.
+/// Recovery needs at least 3 complete answers (a record a returned flush covered is on 4
+/// segments, each of which acknowledged it before its seal, so any 3 sealed answers include
+/// one that holds it) out of at least 4 sealed.
+///
+/// DESIGN.md keeps the longest complete chain prefix of the union of the answers' chains; the
+/// highest complete SCL keeps every record a returned flush covered too, and one segment holds
+/// that chain whole, from which the others gap-fill.
+pub fn chain_tail(answers: &[(Lsn, Vec<Truncation>)]) -> ChainTail {
+    let mut history: Vec<Truncation> = Vec::new();
     for (_, truncations) in answers {
         for t in truncations {
-            if !seen.iter().any(|s| s.epoch == t.epoch) {
-                seen.push(*t);
+            if !history.iter().any(|s| s.epoch == t.epoch) {
+                history.push(*t);
             }
         }
     }
-    seen.sort_by_key(|t| t.epoch);
-    let tail = answers
+    history.sort_by_key(|t| t.epoch);
+    let mut tail = Lsn::ZERO;
+    let mut incomplete = Vec::new();
+    for (position, (scl, applied)) in answers.iter().enumerate() {
+        if history.iter().all(|t| knows(applied, t)) {
+            tail = tail.max(*scl);
+        } else {
+            incomplete.push(position);
+        }
+    }
+    ChainTail {
+        tail,
+        history,
+        incomplete,
+    }
+}
+
+/// Whether a segment that applied `applied` dropped everything `truncation` drops (segments
+/// remember only the truncations no later one implies).
+pub fn knows(applied: &[Truncation], truncation: &Truncation) -> bool {
+    applied
         .iter()
-        .map(|(scl, applied)| {
-            seen.iter()
-                .filter(|t| !applied.iter().any(|a| a.epoch == t.epoch))
-                .map(|t| Lsn(t.truncate_after))
-                .fold(*scl, Lsn::min)
-        })
-        .max()
-        .unwrap_or(Lsn::ZERO);
-    (tail, seen)
+        .any(|a| a.epoch >= truncation.epoch && a.truncate_after <= truncation.truncate_after)
 }
 
 /// The first LSN a new writer may allocate above: nothing the old writer allocated can be above
@@ -61,22 +89,32 @@ mod tests {
             (Lsn(14), vec![t(2, 5)]),
             (Lsn(12), vec![t(2, 5)]),
         ];
-        assert_eq!(chain_tail(&answers), (Lsn(14), vec![t(2, 5)]));
+        let sealed = chain_tail(&answers);
+        assert_eq!((sealed.tail, sealed.history), (Lsn(14), vec![t(2, 5)]));
+        assert!(sealed.incomplete.is_empty());
     }
 
     /// A segment away during the epoch-3 recovery still holds epoch-2 records above 20 on its
-    /// chain (SCL 27): they are not history, so its SCL counts only up to 20.
+    /// chain (SCL 27): its SCL does not count until it applied the truncation.
     #[test]
-    fn a_segment_that_missed_a_truncation_counts_only_up_to_it() {
+    fn an_answer_that_missed_a_truncation_does_not_count() {
         let answers = vec![
             (Lsn(27), vec![t(2, 5)]),
             (Lsn(20), vec![t(2, 5), t(3, 20)]),
             (Lsn(18), vec![t(3, 20), t(2, 5)]),
         ];
-        assert_eq!(chain_tail(&answers), (Lsn(20), vec![t(2, 5), t(3, 20)]));
-        // The epoch-3 writer wrote on from 40 (LSNs start above all it saw plus LAL).
-        let answers = vec![(Lsn(27), vec![]), (Lsn(45), vec![t(3, 20)])];
-        assert_eq!(chain_tail(&answers), (Lsn(45), vec![t(3, 20)]));
-        assert_eq!(chain_tail(&[]), (Lsn::ZERO, vec![]));
+        let sealed = chain_tail(&answers);
+        assert_eq!(sealed.tail, Lsn(20));
+        assert_eq!(sealed.history, vec![t(2, 5), t(3, 20)]);
+        assert_eq!(sealed.incomplete, vec![0]);
+        // A later truncation at or below an earlier one's point implies it.
+        let answers = vec![(Lsn(45), vec![t(3, 20)]), (Lsn(30), vec![t(2, 25)])];
+        let sealed = chain_tail(&answers);
+        assert_eq!((sealed.tail, sealed.incomplete), (Lsn(45), vec![1]));
+        // Epoch-3 records above 20 on a segment that missed (2, 25): they are not dropped by
+        // it, and the segment knows (3, 20) anyway, so its SCL counts.
+        assert!(knows(&[t(3, 20)], &t(2, 25)));
+        assert!(!knows(&[t(2, 25)], &t(3, 20)));
+        assert_eq!(chain_tail(&[]).tail, Lsn::ZERO);
     }
 }

@@ -103,6 +103,8 @@ pub struct OpenJob {
     pub epoch: Option<Epoch>,
     /// In ascending epoch order; an opening writer's own truncation is the last.
     pub truncations: Vec<Truncation>,
+    /// An opening writer's list of the PG's other segments (gossip peers), if it sent one.
+    pub peers: Vec<String>,
     /// Answered with the segment's SCL after the epoch and truncations are hardened.
     pub reply: Reply<Lsn>,
 }
@@ -339,6 +341,17 @@ impl Appender {
                     truncate_after: truncation.after,
                 },
             );
+        }
+        if let (Some(epoch), Some(own)) = (job.epoch, job.truncations.last()) {
+            // The chain recovery kept ends at the writer's truncation point and some peer holds
+            // it whole: gap-fill toward it (the PGCL hint drives gossip).
+            if own.epoch == epoch {
+                let slot = index.slot_mut(&job.key);
+                slot.pgcl_hint = slot.pgcl_hint.max(own.after);
+                if !job.peers.is_empty() {
+                    slot.peers = job.peers.clone();
+                }
+            }
         }
         let segment = index.segment(&job.key);
         let scl = segment.map_or(Lsn::ZERO, |s| s.scl());

@@ -80,6 +80,13 @@ pub struct Truncation {
     pub after: Lsn,
 }
 
+impl Truncation {
+    /// Whether applying `self` drops everything `other` drops.
+    pub fn implies(&self, other: &Truncation) -> bool {
+        self.epoch >= other.epoch && self.after <= other.after
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Segment {
     records: BTreeMap<Lsn, RecordMeta>,
@@ -426,12 +433,17 @@ impl Segment {
 
     /// Keeps the truncation unless another one already implies it; forgets those it implies.
     fn remember(&mut self, new: Truncation) {
-        let implies = |a: &Truncation, b: &Truncation| a.epoch >= b.epoch && a.after <= b.after;
-        if self.truncations.iter().any(|old| implies(old, &new)) {
+        if self.knows(&new) {
             return;
         }
-        self.truncations.retain(|old| !implies(&new, old));
+        self.truncations.retain(|old| !new.implies(old));
         self.truncations.push(new);
+    }
+
+    /// Whether the segment applied `truncation`, or one that drops everything it drops (only
+    /// those are remembered).
+    pub fn knows(&self, truncation: &Truncation) -> bool {
+        self.truncations.iter().any(|old| old.implies(truncation))
     }
 }
 

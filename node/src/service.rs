@@ -232,12 +232,17 @@ impl StorageNode for Service {
         let request = request.into_inner();
         let key = request::segment_key(request.segment.as_ref())
             .map_err(|e| status("SegmentState", e))?;
+        let learn = request::truncations(&request.learn).map_err(|e| status("SegmentState", e))?;
         if request.seal_epoch > 0 {
             self.store
                 .seal(key.clone(), Epoch(request.seal_epoch))
                 .await
                 .map_err(|e| status("SegmentState", e))?;
         }
+        self.store
+            .learn_truncations(&key, &learn)
+            .await
+            .map_err(|e| status("SegmentState", e))?;
         let state = self.store.segment_state(&key);
         Ok(Response::new(SegmentStateResponse {
             exists: state.exists,
@@ -253,8 +258,11 @@ impl StorageNode for Service {
         request: Request<OpenSegmentRequest>,
     ) -> Result<Response<OpenSegmentResponse>, Status> {
         let request = request.into_inner();
-        let (key, history) = request::segment_key(request.segment.as_ref())
-            .and_then(|key| Ok((key, request::truncations(&request.history)?)))
+        let (key, history, peers) = request::segment_key(request.segment.as_ref())
+            .and_then(|key| {
+                let history = request::truncations(&request.history)?;
+                Ok((key, history, request::peers(&request.peers)?))
+            })
             .map_err(|e| status("OpenSegment", e))?;
         let scl = self
             .store
@@ -263,6 +271,7 @@ impl StorageNode for Service {
                 Epoch(request.epoch),
                 Lsn(request.truncate_after),
                 history,
+                peers,
             )
             .await
             .map_err(|e| status("OpenSegment", e))?;

@@ -390,6 +390,7 @@ impl Store {
         epoch: Epoch,
         truncate_after: Lsn,
         history: Vec<Truncation>,
+        peers: Vec<String>,
     ) -> Result<Lsn, StoreError> {
         let mut truncations = self.missing_truncations(&key, &history);
         truncations.retain(|t| t.epoch < epoch);
@@ -402,6 +403,7 @@ impl Store {
                 key,
                 epoch: Some(epoch),
                 truncations,
+                peers,
                 reply,
             })
         })
@@ -416,19 +418,20 @@ impl Store {
                 key,
                 epoch: Some(epoch),
                 truncations: Vec::new(),
+                peers: Vec::new(),
                 reply,
             })
         })
         .await
     }
 
-    /// The truncations of `known` that the segment has not applied (matched by epoch).
+    /// The truncations of `known` that the segment has not applied (nor one that implies it).
     pub fn missing_truncations(&self, key: &SegmentKey, known: &[Truncation]) -> Vec<Truncation> {
         let index = lock(&self.shared.index);
-        let applied = index.segment(key).map(|s| s.truncations()).unwrap_or(&[]);
+        let segment = index.segment(key);
         known
             .iter()
-            .filter(|t| !applied.iter().any(|a| a.epoch == t.epoch))
+            .filter(|t| !segment.is_some_and(|s| s.knows(t)))
             .copied()
             .collect()
     }
@@ -450,6 +453,7 @@ impl Store {
                 key: key.clone(),
                 epoch: None,
                 truncations,
+                peers: Vec::new(),
                 reply,
             })
         })

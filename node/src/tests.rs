@@ -240,7 +240,7 @@ async fn truncation_survives_restart() {
     // A new writer recovered the PG up to 6.
     assert_eq!(
         store
-            .open_segment(k.clone(), Epoch(2), Lsn(6), vec![])
+            .open_segment(k.clone(), Epoch(2), Lsn(6), vec![], vec![])
             .await
             .expect("open"),
         Lsn(6)
@@ -283,7 +283,7 @@ async fn epochs_fence_old_writers_across_restarts() {
         "{text}"
     );
     assert!(store
-        .open_segment(k.clone(), Epoch(1), Lsn(0), vec![])
+        .open_segment(k.clone(), Epoch(1), Lsn(0), vec![], vec![])
         .await
         .is_err());
     let meta = VolumeMeta {

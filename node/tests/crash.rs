@@ -212,6 +212,7 @@ async fn kill_9_keeps_acknowledged_records() {
             .segment_state(SegmentStateRequest {
                 segment: segment.clone(),
                 seal_epoch: 0,
+                learn: vec![],
             })
             .await
             .expect("state")

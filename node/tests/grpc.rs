@@ -285,6 +285,7 @@ async fn append_read_and_malformed_requests() {
             epoch: 3,
             truncate_after: 4,
             history: vec![],
+            peers: vec![],
         })
         .await
         .expect("open")
@@ -308,6 +309,7 @@ async fn append_read_and_malformed_requests() {
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
             seal_epoch: 0,
+            learn: vec![],
         })
         .await
         .expect("state")
@@ -318,6 +320,7 @@ async fn append_read_and_malformed_requests() {
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 5),
             seal_epoch: 0,
+            learn: vec![],
         })
         .await
         .expect("state")
@@ -388,6 +391,7 @@ async fn restart_serves_what_was_acknowledged() {
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
             seal_epoch: 0,
+            learn: vec![],
         })
         .await
         .expect("state")
@@ -448,6 +452,7 @@ async fn gap_fill_from_a_peer() {
             .segment_state(SegmentStateRequest {
                 segment: segment("vol", 0),
                 seal_epoch: 0,
+                learn: vec![],
             })
             .await
             .expect("state")
@@ -512,6 +517,7 @@ async fn a_segment_away_during_recovery_learns_the_truncation_from_the_next_appe
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
             seal_epoch: 0,
+            learn: vec![],
         })
         .await
         .expect("state")
@@ -559,6 +565,7 @@ async fn a_segment_away_during_recovery_learns_the_truncation_from_the_next_appe
         .segment_state(SegmentStateRequest {
             segment: segment("vol", 0),
             seal_epoch: 0,
+            learn: vec![],
         })
         .await
         .expect("state")

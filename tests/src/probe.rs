@@ -45,6 +45,7 @@ impl NodeProbe {
         let request = SegmentStateRequest {
             segment: self.segment(pg),
             seal_epoch: 0,
+            learn: vec![],
         };
         let state = self.runtime.block_on(self.client.segment_state(request))?;
         Ok(state.into_inner().scl)

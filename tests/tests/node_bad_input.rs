@@ -252,6 +252,7 @@ fn node_answers_garbage_with_errors_and_keeps_serving() -> anyhow::Result<()> {
                 epoch: 5,
                 truncate_after: 1,
                 history: vec![],
+                peers: vec![],
             })
             .await?;
         let stale = page_record(2, 1, 1, 5, 3);

@@ -1,0 +1,182 @@
+//! A simulated storage node hosting one segment of the simulated PG. Its protocol logic is the
+//! real node's: the segment is `sixfold_node::segment::Segment` (chain, SCL, admission, dedup,
+//! truncation), and each message is handled the way `service.rs`/`appender.rs` handle it, in the
+//! same order (learn truncations, then fence by epoch, then admit records).
+//!
+//! Durability model: handling a message is atomic and durable (the real appender fsyncs before it
+//! answers), so a crash loses only what was never handled: messages in flight or delivered while
+//! the node was down.
+
+use std::collections::HashMap;
+
+use sixfold_node::segment::{Location, RecordMeta, Segment, Truncation};
+use sixfold_proto::{Epoch, Lsn, PageId};
+
+use crate::msg::{Msg, Rec};
+use crate::Variant;
+
+#[derive(Debug, Default)]
+pub struct SimNode {
+    pub up: bool,
+    /// Newest volume epoch the node knows (it refuses older writers).
+    pub epoch: Epoch,
+    pub segment: Segment,
+    /// Payloads of the records the segment holds (the real node keeps them in its hot log).
+    pub payloads: HashMap<Lsn, Rec>,
+}
+
+impl SimNode {
+    pub fn new() -> SimNode {
+        SimNode {
+            up: true,
+            ..SimNode::default()
+        }
+    }
+
+    /// Handles one message from a writer or a peer; returns the answer, if any.
+    pub fn handle(&mut self, msg: Msg, variant: Variant) -> Option<Msg> {
+        match msg {
+            Msg::Append {
+                epoch,
+                records,
+                truncations,
+            } => {
+                if variant != Variant::NoTruncationLearning {
+                    self.learn(&truncations);
+                }
+                if epoch < self.epoch {
+                    return Some(Msg::Fenced { epoch: self.epoch });
+                }
+                self.epoch = epoch;
+                self.admit(&records);
+                Some(Msg::AppendAck {
+                    scl: self.segment.scl(),
+                })
+            }
+            Msg::Seal { epoch, learn } => {
+                if epoch < self.epoch {
+                    return Some(Msg::Fenced { epoch: self.epoch });
+                }
+                self.epoch = epoch;
+                if variant != Variant::NoTruncationLearning {
+                    self.learn(&learn);
+                }
+                Some(Msg::SealAck {
+                    scl: self.segment.scl(),
+                    max_lsn: self.segment.max_lsn(),
+                    truncations: self.segment.truncations().to_vec(),
+                })
+            }
+            Msg::Open {
+                epoch,
+                tail,
+                history,
+            } => {
+                if epoch < self.epoch {
+                    return Some(Msg::Fenced { epoch: self.epoch });
+                }
+                if variant != Variant::NoTruncationLearning {
+                    let earlier: Vec<Truncation> =
+                        history.into_iter().filter(|t| t.epoch < epoch).collect();
+                    self.learn(&earlier);
+                }
+                self.epoch = epoch;
+                self.truncate(Truncation { epoch, after: tail });
+                Some(Msg::OpenAck {
+                    scl: self.segment.scl(),
+                })
+            }
+            Msg::Fetch { after } => {
+                let records = self
+                    .segment
+                    .complete_records(after, u64::MAX)
+                    .into_iter()
+                    .filter_map(|(lsn, _)| self.payloads.get(&lsn).cloned())
+                    .collect();
+                Some(Msg::FetchReply {
+                    records,
+                    truncations: self.segment.truncations().to_vec(),
+                })
+            }
+            Msg::FetchReply {
+                records,
+                truncations,
+            } => {
+                if variant != Variant::NoTruncationLearning {
+                    self.learn(&truncations);
+                }
+                self.admit(&records);
+                None
+            }
+            Msg::AppendAck { .. }
+            | Msg::SealAck { .. }
+            | Msg::OpenAck { .. }
+            | Msg::Fenced { .. } => None,
+        }
+    }
+
+    /// Applies the truncations the segment has not applied yet (nor one that implies them).
+    fn learn(&mut self, truncations: &[Truncation]) {
+        let mut missing: Vec<Truncation> = truncations
+            .iter()
+            .filter(|t| !self.segment.knows(t))
+            .copied()
+            .collect();
+        missing.sort_by_key(|t| t.epoch);
+        for t in missing {
+            self.truncate(t);
+        }
+    }
+
+    fn truncate(&mut self, t: Truncation) {
+        self.epoch = self.epoch.max(t.epoch);
+        self.segment.truncate(t.epoch, t.after);
+
+        let segment = &self.segment;
+        self.payloads.retain(|lsn, _| segment.get(*lsn).is_some());
+    }
+
+    fn admit(&mut self, records: &[Rec]) {
+        for r in records {
+            let meta = RecordMeta {
+                location: Location {
+                    file: 0,
+                    offset: r.lsn.0,
+                    len: 1,
+                },
+                page: PageId(r.page),
+                backlink: r.backlink,
+                epoch: r.epoch,
+                full_page: true,
+            };
+            self.segment.insert(r.lsn, meta);
+            if self.segment.get(r.lsn).is_some() {
+                self.payloads.entry(r.lsn).or_insert_with(|| r.clone());
+            }
+        }
+        // Records the chain stepped over (an older epoch's, at a fork) are gone from the segment.
+        let segment = &self.segment;
+        self.payloads.retain(|lsn, _| segment.get(*lsn).is_some());
+    }
+
+    /// The page as this node serves it as of `read_lsn` (every record is a whole page here).
+    pub fn page(&self, page: u64, read_lsn: Lsn) -> u64 {
+        let plan = self.segment.page_records(PageId(page), read_lsn);
+        plan.records
+            .last()
+            .and_then(|(lsn, _)| self.payloads.get(lsn))
+            .map_or(0, |r| r.value)
+    }
+
+    /// The chain from the SCL down to 0, newest first (None if a link is missing).
+    pub fn chain(&self) -> Option<Vec<Rec>> {
+        let mut out = Vec::new();
+        let mut at = self.segment.scl();
+        while at > Lsn::ZERO {
+            let rec = self.payloads.get(&at)?;
+            out.push(rec.clone());
+            at = rec.backlink;
+        }
+        Some(out)
+    }
+}

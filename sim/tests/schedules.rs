@@ -1,0 +1,99 @@
+//! Thousands of seeded fault schedules of the protocol (see `sixfold_sim::world` for the faults
+//! and the invariants). A failure prints its seed; `SIXFOLD_SIM_SEED=N` replays that one seed,
+//! `SIXFOLD_SIM_SCHEDULES=N` changes how many run.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use sixfold_sim::{run, Config, Variant};
+
+fn schedules() -> u64 {
+    std::env::var("SIXFOLD_SIM_SCHEDULES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// One schedule; a panic inside a state machine (its own invariant checks) counts as a failure.
+fn run_seed(seed: u64, variant: Variant) -> Result<sixfold_sim::Stats, String> {
+    match catch_unwind(AssertUnwindSafe(|| run(Config::new(seed, variant)))) {
+        Ok(result) => result,
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into())),
+    }
+}
+
+#[test]
+fn the_protocol_keeps_every_invariant_over_thousands_of_schedules() {
+    if let Some(seed) = std::env::var("SIXFOLD_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        let stats = run_seed(seed, Variant::Correct)
+            .unwrap_or_else(|e| panic!("seed {seed} (SIXFOLD_SIM_SEED={seed}): {e}"));
+        eprintln!("seed {seed}: {stats:?}");
+        return;
+    }
+    let started = Instant::now();
+    let (mut writers, mut flushes, mut crashes) = (0, 0, 0);
+    let mut stuck = Vec::new();
+    for seed in 0..schedules() {
+        match run_seed(seed, Variant::Correct) {
+            Ok(stats) => {
+                writers += stats.writers;
+                flushes += stats.flushes;
+                crashes += stats.node_crashes;
+            }
+            // Known open problem (see `sixfold_sim::world`, "Liveness"): a recovery that died
+            // after truncating a minority of segments can leave a truncation that a later
+            // recovery did not hear of; it then spreads by gossip and can strand the later
+            // writer's kept chain. Safety still holds in those schedules (every check up to the
+            // end passed); they are counted and named here, not hidden.
+            Err(e) if e.contains("liveness") => stuck.push(seed),
+            Err(e) => panic!("seed {seed} failed (replay: SIXFOLD_SIM_SEED={seed}): {e}"),
+        }
+    }
+    eprintln!(
+        "{} schedules in {:.1?}: {writers} writers, {flushes} flushes returned, {crashes} node \
+         crashes; {} ended with the newest writer stuck (known liveness gap): seeds {stuck:?}",
+        schedules(),
+        started.elapsed(),
+        stuck.len()
+    );
+    assert!(
+        flushes as u64 > schedules(),
+        "the schedules must make progress"
+    );
+    assert!(
+        (stuck.len() as u64) * 20 < schedules(),
+        "more than 5% of schedules stuck: {stuck:?}"
+    );
+}
+
+/// The first seed where a broken variant breaks a safety invariant (liveness failures do not
+/// count: the correct protocol has a known liveness gap), if any within the schedules.
+fn first_failure(variant: Variant) -> Option<(u64, String)> {
+    (0..schedules()).find_map(|seed| {
+        run_seed(seed, variant)
+            .err()
+            .filter(|e| !e.contains("liveness"))
+            .map(|e| (seed, e))
+    })
+}
+
+#[test]
+fn a_flush_that_returns_on_three_acks_is_caught() {
+    let (seed, error) = first_failure(Variant::FlushOnThreeAcks)
+        .expect("the simulation must catch flushes that return on 3 of 6 acknowledgements");
+    eprintln!("caught at seed {seed}: {error}");
+}
+
+#[test]
+fn segments_that_ignore_truncations_are_caught() {
+    let (seed, error) = first_failure(Variant::NoTruncationLearning)
+        .expect("the simulation must catch segments that keep truncated records");
+    eprintln!("caught at seed {seed}: {error}");
+}
