@@ -207,6 +207,8 @@ pub struct Shared {
     /// The newest metadata this writer wrote; held across the metadata quorum write so that
     /// metadata changes (new PG, growth) are serialized.
     pub meta: tokio::sync::Mutex<VolumeMeta>,
+    /// How long opening took: metadata, epoch bump, and the recovery of every PG.
+    pub open_duration: Duration,
 }
 
 impl Shared {

@@ -41,6 +41,8 @@ pub struct VolumeStats {
     pub clean_pages: usize,
     pub pgs: usize,
     pub size_bytes: u64,
+    /// How long opening (and recovering) the volume took.
+    pub open_duration: Duration,
 }
 
 pub fn validate_volume_name(name: &str) -> Result<(), VolumeError> {
@@ -156,6 +158,7 @@ impl Volume {
             state: std::sync::Mutex::new(state),
             progress,
             meta: tokio::sync::Mutex::new(meta),
+            open_duration: started.elapsed(),
         });
         for pg in &recovered {
             sender::spawn_senders(&shared, pg.pg, COPIES);
@@ -188,6 +191,7 @@ impl Volume {
             clean_pages: state.cache.clean_pages(),
             pgs: state.pgs.len(),
             size_bytes: state.size_bytes,
+            open_duration: self.shared.open_duration,
         }
     }
 

@@ -98,12 +98,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .with_context(|| format!("open volume {}", args.volume))?;
     let stats = volume.stats();
     println!(
-        "sixfold mount: volume {} open as its writer ({}, {} bytes, {}, {} PGs allocated); serving {}",
+        "sixfold mount: volume {} open as its writer ({}, {} bytes, {}, {} PGs allocated); \
+         recovered in {} ms; serving {}",
         args.volume,
         human(stats.size_bytes),
         stats.size_bytes,
         stats.epoch,
         stats.pgs,
+        stats.open_duration.as_millis(),
         mountpoint.join(sixfold_fuse::VOLUME_FILE_NAME).display()
     );
     if stats.size_bytes != args.size {
