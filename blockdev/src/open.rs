@@ -11,16 +11,19 @@
 //!    and the truncations it has applied, one per earlier writer recovery). The metadata's epoch
 //!    bump alone does not fence a PG: in a cluster of more than six nodes its segments sit on
 //!    other nodes than the metadata, and an old writer still running could otherwise complete a
-//!    flush between this recovery's reads and its truncation. A sealed answer that lacks an
-//!    earlier truncation another answer shows may hold records that truncation dropped on its
-//!    chain: it is asked again with the truncations to apply first, and its SCL counts only
-//!    once it applied them (capping it instead lost flushed records: a segment that missed an
-//!    old truncation can hold newer epochs' records above its point, which the simulation
-//!    found). The chain tail is the highest SCL among at least 3 complete answers out of at
-//!    least 4 sealed ([`crate::recovery::chain_tail`]). Then `OpenSegment(epoch, truncate_after
-//!    = tail, history = every truncation seen)` at a write quorum: segments apply the history
-//!    they missed, adopt the epoch and drop older-epoch records beyond the tail. Then wait until
-//!    4 segments hold the chain up to the tail (the others gap-fill it from its holder): this
+//!    flush between this recovery's reads and its truncation. Each answer carries the
+//!    segment's truncation history: the list of the newest recovery that reached it, which is
+//!    authoritative for every older epoch (a truncation it does not list came from a recovery
+//!    that died before opening a write quorum, and is void). Answers with an older history than
+//!    the newest one shown may hold records a newer recovery dropped (or lack records a void
+//!    truncation dropped): they are asked again with the newest history to adopt first, and
+//!    count only then. (Capping their SCL at the missed truncation's point instead lost flushed
+//!    records, and spreading half-made truncations stranded later writers: both found by the
+//!    simulation.) The chain tail is the highest SCL among at least 3 complete answers out of
+//!    at least 4 sealed ([`crate::recovery::chain_tail`]). Then `OpenSegment(epoch,
+//!    truncate_after = tail, history)` at a write quorum: segments adopt the history and this
+//!    recovery's truncation and drop older-epoch records beyond the tail. Then wait until 4
+//!    segments hold the chain up to the tail (the others gap-fill it from its holder): this
 //!    writer's VDL starts above the tail, so a flush right after mount counts on it.
 //! 4. New LSNs start above every LSN seen plus LAL (the old writer could not have allocated more).
 //!
@@ -32,10 +35,9 @@
 //! of the answers (DESIGN.md): both keep every record a returned flush covered, and the highest
 //! SCL is held whole by one segment, from which the others gap-fill.
 //!
-//! Known limit: a writer that died during its own recovery may have truncated a minority of
-//! segments that no later recovery hears of; a later recovery may keep records that minority
-//! dropped, and the minority then refuses them from peers until it catches up from page images
-//! (hydration). Nothing acknowledged is lost; those segments lag meanwhile.
+//! A segment sealed by this writer adopts no other history from its peers until this writer's
+//! own arrives (its OpenSegment, Appends, or the `learn` of its SegmentState), so the state this
+//! recovery read does not change under it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,17 +8,23 @@ use sixfold_proto::Lsn;
 /// What the sealed answers of a PG say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainTail {
-    /// The highest SCL among the answers that know every truncation any answer shows.
+    /// The highest SCL among the answers that hold the newest truncation history.
     pub tail: Lsn,
-    /// Every truncation the answers show, in ascending epoch order (one per epoch).
+    /// The newest truncation history any answer holds: the list of the newest recovery that
+    /// reached them, which is authoritative for every older epoch.
     pub history: Vec<Truncation>,
-    /// Positions of the answers that lack one of `history`: their chains may still hold records
-    /// an earlier recovery dropped, so their SCL does not count. Recovery asks them again,
-    /// handing them the history to apply first.
+    /// Positions of the answers with an older history: their chains may still hold records a
+    /// newer recovery dropped (or miss records a recovery that died half-way dropped), so their
+    /// SCL does not count. Recovery asks them again, handing them `history` to adopt first.
     pub incomplete: Vec<usize>,
 }
 
-/// The chain tail recovery keeps for a PG, from the sealed answers `(SCL, truncations applied)`.
+/// The newest epoch in a truncation list (0 for none): whose history it is.
+pub fn history_epoch(list: &[Truncation]) -> u64 {
+    list.iter().map(|t| t.epoch).max().unwrap_or(0)
+}
+
+/// The chain tail recovery keeps for a PG, from the sealed answers `(SCL, truncation history)`.
 /// Recovery needs at least 3 complete answers (a record a returned flush covered is on 4
 /// segments, each of which acknowledged it before its seal, so any 3 sealed answers include
 /// one that holds it) out of at least 4 sealed.
@@ -27,19 +33,24 @@ pub struct ChainTail {
 /// highest complete SCL keeps every record a returned flush covered too, and one segment holds
 /// that chain whole, from which the others gap-fill.
 pub fn chain_tail(answers: &[(Lsn, Vec<Truncation>)]) -> ChainTail {
-    let mut history: Vec<Truncation> = Vec::new();
-    for (_, truncations) in answers {
-        for t in truncations {
-            if !history.iter().any(|s| s.epoch == t.epoch) {
-                history.push(*t);
-            }
-        }
-    }
-    history.sort_by_key(|t| t.epoch);
+    let newest = answers
+        .iter()
+        .map(|(_, list)| history_epoch(list))
+        .max()
+        .unwrap_or(0);
+    let history = answers
+        .iter()
+        .find(|(_, list)| history_epoch(list) == newest)
+        .map(|(_, list)| {
+            let mut list = list.clone();
+            list.sort_by_key(|t| t.epoch);
+            list
+        })
+        .unwrap_or_default();
     let mut tail = Lsn::ZERO;
     let mut incomplete = Vec::new();
-    for (position, (scl, applied)) in answers.iter().enumerate() {
-        if history.iter().all(|t| knows(applied, t)) {
+    for (position, (scl, list)) in answers.iter().enumerate() {
+        if history_epoch(list) == newest {
             tail = tail.max(*scl);
         } else {
             incomplete.push(position);
@@ -50,14 +61,6 @@ pub fn chain_tail(answers: &[(Lsn, Vec<Truncation>)]) -> ChainTail {
         history,
         incomplete,
     }
-}
-
-/// Whether a segment that applied `applied` dropped everything `truncation` drops (segments
-/// remember only the truncations no later one implies).
-pub fn knows(applied: &[Truncation], truncation: &Truncation) -> bool {
-    applied
-        .iter()
-        .any(|a| a.epoch >= truncation.epoch && a.truncate_after <= truncation.truncate_after)
 }
 
 /// The first LSN a new writer may allocate above: nothing the old writer allocated can be above
@@ -83,7 +86,7 @@ mod tests {
     }
 
     #[test]
-    fn the_highest_scl_wins_when_every_answer_knows_every_truncation() {
+    fn the_highest_scl_wins_when_every_answer_has_the_newest_history() {
         let answers = vec![
             (Lsn(10), vec![t(2, 5)]),
             (Lsn(14), vec![t(2, 5)]),
@@ -92,12 +95,13 @@ mod tests {
         let sealed = chain_tail(&answers);
         assert_eq!((sealed.tail, sealed.history), (Lsn(14), vec![t(2, 5)]));
         assert!(sealed.incomplete.is_empty());
+        assert_eq!(chain_tail(&[]).tail, Lsn::ZERO);
     }
 
     /// A segment away during the epoch-3 recovery still holds epoch-2 records above 20 on its
-    /// chain (SCL 27): its SCL does not count until it applied the truncation.
+    /// chain (SCL 27): its SCL does not count until it adopted the newer history.
     #[test]
-    fn an_answer_that_missed_a_truncation_does_not_count() {
+    fn an_answer_with_an_older_history_does_not_count() {
         let answers = vec![
             (Lsn(27), vec![t(2, 5)]),
             (Lsn(20), vec![t(2, 5), t(3, 20)]),
@@ -107,14 +111,21 @@ mod tests {
         assert_eq!(sealed.tail, Lsn(20));
         assert_eq!(sealed.history, vec![t(2, 5), t(3, 20)]);
         assert_eq!(sealed.incomplete, vec![0]);
-        // A later truncation at or below an earlier one's point implies it.
-        let answers = vec![(Lsn(45), vec![t(3, 20)]), (Lsn(30), vec![t(2, 25)])];
+    }
+
+    /// Epoch 4's recovery died after truncating one segment; epoch 5's recovery never heard of
+    /// it and kept records above 30. An answer holding (4, 30) but not epoch 5's history is the
+    /// stale one, and the history handed to it voids (4, 30).
+    #[test]
+    fn a_newer_history_overrides_a_truncation_it_does_not_list() {
+        let answers = vec![
+            (Lsn(30), vec![t(3, 20), t(4, 30)]),
+            (Lsn(60), vec![t(3, 20), t(5, 45)]),
+            (Lsn(55), vec![t(3, 20), t(5, 45)]),
+        ];
         let sealed = chain_tail(&answers);
-        assert_eq!((sealed.tail, sealed.incomplete), (Lsn(45), vec![1]));
-        // Epoch-3 records above 20 on a segment that missed (2, 25): they are not dropped by
-        // it, and the segment knows (3, 20) anyway, so its SCL counts.
-        assert!(knows(&[t(3, 20)], &t(2, 25)));
-        assert!(!knows(&[t(2, 25)], &t(3, 20)));
-        assert_eq!(chain_tail(&[]).tail, Lsn::ZERO);
+        assert_eq!(sealed.tail, Lsn(60));
+        assert_eq!(sealed.history, vec![t(3, 20), t(5, 45)]);
+        assert_eq!(sealed.incomplete, vec![0]);
     }
 }

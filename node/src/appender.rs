@@ -101,8 +101,9 @@ pub struct OpenJob {
     pub key: SegmentKey,
     /// The epoch of the writer opening the segment; `None` when only learning truncations.
     pub epoch: Option<Epoch>,
-    /// In ascending epoch order; an opening writer's own truncation is the last.
-    pub truncations: Vec<Truncation>,
+    /// A recovery's truncation history (an opening writer's own truncation the last), adopted
+    /// if newer than the segment's ([`crate::segment::Segment::adopt`]); empty to only seal.
+    pub history: Vec<Truncation>,
     /// An opening writer's list of the PG's other segments (gossip peers), if it sent one.
     pub peers: Vec<String>,
     /// Answered with the segment's SCL after the epoch and truncations are hardened.
@@ -303,7 +304,14 @@ impl Appender {
                 return Err(StoreError::fenced(&job.key.volume, epoch, known));
             }
         }
-        let mut frames = Vec::with_capacity(job.truncations.len() + 1);
+        let adopt = {
+            let index = lock(&self.shared.index);
+            let own = index
+                .segment(&job.key)
+                .map_or(Epoch::default(), |s| s.history_epoch());
+            crate::segment::history_epoch(&job.history) > own
+        };
+        let mut frames = Vec::with_capacity(2);
         if let Some(epoch) = job.epoch {
             frames.push(frame::encode(
                 &job.key.volume,
@@ -311,15 +319,16 @@ impl Appender {
                 &FrameBody::Epoch(epoch),
             ));
         }
-        for truncation in &job.truncations {
+        if adopt {
             frames.push(frame::encode(
                 &job.key.volume,
                 job.key.pg,
-                &FrameBody::Truncation {
-                    epoch: truncation.epoch,
-                    truncate_after: truncation.after,
-                },
+                &FrameBody::History(job.history.clone()),
             ));
+        }
+        if frames.is_empty() {
+            let index = lock(&self.shared.index);
+            return Ok(index.segment(&job.key).map_or(Lsn::ZERO, |s| s.scl()));
         }
         let hardened = frames
             .iter()
@@ -333,16 +342,10 @@ impl Appender {
         if let Some(epoch) = job.epoch {
             index.apply(&job.key, Effect::Epoch(epoch));
         }
-        for truncation in &job.truncations {
-            index.apply(
-                &job.key,
-                Effect::Truncation {
-                    epoch: truncation.epoch,
-                    truncate_after: truncation.after,
-                },
-            );
+        if adopt {
+            index.apply(&job.key, Effect::History(job.history.clone()));
         }
-        if let (Some(epoch), Some(own)) = (job.epoch, job.truncations.last()) {
+        if let (Some(epoch), Some(own)) = (job.epoch, job.history.last()) {
             // The chain recovery kept ends at the writer's truncation point and some peer holds
             // it whole: gap-fill toward it (the PGCL hint drives gossip).
             if own.epoch == epoch {
@@ -356,22 +359,18 @@ impl Appender {
         let segment = index.segment(&job.key);
         let scl = segment.map_or(Lsn::ZERO, |s| s.scl());
         let dropped = records_before.saturating_sub(segment.map_or(0, |s| s.record_count()));
-        let truncations: Vec<(u64, u64)> = job
-            .truncations
-            .iter()
-            .map(|t| (t.epoch.0, t.after.0))
-            .collect();
+        let history: Vec<(u64, u64)> = job.history.iter().map(|t| (t.epoch.0, t.after.0)).collect();
         match job.epoch {
-            Some(epoch) if job.truncations.is_empty() => info!(
+            Some(epoch) if job.history.is_empty() => info!(
                 segment = %job.key, epoch = epoch.0, scl = scl.0,
                 "segment sealed by a recovering writer"
             ),
             Some(epoch) => info!(
-                segment = %job.key, epoch = epoch.0, ?truncations, dropped, scl = scl.0,
+                segment = %job.key, epoch = epoch.0, ?history, dropped, scl = scl.0,
                 "segment opened by a writer"
             ),
             None => info!(
-                segment = %job.key, ?truncations, dropped, scl = scl.0,
+                segment = %job.key, ?history, dropped, scl = scl.0,
                 "segment learned truncations it missed (it was away during a writer's recovery)"
             ),
         }

@@ -6,6 +6,7 @@
 //! body    = record:     the record's canonical encoding (`record::encode_canonical`, with checksum)
 //!         | epoch:      epoch u64
 //!         | truncation: epoch u64 | truncate_after u64
+//!         | history:    count u32 | (epoch u64 | truncate_after u64) * count
 //! ```
 //!
 //! all little-endian.
@@ -19,6 +20,8 @@ use sixfold_proto::record;
 use sixfold_proto::wire::Record;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
+use crate::segment::Truncation;
+
 /// Bytes before the payload: length and crc.
 pub const FRAME_HEADER_BYTES: usize = 8;
 /// Largest payload: a record is at most one page plus small headers; anything longer is corrupt
@@ -28,6 +31,7 @@ pub const FRAME_PAYLOAD_MAX: usize = 64 * 1024;
 const KIND_RECORD: u8 = 1;
 const KIND_EPOCH: u8 = 2;
 const KIND_TRUNCATION: u8 = 3;
+const KIND_HISTORY: u8 = 4;
 
 /// What a frame says about its segment.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +42,10 @@ pub enum FrameBody {
     Epoch(Epoch),
     /// Records of the segment above `truncate_after` from epochs before `epoch` are dropped.
     Truncation { epoch: Epoch, truncate_after: Lsn },
+    /// The segment adopted a newer recovery's truncation history ([`Segment::adopt`]).
+    ///
+    /// [`Segment::adopt`]: crate::segment::Segment::adopt
+    History(Vec<Truncation>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +77,7 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
         FrameBody::Record(_) => KIND_RECORD,
         FrameBody::Epoch(_) => KIND_EPOCH,
         FrameBody::Truncation { .. } => KIND_TRUNCATION,
+        FrameBody::History(_) => KIND_HISTORY,
     };
     bytes.push(kind);
     bytes.extend_from_slice(&volume_len.to_le_bytes());
@@ -84,6 +93,13 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
         } => {
             bytes.extend_from_slice(&epoch.0.to_le_bytes());
             bytes.extend_from_slice(&truncate_after.0.to_le_bytes());
+        }
+        FrameBody::History(list) => {
+            bytes.extend_from_slice(&(list.len() as u32).to_le_bytes());
+            for t in list {
+                bytes.extend_from_slice(&t.epoch.0.to_le_bytes());
+                bytes.extend_from_slice(&t.after.0.to_le_bytes());
+            }
         }
     }
     let payload_len = bytes.len() - FRAME_HEADER_BYTES;
@@ -178,6 +194,23 @@ fn decode_payload(payload: &[u8]) -> Result<(Frame, usize), String> {
                     take::<8>(body, 8).ok_or_else(malformed)?,
                 )),
             }
+        }
+        KIND_HISTORY => {
+            let count = u32::from_le_bytes(take::<4>(body, 0).ok_or_else(malformed)?) as usize;
+            if body.len() != 4 + 16 * count {
+                return Err(malformed());
+            }
+            let list = (0..count)
+                .map(|i| {
+                    let at = 4 + 16 * i;
+                    Some(Truncation {
+                        epoch: Epoch(u64::from_le_bytes(take::<8>(body, at)?)),
+                        after: Lsn(u64::from_le_bytes(take::<8>(body, at + 8)?)),
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(malformed)?;
+            FrameBody::History(list)
         }
         other => return Err(format!("unknown frame kind {other}")),
     };

@@ -58,11 +58,19 @@ pub struct SegmentSlot {
 }
 
 /// One durable change, as a frame of the hot log carries it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    Record { lsn: Lsn, meta: RecordMeta },
+    Record {
+        lsn: Lsn,
+        meta: RecordMeta,
+    },
     Epoch(Epoch),
-    Truncation { epoch: Epoch, truncate_after: Lsn },
+    Truncation {
+        epoch: Epoch,
+        truncate_after: Lsn,
+    },
+    /// A newer recovery's truncation history ([`Segment::adopt`]).
+    History(Vec<Truncation>),
 }
 
 #[derive(Debug, Default)]
@@ -75,9 +83,10 @@ impl Index {
     /// Applies one durable change to its segment (created if new). Returns whether a record was
     /// new to the segment (other effects answer `New`).
     pub fn apply(&mut self, key: &SegmentKey, effect: Effect) -> Admission {
-        let epoch = match effect {
+        let epoch = match &effect {
             Effect::Record { meta, .. } => meta.epoch,
-            Effect::Epoch(epoch) | Effect::Truncation { epoch, .. } => epoch,
+            Effect::Epoch(epoch) | Effect::Truncation { epoch, .. } => *epoch,
+            Effect::History(list) => crate::segment::history_epoch(list),
         };
         self.raise_epoch(&key.volume, epoch);
         let slot = self.slot_mut(key);
@@ -89,6 +98,10 @@ impl Index {
                 truncate_after,
             } => {
                 slot.segment.truncate(epoch, truncate_after);
+                Admission::New
+            }
+            Effect::History(list) => {
+                slot.segment.adopt(&list);
                 Admission::New
             }
         }
@@ -245,8 +258,8 @@ mod tests {
         ];
         let build = || {
             let mut index = Index::default();
-            for effect in effects {
-                index.apply(&key, effect);
+            for effect in &effects {
+                index.apply(&key, effect.clone());
             }
             index.check_invariants();
             index

@@ -131,7 +131,7 @@ pub fn prepare_records(
 }
 
 /// Most truncations one request may carry (one per writer recovery of the PG).
-pub const TRUNCATIONS_MAX: usize = 4096;
+pub const TRUNCATIONS_MAX: usize = 1024;
 
 /// A PG's truncations as a request carries them, in ascending epoch order, at most one per
 /// epoch.

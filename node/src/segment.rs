@@ -80,6 +80,11 @@ pub struct Truncation {
     pub after: Lsn,
 }
 
+/// The newest epoch in a truncation list (0 for none).
+pub fn history_epoch(list: &[Truncation]) -> Epoch {
+    list.iter().map(|t| t.epoch).max().unwrap_or_default()
+}
+
 impl Truncation {
     /// Whether applying `self` drops everything `other` drops.
     pub fn implies(&self, other: &Truncation) -> bool {
@@ -445,6 +450,37 @@ impl Segment {
     pub fn knows(&self, truncation: &Truncation) -> bool {
         self.truncations.iter().any(|old| old.implies(truncation))
     }
+
+    /// The newest epoch among the truncations: the recovery whose history the list is.
+    pub fn history_epoch(&self) -> Epoch {
+        history_epoch(&self.truncations)
+    }
+
+    /// Adopts `list`, the truncation history of a newer recovery (its own truncation included),
+    /// if it is newer than the segment's ([`history_epoch`]); returns how many records it
+    /// dropped, or None when the list was not newer.
+    ///
+    /// The newer history is authoritative for every older epoch: a truncation the segment holds
+    /// that it neither lists nor implies is void (a recovery that died after truncating a
+    /// minority of segments, which the newer recovery never heard of) and is forgotten, so that
+    /// the records it dropped may come back from peers; every listed truncation the segment
+    /// missed is applied.
+    pub fn adopt(&mut self, list: &[Truncation]) -> Option<usize> {
+        if history_epoch(list) <= self.history_epoch() {
+            return None;
+        }
+        self.truncations
+            .retain(|old| list.iter().any(|new| new.implies(old)));
+        let mut missing: Vec<Truncation> =
+            list.iter().filter(|t| !self.knows(t)).copied().collect();
+        missing.sort_by_key(|t| t.epoch);
+        Some(
+            missing
+                .into_iter()
+                .map(|t| self.truncate(t.epoch, t.after))
+                .sum(),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -651,5 +687,46 @@ mod tests {
             "epoch 2 chosen whatever the arrival order"
         );
         assert_eq!(u.record_count(), 2);
+    }
+
+    /// A newer recovery's history voids a truncation it does not list (a recovery that died
+    /// half-way), so the records it dropped are admitted again; an older or equal history is
+    /// ignored.
+    #[test]
+    fn a_newer_history_voids_what_it_does_not_list() {
+        let mut s = Segment::default();
+        for lsn in 1..=10 {
+            assert_eq!(
+                s.insert(Lsn(lsn), meta(0, lsn - 1, 1, false)),
+                Admission::New
+            );
+        }
+        // Epoch 2's recovery truncated this segment after 5, then died.
+        s.truncate(Epoch(2), Lsn(5));
+        assert_eq!((s.scl(), s.record_count()), (Lsn(5), 5));
+        assert_eq!(s.admission(Lsn(6), Epoch(1)), Admission::Truncated);
+        // Epoch 3's recovery never heard of it and kept the chain up to 8.
+        let history = [Truncation {
+            epoch: Epoch(3),
+            after: Lsn(8),
+        }];
+        assert_eq!(s.adopt(&history), Some(0));
+        assert_eq!(s.truncations(), &history[..]);
+        assert_eq!(s.admission(Lsn(6), Epoch(1)), Admission::New);
+        assert_eq!(s.admission(Lsn(9), Epoch(1)), Admission::Truncated);
+        for lsn in 6..=8 {
+            s.insert(Lsn(lsn), meta(0, lsn - 1, 1, false));
+        }
+        assert_eq!(s.scl(), Lsn(8));
+        assert_eq!(s.adopt(&history), None, "the same history again");
+        assert_eq!(
+            s.adopt(&[Truncation {
+                epoch: Epoch(2),
+                after: Lsn(1)
+            }]),
+            None,
+            "an older history"
+        );
+        s.check_invariants();
     }
 }

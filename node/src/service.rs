@@ -71,7 +71,7 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
     // A segment that was away while this writer (or an earlier one) recovered the PG drops the
     // records that recovery truncated before it acknowledges anything of this writer's.
     store
-        .learn_truncations(&key, &truncations)
+        .learn_truncations(&key, &truncations, false)
         .await
         .map_err(|e| status("Append", e))?;
     let source = Source::Writer {
@@ -240,7 +240,7 @@ impl StorageNode for Service {
                 .map_err(|e| status("SegmentState", e))?;
         }
         self.store
-            .learn_truncations(&key, &learn)
+            .learn_truncations(&key, &learn, request.seal_epoch > 0)
             .await
             .map_err(|e| status("SegmentState", e))?;
         let state = self.store.segment_state(&key);

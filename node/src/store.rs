@@ -210,6 +210,7 @@ fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
             epoch,
             truncate_after,
         },
+        FrameBody::History(list) => Effect::History(list),
     };
     index.apply(&key, effect);
 }
@@ -392,9 +393,9 @@ impl Store {
         history: Vec<Truncation>,
         peers: Vec<String>,
     ) -> Result<Lsn, StoreError> {
-        let mut truncations = self.missing_truncations(&key, &history);
-        truncations.retain(|t| t.epoch < epoch);
-        truncations.push(Truncation {
+        let mut history: Vec<Truncation> =
+            history.into_iter().filter(|t| t.epoch < epoch).collect();
+        history.push(Truncation {
             epoch,
             after: truncate_after,
         });
@@ -402,7 +403,7 @@ impl Store {
             Job::Open(OpenJob {
                 key,
                 epoch: Some(epoch),
-                truncations,
+                history,
                 peers,
                 reply,
             })
@@ -417,7 +418,7 @@ impl Store {
             Job::Open(OpenJob {
                 key,
                 epoch: Some(epoch),
-                truncations: Vec::new(),
+                history: Vec::new(),
                 peers: Vec::new(),
                 reply,
             })
@@ -425,34 +426,44 @@ impl Store {
         .await
     }
 
-    /// The truncations of `known` that the segment has not applied (nor one that implies it).
-    pub fn missing_truncations(&self, key: &SegmentKey, known: &[Truncation]) -> Vec<Truncation> {
+    /// Whether the segment should adopt `history` (a recovery's truncation list): it is newer
+    /// than the segment's own, and — unless the writer that sealed the segment hands it over —
+    /// not older than the newest writer the node knows. A segment sealed by a recovering writer
+    /// keeps the state that writer read until that writer's own history arrives (with its
+    /// OpenSegment or Appends, or in its SegmentState `learn`): adopting an intermediate
+    /// recovery's list from a peer meanwhile could drop records that writer decided to keep.
+    pub fn history_is_newer(
+        &self,
+        key: &SegmentKey,
+        history: &[Truncation],
+        from_sealing_writer: bool,
+    ) -> bool {
         let index = lock(&self.shared.index);
-        let segment = index.segment(key);
-        known
-            .iter()
-            .filter(|t| !segment.is_some_and(|s| s.knows(t)))
-            .copied()
-            .collect()
+        let own = index
+            .segment(key)
+            .map_or(Epoch::default(), |s| s.history_epoch());
+        let epoch = crate::segment::history_epoch(history);
+        epoch > own && (from_sealing_writer || epoch >= index.epoch(&key.volume))
     }
 
-    /// Applies (durably) the truncations of `known` the segment missed, before anything that
-    /// depends on them: a writer's Append, records from a peer. A segment that was away while a
-    /// writer recovered its PG learns here which of its records that recovery dropped.
+    /// Adopts (durably) a newer recovery's truncation history, before anything that depends on
+    /// it: a writer's Append, records from a peer, a recovery's question. A segment that was away
+    /// while a writer recovered its PG drops here the records that recovery truncated; a
+    /// truncation the newer history does not list (a recovery that died half-way) is voided.
     pub async fn learn_truncations(
         &self,
         key: &SegmentKey,
-        known: &[Truncation],
+        history: &[Truncation],
+        from_sealing_writer: bool,
     ) -> Result<(), StoreError> {
-        let truncations = self.missing_truncations(key, known);
-        if truncations.is_empty() {
+        if !self.history_is_newer(key, history, from_sealing_writer) {
             return Ok(());
         }
         self.submit(|reply| {
             Job::Open(OpenJob {
                 key: key.clone(),
                 epoch: None,
-                truncations,
+                history: history.to_vec(),
                 peers: Vec::new(),
                 reply,
             })

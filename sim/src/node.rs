@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use sixfold_node::segment::{Location, RecordMeta, Segment, Truncation};
+use sixfold_node::segment::{history_epoch, Location, RecordMeta, Segment, Truncation};
 use sixfold_proto::{Epoch, Lsn, PageId};
 
 use crate::msg::{Msg, Rec};
@@ -42,7 +42,7 @@ impl SimNode {
                 truncations,
             } => {
                 if variant != Variant::NoTruncationLearning {
-                    self.learn(&truncations);
+                    self.learn(&truncations, false);
                 }
                 if epoch < self.epoch {
                     return Some(Msg::Fenced { epoch: self.epoch });
@@ -59,7 +59,7 @@ impl SimNode {
                 }
                 self.epoch = epoch;
                 if variant != Variant::NoTruncationLearning {
-                    self.learn(&learn);
+                    self.learn(&learn, true);
                 }
                 Some(Msg::SealAck {
                     scl: self.segment.scl(),
@@ -75,13 +75,16 @@ impl SimNode {
                 if epoch < self.epoch {
                     return Some(Msg::Fenced { epoch: self.epoch });
                 }
-                if variant != Variant::NoTruncationLearning {
-                    let earlier: Vec<Truncation> =
+                let own = Truncation { epoch, after: tail };
+                if variant == Variant::NoTruncationLearning {
+                    self.truncate(own);
+                } else {
+                    let mut list: Vec<Truncation> =
                         history.into_iter().filter(|t| t.epoch < epoch).collect();
-                    self.learn(&earlier);
+                    list.push(own);
+                    self.learn(&list, true);
                 }
                 self.epoch = epoch;
-                self.truncate(Truncation { epoch, after: tail });
                 Some(Msg::OpenAck {
                     scl: self.segment.scl(),
                 })
@@ -103,7 +106,7 @@ impl SimNode {
                 truncations,
             } => {
                 if variant != Variant::NoTruncationLearning {
-                    self.learn(&truncations);
+                    self.learn(&truncations, false);
                 }
                 self.admit(&records);
                 None
@@ -115,23 +118,24 @@ impl SimNode {
         }
     }
 
-    /// Applies the truncations the segment has not applied yet (nor one that implies them).
-    fn learn(&mut self, truncations: &[Truncation]) {
-        let mut missing: Vec<Truncation> = truncations
-            .iter()
-            .filter(|t| !self.segment.knows(t))
-            .copied()
-            .collect();
-        missing.sort_by_key(|t| t.epoch);
-        for t in missing {
-            self.truncate(t);
+    /// Adopts a newer recovery's truncation history (voiding what it does not list, applying
+    /// what the segment missed), as the real node does.
+    fn learn(&mut self, history: &[Truncation], from_sealing_writer: bool) {
+        // A sealed segment keeps what its sealing writer read until that writer's own history
+        // arrives (see `Store::history_is_newer`).
+        if !from_sealing_writer && history_epoch(history) < self.epoch {
+            return;
+        }
+        if self.segment.adopt(history).is_some() {
+            self.epoch = self.epoch.max(history_epoch(history));
+            let segment = &self.segment;
+            self.payloads.retain(|lsn, _| segment.get(*lsn).is_some());
         }
     }
 
     fn truncate(&mut self, t: Truncation) {
         self.epoch = self.epoch.max(t.epoch);
         self.segment.truncate(t.epoch, t.after);
-
         let segment = &self.segment;
         self.payloads.retain(|lsn, _| segment.get(*lsn).is_some());
     }

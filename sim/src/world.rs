@@ -20,14 +20,11 @@
 //!   `Ledger::check_invariants`).
 //! - liveness: after healing, the newest writer opens and a flush returns.
 //!
-//! Liveness, a known open problem this simulation found: a recovery that dies after truncating
-//! only a minority of segments leaves a truncation that a later recovery may not hear of (its
-//! sealed answers came from other segments). Gossip then spreads it, and it can drop records
-//! the later recovery kept, stranding that writer before it opens. Nothing acknowledged is lost
-//! (every safety check passes in those schedules); the fix is to make a recovery's history
-//! authoritative (a segment that applies epoch e's truncation with its history voids any
-//! earlier truncation not in that history, and gossip stops spreading them). The schedules test
-//! counts and names such seeds instead of failing on them, and bounds how many there are.
+//! Found by this simulation and fixed in the real code: capping a sealed answer's SCL at a
+//! truncation it missed (lost flushed records); a recovered chain held by one segment only,
+//! counted durable at once (lost on the next recovery); half-made truncations of a recovery that
+//! died spreading by gossip and stranding a later writer (histories are now authoritative for
+//! older epochs, and a sealed segment adopts no history but its sealing writer's).
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,6 +1,6 @@
 //! Thousands of seeded fault schedules of the protocol (see `sixfold_sim::world` for the faults
 //! and the invariants). A failure prints its seed; `SIXFOLD_SIM_SEED=N` replays that one seed,
-//! `SIXFOLD_SIM_SCHEDULES=N` changes how many run.
+//! `SIXFOLD_SIM_SCHEDULES=N` changes how many run and `SIXFOLD_SIM_STEPS=N` how long each is.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -16,7 +16,14 @@ fn schedules() -> u64 {
 
 /// One schedule; a panic inside a state machine (its own invariant checks) counts as a failure.
 fn run_seed(seed: u64, variant: Variant) -> Result<sixfold_sim::Stats, String> {
-    match catch_unwind(AssertUnwindSafe(|| run(Config::new(seed, variant)))) {
+    let mut config = Config::new(seed, variant);
+    if let Some(steps) = std::env::var("SIXFOLD_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        config.steps = steps;
+    }
+    match catch_unwind(AssertUnwindSafe(|| run(config))) {
         Ok(result) => result,
         Err(panic) => Err(panic
             .downcast_ref::<String>()
@@ -39,7 +46,6 @@ fn the_protocol_keeps_every_invariant_over_thousands_of_schedules() {
     }
     let started = Instant::now();
     let (mut writers, mut flushes, mut crashes) = (0, 0, 0);
-    let mut stuck = Vec::new();
     for seed in 0..schedules() {
         match run_seed(seed, Variant::Correct) {
             Ok(stats) => {
@@ -47,34 +53,23 @@ fn the_protocol_keeps_every_invariant_over_thousands_of_schedules() {
                 flushes += stats.flushes;
                 crashes += stats.node_crashes;
             }
-            // Known open problem (see `sixfold_sim::world`, "Liveness"): a recovery that died
-            // after truncating a minority of segments can leave a truncation that a later
-            // recovery did not hear of; it then spreads by gossip and can strand the later
-            // writer's kept chain. Safety still holds in those schedules (every check up to the
-            // end passed); they are counted and named here, not hidden.
-            Err(e) if e.contains("liveness") => stuck.push(seed),
             Err(e) => panic!("seed {seed} failed (replay: SIXFOLD_SIM_SEED={seed}): {e}"),
         }
     }
     eprintln!(
         "{} schedules in {:.1?}: {writers} writers, {flushes} flushes returned, {crashes} node \
-         crashes; {} ended with the newest writer stuck (known liveness gap): seeds {stuck:?}",
+         crashes",
         schedules(),
-        started.elapsed(),
-        stuck.len()
+        started.elapsed()
     );
     assert!(
         flushes as u64 > schedules(),
         "the schedules must make progress"
     );
-    assert!(
-        (stuck.len() as u64) * 20 < schedules(),
-        "more than 5% of schedules stuck: {stuck:?}"
-    );
 }
 
-/// The first seed where a broken variant breaks a safety invariant (liveness failures do not
-/// count: the correct protocol has a known liveness gap), if any within the schedules.
+/// The first seed where a broken variant breaks a safety invariant (a broken variant may also
+/// stall, which proves less), if any within the schedules.
 fn first_failure(variant: Variant) -> Option<(u64, String)> {
     (0..schedules()).find_map(|seed| {
         run_seed(seed, variant)

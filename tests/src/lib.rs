@@ -40,6 +40,19 @@ pub fn test_dir(name: &str) -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
     let dir = target.join("test-runs").join(name);
+    // Whatever an earlier, failed run left mounted under it (FUSE mounts, ext4 on loop devices).
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = format!("{}/", dir.display());
+    for mountpoint in mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+    {
+        let _ = Command::new("umount")
+            .args(["-l", mountpoint])
+            .stderr(Stdio::null())
+            .status();
+    }
     let _ = Command::new("fusermount3")
         .arg("-uz")
         .arg(dir.join("mnt"))

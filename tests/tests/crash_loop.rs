@@ -31,6 +31,19 @@ const FS_BYTES: u64 = 1 << 30;
 const RAW_BASE: u64 = FS_BYTES + (256 << 20);
 const BLOCK: usize = 4096;
 
+/// Lazily unmounts the file system when the test ends, passed or failed.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -160,6 +173,7 @@ fn killing_the_mount_again_and_again_loses_no_acknowledged_write() -> Result<()>
         raw_log: dir.join("raw-fsynced.txt"),
     };
     std::fs::create_dir_all(&paths.fs)?;
+    let _unmount = Unmount(paths.fs.clone());
     let mut rng = StdRng::seed_from_u64(seed);
     let mut raw_next = 0u64;
     let context = |round: u64| {
