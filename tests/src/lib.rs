@@ -6,6 +6,7 @@
 //! again. Processes are killed when the harness values are dropped, so a failing test never
 //! leaves a mount or a node behind.
 
+pub mod mariadb;
 pub mod probe;
 pub mod shadow;
 
@@ -482,6 +483,24 @@ impl Up {
             .arg("--state")
             .arg(&self.state)
             .args(["--size", &self.size]))?;
+        Ok(())
+    }
+
+    /// kill -9 of every node and then of the mount, as a power cut would stop them (the pid
+    /// files of the state directory name them). Nodes first: whatever the mount had sent but
+    /// not seen hardened dies with them, as it would with the machines.
+    pub fn kill_everything(&self) -> Result<()> {
+        let mut pid_files: Vec<PathBuf> = std::fs::read_dir(self.state.join("pids"))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        pid_files.sort_by_key(|path| path.ends_with("mount.pid"));
+        for path in pid_files {
+            let pid: i32 = std::fs::read_to_string(&path)?.trim().parse()?;
+            // SAFETY: kill(2) with a pid this setup started; a stale one fails with ESRCH.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
         Ok(())
     }
 

@@ -2,96 +2,8 @@
 //! never the system instance) on `sixfold up`: install the datadir, create a table, insert and
 //! read back rows, stop and start it, read them again and `CHECK TABLE`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context};
-use sixfold_tests::{log_tail, require_fuse, run, test_dir, Up};
-
-struct Mariadb {
-    datadir: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mariadb {
-    fn start(datadir: &Path, socket: &Path, log: &Path) -> anyhow::Result<Mariadb> {
-        let child = Command::new("mariadbd")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", datadir.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!(
-                "--pid-file={}",
-                datadir.join("mariadbd.pid").display()
-            ))
-            .arg(format!("--log-error={}", log.display()))
-            .args([
-                "--user=root",
-                "--skip-networking",
-                "--innodb-buffer-pool-size=64M",
-                "--innodb-log-file-size=48M",
-                "--innodb-flush-log-at-trx-commit=1",
-                "--sync-binlog=0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start mariadbd (installed by scripts/setup.sh)")?;
-        let mut db = Mariadb {
-            datadir: datadir.to_owned(),
-            socket: socket.to_owned(),
-            log: log.to_owned(),
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if db.sql("SELECT 1").is_ok() {
-                return Ok(db);
-            }
-            if let Some(child) = db.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("mariadbd exited with {status}:\n{}", log_tail(&db.log, 40));
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("mariadbd did not start:\n{}", log_tail(&db.log, 40));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn sql(&self, statements: &str) -> anyhow::Result<String> {
-        run(Command::new("mariadb")
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(["-uroot", "--batch", "--skip-column-names", "-e", statements]))
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        run(Command::new("mariadb-admin")
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(["-uroot", "shutdown"]))?;
-        if let Some(mut child) = self.child.take() {
-            let status = child.wait()?;
-            assert!(status.success(), "mariadbd exited with {status}");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = &self.datadir;
-    }
-}
+use sixfold_tests::mariadb::Mariadb;
+use sixfold_tests::{require_fuse, test_dir, Up};
 
 #[test]
 fn mariadb_on_sixfold_up() -> anyhow::Result<()> {
@@ -102,14 +14,7 @@ fn mariadb_on_sixfold_up() -> anyhow::Result<()> {
     let datadir = mnt.join("mysql");
     let socket = mnt.join("mariadb.sock");
     let log = dir.join("mariadb.log");
-    run(Command::new("mariadb-install-db")
-        .arg("--no-defaults")
-        .arg(format!("--datadir={}", datadir.display()))
-        .args([
-            "--user=root",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ]))?;
+    Mariadb::install(&datadir)?;
 
     let db = Mariadb::start(&datadir, &socket, &log)?;
     db.sql(
