@@ -48,4 +48,6 @@ pub enum VolumeError {
     Invalid(String),
     #[error("volume is closed")]
     Closed,
+    #[error("volume {volume}: mounted read-only")]
+    ReadOnly { volume: String },
 }

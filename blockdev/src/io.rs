@@ -100,6 +100,7 @@ impl Volume {
 
     /// Writes `data` at `offset`. Returns before the data is durable (like a disk's cache).
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.check_read_only()?;
         self.check_range(offset, data.len() as u64)?;
         let mut position = 0;
         while position < data.len() {
@@ -116,7 +117,10 @@ impl Volume {
     /// `None` means it would have to wait (use [`Volume::write`]); nothing was written then.
     /// Lets the FUSE layer answer most writes on its own thread, with no hand-off.
     pub fn try_write_now(&self, offset: u64, data: &[u8]) -> Option<Result<(), VolumeError>> {
-        if let Err(error) = self.check_range(offset, data.len() as u64) {
+        if let Err(error) = self
+            .check_read_only()
+            .and_then(|()| self.check_range(offset, data.len() as u64))
+        {
             return Some(Err(error));
         }
         if data.len() > WRITE_CHUNK_BYTES {
@@ -336,8 +340,15 @@ impl Volume {
                     return Ok(Bytes::from(vec![0u8; PAGE_SIZE]));
                 };
                 let read_lsn = state.ledger.vdl();
-                let required_scl = chain.pgcl.min(read_lsn).min(chain.tail);
-                if chain.pgcl == Lsn::ZERO {
+                // Read-only, the recovered tail is the PG's durable point: there is no writer
+                // to bring 4 segments to it.
+                let pgcl = if state.read_only {
+                    chain.tail
+                } else {
+                    chain.pgcl
+                };
+                let required_scl = pgcl.min(read_lsn).min(chain.tail);
+                if pgcl == Lsn::ZERO {
                     // No record of this PG is durable, so none is at or below the read point
                     // (a page with a newer record is pinned in the cache and never fetched).
                     return Ok(Bytes::from(vec![0u8; PAGE_SIZE]));

@@ -39,4 +39,8 @@ pub struct OpenOptions {
     pub cache_bytes: u64,
     /// The writer's AZ, to prefer same-AZ segments for reads.
     pub az: Option<String>,
+    /// Open for reading only: no epoch bump, no sealing, no truncation, no writes. Recovers the
+    /// chain tails from 3 segments of each PG (a read quorum), so it works where a writer
+    /// cannot open (a PG with only 3 segments reachable), and never fences the writer.
+    pub read_only: bool,
 }

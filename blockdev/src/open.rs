@@ -78,7 +78,10 @@ pub async fn recover_pg(
     pg: PgId,
     nodes: Vec<String>,
     epoch: Epoch,
+    read_only: bool,
 ) -> Result<RecoveredPg, VolumeError> {
+    // A reader seals nothing: it must not fence the writer.
+    let seal_epoch = if read_only { 0 } else { epoch.0 };
     let segment = SegmentRef {
         volume: volume.to_owned(),
         pg: pg.0,
@@ -87,7 +90,7 @@ pub async fn recover_pg(
     let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
         let request = SegmentStateRequest {
             segment: Some(segment.clone()),
-            seal_epoch: epoch.0,
+            seal_epoch,
             learn: Vec::new(),
         };
         async move { client.segment_state(request).await }
@@ -103,7 +106,7 @@ pub async fn recover_pg(
                 answered += 1;
                 states.push((addr, (Lsn(state.scl), state.truncations)));
                 max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
-                if state.epoch > epoch.0 {
+                if state.epoch > epoch.0 && !read_only {
                     return Err(VolumeError::Fenced {
                         volume: volume.to_owned(),
                         epoch,
@@ -116,13 +119,23 @@ pub async fn recover_pg(
     // Sealed at a write quorum: the old writer can no longer gather 4 acknowledgements, and
     // every record it did gather 4 for is held by one of these answers (4 + 4 > 6; 3 would do
     // for that alone).
-    if answered < WRITE_QUORUM {
+    let needed = if read_only { READ_QUORUM } else { WRITE_QUORUM };
+    if answered < needed {
+        let detail = if read_only {
+            format!("reading the PG's state: {}", failures.join("; "))
+        } else {
+            format!(
+                "sealing the PG in the new epoch; with 3 reachable, `sixfold mount --read-only` \
+                 can still read the volume: {}",
+                failures.join("; ")
+            )
+        };
         return Err(VolumeError::QuorumLost {
             volume: volume.to_owned(),
             pg,
             reachable: answered,
-            needed: WRITE_QUORUM,
-            detail: format!("sealing the PG in the new epoch: {}", failures.join("; ")),
+            needed,
+            detail,
         });
     }
     // Answers that missed a truncation another one shows learn it and answer again.
@@ -138,7 +151,7 @@ pub async fn recover_pg(
             let addr = states[position].0.clone();
             let request = SegmentStateRequest {
                 segment: Some(segment.clone()),
-                seal_epoch: epoch.0,
+                seal_epoch,
                 learn: sealed.history.clone(),
             };
             let answer = match clients.get(&addr) {
@@ -175,6 +188,27 @@ pub async fn recover_pg(
             reachable: complete,
             needed: READ_QUORUM,
             detail: "sealed segments that applied every earlier truncation".into(),
+        });
+    }
+    if read_only {
+        // The read point is the tail; the complete answers at it can serve reads.
+        let mut scls = [Lsn::ZERO; COPIES];
+        for (position, (addr, (scl, _))) in states.iter().enumerate() {
+            if let (false, Some(index)) = (
+                incomplete.contains(&position),
+                nodes.iter().position(|n| n == addr),
+            ) {
+                scls[index] = (*scl).min(tail);
+            }
+        }
+        info!(volume, %pg, %tail, answered, complete, "recovered PG for reading");
+        return Ok(RecoveredPg {
+            pg,
+            nodes,
+            tail,
+            scls,
+            max_lsn_seen,
+            truncations: history,
         });
     }
     // Apply the history, adopt the epoch and truncate beyond the tail at a write quorum.
@@ -278,6 +312,7 @@ pub async fn recover_all(
     clients: &Arc<Clients>,
     meta: &VolumeMeta,
     epoch: Epoch,
+    read_only: bool,
 ) -> Result<Vec<RecoveredPg>, VolumeError> {
     let mut tasks = JoinSet::new();
     for placement in &meta.pgs {
@@ -295,7 +330,8 @@ pub async fn recover_all(
         let volume = meta.name.clone();
         let nodes = placement.nodes.clone();
         let pg = PgId(placement.pg);
-        tasks.spawn(async move { recover_pg(&clients, &volume, pg, nodes, epoch).await });
+        tasks
+            .spawn(async move { recover_pg(&clients, &volume, pg, nodes, epoch, read_only).await });
     }
     let mut recovered = Vec::new();
     while let Some(joined) = tasks.join_next().await {

@@ -170,6 +170,9 @@ pub struct State {
     pub pgs: HashMap<PgId, PgQueue>,
     pub fenced: bool,
     pub closed: bool,
+    /// Opened for reading only ([`crate::OpenOptions::read_only`]): each PG's recovered tail is
+    /// its read point, though fewer than 4 segments may hold it.
+    pub read_only: bool,
     /// Records at or below this LSN are sent at once (a flush or a back-pressured writer waits
     /// for them); later ones may linger briefly to travel in fewer, larger batches.
     pub push_to: Lsn,

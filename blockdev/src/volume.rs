@@ -107,11 +107,30 @@ impl Volume {
                 }
             }
         };
-        meta.epoch += 1;
-        meta.version += 1;
-        meta::write(&clients, &options.cluster, &meta).await?;
+        if options.read_only && meta.version == 0 {
+            return Err(VolumeError::Meta {
+                volume: name,
+                detail: "does not exist (a read-only mount does not create it)".into(),
+            });
+        }
+        if !options.read_only {
+            meta.epoch += 1;
+            meta.version += 1;
+            meta::write(&clients, &options.cluster, &meta)
+                .await
+                .map_err(|error| match error {
+                    VolumeError::Meta { volume, detail } => VolumeError::Meta {
+                        volume,
+                        detail: format!(
+                            "{detail} (becoming the writer needs 4 of 6; with 3 reachable, \
+                             `sixfold mount --read-only` can still read the volume)"
+                        ),
+                    },
+                    other => other,
+                })?;
+        }
         let epoch = Epoch(meta.epoch);
-        let recovered = open::recover_all(&clients, &meta, epoch).await?;
+        let recovered = open::recover_all(&clients, &meta, epoch, options.read_only).await?;
         let max_seen = recovered
             .iter()
             .map(|r| r.max_lsn_seen.max(r.tail))
@@ -140,6 +159,7 @@ impl Volume {
             pgs,
             fenced: false,
             closed: false,
+            read_only: options.read_only,
             push_to: Lsn::ZERO,
         };
         let (progress, _) = watch::channel(Progress {
@@ -160,8 +180,10 @@ impl Volume {
             meta: tokio::sync::Mutex::new(meta),
             open_duration: started.elapsed(),
         });
-        for pg in &recovered {
-            sender::spawn_senders(&shared, pg.pg, COPIES);
+        if !options.read_only {
+            for pg in &recovered {
+                sender::spawn_senders(&shared, pg.pg, COPIES);
+            }
         }
         info!(
             volume = %name, %epoch, size_bytes, pgs = pg_count, start_lsn = %start,
@@ -198,6 +220,9 @@ impl Volume {
     /// Returns once every write before it is at write quorum (VDL passed it). Waits while a PG has
     /// fewer than four segments acknowledging; never returns `Ok` early.
     pub async fn flush(&self) -> Result<(), VolumeError> {
+        if self.shared.lock().read_only {
+            return Ok(()); // nothing was written
+        }
         let mut progress = self.shared.progress.subscribe();
         let target = {
             let mut state = self.shared.lock();
@@ -261,8 +286,20 @@ impl Volume {
         }
     }
 
-    /// Fails when the writer was fenced by a newer one or closed; otherwise `Ok` at once.
+    /// Fails when the volume is open read-only.
+    pub fn check_read_only(&self) -> Result<(), VolumeError> {
+        if self.shared.lock().read_only {
+            return Err(VolumeError::ReadOnly {
+                volume: self.shared.volume.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails when the writer was fenced by a newer one or closed, or the volume is read-only;
+    /// otherwise `Ok` at once.
     pub fn check_writable(&self) -> Result<(), VolumeError> {
+        self.check_read_only()?;
         let state = self.shared.lock();
         if state.fenced {
             return Err(self.fenced_error());
@@ -282,6 +319,7 @@ impl Volume {
 
     /// Grows the volume online to `size_bytes` (never shrinks).
     pub async fn grow(&self, size_bytes: u64) -> Result<(), VolumeError> {
+        self.check_read_only()?;
         check_size(&self.shared.volume, size_bytes)?;
         let mut meta = self.shared.meta.lock().await;
         if size_bytes < meta.size_bytes {
@@ -329,6 +367,7 @@ impl Volume {
             pg,
             nodes.clone(),
             self.shared.epoch,
+            false,
         )
         .await?;
         let mut next = meta.clone();

@@ -52,6 +52,11 @@ pub struct MountArgs {
     /// Let the kernel cache the volume file's pages (default: direct I/O, no double caching).
     #[arg(long, hide = true)]
     kernel_cache: bool,
+    /// Mount for reading only: the volume as its segments hold it, without becoming its writer
+    /// (no epoch bump: a running writer is not fenced). Needs only 3 of each PG's 6 segments
+    /// reachable, where a writer needs 4; writes fail with EROFS.
+    #[arg(long)]
+    read_only: bool,
     /// Empty directory to mount on; the volume appears as MOUNTPOINT/volume.
     #[arg(value_name = "MOUNTPOINT")]
     mountpoint: PathBuf,
@@ -81,6 +86,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         create_size_bytes: args.size,
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         az: args.az.clone(),
+        read_only: args.read_only,
     };
     println!(
         "sixfold mount: opening volume {} on {} nodes ({})",
@@ -98,9 +104,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .with_context(|| format!("open volume {}", args.volume))?;
     let stats = volume.stats();
     println!(
-        "sixfold mount: volume {} open as its writer ({}, {} bytes, {}, {} PGs allocated); \
+        "sixfold mount: volume {} open {} ({}, {} bytes, {}, {} PGs allocated); \
          recovered in {} ms; serving {}",
         args.volume,
+        if args.read_only {
+            "read-only"
+        } else {
+            "as its writer"
+        },
         human(stats.size_bytes),
         stats.size_bytes,
         stats.epoch,
@@ -119,6 +130,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         volume_name: args.volume.clone(),
         allow_other: args.allow_other,
         direct_io: !args.kernel_cache,
+        read_only: args.read_only,
         ..MountOptions::default()
     };
     let served = sixfold_fuse::mount(

@@ -44,6 +44,7 @@ pub fn errno_for(operation: Operation, error: &VolumeError) -> Errno {
         VolumeError::ReadUnavailable { .. } => (Errno::EIO, false),
         VolumeError::Meta { .. } => (Errno::EIO, false),
         VolumeError::Closed => (Errno::EIO, false),
+        VolumeError::ReadOnly { .. } => (Errno::EROFS, true),
         // `VolumeError` is non-exhaustive: anything new is a failure of the volume.
         _ => (Errno::EIO, false),
     };

@@ -66,6 +66,8 @@ pub struct MountOptions {
     /// Open `volume` with `FOPEN_DIRECT_IO`: no kernel page cache between the caller and the
     /// writer's own page cache, every request reaches the writer as sent (up to `max_write`).
     pub direct_io: bool,
+    /// Mount read-only (`ro`): the kernel refuses writes before they reach the volume.
+    pub read_only: bool,
     /// Threads reading requests from /dev/fuse. The work itself runs on the tokio runtime, so one
     /// is enough for concurrency; more only spread the copying of large writes.
     pub session_threads: usize,
@@ -77,6 +79,7 @@ impl Default for MountOptions {
             volume_name: String::new(),
             allow_other: false,
             direct_io: true,
+            read_only: false,
             session_threads: 2,
         }
     }
@@ -130,7 +133,11 @@ pub fn mount(
         fuser::MountOption::NoExec,
         fuser::MountOption::NoSuid,
         fuser::MountOption::NoDev,
-        fuser::MountOption::RW,
+        if options.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
     ];
     if options.allow_other {
         config.acl = fuser::SessionACL::All;

@@ -315,6 +315,17 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(cluster: &Cluster, volume: &str, size: &str, mountpoint: &Path) -> Result<Mount> {
+        Mount::start_with(cluster, volume, size, mountpoint, &[])
+    }
+
+    /// [`Mount::start`] with more `sixfold mount` options (`--read-only`, ...).
+    pub fn start_with(
+        cluster: &Cluster,
+        volume: &str,
+        size: &str,
+        mountpoint: &Path,
+        options: &[&str],
+    ) -> Result<Mount> {
         std::fs::create_dir_all(mountpoint)?;
         let log_path = cluster.dir.join(format!("mount-{volume}.log"));
         let log = File::options().create(true).append(true).open(&log_path)?;
@@ -327,8 +338,9 @@ impl Mount {
                 size,
                 "--cache-mb",
                 "64",
-                "--cluster",
             ])
+            .args(options)
+            .arg("--cluster")
             .arg(&cluster.cluster_file)
             .arg(mountpoint)
             .env(
