@@ -272,10 +272,11 @@ pub async fn recover_pg(
             });
         }
         tokio::time::sleep(SETTLE_POLL).await;
+        // A plain question (no seal: nothing to harden on the nodes at every poll).
         let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
             let request = SegmentStateRequest {
                 segment: Some(segment.clone()),
-                seal_epoch: epoch.0,
+                seal_epoch: 0,
                 learn: Vec::new(),
             };
             async move { client.segment_state(request).await }
