@@ -4,8 +4,10 @@
 //! Steps, in this order (each depends on the one before):
 //! 1. Read the metadata from at least 3 of its 6 nodes; create it when a read quorum says it does
 //!    not exist.
-//! 2. Write it back with `epoch + 1` at a write quorum. From here on, nodes that learned the new
-//!    epoch refuse the previous writer.
+//! 2. Write it back with `epoch + 1`, `version + 1` and a random writer id at a write quorum. A
+//!    node refuses a version it holds with other contents, so of two mounts racing for the same
+//!    epoch at most one wins it (before, both did, and both flushed: `writer_recovery.rs` races
+//!    them). From here on, nodes that learned the new epoch refuse the previous writer.
 //! 3. For each PG: seal its segments in the new epoch (`SegmentState` with `seal_epoch`: each
 //!    adopts the epoch durably, refusing the old writer from then on, and then answers its SCL
 //!    and the truncations it has applied, one per earlier writer recovery). The metadata's epoch
@@ -22,9 +24,13 @@
 //!    simulation.) The chain tail is the highest SCL among at least 3 complete answers out of
 //!    at least 4 sealed ([`crate::recovery::chain_tail`]). Then `OpenSegment(epoch,
 //!    truncate_after = tail, history)` at a write quorum: segments adopt the history and this
-//!    recovery's truncation and drop older-epoch records beyond the tail. Then wait until 4
-//!    segments hold the chain up to the tail (the others gap-fill it from its holder): this
-//!    writer's VDL starts above the tail, so a flush right after mount counts on it.
+//!    recovery's truncation and drop older-epoch records beyond the tail. When all six answered
+//!    and hold the same history, this recovery's truncation alone becomes the history (lists
+//!    would otherwise grow by one entry per mount). Then wait until 4 segments that applied
+//!    this truncation hold the chain up to the tail (the others gap-fill it from its holder):
+//!    this writer's VDL starts above the tail, so a flush right after mount counts on it. If
+//!    the holder is gone for good the wait fails after a minute, and mounting again recovers
+//!    to a tail the survivors hold.
 //! 4. New LSNs start above every LSN seen plus LAL (the old writer could not have allocated more).
 //!
 //! No resurrection: every Append of this writer carries the PG's truncations (the history and its
@@ -119,6 +125,13 @@ pub async fn recover_pg(
     // Sealed at a write quorum: the old writer can no longer gather 4 acknowledgements, and
     // every record it did gather 4 for is held by one of these answers (4 + 4 > 6; 3 would do
     // for that alone).
+    if !read_only && answered < WRITE_QUORUM && failures.iter().any(|f| f.contains("fenced")) {
+        // A newer writer sealed these segments first.
+        return Err(VolumeError::Fenced {
+            volume: volume.to_owned(),
+            epoch,
+        });
+    }
     let needed = if read_only { READ_QUORUM } else { WRITE_QUORUM };
     if answered < needed {
         let detail = if read_only {
@@ -177,9 +190,15 @@ pub async fn recover_pg(
     }
     let ChainTail {
         tail,
-        history,
+        mut history,
         incomplete,
     } = chain_tail(&view(&states));
+    if !read_only && states.len() == COPIES && incomplete.is_empty() {
+        // All six segments applied every earlier truncation: none can still hold what those
+        // dropped, so this recovery's own truncation is the whole history from now on. (Lists
+        // would otherwise grow by one entry per mount and travel with every Append.)
+        history.clear();
+    }
     let complete = states.len() - incomplete.len();
     if complete < READ_QUORUM {
         return Err(VolumeError::QuorumLost {
@@ -283,8 +302,16 @@ pub async fn recover_pg(
         })
         .await;
         for Answer { index, result, .. } in answers {
-            if let Ok(state) = result {
-                scls[index] = scls[index].max(Lsn(state.scl).min(tail));
+            // Only a segment that applied this recovery's truncation holds the kept chain: a
+            // stale one may be complete to the tail on another history.
+            if let Ok(state) = result.as_ref() {
+                if state
+                    .truncations
+                    .iter()
+                    .any(|t| t.epoch == epoch.0 && t.truncate_after == tail.0)
+                {
+                    scls[index] = scls[index].max(Lsn(state.scl).min(tail));
+                }
             }
         }
     }

@@ -60,6 +60,19 @@ pub fn validate_volume_name(name: &str) -> Result<(), VolumeError> {
     }
 }
 
+/// A random id for this writer's metadata puts (see `VolumeMeta.writer`).
+fn writer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 fn check_size(volume: &str, size_bytes: u64) -> Result<(), VolumeError> {
     if size_bytes > VOLUME_BYTES_MAX {
         return Err(VolumeError::TooLarge {
@@ -104,6 +117,7 @@ impl Volume {
                     epoch: 0,
                     version: 0,
                     pgs: Vec::new(),
+                    writer: 0,
                 }
             }
         };
@@ -116,6 +130,7 @@ impl Volume {
         if !options.read_only {
             meta.epoch += 1;
             meta.version += 1;
+            meta.writer = writer_id();
             meta::write(&clients, &options.cluster, &meta)
                 .await
                 .map_err(|error| match error {

@@ -106,6 +106,9 @@ pub struct OpenJob {
     pub history: Vec<Truncation>,
     /// An opening writer's list of the PG's other segments (gossip peers), if it sent one.
     pub peers: Vec<String>,
+    /// For a learning job: the epoch of the writer that handed the history over (an Append,
+    /// a recovery's SegmentState), or None when a peer did (gossip).
+    pub authority: Option<Epoch>,
     /// Answered with the segment's SCL after the epoch and truncations are hardened.
     pub reply: Reply<Lsn>,
 }
@@ -304,12 +307,21 @@ impl Appender {
                 return Err(StoreError::fenced(&job.key.volume, epoch, known));
             }
         }
+        // Adopt a newer history; but a segment sealed by a recovering writer keeps the state
+        // that writer read until the history comes from that writer (or a newer one): a peer's
+        // intermediate list could drop records that writer decided to keep. Decided here, in the
+        // one thread that changes epochs, so no seal slips in between check and change.
         let adopt = {
             let index = lock(&self.shared.index);
             let own = index
                 .segment(&job.key)
                 .map_or(Epoch::default(), |s| s.history_epoch());
-            crate::segment::history_epoch(&job.history) > own
+            let known = index.epoch(&job.key.volume);
+            let list = crate::segment::history_epoch(&job.history);
+            list > own
+                && (job.epoch.is_some()
+                    || list >= known
+                    || job.authority.is_some_and(|writer| writer >= known))
         };
         let mut frames = Vec::with_capacity(2);
         if let Some(epoch) = job.epoch {
@@ -385,6 +397,13 @@ impl Appender {
     fn put_meta_inner(&mut self, new: &VolumeMeta) -> Result<u64, StoreError> {
         let dir = {
             let store = lock(&self.shared.meta);
+            if store.conflicts(new) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "volume {}: metadata version {} is already held with other contents: another \
+                     writer opened the volume at the same time",
+                    new.name, new.version
+                )));
+            }
             if let Some(stored) = store.stale(new) {
                 return Ok(stored);
             }

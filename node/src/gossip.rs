@@ -322,7 +322,7 @@ async fn fill(
                     }
                 };
                 budget.fetches = budget.fetches.saturating_sub(1);
-                if let Err(e) = store.learn_truncations(&key, &truncations, false).await {
+                if let Err(e) = store.learn_truncations(&key, &truncations, None).await {
                     warn!(segment = %key, "failed to harden truncations learned from a peer: {e}");
                     return false;
                 }

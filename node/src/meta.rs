@@ -108,10 +108,18 @@ impl MetaStore {
         self.volumes.values()
     }
 
-    /// The version a put of `meta` must beat: `Some(stored)` when the put is a no-op.
+    /// The version a put of `meta` must beat: `Some(stored)` when the put is a no-op (an older
+    /// version, or a retry of the stored one).
     pub fn stale(&self, meta: &VolumeMeta) -> Option<u64> {
         let stored = self.volumes.get(&meta.name)?;
         (meta.version <= stored.version).then_some(stored.version)
+    }
+
+    /// Whether `meta` claims the stored version with other contents (another writer's).
+    pub fn conflicts(&self, meta: &VolumeMeta) -> bool {
+        self.volumes
+            .get(&meta.name)
+            .is_some_and(|stored| stored.version == meta.version && stored != meta)
     }
 
     pub fn dir(&self) -> &Path {
@@ -172,6 +180,7 @@ mod tests {
             epoch: 2,
             version,
             pgs: Vec::new(),
+            writer: 0,
         }
     }
 

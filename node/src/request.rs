@@ -159,6 +159,19 @@ pub fn truncations(list: &[wire::Truncation]) -> Result<Vec<Truncation>, StoreEr
     Ok(out)
 }
 
+/// A request's truncation history may not come from a newer epoch than the request's own
+/// (adopting it would raise the node's epoch and fence the legitimate writer).
+pub fn history_not_newer(list: &[Truncation], epoch: Epoch) -> Result<(), StoreError> {
+    let newest = crate::segment::history_epoch(list);
+    if newest > epoch {
+        return Err(invalid(format!(
+            "truncation history of epoch {} is newer than the request's epoch {}",
+            newest.0, epoch.0
+        )));
+    }
+    Ok(())
+}
+
 /// The wire form of a segment's truncations.
 pub fn truncations_to_wire(list: &[Truncation]) -> Vec<wire::Truncation> {
     list.iter()

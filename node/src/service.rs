@@ -65,13 +65,14 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
         let records = request::prepare_records(&key, Some(epoch), &request.records)?;
         let peers = request::peers(&request.peers)?;
         let truncations = request::truncations(&request.truncations)?;
+        request::history_not_newer(&truncations, epoch)?;
         Ok::<_, StoreError>((key, epoch, records, peers, truncations))
     })();
     let (key, epoch, records, peers, truncations) = prepared.map_err(|e| status("Append", e))?;
     // A segment that was away while this writer (or an earlier one) recovered the PG drops the
     // records that recovery truncated before it acknowledges anything of this writer's.
     store
-        .learn_truncations(&key, &truncations, false)
+        .learn_truncations(&key, &truncations, Some(epoch))
         .await
         .map_err(|e| status("Append", e))?;
     let source = Source::Writer {
@@ -232,7 +233,14 @@ impl StorageNode for Service {
         let request = request.into_inner();
         let key = request::segment_key(request.segment.as_ref())
             .map_err(|e| status("SegmentState", e))?;
-        let learn = request::truncations(&request.learn).map_err(|e| status("SegmentState", e))?;
+        let learn = request::truncations(&request.learn)
+            .and_then(|learn| {
+                if request.seal_epoch > 0 {
+                    request::history_not_newer(&learn, Epoch(request.seal_epoch))?;
+                }
+                Ok(learn)
+            })
+            .map_err(|e| status("SegmentState", e))?;
         if request.seal_epoch > 0 {
             self.store
                 .seal(key.clone(), Epoch(request.seal_epoch))
@@ -240,7 +248,11 @@ impl StorageNode for Service {
                 .map_err(|e| status("SegmentState", e))?;
         }
         self.store
-            .learn_truncations(&key, &learn, request.seal_epoch > 0)
+            .learn_truncations(
+                &key,
+                &learn,
+                (request.seal_epoch > 0).then_some(Epoch(request.seal_epoch)),
+            )
             .await
             .map_err(|e| status("SegmentState", e))?;
         let state = self.store.segment_state(&key);

@@ -405,6 +405,7 @@ impl Store {
                 epoch: Some(epoch),
                 history,
                 peers,
+                authority: None,
                 reply,
             })
         })
@@ -420,30 +421,21 @@ impl Store {
                 epoch: Some(epoch),
                 history: Vec::new(),
                 peers: Vec::new(),
+                authority: None,
                 reply,
             })
         })
         .await
     }
 
-    /// Whether the segment should adopt `history` (a recovery's truncation list): it is newer
-    /// than the segment's own, and — unless the writer that sealed the segment hands it over —
-    /// not older than the newest writer the node knows. A segment sealed by a recovering writer
-    /// keeps the state that writer read until that writer's own history arrives (with its
-    /// OpenSegment or Appends, or in its SegmentState `learn`): adopting an intermediate
-    /// recovery's list from a peer meanwhile could drop records that writer decided to keep.
-    pub fn history_is_newer(
-        &self,
-        key: &SegmentKey,
-        history: &[Truncation],
-        from_sealing_writer: bool,
-    ) -> bool {
+    /// Whether `history` is newer than the segment's own (a cheap filter before a job; the
+    /// appender decides, see `OpenJob::authority`).
+    pub fn history_is_newer(&self, key: &SegmentKey, history: &[Truncation]) -> bool {
         let index = lock(&self.shared.index);
         let own = index
             .segment(key)
             .map_or(Epoch::default(), |s| s.history_epoch());
-        let epoch = crate::segment::history_epoch(history);
-        epoch > own && (from_sealing_writer || epoch >= index.epoch(&key.volume))
+        crate::segment::history_epoch(history) > own
     }
 
     /// Adopts (durably) a newer recovery's truncation history, before anything that depends on
@@ -454,9 +446,9 @@ impl Store {
         &self,
         key: &SegmentKey,
         history: &[Truncation],
-        from_sealing_writer: bool,
+        authority: Option<Epoch>,
     ) -> Result<(), StoreError> {
-        if !self.history_is_newer(key, history, from_sealing_writer) {
+        if !self.history_is_newer(key, history) {
             return Ok(());
         }
         self.submit(|reply| {
@@ -465,6 +457,7 @@ impl Store {
                 epoch: None,
                 history: history.to_vec(),
                 peers: Vec::new(),
+                authority,
                 reply,
             })
         })

@@ -293,6 +293,7 @@ async fn epochs_fence_old_writers_across_restarts() {
         epoch: 5,
         version: 1,
         pgs: Vec::new(),
+        writer: 0,
     };
     assert_eq!(store.put_meta(meta.clone()).await.expect("put"), 1);
     assert!(matches!(

@@ -333,6 +333,7 @@ async fn append_read_and_malformed_requests() {
         epoch: 3,
         version: 2,
         pgs: vec![],
+        writer: 0,
     };
     let put = client
         .put_volume_meta(PutVolumeMetaRequest {

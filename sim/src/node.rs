@@ -42,7 +42,7 @@ impl SimNode {
                 truncations,
             } => {
                 if variant != Variant::NoTruncationLearning {
-                    self.learn(&truncations, false);
+                    self.learn(&truncations, Some(epoch));
                 }
                 if epoch < self.epoch {
                     return Some(Msg::Fenced { epoch: self.epoch });
@@ -59,7 +59,7 @@ impl SimNode {
                 }
                 self.epoch = epoch;
                 if variant != Variant::NoTruncationLearning {
-                    self.learn(&learn, true);
+                    self.learn(&learn, Some(epoch));
                 }
                 Some(Msg::SealAck {
                     scl: self.segment.scl(),
@@ -82,7 +82,7 @@ impl SimNode {
                     let mut list: Vec<Truncation> =
                         history.into_iter().filter(|t| t.epoch < epoch).collect();
                     list.push(own);
-                    self.learn(&list, true);
+                    self.learn(&list, Some(epoch));
                 }
                 self.epoch = epoch;
                 Some(Msg::OpenAck {
@@ -106,7 +106,7 @@ impl SimNode {
                 truncations,
             } => {
                 if variant != Variant::NoTruncationLearning {
-                    self.learn(&truncations, false);
+                    self.learn(&truncations, None);
                 }
                 self.admit(&records);
                 None
@@ -120,10 +120,12 @@ impl SimNode {
 
     /// Adopts a newer recovery's truncation history (voiding what it does not list, applying
     /// what the segment missed), as the real node does.
-    fn learn(&mut self, history: &[Truncation], from_sealing_writer: bool) {
-        // A sealed segment keeps what its sealing writer read until that writer's own history
-        // arrives (see `Store::history_is_newer`).
-        if !from_sealing_writer && history_epoch(history) < self.epoch {
+    /// `authority`: the epoch of the writer handing the history over (None: a peer). A
+    /// sealed segment keeps what its sealing writer read until the history comes from that
+    /// writer or a newer one (see `OpenJob::authority` in the node).
+    fn learn(&mut self, history: &[Truncation], authority: Option<Epoch>) {
+        let list = history_epoch(history);
+        if list < self.epoch && authority.is_none_or(|writer| writer < self.epoch) {
             return;
         }
         if self.segment.adopt(history).is_some() {

@@ -21,6 +21,9 @@ pub const PG: PgId = PgId(0);
 const RESEND_STEPS: u64 = 12;
 /// Records per Append.
 const BATCH_MAX: usize = 8;
+/// Steps a writer waits for 4 segments to hold its kept chain before it gives up (the real
+/// mount fails after `SETTLE_TIMEOUT`, and its operator mounts again: a new recovery).
+const SETTLE_STEPS: u64 = 400;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -72,6 +75,8 @@ pub struct SimWriter {
     /// Per segment: highest LSN sent, and when the request last went out.
     sent: [Lsn; COPIES],
     sent_at: [u64; COPIES],
+    /// When opening began (for the settle timeout).
+    opening_since: Option<u64>,
 }
 
 fn to_wire(t: &Truncation) -> wire::Truncation {
@@ -107,6 +112,7 @@ impl SimWriter {
             pending_flushes: Vec::new(),
             sent: [Lsn::ZERO; COPIES],
             sent_at: [0; COPIES],
+            opening_since: None,
         }
     }
 
@@ -116,6 +122,14 @@ impl SimWriter {
 
     /// Requests due at step `now`: (segment, message).
     pub fn tick(&mut self, now: u64, out: &mut Vec<(usize, Msg)>) {
+        if self.phase == Phase::Opening {
+            let since = *self.opening_since.get_or_insert(now);
+            if now > since + SETTLE_STEPS {
+                // The kept chain never reached 4 segments (its holder is gone): give up.
+                self.phase = Phase::Dead;
+                return;
+            }
+        }
         for i in 0..COPIES {
             let due = now >= self.sent_at[i] + RESEND_STEPS || self.sent_at[i] == 0;
             match self.phase {
@@ -281,12 +295,17 @@ impl SimWriter {
             .max(tail);
         self.tail = tail;
         self.start = new_start(max_seen, self.lal);
-        self.truncations = sealed
-            .history
-            .iter()
-            .map(from_wire)
-            .filter(|t| t.epoch < self.epoch)
-            .collect();
+        // All six hold every earlier truncation: this recovery's own is the whole history.
+        self.truncations = if states.len() == COPIES && sealed.incomplete.is_empty() {
+            Vec::new()
+        } else {
+            sealed
+                .history
+                .iter()
+                .map(from_wire)
+                .filter(|t| t.epoch < self.epoch)
+                .collect()
+        };
         self.truncations.push(Truncation {
             epoch: self.epoch,
             after: tail,

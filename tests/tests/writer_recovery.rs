@@ -176,3 +176,60 @@ fn a_second_writer_fences_the_first() -> Result<()> {
     second.unmount()?;
     Ok(())
 }
+
+/// Two mounts of one volume start at the same moment, round after round: they race for the
+/// same epoch. Either one of them is refused at open (the metadata version it wanted is taken)
+/// or both open and the later one fences the earlier: never may both flush. The volume keeps
+/// every flush that returned.
+#[test]
+fn two_writers_racing_to_open_never_both_flush() -> Result<()> {
+    require_fuse();
+    let dir = test_dir("writer_recovery_race");
+    let cluster = Cluster::start(&dir, 6)?;
+    // Create the volume first, so that both racers open an existing one.
+    Mount::start(&cluster, "duel", "1G", &dir.join("mnt-0"))?.unmount()?;
+    let mut flushed = Vec::new();
+    for round in 0..3u64 {
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| Mount::start(&cluster, "duel", "1G", &dir.join("mnt-a")));
+            let b = scope.spawn(|| Mount::start(&cluster, "duel", "1G", &dir.join("mnt-b")));
+            (a.join(), b.join())
+        });
+        let mounts: Vec<Mount> = [a, b]
+            .into_iter()
+            .filter_map(|joined| joined.ok().and_then(Result::ok))
+            .collect();
+        ensure!(!mounts.is_empty(), "round {round}: neither racer opened");
+        let mut succeeded = Vec::new();
+        for (i, mount) in mounts.iter().enumerate() {
+            let page = 16 * round + i as u64;
+            let volume = open(mount)?;
+            let wrote = write_page(&volume, page, 1000 + page).is_ok();
+            if wrote && sync_within_a_minute(&volume, "a racer's").is_ok() {
+                succeeded.push(page);
+            }
+        }
+        ensure!(
+            succeeded.len() == 1,
+            "round {round}: {} of {} open racers flushed ({succeeded:?}); exactly one may",
+            succeeded.len(),
+            mounts.len()
+        );
+        flushed.extend(succeeded);
+        for mount in mounts {
+            mount.kill();
+        }
+    }
+    // Every flush that returned is in the volume.
+    let mount = Mount::start(&cluster, "duel", "1G", &dir.join("mnt-0"))?;
+    let volume = open(&mount)?;
+    for page in &flushed {
+        ensure!(
+            read_page(&volume, *page)? == pattern(1000 + page, PAGE as usize),
+            "page {page}, flushed by the winner of its round, is not there"
+        );
+    }
+    drop(volume);
+    mount.unmount()?;
+    Ok(())
+}
