@@ -76,7 +76,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                 Some(_) if closed => Next::Stop,
                 Some(queue) => {
                     let peers = queue.peers_of(index);
-                    let truncations = queue.truncations.clone();
+                    let truncations = &queue.truncations;
                     let link = &mut queue.segments[index];
                     let now = Instant::now();
                     match link.retry_at {

@@ -13,8 +13,8 @@ use sixfold_proto::record;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{
     AppendRequest, ByteRange, GetVolumeMetaRequest, NodeStatusRequest, OpenSegmentRequest,
-    PutVolumeMetaRequest, ReadPageRequest, Record, SegmentRef, SegmentStateRequest, Truncation,
-    VolumeMeta,
+    PutVolumeMetaRequest, ReadPageRequest, Record, SegmentRef, SegmentStateRequest,
+    SegmentStateResponse, Truncation, VolumeMeta,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PAGE_SIZE, PG_PAGES};
 use tokio::sync::oneshot;
@@ -134,6 +134,22 @@ fn append(
         fold_limit: 0,
         truncations: vec![],
     }
+}
+
+async fn segment_state(
+    client: &mut StorageNodeClient<Channel>,
+    volume: &str,
+    pg: u32,
+) -> SegmentStateResponse {
+    client
+        .segment_state(SegmentStateRequest {
+            segment: segment(volume, pg),
+            seal_epoch: 0,
+            learn: vec![],
+        })
+        .await
+        .expect("state")
+        .into_inner()
 }
 
 fn read(volume: &str, pg: u32, page: u64, read_lsn: u64, required_scl: u64) -> ReadPageRequest {
@@ -305,26 +321,10 @@ async fn append_read_and_malformed_requests() {
     );
 
     // The server still serves: state, metadata, status.
-    let state = client
-        .segment_state(SegmentStateRequest {
-            segment: segment("vol", 0),
-            seal_epoch: 0,
-            learn: vec![],
-        })
-        .await
-        .expect("state")
-        .into_inner();
+    let state = segment_state(&mut client, "vol", 0).await;
     assert!(state.exists);
     assert_eq!((state.scl, state.max_lsn, state.epoch), (4, 4, 3));
-    let missing = client
-        .segment_state(SegmentStateRequest {
-            segment: segment("vol", 5),
-            seal_epoch: 0,
-            learn: vec![],
-        })
-        .await
-        .expect("state")
-        .into_inner();
+    let missing = segment_state(&mut client, "vol", 5).await;
     assert!(!missing.exists);
     let meta = VolumeMeta {
         name: "vol".into(),
@@ -388,15 +388,7 @@ async fn restart_serves_what_was_acknowledged() {
 
     let node = Node::start(temp.path()).await;
     let mut client = node.client().await;
-    let state = client
-        .segment_state(SegmentStateRequest {
-            segment: segment("vol", 0),
-            seal_epoch: 0,
-            learn: vec![],
-        })
-        .await
-        .expect("state")
-        .into_inner();
+    let state = segment_state(&mut client, "vol", 0).await;
     assert_eq!(
         (state.exists, state.scl, state.max_lsn, state.epoch),
         (true, 20, 20, 1)
@@ -449,15 +441,7 @@ async fn gap_fill_from_a_peer() {
     assert_eq!(scl, 3);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let state = b
-            .segment_state(SegmentStateRequest {
-                segment: segment("vol", 0),
-                seal_epoch: 0,
-                learn: vec![],
-            })
-            .await
-            .expect("state")
-            .into_inner();
+        let state = segment_state(&mut b, "vol", 0).await;
         if state.scl == 30 {
             break;
         }
@@ -514,15 +498,7 @@ async fn a_segment_away_during_recovery_learns_the_truncation_from_the_next_appe
         .expect("heartbeat")
         .into_inner();
     assert_eq!(answer.scl, 6, "the truncated records are off the chain");
-    let state = client
-        .segment_state(SegmentStateRequest {
-            segment: segment("vol", 0),
-            seal_epoch: 0,
-            learn: vec![],
-        })
-        .await
-        .expect("state")
-        .into_inner();
+    let state = segment_state(&mut client, "vol", 0).await;
     assert_eq!((state.scl, state.max_lsn, state.epoch), (6, 6, 2));
     assert_eq!(
         state.truncations,
@@ -562,15 +538,7 @@ async fn a_segment_away_during_recovery_learns_the_truncation_from_the_next_appe
     node.stop().await;
     let node = Node::start(temp.path()).await;
     let mut client = node.client().await;
-    let state = client
-        .segment_state(SegmentStateRequest {
-            segment: segment("vol", 0),
-            seal_epoch: 0,
-            learn: vec![],
-        })
-        .await
-        .expect("state")
-        .into_inner();
+    let state = segment_state(&mut client, "vol", 0).await;
     assert_eq!((state.scl, state.max_lsn, state.epoch), (41, 41, 2));
     drop(client);
     node.stop().await;

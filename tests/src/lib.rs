@@ -49,10 +49,7 @@ pub fn test_dir(name: &str) -> PathBuf {
         .filter_map(|line| line.split_whitespace().nth(1))
         .filter(|m| m.starts_with(&prefix))
     {
-        let _ = Command::new("umount")
-            .args(["-l", mountpoint])
-            .stderr(Stdio::null())
-            .status();
+        unmount_lazily(Path::new(mountpoint));
     }
     let _ = Command::new("fusermount3")
         .arg("-uz")
@@ -62,6 +59,16 @@ pub fn test_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
     dir
+}
+
+/// `umount -l`: detaches whatever is mounted at `path` (an ext4 on a loop device whose FUSE
+/// daemon was killed, say) and ignores "not mounted".
+pub fn unmount_lazily(path: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Fails early, with the reason, when the machine cannot run FUSE tests.

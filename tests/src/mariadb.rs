@@ -96,6 +96,14 @@ impl Mariadb {
         }
     }
 
+    /// A fresh server on the file system mounted at `dir`: datadir `dir/mysql`, socket
+    /// `dir/mariadb.sock`, its log at `log` (outside the volume).
+    pub fn install_on(dir: &Path, log: &Path) -> anyhow::Result<Mariadb> {
+        let datadir = dir.join("mysql");
+        Mariadb::install(&datadir)?;
+        Mariadb::start(&datadir, &dir.join("mariadb.sock"), log)
+    }
+
     /// `mariadb-install-db` into `datadir`.
     pub fn install(datadir: &Path) -> anyhow::Result<()> {
         run(Command::new("mariadb-install-db")

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sixfold_tests::{pattern, require_fuse, run, test_dir, Cluster, Mount};
+use sixfold_tests::{pattern, require_fuse, run, test_dir, unmount_lazily, Cluster, Mount};
 
 const VOLUME: &str = "crash";
 const FS_BYTES: u64 = 1 << 30;
@@ -36,11 +36,7 @@ struct Unmount(PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
+        unmount_lazily(&self.0);
     }
 }
 
@@ -238,11 +234,7 @@ fn killing_the_mount_again_and_again_loses_no_acknowledged_write() -> Result<()>
         raw_next = raw
             .join()
             .map_err(|_| anyhow::anyhow!("raw writer panicked"))?;
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&paths.fs)
-            .stderr(Stdio::null())
-            .status();
+        unmount_lazily(&paths.fs);
         for victim in killed {
             cluster.start_node(victim)?;
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use sixfold_tests::mariadb::Mariadb;
-use sixfold_tests::{require_fuse, test_dir, Up};
+use sixfold_tests::{require_fuse, test_dir, unmount_lazily, Up};
 
 #[test]
 fn mariadb_recovers_every_acknowledged_commit_after_everything_is_killed() -> anyhow::Result<()> {
@@ -18,11 +18,9 @@ fn mariadb_recovers_every_acknowledged_commit_after_everything_is_killed() -> an
     let dir = test_dir("mariadb_crash");
     let mnt = dir.join("mnt");
     let up = Up::start(&mnt, &dir.join("state"), "8G")?;
-    let datadir = mnt.join("mysql");
-    let socket = mnt.join("mariadb.sock");
     let log = dir.join("mariadb.log");
-    Mariadb::install(&datadir)?;
-    let mut db = Mariadb::start(&datadir, &socket, &log)?;
+    let mut db = Mariadb::install_on(&mnt, &log)?;
+    let (datadir, socket) = (db.datadir.clone(), db.socket.clone());
     db.sql(
         "CREATE DATABASE app; \
          CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(64) NOT NULL, pad BLOB) ENGINE=InnoDB;",
@@ -77,11 +75,7 @@ fn mariadb_recovers_every_acknowledged_commit_after_everything_is_killed() -> an
         "the load committed only {} rows before the cut",
         acknowledged.len()
     );
-    let _ = Command::new("umount")
-        .arg("-l")
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status();
+    unmount_lazily(&mnt);
 
     up.restart()
         .context("sixfold up after everything was killed")?;

@@ -11,12 +11,9 @@ fn mariadb_on_sixfold_up() -> anyhow::Result<()> {
     let dir = test_dir("mariadb_on_up");
     let mnt = dir.join("mnt");
     let up = Up::start(&mnt, &dir.join("state"), "8G")?;
-    let datadir = mnt.join("mysql");
-    let socket = mnt.join("mariadb.sock");
     let log = dir.join("mariadb.log");
-    Mariadb::install(&datadir)?;
-
-    let db = Mariadb::start(&datadir, &socket, &log)?;
+    let db = Mariadb::install_on(&mnt, &log)?;
+    let (datadir, socket) = (db.datadir.clone(), db.socket.clone());
     db.sql(
         "CREATE DATABASE app; \
          CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(64) NOT NULL, pad BLOB) ENGINE=InnoDB;",

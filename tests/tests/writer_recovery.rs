@@ -38,10 +38,6 @@ fn sync_within_a_minute(volume: &File, what: &str) -> Result<()> {
     }
 }
 
-fn open(mount: &Mount) -> Result<File> {
-    mount.open_volume()
-}
-
 fn log_has(path: &Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|log| log.contains(needle))
 }
@@ -60,7 +56,7 @@ fn a_node_away_during_recovery_rejoins_and_drops_its_stale_tail() -> Result<()> 
     let (p, q, r) = (0u64, 256u64, 512u64);
 
     let mount = Mount::start(&cluster, "stale", "1G", &mountpoint)?;
-    let volume = open(&mount)?;
+    let volume = mount.open_volume()?;
     write_page(&volume, p, 1)?;
     write_page(&volume, q, 2)?;
     volume.sync_all()?;
@@ -87,7 +83,7 @@ fn a_node_away_during_recovery_rejoins_and_drops_its_stale_tail() -> Result<()> 
 
     // A new writer recovers from nodes 2..5 and writes on.
     let mount = Mount::start(&cluster, "stale", "1G", &mountpoint)?;
-    let volume = open(&mount)?;
+    let volume = mount.open_volume()?;
     ensure!(
         read_page(&volume, q)? == pattern(2, PAGE as usize),
         "recovery kept a write no flush covered and no surviving node held"
@@ -142,12 +138,12 @@ fn a_second_writer_fences_the_first() -> Result<()> {
     let dir = test_dir("writer_recovery_fencing");
     let cluster = Cluster::start(&dir, 6)?;
     let first = Mount::start(&cluster, "race", "1G", &dir.join("mnt-first"))?;
-    let a = open(&first)?;
+    let a = first.open_volume()?;
     write_page(&a, 0, 1)?;
     a.sync_all().context("the only writer flushes")?;
 
     let second = Mount::start(&cluster, "race", "1G", &dir.join("mnt-second"))?;
-    let b = open(&second)?;
+    let b = second.open_volume()?;
     // The first writer learns it was fenced at its next flush, at the latest.
     write_page(&a, 1, 2)?;
     let error = a.sync_all().expect_err("a fenced writer's flush fails");
@@ -203,7 +199,7 @@ fn two_writers_racing_to_open_never_both_flush() -> Result<()> {
         let mut succeeded = Vec::new();
         for (i, mount) in mounts.iter().enumerate() {
             let page = 16 * round + i as u64;
-            let volume = open(mount)?;
+            let volume = mount.open_volume()?;
             let wrote = write_page(&volume, page, 1000 + page).is_ok();
             if wrote && sync_within_a_minute(&volume, "a racer's").is_ok() {
                 succeeded.push(page);
@@ -222,7 +218,7 @@ fn two_writers_racing_to_open_never_both_flush() -> Result<()> {
     }
     // Every flush that returned is in the volume.
     let mount = Mount::start(&cluster, "duel", "1G", &dir.join("mnt-0"))?;
-    let volume = open(&mount)?;
+    let volume = mount.open_volume()?;
     for page in &flushed {
         ensure!(
             read_page(&volume, *page)? == pattern(1000 + page, PAGE as usize),
