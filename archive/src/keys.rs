@@ -15,8 +15,9 @@ pub fn log_prefix(volume: &str, pg: PgId) -> String {
     format!("{}log/", pg_prefix(volume, pg))
 }
 
-/// A run of the PG's records in (start, end]; `time_us` is when its newest consistency point
-/// was reached (0: it carries none), so that a time can be looked up from keys alone.
+/// A run of the PG's records in (start, end]; `time_us` is when the writer reached `end` as a
+/// consistency point (0: `end` is not one, the run was cut by size), so that a time maps to an
+/// LSN from keys alone.
 pub fn run_key(volume: &str, pg: PgId, run: &RunKey) -> String {
     format!("{}{}", log_prefix(volume, pg), run.name())
 }

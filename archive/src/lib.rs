@@ -9,7 +9,8 @@
 //!   archivers writing the same range write the same object (idempotent keys);
 //! - [`format`]: archive object bodies (record runs, page images), checksummed and compressed;
 //! - [`catalog`]: what a PG's archive can restore, from its object keys alone (pure);
-//! - [`manifest`]: snapshot manifests and base-image manifests (JSON).
+//! - [`manifest`]: snapshot manifests and base-image manifests (JSON);
+//! - [`points`]: a volume's restore points (every PG's catalog) and time-to-LSN lookup.
 //!
 //! The layout under the store's root:
 //!
@@ -30,6 +31,7 @@ pub mod catalog;
 pub mod format;
 pub mod keys;
 pub mod manifest;
+pub mod points;
 pub mod store;
 
 pub use store::{ObjectError, ObjectStore};

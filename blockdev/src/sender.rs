@@ -53,6 +53,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
             let mut state = shared.lock();
             let vcl = state.ledger.vcl();
             let vdl = state.ledger.vdl();
+            let vdl_time_us = state.vdl_time_us;
             let closed = state.closed || state.fenced;
             let push_to = state.push_to;
             let (pgcl, acked, lowest_scl) = state
@@ -115,6 +116,8 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                 pgcl: pgcl.0,
                                 fold_limit: fold_limit.0,
                                 truncations: truncations.clone(),
+                                writer_vdl_time_us: vdl_time_us,
+                                segment_addr: link.addr.clone(),
                             };
                             match records.last() {
                                 _ if linger_left.is_some() => {
@@ -133,12 +136,16 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                     // and tells the node how far the PG is durable, so that it
                                     // fills its gap from its peers. So does one whose node has
                                     // not heard the latest fold limit (it could not fold the
-                                    // PG's last records).
+                                    // PG's last records), and one that has not heard the
+                                    // latest VDL: its archiver needs a recent consistency
+                                    // point to archive a quiet PG up to it (at most one
+                                    // heartbeat per PROBE_INTERVAL while the volume is written).
                                     let due = link
                                         .probed_at
                                         .is_none_or(|at| now.duration_since(at) >= PROBE_INTERVAL);
                                     let stale = link.hinted.stale(&hints);
-                                    if (!link.up || acked < pgcl || stale) && due {
+                                    let new_vdl = hints.vdl > link.hinted.vdl;
+                                    if (!link.up || acked < pgcl || stale || new_vdl) && due {
                                         link.probed_at = Some(now);
                                         link.hinted = hints;
                                         Next::Send(
@@ -260,6 +267,9 @@ async fn send_batch(
 pub(crate) fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed: Duration) {
     let mut state = shared.lock();
     let vdl_moved = state.ledger.handle_ack(pg, index, scl);
+    if vdl_moved {
+        state.vdl_time_us = crate::shared::unix_micros();
+    }
     let pgcl = state.ledger.pg(pg).map(|c| c.pgcl).unwrap_or(Lsn::ZERO);
     if let Some(queue) = state.pgs.get_mut(&pg) {
         let link = &mut queue.segments[index];

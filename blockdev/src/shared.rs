@@ -176,6 +176,17 @@ pub struct State {
     /// Records at or below this LSN are sent at once (a flush or a back-pressured writer waits
     /// for them); later ones may linger briefly to travel in fewer, larger batches.
     pub push_to: Lsn,
+    /// When VDL last moved (Unix microseconds): sent with it to every segment, whose archiver
+    /// keeps it as the time of that consistency point (point-in-time restore maps times to LSNs
+    /// with these).
+    pub vdl_time_us: u64,
+}
+
+/// Now, in Unix microseconds (0 if the clock is before 1970).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl State {

@@ -33,6 +33,10 @@ pub struct NodeReport {
     /// Milliseconds the node held writer appends because its hot log was over its limit.
     pub appends_held_ms: u64,
     pub segments: usize,
+    /// Where the node archives (None: backup off), and what it uploaded since it started.
+    pub backup_store: Option<String>,
+    pub archived_objects: u64,
+    pub archived_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +55,15 @@ pub struct PgReport {
     /// 4th highest SCL among the segments that answered (unreachable ones count as 0).
     pub pgcl: u64,
     pub segments: Vec<SegmentReport>,
+    /// Backup: the node archiving the PG now, how far its archive reaches (a volume LSN),
+    /// and the lag behind the writer's VDL, in LSNs and in milliseconds (how long ago the
+    /// writer reached the oldest consistency point not yet archived). None: backup off or no
+    /// archiver reachable.
+    pub archiver: Option<String>,
+    pub archived_lsn: Option<u64>,
+    pub backup_lag_lsns: Option<u64>,
+    pub backup_lag_ms: Option<u64>,
+    pub archive_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +138,19 @@ impl StatusReport {
         }
         for pg in &self.pgs {
             let _ = writeln!(out, "  PG {}  PGCL {}", pg.pg, pg.pgcl);
+            if let Some(archived) = pg.archived_lsn {
+                let _ = writeln!(
+                    out,
+                    "    backup: archived through LSN {archived} by {}, lag {} LSNs / {} ms{}",
+                    pg.archiver.as_deref().unwrap_or("?"),
+                    opt(pg.backup_lag_lsns),
+                    opt(pg.backup_lag_ms),
+                    pg.archive_error
+                        .as_deref()
+                        .map(|e| format!("  ARCHIVING FAILS: {e}"))
+                        .unwrap_or_default()
+                );
+            }
             for segment in &pg.segments {
                 let state = if segment.reachable {
                     ""
@@ -154,6 +180,15 @@ impl StatusReport {
                     human_bytes(node.hot_log_bytes),
                     human_bytes(node.page_store_bytes)
                 );
+                if let Some(store) = &node.backup_store {
+                    let _ = writeln!(
+                        out,
+                        "  {:<22} backup to {store}: {} object(s), {} uploaded since start",
+                        "",
+                        node.archived_objects,
+                        human_bytes(node.archived_bytes)
+                    );
+                }
                 if node.corrupt_found > 0 {
                     let _ = writeln!(
                         out,
@@ -228,6 +263,10 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     corrupt_repaired: status.corrupt_repaired,
                     appends_held_ms: status.appends_held_ms,
                     segments: status.segments.len(),
+                    backup_store: (!status.backup_store.is_empty())
+                        .then(|| status.backup_store.clone()),
+                    archived_objects: status.archived_objects,
+                    archived_bytes: status.archived_bytes,
                 });
             }
             other => {
@@ -248,6 +287,9 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     corrupt_repaired: 0,
                     appends_held_ms: 0,
                     segments: 0,
+                    backup_store: None,
+                    archived_objects: 0,
+                    archived_bytes: 0,
                 });
             }
         }
@@ -258,6 +300,10 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
         for placement in &meta.pgs {
             let mut segments = Vec::new();
             let mut scls = [Lsn::ZERO; COPIES];
+            let mut archiver = None;
+            let mut archived_lsn = None;
+            let mut backup_lag_ms = None;
+            let mut archive_error = None;
             for (index, addr) in placement.nodes.iter().enumerate() {
                 let found = match answers.get(addr) {
                     Some(Ok(status)) => Some(status.segments.iter().find(|s| {
@@ -268,6 +314,14 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     _ => None,
                 };
                 let segment = found.flatten();
+                if let Some(segment) = segment.filter(|s| s.archiver) {
+                    archiver = Some(addr.clone());
+                    archived_lsn = archived_lsn.max(Some(segment.archived_lsn));
+                    backup_lag_ms = Some(segment.archive_lag_ms);
+                    if !segment.archive_error.is_empty() {
+                        archive_error = Some(segment.archive_error.clone());
+                    }
+                }
                 if let (Some(segment), true) = (segment, index < COPIES) {
                     scls[index] = Lsn(segment.scl);
                     stored_bytes += segment.bytes;
@@ -285,6 +339,11 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                 pg: placement.pg,
                 pgcl: quorum::pgcl(&scls).0,
                 segments,
+                archiver,
+                archived_lsn,
+                backup_lag_lsns: archived_lsn.map(|a| vdl.unwrap_or(0).saturating_sub(a)),
+                backup_lag_ms,
+                archive_error,
             });
         }
     }

@@ -47,6 +47,7 @@ pub struct VolumeStats {
 
 pub fn validate_volume_name(name: &str) -> Result<(), VolumeError> {
     let ok = !name.is_empty()
+        && !name.starts_with('.')
         && name.len() <= 255
         && name
             .bytes()
@@ -55,13 +56,13 @@ pub fn validate_volume_name(name: &str) -> Result<(), VolumeError> {
         Ok(())
     } else {
         Err(VolumeError::Invalid(format!(
-            "volume name {name:?} must be 1-255 characters of A-Z a-z 0-9 . _ -"
+            "volume name {name:?} must be 1-255 characters of A-Z a-z 0-9 . _ -, not starting with a dot"
         )))
     }
 }
 
 /// A random id for this writer's metadata puts (see `VolumeMeta.writer`).
-fn writer_id() -> u64 {
+pub(crate) fn writer_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
@@ -105,6 +106,14 @@ impl Volume {
                         detail: format!("page size {} is not {PAGE_SIZE}", meta.page_size),
                     });
                 }
+                if meta.restoring {
+                    return Err(VolumeError::Meta {
+                        volume: name,
+                        detail: "is a restore that did not finish (run `sixfold restore` \
+                                 again with another volume name)"
+                            .into(),
+                    });
+                }
                 meta
             }
             None => {
@@ -118,6 +127,7 @@ impl Volume {
                     version: 0,
                     pgs: Vec::new(),
                     writer: 0,
+                    restoring: false,
                 }
             }
         };
@@ -176,6 +186,7 @@ impl Volume {
             closed: false,
             read_only: options.read_only,
             push_to: Lsn::ZERO,
+            vdl_time_us: crate::shared::unix_micros(),
         };
         let (progress, _) = watch::channel(Progress {
             vdl: start,

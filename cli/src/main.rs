@@ -10,7 +10,9 @@
 //! - [`status`]: `sixfold status`.
 //! - [`grow`]: `sixfold grow`.
 //! - [`laptop`]: `sixfold up` / `sixfold down`, the embedded six-node default.
+//! - [`backup`]: `sixfold snapshot` and `sixfold restore`.
 
+mod backup;
 mod grow;
 mod laptop;
 mod mount;
@@ -54,6 +56,8 @@ enum Command {
     Grow(grow::GrowArgs),
     Up(laptop::up::UpArgs),
     Down(laptop::down::DownArgs),
+    Snapshot(backup::snapshot::SnapshotArgs),
+    Restore(backup::restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,8 @@ fn main() -> ExitCode {
         Command::Grow(args) => grow::run(args),
         Command::Up(args) => laptop::up::run(args, &cli.log_level),
         Command::Down(args) => laptop::down::run(args),
+        Command::Snapshot(args) => backup::snapshot::run(args),
+        Command::Restore(args) => backup::restore::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,18 @@ pub struct NodeArgs {
     /// Directory for the node's hot log and page store (created if missing).
     #[arg(long = "data", value_name = "DIR")]
     data_dir: PathBuf,
+    /// Continuous backup: archive every PG this node hosts to STORE, a directory or
+    /// s3://bucket/prefix (credentials and region from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION). Every node of a cluster names the same store.
+    #[arg(long, value_name = "STORE")]
+    backup: Option<String>,
+    /// S3 endpoint URL for an S3-compatible server (else AWS_ENDPOINT_URL, else AWS);
+    /// path-style addressing is used whenever an endpoint is given.
+    #[arg(long, value_name = "URL", requires = "backup")]
+    backup_endpoint: Option<String>,
+    /// Upload a new base image of a PG after this many MiB of its records were archived.
+    #[arg(long, value_name = "MIB", default_value_t = sixfold_node::BASE_EVERY_BYTES >> 20, requires = "backup")]
+    base_every_mib: u64,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -43,10 +55,26 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .build()
         .context("start the tokio runtime")?;
     let signals = Signals::install(&runtime)?;
+    let backup = match &args.backup {
+        Some(spec) => {
+            let objects = runtime
+                .block_on(sixfold_archive::ObjectStore::open(
+                    spec,
+                    args.backup_endpoint.as_deref(),
+                ))
+                .with_context(|| format!("open the backup store {spec}"))?;
+            Some(sixfold_node::ArchiveConfig {
+                objects,
+                base_every_bytes: args.base_every_mib.max(1) << 20,
+            })
+        }
+        None => None,
+    };
     let config = sixfold_node::NodeConfig {
         listen: args.listen,
         az: args.az.clone(),
         data_dir: args.data_dir.clone(),
+        backup,
     };
     tracing::info!(listen = %args.listen, az = %args.az, data = %args.data_dir.display(), "starting storage node");
     runtime

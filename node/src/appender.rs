@@ -41,7 +41,7 @@ use crate::hotlog;
 use crate::error::StoreError;
 use crate::frame::{self, FrameBody};
 use crate::hotlog::LogWriter;
-use crate::index::{Effect, Index, SegmentKey};
+use crate::index::{Effect, Index, Mark, SegmentKey};
 use crate::lock;
 use crate::meta;
 use crate::request::PreparedRecord;
@@ -73,6 +73,10 @@ pub enum Source {
         writer_vdl: Lsn,
         pgcl: Lsn,
         fold_limit: Lsn,
+        /// The writer's consistency point (for backup's archive).
+        mark: Mark,
+        /// The address the writer knows this node by (empty: not told).
+        addr: String,
     },
     /// Gap-fill from a peer: records of any epoch the segment's truncations allow.
     Gossip,
@@ -246,12 +250,18 @@ impl Appender {
                     writer_vdl,
                     pgcl,
                     fold_limit,
+                    mark,
+                    addr,
                     ..
                 } = job.source
                 {
                     if !peers.is_empty() {
                         slot.peers = peers;
                     }
+                    if !addr.is_empty() {
+                        slot.addr = addr;
+                    }
+                    slot.add_mark(mark);
                     slot.pgcl_hint = slot.pgcl_hint.max(pgcl);
                     slot.fold_limit_hint = slot.fold_limit_hint.max(fold_limit);
                     let volume = index.volume_mut(&job.key.volume);

@@ -68,6 +68,8 @@ async fn append(store: &Store, records: &[Record], fold_limit: u64) {
         writer_vdl: Lsn(fold_limit),
         pgcl: Lsn(fold_limit),
         fold_limit: Lsn(fold_limit),
+        mark: crate::index::Mark::default(),
+        addr: String::new(),
     };
     store.append(key(), source, prepared).await.expect("append");
 }

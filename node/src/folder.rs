@@ -24,6 +24,10 @@
 //! store's hold on writer appends above [`HOT_LOG_LIMIT_BYTES`] ([`crate::store::Store::append`]),
 //! this is what keeps the hot log bounded under a sustained write load.
 //!
+//! With backup on ([`Index::archive_on`]), no segment folds past what its PG's archive holds
+//! (`archived`): a hot-log file is collected only once its records are archived as well as
+//! folded, so whichever segment archives next still has every record not yet archived.
+//!
 //! After a round that folded anything: the checkpoint (volume epochs, every segment's fold point
 //! and truncations) is written durably, and then every hot-log file older than both the oldest
 //! file still holding an indexed record and the appender's applied file is deleted. Order
@@ -224,12 +228,17 @@ fn scrub(shared: &Shared, cursors: &mut HashMap<SegmentKey, u64>) {
 
 /// The highest LSN the segment may fold to now (before its own SCL caps it): see the module
 /// docs. `past_peers`: a lagging peer no longer holds it back; the writer's VDL still does.
-fn fold_limit(slot: &SegmentSlot, writer_vdl: Lsn, past_peers: bool) -> Lsn {
+fn fold_limit(index: &Index, slot: &SegmentSlot, writer_vdl: Lsn, past_peers: bool) -> Lsn {
     let hinted = slot.fold_limit_hint.min(slot.pgcl_hint);
-    if past_peers {
+    let limit = if past_peers {
         hinted.max(writer_vdl.min(slot.pgcl_hint))
     } else {
         hinted
+    };
+    if index.archive_on {
+        limit.min(slot.archived)
+    } else {
+        limit
     }
 }
 
@@ -238,7 +247,8 @@ fn foldable(index: &Index, key: &SegmentKey, slot: &SegmentSlot, past_peers: boo
     let vdl = index
         .volume(&key.volume)
         .map_or(Lsn::ZERO, |v| v.writer_vdl);
-    fold_limit(slot, vdl, past_peers).min(slot.segment.scl()) > slot.segment.folded() && !held(slot)
+    fold_limit(index, slot, vdl, past_peers).min(slot.segment.scl()) > slot.segment.folded()
+        && !held(slot)
 }
 
 /// One pass of the folder thread: folds the segments that are due (see the module docs);
@@ -388,8 +398,8 @@ fn fold_step(shared: &Shared, key: &SegmentKey, limit: Limit) -> Result<bool, St
         let limit = match limit {
             Limit::Lsn(lsn) => lsn,
             _ if held(slot) => return Ok(false),
-            Limit::Hints => fold_limit(slot, vdl, false),
-            Limit::PastPeers => fold_limit(slot, vdl, true),
+            Limit::Hints => fold_limit(&index, slot, vdl, false),
+            Limit::PastPeers => fold_limit(&index, slot, vdl, true),
         };
         slot.segment.fold_plan(limit, FOLD_PAGES_MAX)
     };

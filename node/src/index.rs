@@ -55,6 +55,55 @@ pub struct SegmentSlot {
     pub fold_limit_hint: Lsn,
     /// A peer is hydrating from this segment's pages: do not fold until then (soft state).
     pub fold_hold_until: Option<std::time::Instant>,
+    /// The address the writer knows this node by (soft state, with `peers`).
+    pub addr: String,
+    /// The writer's consistency points not yet archived, oldest first (soft state, at most
+    /// [`MARKS_MAX`]; the oldest go first, losing only time resolution).
+    pub marks: std::collections::VecDeque<Mark>,
+    /// Backup: every record of the PG at or below this volume LSN is archived (as this node
+    /// knows: its own uploads, or the archive's head it read). With backup on, the folder
+    /// folds no further, so that the records stay in every segment's hot log until archived
+    /// and any segment can take over as archiver. Soft state: 0 after a restart until learned.
+    pub archived: Lsn,
+    /// When the writer reached the newest archived consistency point (Unix µs; 0: unknown).
+    pub archived_time_us: u64,
+    /// Whether this node is the PG's archiver now, and its last archiving error.
+    pub archiver: bool,
+    pub archive_error: Option<String>,
+}
+
+/// Most consistency points kept per segment.
+pub const MARKS_MAX: usize = 1 << 16;
+
+/// A consistency point as a writer reported it: VDL reached `vdl` at `time_us`, and the PG's
+/// PGCL then. Every record of the PG at or below `vdl` is at or below `pgcl` (VCL >= VDL, and
+/// every record at or below VCL is at or below its PG's PGCL), so a segment whose SCL reaches
+/// `pgcl` holds all of the PG's records up to `vdl`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub vdl: Lsn,
+    pub pgcl: Lsn,
+    pub time_us: u64,
+}
+
+impl SegmentSlot {
+    /// Keeps a writer's consistency point (newer VDLs only).
+    pub fn add_mark(&mut self, mark: Mark) {
+        if mark.vdl == Lsn::ZERO || self.marks.back().is_some_and(|m| m.vdl >= mark.vdl) {
+            return;
+        }
+        if self.marks.len() >= MARKS_MAX {
+            self.marks.pop_front();
+        }
+        self.marks.push_back(mark);
+    }
+
+    /// Forgets the consistency points at or below `archived`.
+    pub fn drop_marks(&mut self, archived: Lsn) {
+        while self.marks.front().is_some_and(|m| m.vdl <= archived) {
+            self.marks.pop_front();
+        }
+    }
 }
 
 /// One durable change, as a frame of the hot log carries it.
@@ -77,6 +126,8 @@ pub enum Effect {
 pub struct Index {
     segments: BTreeMap<SegmentKey, SegmentSlot>,
     volumes: BTreeMap<String, VolumeState>,
+    /// Backup is on: segments fold no further than their `archived` point.
+    pub archive_on: bool,
 }
 
 impl Index {

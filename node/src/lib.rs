@@ -25,6 +25,7 @@
 //! [`appender`], [`meta`] and [`store`], and the ordering rules in [`pagestore`] and [`folder`].
 
 mod appender;
+mod archiver;
 mod checkpoint;
 pub mod error;
 mod folder;
@@ -37,9 +38,11 @@ mod meta;
 mod pagestore;
 mod pagewrite;
 mod request;
+mod restore;
 pub mod segment;
 mod service;
 mod store;
+mod store_archive;
 
 #[cfg(test)]
 mod fold_tests;
@@ -58,6 +61,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+pub use archiver::{ArchiveConfig, BASE_EVERY_BYTES};
 pub use error::NodeError;
 
 use crate::service::Service;
@@ -81,6 +85,8 @@ pub struct NodeConfig {
     pub az: String,
     /// Where the hot log (`log/`) and volume metadata (`meta/`) live.
     pub data_dir: PathBuf,
+    /// Continuous backup: where to archive every PG this node hosts (None: backup off).
+    pub backup: Option<ArchiveConfig>,
 }
 
 /// Opens (recovers) the node's state from `data_dir`, then serves gRPC on `config.listen` until
@@ -152,7 +158,17 @@ async fn serve(
     let local = listener.local_addr().unwrap_or(config.listen);
     let own_addresses = vec![local.to_string(), config.listen.to_string()];
     let gossip = tokio::spawn(gossip::run(store.clone(), own_addresses));
-    let service = StorageNodeServer::new(Service::new(store.clone(), config.az.clone()))
+    let archiver = config.backup.clone().map(|backup| {
+        store.enable_backup(backup.objects.describe());
+        info!(store = %backup.objects.describe(), "backup on: archiving every PG this node hosts");
+        tokio::spawn(archiver::run(
+            store.clone(),
+            backup,
+            config.listen.to_string(),
+        ))
+    });
+    let objects = config.backup.as_ref().map(|b| b.objects.clone());
+    let service = StorageNodeServer::new(Service::new(store.clone(), config.az.clone(), objects))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     info!(listen = %local, az = %config.az, "storage node serving");
@@ -165,6 +181,10 @@ async fn serve(
         .await;
     gossip.abort();
     let _ = gossip.await;
+    if let Some(archiver) = archiver {
+        archiver.abort();
+        let _ = archiver.await;
+    }
     store.close().await;
     match &served {
         Ok(()) => info!(listen = %local, "storage node stopped"),

@@ -181,6 +181,7 @@ mod tests {
             version,
             pgs: Vec::new(),
             writer: 0,
+            restoring: false,
         }
     }
 

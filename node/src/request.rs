@@ -27,10 +27,14 @@ fn invalid(message: impl Into<String>) -> StoreError {
     StoreError::InvalidArgument(message.into())
 }
 
-/// A volume name is 1..=255 bytes of `[A-Za-z0-9._-]` (safe as a file name, too).
+/// A volume name is 1..=255 bytes of `[A-Za-z0-9._-]`, not starting with a dot (safe as a file
+/// name and an object-key part: never `.` or `..`).
 pub fn volume_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() {
         return Err(invalid("volume name is empty"));
+    }
+    if name.starts_with('.') {
+        return Err(invalid(format!("volume name {name:?} starts with a dot")));
     }
     if name.len() > VOLUME_NAME_BYTES_MAX {
         return Err(invalid(format!(
@@ -201,6 +205,15 @@ pub fn peers(list: &[String]) -> Result<Vec<String>, StoreError> {
     Ok(list.to_vec())
 }
 
+/// The address a writer knows this node by: empty (not told) or like a peer address.
+pub fn segment_addr(addr: &str) -> Result<String, StoreError> {
+    if addr.is_empty() {
+        return Ok(String::new());
+    }
+    peers(&[addr.to_owned()])?;
+    Ok(addr.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +223,7 @@ mod tests {
     #[test]
     fn volume_names() {
         assert!(volume_name("db-1.main_v2").is_ok());
-        for bad in ["", "a/b", "é", "a b", &"x".repeat(256)] {
+        for bad in ["", ".", "..", ".v", "a/b", "é", "a b", &"x".repeat(256)] {
             assert!(volume_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(volume_name(&"x".repeat(255)).is_ok());

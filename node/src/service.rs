@@ -2,13 +2,15 @@
 //! outcome into a response or a status ([`StoreError::to_status`], the one place errors become
 //! gRPC codes). Holds no state of its own; never panics on any input.
 
+use sixfold_archive::ObjectStore;
 use sixfold_proto::wire::storage_node_server::StorageNode;
 use sixfold_proto::wire::{
     AppendRequest, AppendResponse, FetchPagesRequest, FetchPagesResponse, FetchRecordsRequest,
     FetchRecordsResponse, GetVolumeMetaRequest, GetVolumeMetaResponse, NodeStatusRequest,
     NodeStatusResponse, OpenSegmentRequest, OpenSegmentResponse, PageImage, PutVolumeMetaRequest,
-    PutVolumeMetaResponse, ReadPageRequest, ReadPageResponse, SegmentRef, SegmentStateRequest,
-    SegmentStateResponse, SegmentStatus, VolumeWriterState,
+    PutVolumeMetaResponse, ReadPageRequest, ReadPageResponse, RestoreSegmentProgress,
+    RestoreSegmentRequest, SegmentRef, SegmentStateRequest, SegmentStateResponse, SegmentStatus,
+    VolumeWriterState,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 use tokio::sync::mpsc;
@@ -19,17 +21,20 @@ use tracing::{debug, info, warn};
 
 use crate::appender::Source;
 use crate::error::StoreError;
+use crate::index::Mark;
 use crate::request;
 use crate::store::Store;
 
 pub struct Service {
     store: Store,
     az: String,
+    /// The backup store (None: backup off, restores refused).
+    objects: Option<ObjectStore>,
 }
 
 impl Service {
-    pub fn new(store: Store, az: String) -> Service {
-        Service { store, az }
+    pub fn new(store: Store, az: String, objects: Option<ObjectStore>) -> Service {
+        Service { store, az, objects }
     }
 }
 
@@ -64,11 +69,13 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
         let epoch = Epoch(request.epoch);
         let records = request::prepare_records(&key, Some(epoch), &request.records)?;
         let peers = request::peers(&request.peers)?;
+        let addr = request::segment_addr(&request.segment_addr)?;
         let truncations = request::truncations(&request.truncations)?;
         request::history_not_newer(&truncations, epoch)?;
-        Ok::<_, StoreError>((key, epoch, records, peers, truncations))
+        Ok::<_, StoreError>((key, epoch, records, peers, addr, truncations))
     })();
-    let (key, epoch, records, peers, truncations) = prepared.map_err(|e| status("Append", e))?;
+    let (key, epoch, records, peers, addr, truncations) =
+        prepared.map_err(|e| status("Append", e))?;
     // A segment that was away while this writer (or an earlier one) recovered the PG drops the
     // records that recovery truncated before it acknowledges anything of this writer's.
     store
@@ -82,6 +89,12 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
         writer_vdl: Lsn(request.writer_vdl),
         pgcl: Lsn(request.pgcl),
         fold_limit: Lsn(request.fold_limit),
+        mark: Mark {
+            vdl: Lsn(request.writer_vdl),
+            pgcl: Lsn(request.pgcl),
+            time_us: request.writer_vdl_time_us,
+        },
+        addr,
     };
     let scl = store
         .append(key, source, records)
@@ -319,27 +332,70 @@ impl StorageNode for Service {
         }))
     }
 
+    type RestoreSegmentStream = ReceiverStream<Result<RestoreSegmentProgress, Status>>;
+
+    async fn restore_segment(
+        &self,
+        request: Request<RestoreSegmentRequest>,
+    ) -> Result<Response<Self::RestoreSegmentStream>, Status> {
+        let job = crate::restore::RestoreJob::parse(&request.into_inner())
+            .map_err(|e| status("RestoreSegment", e))?;
+        let Some(objects) = self.objects.clone() else {
+            return Err(Status::failed_precondition(
+                "this node has no backup store (start it with --backup)",
+            ));
+        };
+        let (sender, receiver) = mpsc::channel(16);
+        tokio::spawn(crate::restore::run(
+            self.store.clone(),
+            objects,
+            job,
+            sender,
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
     async fn node_status(
         &self,
         _request: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
         let snapshot = self.store.status();
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let (backup_store, archived_objects, archived_bytes) = self.store.backup_totals();
+        let writer_vdls: std::collections::HashMap<String, u64> = snapshot
+            .volumes
+            .iter()
+            .map(|(name, state)| (name.clone(), state.writer_vdl.0))
+            .collect();
         Ok(Response::new(NodeStatusResponse {
             az: self.az.clone(),
             segments: snapshot
                 .segments
                 .into_iter()
-                .map(|(key, summary)| SegmentStatus {
-                    segment: Some(SegmentRef {
-                        volume: key.volume,
-                        pg: key.pg.0,
-                    }),
-                    scl: summary.scl.0,
-                    max_lsn: summary.max_lsn.0,
-                    records: summary.records,
-                    bytes: summary.bytes,
+                .map(|(key, summary)| {
+                    let archive = self.store.archive_status(&key, now_us);
+                    SegmentStatus {
+                        writer_vdl: writer_vdls.get(&key.volume).copied().unwrap_or(0),
+                        segment: Some(SegmentRef {
+                            volume: key.volume,
+                            pg: key.pg.0,
+                        }),
+                        scl: summary.scl.0,
+                        max_lsn: summary.max_lsn.0,
+                        records: summary.records,
+                        bytes: summary.bytes,
+                        archived_lsn: archive.archived.0,
+                        archiver: archive.archiver,
+                        archive_lag_ms: archive.lag_ms,
+                        archive_error: archive.error.unwrap_or_default(),
+                    }
                 })
                 .collect(),
+            backup_store: backup_store.unwrap_or_default(),
+            archived_objects,
+            archived_bytes,
             hot_log_bytes: snapshot.log_bytes,
             page_store_bytes: snapshot.page_store_bytes,
             gap_fill_records: snapshot.gap_fill_records,

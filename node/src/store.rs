@@ -92,6 +92,11 @@ pub struct Shared {
     /// that fold journals and checkpoint files are written by one at a time. Taken before
     /// `index`, never while holding it.
     pub fold_lock: Mutex<()>,
+    /// Backup: where this node archives (None: backup off), and objects and bytes uploaded
+    /// since start.
+    pub backup_store: Mutex<Option<String>>,
+    pub archived_objects: AtomicU64,
+    pub archived_bytes: AtomicU64,
     /// Page stores of the segments that have folded, by segment.
     pub pages: Mutex<HashMap<SegmentKey, Arc<PageStore>>>,
     pub data_dir: PathBuf,
@@ -178,7 +183,7 @@ pub struct GapCandidate {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
     /// [`APPEND_QUEUE_KIB_MAX`] permits, one per KiB of records in flight to the appender.
     append_budget: Arc<Semaphore>,
@@ -285,6 +290,9 @@ impl Store {
             hydrated_bytes: AtomicU64::new(0),
             applied_file: AtomicU32::new(writer.file_number()),
             fold_lock: Mutex::new(()),
+            backup_store: Mutex::new(None),
+            archived_objects: AtomicU64::new(0),
+            archived_bytes: AtomicU64::new(0),
             pages: Mutex::new(pages.into_iter().map(|(k, (s, _))| (k, s)).collect()),
             data_dir: data_dir.to_owned(),
         });

@@ -39,6 +39,8 @@ async fn append(
         writer_vdl: Lsn(0),
         pgcl: Lsn(0),
         fold_limit: Lsn(0),
+        mark: crate::index::Mark::default(),
+        addr: String::new(),
     };
     store.append(key.clone(), source, prepared).await
 }
@@ -294,6 +296,7 @@ async fn epochs_fence_old_writers_across_restarts() {
         version: 1,
         pgs: Vec::new(),
         writer: 0,
+        restoring: false,
     };
     assert_eq!(store.put_meta(meta.clone()).await.expect("put"), 1);
     assert!(matches!(

@@ -40,6 +40,7 @@ fn crash_child_node() {
             listen: listener.local_addr().expect("addr"),
             az: "a".into(),
             data_dir: dir.join("data"),
+            backup: None,
         };
         let port_file = dir.join("port");
         let temp = dir.join("port.tmp");
@@ -137,6 +138,7 @@ async fn write_until_killed(port: u16, volume: String, pg: u32, acked: Arc<Mutex
             pgcl: 0,
             fold_limit: 0,
             truncations: vec![],
+            ..AppendRequest::default()
         };
         match client.append(request).await {
             Ok(response) => {

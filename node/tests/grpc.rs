@@ -66,6 +66,7 @@ impl Node {
             listen: addr,
             az: "az-test".into(),
             data_dir: data_dir.to_owned(),
+            backup: None,
         };
         let task = tokio::spawn(run_with_listener(config, listener, async {
             let _ = stopped.await;
@@ -133,6 +134,7 @@ fn append(
         pgcl: 0,
         fold_limit: 0,
         truncations: vec![],
+        ..AppendRequest::default()
     }
 }
 
@@ -334,6 +336,7 @@ async fn append_read_and_malformed_requests() {
         version: 2,
         pgs: vec![],
         writer: 0,
+        restoring: false,
     };
     let put = client
         .put_volume_meta(PutVolumeMetaRequest {

@@ -4,6 +4,9 @@
 //! [[node]]
 //! addr = "127.0.0.1:7001"
 //! az = "a"
+//!
+//! [backup]                      # optional: where the nodes archive (their --backup)
+//! store = "/var/lib/sixfold/backup"   # or "s3://bucket/prefix"
 //! ```
 
 use std::collections::BTreeMap;
@@ -26,6 +29,19 @@ pub struct NodeEntry {
 pub struct ClusterConfig {
     #[serde(rename = "node")]
     pub nodes: Vec<NodeEntry>,
+    /// Where the cluster's nodes archive: `sixfold snapshot` and `sixfold restore` read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSection>,
+}
+
+/// The `[backup]` table of a cluster file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSection {
+    /// A directory, or `s3://bucket/prefix`.
+    pub store: String,
+    /// S3 endpoint URL for S3-compatible servers (else AWS_ENDPOINT_URL, else AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Error)]

@@ -79,7 +79,10 @@ mod tests {
                 });
             }
         }
-        ClusterConfig { nodes }
+        ClusterConfig {
+            nodes,
+            backup: None,
+        }
     }
 
     #[test]

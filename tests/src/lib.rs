@@ -157,10 +157,32 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub cluster_file: PathBuf,
     pub nodes: Vec<Node>,
+    /// More `sixfold node` options for every node (`--backup DIR`, ...).
+    pub node_options: Vec<String>,
 }
 
 impl Cluster {
     pub fn start(dir: &Path, count: usize) -> Result<Cluster> {
+        Cluster::start_with(dir, count, None, &[])
+    }
+
+    /// A cluster whose nodes archive to `store` (the cluster file's `[backup]` table names it),
+    /// with more node options.
+    pub fn start_backed_up(
+        dir: &Path,
+        count: usize,
+        store: &str,
+        options: &[&str],
+    ) -> Result<Cluster> {
+        Cluster::start_with(dir, count, Some(store), options)
+    }
+
+    fn start_with(
+        dir: &Path,
+        count: usize,
+        backup: Option<&str>,
+        options: &[&str],
+    ) -> Result<Cluster> {
         let azs = ["a", "b", "c"];
         let mut nodes = Vec::new();
         let mut toml = String::new();
@@ -177,12 +199,18 @@ impl Cluster {
                 child: None,
             });
         }
+        let mut node_options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        if let Some(store) = backup {
+            toml.push_str(&format!("[backup]\nstore = \"{store}\"\n"));
+            node_options.extend(["--backup".to_string(), store.to_string()]);
+        }
         let cluster_file = dir.join("cluster.toml");
         std::fs::write(&cluster_file, toml)?;
         let mut cluster = Cluster {
             dir: dir.to_owned(),
             cluster_file,
             nodes,
+            node_options,
         };
         for i in 0..count {
             cluster.start_node(i)?;
@@ -205,6 +233,7 @@ impl Cluster {
                 "--data",
             ])
             .arg(&node.data)
+            .args(&self.node_options)
             .env(
                 "RUST_LOG",
                 std::env::var("SIXFOLD_TEST_LOG").unwrap_or_else(|_| "info".into()),

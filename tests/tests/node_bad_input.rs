@@ -92,6 +92,7 @@ fn append(pg: u32, epoch: u64, records: Vec<sixfold_proto::wire::Record>) -> App
         pgcl: 0,
         fold_limit: 0,
         truncations: vec![],
+        ..AppendRequest::default()
     }
 }
 

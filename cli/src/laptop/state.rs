@@ -9,13 +9,15 @@
 //! STATE/logs/            node-N.log, mount.log
 //! STATE/pids/            node-N.pid, mount.pid
 //! STATE/fuse/            FUSE mount point; the volume file is STATE/fuse/volume
+//! STATE/backup/          the nodes' archive (continuous backup, snapshots), unless the
+//!                        cluster was created with `--no-backup`
 //! ```
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sixfold_proto::cluster::{ClusterConfig, NodeEntry};
+use sixfold_proto::cluster::{BackupSection, ClusterConfig, NodeEntry};
 
 pub const CLUSTER_FILE_NAME: &str = "cluster.toml";
 /// The AZs of the embedded cluster; nodes are spread over them in blocks (a, a, b, b, c, c).
@@ -111,9 +113,18 @@ impl StateDir {
         nodes
     }
 
-    /// The cluster file: loaded when it exists (same ports as before), else created with
-    /// `nodes` free ports on 127.0.0.1.
-    pub fn load_or_create_cluster(&self, nodes: usize) -> anyhow::Result<ClusterConfig> {
+    pub fn backup_dir(&self) -> PathBuf {
+        self.root.join("backup")
+    }
+
+    /// The cluster file: loaded when it exists (same ports and backup store as before), else
+    /// created with `nodes` free ports on 127.0.0.1 and, with `backup`, the archive in
+    /// STATE/backup.
+    pub fn load_or_create_cluster(
+        &self,
+        nodes: usize,
+        backup: bool,
+    ) -> anyhow::Result<ClusterConfig> {
         let path = self.cluster_file();
         if path.exists() {
             let cluster = ClusterConfig::load(&path).context("load the cluster file")?;
@@ -136,6 +147,10 @@ impl StateDir {
                     az: AZS[index * AZS.len() / nodes].to_owned(),
                 })
                 .collect(),
+            backup: backup.then(|| BackupSection {
+                store: self.backup_dir().to_string_lossy().into_owned(),
+                endpoint: None,
+            }),
         };
         // Check it as `sixfold mount` will, before anything depends on it.
         ClusterConfig::parse(&cluster.to_toml(), &path).context("check the new cluster file")?;
@@ -191,10 +206,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sixfold-state-test-{}", std::process::id()));
         let state = StateDir { root: dir.clone() };
         state.create_layout().expect("layout");
-        let cluster = state.load_or_create_cluster(6).expect("create");
+        let cluster = state.load_or_create_cluster(6, true).expect("create");
         let azs: Vec<&str> = cluster.nodes.iter().map(|n| n.az.as_str()).collect();
         assert_eq!(azs, ["a", "a", "b", "b", "c", "c"]);
-        let again = state.load_or_create_cluster(6).expect("reuse");
+        let again = state.load_or_create_cluster(6, true).expect("reuse");
         assert_eq!(again, cluster);
         std::fs::remove_dir_all(&dir).expect("clean up");
     }

@@ -57,6 +57,10 @@ pub struct UpArgs {
     /// Number of storage nodes (spread over AZs a, b, c) when the state directory is new.
     #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u16).range(6..=NODES_MAX as i64))]
     nodes: u16,
+    /// Create the cluster without continuous backup (default: the nodes archive to
+    /// STATE/backup; snapshots and restores need it). Applies to a new state directory only.
+    #[arg(long)]
+    no_backup: bool,
 }
 
 pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
@@ -76,7 +80,10 @@ pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
     let state = StateDir::for_mount_dir(&dir, args.state.as_deref())?;
     println!("sixfold up: state directory {}", state.root.display());
     state.create_layout()?;
-    let cluster = state.load_or_create_cluster(usize::from(args.nodes))?;
+    let cluster = state.load_or_create_cluster(usize::from(args.nodes), !args.no_backup)?;
+    if let Some(backup) = &cluster.backup {
+        println!("  backup: the nodes archive to {}", backup.store);
+    }
     let exe = std::env::current_exe().context("find the sixfold executable")?;
 
     // Nodes.
@@ -92,7 +99,7 @@ pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
             );
             continue;
         }
-        let node_args: Vec<OsString> = vec![
+        let mut node_args: Vec<OsString> = vec![
             "--log-level".into(),
             log_level.into(),
             "node".into(),
@@ -103,6 +110,12 @@ pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
             "--data".into(),
             data.into_os_string(),
         ];
+        if let Some(backup) = &cluster.backup {
+            node_args.extend(["--backup".into(), backup.store.clone().into()]);
+            if let Some(endpoint) = &backup.endpoint {
+                node_args.extend(["--backup-endpoint".into(), endpoint.clone().into()]);
+            }
+        }
         let child = spawn_detached(
             &exe,
             &node_args,

@@ -1,0 +1,221 @@
+//! `sixfold restore`: a new volume at a snapshot, a time or an LSN, rebuilt by the storage nodes
+//! from the archive (every PG in parallel, each node its own segment), mountable at once with no
+//! log replay at the writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use clap::{ArgGroup, Args};
+use indicatif::{ProgressBar, ProgressStyle};
+use sixfold_archive::keys;
+use sixfold_archive::manifest::SnapshotManifest;
+use sixfold_archive::{points, ObjectError};
+use sixfold_blockdev::restore::{PgSource, RestoreEvent, RestoreRequest};
+use sixfold_proto::{Lsn, PgId, PG_BYTES};
+
+use super::{runtime, show_time, unix_micros, StoreArgs};
+
+#[derive(Debug, Args)]
+#[command(
+    about = "Build a new volume from the backup: at a snapshot, a time or an LSN",
+    long_about = "Build a new volume from the backup at any consistency point inside the \
+                  retention window: a snapshot (--from), the newest point reached at or before \
+                  a time (--to-time, RFC 3339 such as 2026-11-26T10:00:00Z) or an LSN \
+                  (--to-lsn). The nodes that will host the new volume's PGs rebuild them from \
+                  the archived objects, all PGs in parallel. Mount it like any volume \
+                  (`sixfold mount --volume NEWNAME`)."
+)]
+#[command(group(ArgGroup::new("point").required(true).args(["from", "to_time", "to_lsn"])))]
+pub struct RestoreArgs {
+    /// Restore a snapshot (see `sixfold snapshot list`).
+    #[arg(long, value_name = "SNAPSHOT")]
+    from: Option<String>,
+    /// Restore the newest consistency point the writer had reached at this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = humantime::parse_rfc3339_weak)]
+    to_time: Option<SystemTime>,
+    /// Restore this LSN.
+    #[arg(long, value_name = "LSN")]
+    to_lsn: Option<u64>,
+    /// Name of the new volume (must not exist).
+    #[arg(long, value_name = "NEWNAME")]
+    volume: String,
+    /// The volume whose backup to restore.
+    #[arg(long, value_name = "VOLUME", default_value = "default")]
+    source: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(restore(args))
+}
+
+/// The source volume's size: from its metadata when the cluster still has it, else enough for
+/// every archived PG.
+async fn source_size(
+    cluster: &sixfold_proto::cluster::ClusterConfig,
+    source: &str,
+    pgs: &[PgId],
+) -> u64 {
+    match sixfold_blockdev::status::collect(cluster, source).await {
+        Ok(status) if status.exists => status.size_bytes,
+        _ => pgs.iter().map(|pg| u64::from(pg.0) + 1).max().unwrap_or(1) * PG_BYTES,
+    }
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cluster = args.store.cluster()?;
+    let objects = args.store.open(&cluster).await?;
+    let source = args.source.as_str();
+    sixfold_blockdev::validate_volume_name(&args.volume)?;
+    let (target, time_us, size_bytes, pgs) = if let Some(name) = &args.from {
+        keys::check_snapshot_name(name).map_err(anyhow::Error::msg)?;
+        let key = keys::snapshot_key(source, name);
+        let body = match objects.get(&key).await {
+            Ok(body) => body,
+            Err(ObjectError::NotFound { .. }) => anyhow::bail!(
+                "snapshot {name} of volume {source} does not exist (see `sixfold snapshot list`)"
+            ),
+            Err(e) => return Err(e).context("read the snapshot manifest"),
+        };
+        let manifest: SnapshotManifest = serde_json::from_slice(&body)
+            .with_context(|| format!("parse the snapshot manifest {key}"))?;
+        let pgs = manifest
+            .pgs
+            .iter()
+            .map(|p| PgSource {
+                pg: PgId(p.pg),
+                base: p.base.map(Lsn),
+                runs: p.runs.clone(),
+            })
+            .collect();
+        (
+            Lsn(manifest.lsn),
+            manifest.lsn_time_us,
+            manifest.size_bytes,
+            pgs,
+        )
+    } else {
+        let catalogs = points::catalogs(&objects, source).await?;
+        if catalogs.is_empty() {
+            anyhow::bail!(
+                "the backup store {} holds nothing of volume {source}",
+                objects.describe()
+            );
+        }
+        let window = points::window(&catalogs);
+        let describe_window = || match window {
+            Some((oldest, newest)) => {
+                format!("the restorable window is LSN {oldest} to LSN {newest}")
+            }
+            None => "no point is restorable for every PG yet".into(),
+        };
+        let (target, time_us) = match (args.to_lsn, args.to_time) {
+            (Some(lsn), _) => (Lsn(lsn), 0),
+            (None, Some(time)) => {
+                let wanted = unix_micros(time);
+                match points::lsn_at_time(&objects, source, &catalogs, wanted).await? {
+                    Some(found) => found,
+                    None => anyhow::bail!(
+                        "no consistency point at or before {} is in the backup of volume {source} (it is before the retention window, or before the volume was written); {}",
+                        show_time(wanted),
+                        describe_window()
+                    ),
+                }
+            }
+            (None, None) => anyhow::bail!("give --from, --to-time or --to-lsn"),
+        };
+        if let Some(pg) = points::uncovered(&catalogs, target) {
+            anyhow::bail!(
+                "LSN {target} cannot be restored: PG {} has no archived objects for it; {}",
+                pg.0,
+                describe_window()
+            );
+        }
+        let mut pgs = Vec::new();
+        for (pg, catalog) in &catalogs {
+            let plan = catalog
+                .plan(target)
+                .with_context(|| format!("plan PG {} at LSN {target}", pg.0))?;
+            pgs.push(PgSource {
+                pg: *pg,
+                base: plan.base,
+                runs: plan.runs.iter().map(|r| r.name()).collect(),
+            });
+        }
+        let ids: Vec<PgId> = catalogs.keys().copied().collect();
+        let size = source_size(&cluster, source, &ids).await;
+        (target, time_us, size, pgs)
+    };
+    let when = if time_us > 0 {
+        format!(" (reached {})", show_time(time_us))
+    } else {
+        String::new()
+    };
+    println!(
+        "restoring volume {source} at LSN {target}{when} into new volume {} ({} PG(s))",
+        args.volume,
+        pgs.len()
+    );
+    let request = RestoreRequest {
+        source_volume: source.to_owned(),
+        volume: args.volume.clone(),
+        size_bytes,
+        target,
+        pgs,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} read by the nodes, {msg}",
+        )
+        .context("progress bar template")?,
+    );
+    let pg_total = request.pgs.len();
+    bar.set_message(format!("PGs 0/{pg_total}"));
+    let progress: Arc<Mutex<(HashMap<(PgId, String), (u64, u64)>, usize)>> =
+        Arc::new(Mutex::new((HashMap::new(), 0)));
+    let report = {
+        let bar = bar.clone();
+        let progress = progress.clone();
+        sixfold_blockdev::restore::restore(&cluster, &request, move |event| {
+            let Ok(mut state) = progress.lock() else {
+                return;
+            };
+            match event {
+                RestoreEvent::Progress {
+                    pg,
+                    node,
+                    bytes,
+                    total,
+                } => {
+                    state.0.insert((pg, node), (bytes, total));
+                    let (done, total) = state
+                        .0
+                        .values()
+                        .fold((0, 0), |(d, t), (b, tt)| (d + b, t + tt));
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+                RestoreEvent::PgDone { .. } => {
+                    state.1 += 1;
+                    bar.set_message(format!("PGs {}/{pg_total}", state.1));
+                }
+            }
+        })
+        .await
+    };
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("restore into volume {}", args.volume))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "restored volume {} at LSN {target}: {} PG(s), {:.1} MiB read per copy, in {elapsed:.2} s",
+        args.volume,
+        report.pgs,
+        report.bytes as f64 / f64::from(1 << 20),
+    );
+    Ok(())
+}

@@ -1,0 +1,527 @@
+//! Continuous backup: every PG's records and, from time to time, its pages go to the object
+//! store, uploaded by one of its segments, the PG's *archiver*.
+//!
+//! **Who archives.** The PG's six segments rank their nodes' addresses (as the writer names them:
+//! `segment_addr` and `peers` of each Append) by a hash of (volume, PG, address). A segment
+//! archives when every node ranked above it is down (it pinged each within
+//! [`PEER_ALIVE_FOR`] and got no answer). So one segment archives at a time while all are up,
+//! and the next takes over when it goes down. Two archivers at once (a partition, a flapping
+//! node) are harmless: object keys name their LSN range, and restore chains overlapping runs.
+//!
+//! **What it uploads.** A run `(start, end]` holds every record of the PG with an LSN in that
+//! range, in LSN order, with the writer's consistency points in it (see [`Mark`]). The archiver
+//! extends the archive from its head (the furthest point a chain of runs reaches, read from a
+//! listing when it becomes the archiver) to the newest consistency point whose records its
+//! segment holds whole (PGCL at or below its SCL): every record up to there is at write quorum,
+//! so no recovery ever takes one back. A run goes up at most every [`RUN_INTERVAL`] (every
+//! [`EMPTY_RUN_INTERVAL`] when the PG had no new records: a quiet PG's archive still reaches
+//! recent consistency points), holds at most [`RUN_BYTES_MAX`] of records, and is followed by a
+//! write of the PG's `head` object (a hint for the other segments).
+//!
+//! **Base images.** After [`BASE_EVERY_BYTES`] of runs, the archiver uploads its page store as
+//! of its fold point `F` (chunks, then `done.json`), so that a restore starts from there instead
+//! of the PG's first record. `F` is at most the archive's head (folding is capped by it), so the
+//! runs continue the image. The fold point holds still during the scan (FetchPages' hold); if it
+//! moved anyway the image is dropped and taken again later. A segment whose fold point is past
+//! the archive's head (it hydrated from a peer's pages, or folded before backup was on) starts
+//! with a base image: the records in between are gone from its log.
+//!
+//! **Folding waits for the archive.** Every segment folds no further than its PG's archived
+//! point (the archiver's own head; the others read the `head` object every
+//! [`HEAD_POLL_INTERVAL`]), so a hot-log file is collected only once its records are archived as
+//! well as folded, and whichever segment archives next still holds every record not yet
+//! archived. An unreachable store shows as growing lag (NodeStatus), never as a gap.
+//!
+//! **Errors.** A failed upload is retried with exponential back-off (up to [`BACKOFF_MAX`]); it
+//! never touches the write path. The error is shown in NodeStatus until an upload succeeds.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sixfold_archive::keys::{self, RunKey};
+use sixfold_archive::manifest::{BaseChunk, BaseManifest};
+use sixfold_archive::{catalog::PgCatalog, format, ObjectError, ObjectStore};
+use sixfold_proto::wire::storage_node_client::StorageNodeClient;
+use sixfold_proto::wire::{ArchiveMark, ArchivePages, ArchiveRun, SegmentRef, SegmentStateRequest};
+use sixfold_proto::{Lsn, PG_PAGES};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::index::{Mark, SegmentKey};
+use crate::store::Store;
+use crate::store_archive::ArchiveView;
+
+/// How often the archiver looks at its segments.
+pub const TICK: Duration = Duration::from_millis(250);
+/// Least time between two runs of a PG with new records, and of a quiet PG.
+pub const RUN_INTERVAL: Duration = Duration::from_secs(1);
+pub const EMPTY_RUN_INTERVAL: Duration = Duration::from_secs(5);
+/// Most record bytes in one run.
+pub const RUN_BYTES_MAX: u64 = 16 << 20;
+/// Run bytes after which the archiver uploads a new base image of the PG.
+pub const BASE_EVERY_BYTES: u64 = 256 << 20;
+/// Pages per base-image chunk (4 MiB before compression).
+pub const BASE_CHUNK_PAGES: usize = 1024;
+/// How often a segment that does not archive reads its PG's archive head.
+pub const HEAD_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// A peer counts as up for this long after it last answered; pinged at most this often.
+pub const PEER_ALIVE_FOR: Duration = Duration::from_secs(6);
+pub const PEER_PING_EVERY: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Back-off after a failed upload, doubling up to the maximum.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Tunables (tests and benchmarks lower the base-image interval).
+#[derive(Clone, Debug)]
+pub struct ArchiveConfig {
+    pub objects: ObjectStore,
+    pub base_every_bytes: u64,
+}
+
+/// Archives the node's segments forever (the caller aborts the task on shutdown).
+/// `own_address` names this node when no writer has told it its name yet.
+pub async fn run(store: Store, config: ArchiveConfig, own_address: String) {
+    let mut archiver = Archiver {
+        store,
+        config,
+        own_address,
+        pgs: HashMap::new(),
+        peers: HashMap::new(),
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        archiver.round().await;
+    }
+}
+
+/// The archiver's memory of one PG (soft: rebuilt from a listing after a restart).
+#[derive(Debug)]
+struct PgState {
+    owner: bool,
+    /// The archive's head, once listed (owner only).
+    head: Option<Lsn>,
+    last_base: Lsn,
+    bytes_since_base: u64,
+    last_run: Option<Instant>,
+    last_head_poll: Option<Instant>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Default for PgState {
+    fn default() -> Self {
+        PgState {
+            owner: false,
+            head: None,
+            last_base: Lsn::ZERO,
+            bytes_since_base: 0,
+            last_run: None,
+            last_head_poll: None,
+            retry_at: None,
+            backoff: BACKOFF_MIN,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    last_ok: Option<Instant>,
+    last_try: Option<Instant>,
+    client: Option<StorageNodeClient<Channel>>,
+}
+
+struct Archiver {
+    store: Store,
+    config: ArchiveConfig,
+    own_address: String,
+    pgs: HashMap<SegmentKey, PgState>,
+    peers: HashMap<String, PeerState>,
+}
+
+/// Rank of a node for archiving a PG: a hash of (volume, PG, address), highest first.
+fn rank(key: &SegmentKey, addr: &str) -> u32 {
+    crc32c::crc32c(format!("{}/{}/{addr}", key.volume, key.pg.0).as_bytes())
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Archiver {
+    async fn round(&mut self) {
+        let views = self.store.archive_views();
+        self.pgs
+            .retain(|key, _| views.iter().any(|view| &view.key == key));
+        for view in views {
+            let owner = self.is_owner(&view).await;
+            let state = self.pgs.entry(view.key.clone()).or_default();
+            if owner != state.owner {
+                info!(segment = %view.key, owner, "PG archiver changed: this node {}", if owner { "archives it now" } else { "no longer archives it" });
+                state.owner = owner;
+                state.head = None;
+                self.store.set_archiver(&view.key, owner, None);
+            }
+            let now = Instant::now();
+            if state.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let result = if owner {
+                self.archive_step(&view).await
+            } else {
+                self.poll_head(&view).await
+            };
+            let state = self.pgs.entry(view.key.clone()).or_default();
+            match result {
+                Ok(()) => {
+                    if state.retry_at.take().is_some() {
+                        info!(segment = %view.key, "archiving works again");
+                        self.store.set_archiver(&view.key, owner, None);
+                    }
+                    state.backoff = BACKOFF_MIN;
+                }
+                Err(error) => {
+                    warn!(segment = %view.key, retry_in_ms = state.backoff.as_millis() as u64, "archiving failed: {error}");
+                    state.retry_at = Some(now + state.backoff);
+                    state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
+                    if owner {
+                        // Relist on the next try: a partial step may have moved the head.
+                        state.head = None;
+                    }
+                    self.store
+                        .set_archiver(&view.key, owner, Some(error.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Whether this node archives the segment's PG now: every node ranked above it is down.
+    async fn is_owner(&mut self, view: &ArchiveView) -> bool {
+        let me = if view.addr.is_empty() {
+            self.own_address.clone()
+        } else {
+            view.addr.clone()
+        };
+        let my_rank = (rank(&view.key, &me), me.clone());
+        let mut above: Vec<String> = view
+            .peers
+            .iter()
+            .filter(|p| **p != me && (rank(&view.key, p), (*p).clone()) > my_rank)
+            .cloned()
+            .collect();
+        above.sort_by_key(|p| std::cmp::Reverse(rank(&view.key, p)));
+        for peer in above {
+            if self.alive(&peer, &view.key).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether `peer` answered within [`PEER_ALIVE_FOR`] (pinging it when due).
+    async fn alive(&mut self, peer: &str, key: &SegmentKey) -> bool {
+        let now = Instant::now();
+        let state = self.peers.entry(peer.to_owned()).or_default();
+        let due = state
+            .last_try
+            .is_none_or(|at| now.duration_since(at) >= PEER_PING_EVERY);
+        if due {
+            state.last_try = Some(now);
+            if state.client.is_none() {
+                state.client = client(peer);
+            }
+            if let Some(mut client) = state.client.clone() {
+                let request = SegmentStateRequest {
+                    segment: Some(SegmentRef {
+                        volume: key.volume.clone(),
+                        pg: key.pg.0,
+                    }),
+                    seal_epoch: 0,
+                    learn: Vec::new(),
+                };
+                let answered =
+                    tokio::time::timeout(PING_TIMEOUT, client.segment_state(request)).await;
+                // Any answer, even a refusal, shows the node is up.
+                let up = match answered {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(status)) => !matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Unknown
+                    ),
+                    Err(_) => false,
+                };
+                if up {
+                    state.last_ok = Some(Instant::now());
+                }
+            }
+        }
+        state
+            .last_ok
+            .is_some_and(|at| now.duration_since(at) < PEER_ALIVE_FOR)
+    }
+
+    /// A segment that does not archive learns how far the archive reaches, to fold that far.
+    async fn poll_head(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
+        let state = self.pgs.entry(view.key.clone()).or_default();
+        let now = Instant::now();
+        if state
+            .last_head_poll
+            .is_some_and(|at| now.duration_since(at) < HEAD_POLL_INTERVAL)
+        {
+            return Ok(());
+        }
+        state.last_head_poll = Some(now);
+        let key = keys::head_key(&view.key.volume, view.key.pg);
+        match self.config.objects.get(&key).await {
+            Ok(body) => {
+                let head = std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u64>().ok());
+                match head {
+                    Some(head) => self.store.note_archived(&view.key, Lsn(head), 0),
+                    None => {
+                        warn!(segment = %view.key, "archive head object {key} does not parse; ignored")
+                    }
+                }
+                Ok(())
+            }
+            Err(ObjectError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One step of the archiver of a PG: a base image when one is due, else a run when one is.
+    async fn archive_step(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
+        let objects = self.config.objects.clone();
+        let state = self.pgs.entry(view.key.clone()).or_default();
+        let head = match state.head {
+            Some(head) => head,
+            None => {
+                let prefix = keys::pg_prefix(&view.key.volume, view.key.pg);
+                let listed = objects.list(&prefix).await?;
+                let catalog = PgCatalog::from_keys(
+                    view.key.pg,
+                    listed.iter().filter_map(|l| l.key.strip_prefix(&prefix)),
+                );
+                let head = catalog.head();
+                state.head = Some(head);
+                state.last_base = catalog
+                    .bases
+                    .iter()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(Lsn::ZERO);
+                info!(segment = %view.key, %head, last_base = %state.last_base, runs = catalog.runs.len(), "archiving this PG from its archive's head");
+                self.store.note_archived(&view.key, head, 0);
+                head
+            }
+        };
+        if view.folded > head {
+            // The records between the head and the fold point are gone from this log.
+            warn!(segment = %view.key, %head, folded = %view.folded, "fold point is past the archive's head: starting with a base image (restore points in between are lost)");
+            return self.base_image(view).await;
+        }
+        let state = self.pgs.entry(view.key.clone()).or_default();
+        if state.bytes_since_base >= self.config.base_every_bytes && view.folded > state.last_base {
+            return self.base_image(view).await;
+        }
+        let Some(cover) = view.coverable.filter(|m| m.vdl > head) else {
+            return Ok(());
+        };
+        let has_records = view.scl > head;
+        let interval = if has_records {
+            RUN_INTERVAL
+        } else {
+            EMPTY_RUN_INTERVAL
+        };
+        if state.last_run.is_some_and(|at| at.elapsed() < interval) {
+            return Ok(());
+        }
+        self.upload_run(view, head, cover).await
+    }
+
+    async fn upload_run(
+        &mut self,
+        view: &ArchiveView,
+        head: Lsn,
+        cover: Mark,
+    ) -> Result<(), ObjectError> {
+        let key = &view.key;
+        let failed = |action: &'static str, message: String| ObjectError::Failed {
+            store: "this node".into(),
+            action,
+            key: key.to_string(),
+            message,
+        };
+        let (mut records, scl) = if view.scl > head {
+            self.store
+                .fetch_records(key, head, RUN_BYTES_MAX)
+                .await
+                .map_err(|e| failed("read the records to archive of", e.to_string()))?
+        } else {
+            (Vec::new(), view.scl)
+        };
+        let past_cover = records.iter().any(|r| Lsn(r.lsn) > cover.vdl);
+        let complete = records.last().is_none_or(|r| Lsn(r.lsn) >= scl);
+        records.retain(|r| Lsn(r.lsn) <= cover.vdl);
+        let end = match records.last() {
+            // Cut by the byte limit: the run ends at its last record.
+            Some(last) if !past_cover && !complete => Lsn(last.lsn),
+            _ => cover.vdl,
+        };
+        if end <= head {
+            return Ok(());
+        }
+        let marks = self.store.marks_between(key, head, end);
+        // The key's time is its end's, when the end is a consistency point (so a time maps to
+        // an LSN from keys alone); a run cut by size ends at a record: untimed (0).
+        let time_us = marks
+            .last()
+            .filter(|m| m.vdl == end)
+            .map_or(0, |m| m.time_us);
+        let run = ArchiveRun {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+            start: head.0,
+            end: end.0,
+            marks: marks
+                .iter()
+                .map(|m| ArchiveMark {
+                    vdl: m.vdl.0,
+                    time_us: m.time_us,
+                })
+                .collect(),
+            records,
+        };
+        let run_key = RunKey {
+            start: head,
+            end,
+            time_us,
+        };
+        let body = format::encode_run(&run);
+        let bytes = body.len() as u64;
+        let object = keys::run_key(&key.volume, key.pg, &run_key);
+        self.config.objects.put(&object, body).await?;
+        self.store.count_archived(bytes);
+        self.put_head(key, end).await?;
+        self.store.note_archived(key, end, time_us);
+        debug!(segment = %key, %head, %end, records = run.records.len(), bytes, "archived a run");
+        let state = self.pgs.entry(key.clone()).or_default();
+        state.head = Some(end);
+        state.bytes_since_base += bytes;
+        state.last_run = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn put_head(&self, key: &SegmentKey, head: Lsn) -> Result<(), ObjectError> {
+        let object = keys::head_key(&key.volume, key.pg);
+        self.config
+            .objects
+            .put(&object, Bytes::from(head.0.to_string()))
+            .await
+    }
+
+    /// Uploads the segment's page store as of its fold point, then `done.json`.
+    async fn base_image(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
+        let key = &view.key;
+        let started = Instant::now();
+        let failed = |message: String| ObjectError::Failed {
+            store: "this node".into(),
+            action: "read the pages to archive of",
+            key: key.to_string(),
+            message,
+        };
+        let mut cursor = 0;
+        let mut folded_at: Option<Lsn> = None;
+        let mut chunks = Vec::new();
+        let mut pages_total = 0u64;
+        loop {
+            let (folded, images, next) = self
+                .store
+                .fetch_pages(key, Lsn::ZERO, cursor, BASE_CHUNK_PAGES)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if *folded_at.get_or_insert(folded) != folded {
+                return Err(failed(format!(
+                    "the fold point moved from {} to {folded} during the scan; taking it again later",
+                    folded_at.unwrap_or(folded)
+                )));
+            }
+            let lsn = folded;
+            if !images.is_empty() {
+                let index = chunks.len() as u32;
+                let pages = ArchivePages {
+                    pages: images
+                        .iter()
+                        .map(|image| sixfold_proto::wire::PageImage {
+                            page: image.page.0,
+                            lsn: image.lsn.0,
+                            data: Bytes::from(image.data.clone()),
+                        })
+                        .collect(),
+                };
+                let body = format::encode_pages(&pages);
+                let bytes = body.len() as u64;
+                let object = keys::base_chunk_key(&key.volume, key.pg, lsn, index);
+                self.config.objects.put(&object, body).await?;
+                self.store.count_archived(bytes);
+                pages_total += images.len() as u64;
+                chunks.push(BaseChunk {
+                    index,
+                    pages: images.len() as u64,
+                    bytes,
+                });
+            }
+            if next >= PG_PAGES || next <= cursor {
+                break;
+            }
+            cursor = next;
+        }
+        let lsn = folded_at.unwrap_or(Lsn::ZERO);
+        if lsn == Lsn::ZERO {
+            return Ok(()); // nothing folded yet: no image to take
+        }
+        let manifest = BaseManifest {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+            lsn: lsn.0,
+            chunks,
+            pages: pages_total,
+            created_unix_s: now_us() / 1_000_000,
+        };
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
+        let done = keys::base_done_key(&key.volume, key.pg, lsn);
+        self.config.objects.put(&done, Bytes::from(body)).await?;
+        info!(segment = %key, %lsn, pages = pages_total, elapsed_ms = started.elapsed().as_millis() as u64, "archived a base image");
+        let state = self.pgs.entry(key.clone()).or_default();
+        state.last_base = lsn;
+        state.bytes_since_base = 0;
+        if state.head.is_some_and(|head| head < lsn) {
+            state.head = Some(lsn);
+            self.put_head(key, lsn).await?;
+            self.store.note_archived(key, lsn, 0);
+        }
+        Ok(())
+    }
+}
+
+fn client(peer: &str) -> Option<StorageNodeClient<Channel>> {
+    let uri = if peer.contains("://") {
+        peer.to_string()
+    } else {
+        format!("http://{peer}")
+    };
+    let endpoint = Endpoint::from_shared(uri).ok()?;
+    let channel = endpoint
+        .connect_timeout(PING_TIMEOUT)
+        .timeout(PING_TIMEOUT)
+        .connect_lazy();
+    Some(StorageNodeClient::new(channel))
+}

@@ -1,0 +1,302 @@
+//! Restore: this node builds its segment of a new volume's PG straight from archived objects
+//! (RestoreSegment), so that every PG of the new volume is rebuilt in parallel by the nodes that
+//! will host it, and its writer mounts it with no log to replay.
+//!
+//! 1. The base image (if the plan names one): every chunk is read, checked (format checksum,
+//!    pages of this PG, LSNs at or below the image's) and stored like hydrated pages; then the
+//!    segment starts at the image's LSN (fold point and SCL, durably in the checkpoint).
+//! 2. The runs, in order: each is checked (checksum, its volume, PG and range match its key),
+//!    and its records in (base, target] are validated like any record from the network and
+//!    appended to the hot log as gap-fill (deduplicated, chained by backlink).
+//! 3. The segment's SCL must reach the last record applied: a run missing from the middle
+//!    leaves a hole in the chain and fails the restore, never a silent gap.
+//!
+//! A failed restore leaves a segment the new volume's metadata does not name as usable (the
+//! restore command marks the volume `restoring` until every PG is built).
+
+use sixfold_archive::keys::{self, RunKey};
+use sixfold_archive::manifest::BaseManifest;
+use sixfold_archive::{format, ObjectStore};
+use sixfold_proto::wire::{RestoreSegmentProgress, RestoreSegmentRequest};
+use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::appender::Source;
+use crate::error::StoreError;
+use crate::index::SegmentKey;
+use crate::pagestore::PageImage;
+use crate::request;
+use crate::store::Store;
+
+/// Record bytes appended per batch.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// A validated RestoreSegment request.
+#[derive(Debug)]
+pub struct RestoreJob {
+    pub key: SegmentKey,
+    pub source_volume: String,
+    pub source_pg: PgId,
+    pub base: Option<Lsn>,
+    pub runs: Vec<RunKey>,
+    pub target: Lsn,
+}
+
+fn invalid(message: String) -> StoreError {
+    StoreError::InvalidArgument(message)
+}
+
+impl RestoreJob {
+    pub fn parse(request: &RestoreSegmentRequest) -> Result<RestoreJob, StoreError> {
+        let key = request::segment_key(request.segment.as_ref())?;
+        request::volume_name(&request.source_volume)?;
+        if request.source_pg != key.pg.0 {
+            return Err(invalid(format!(
+                "source PG {} differs from the new segment's PG {} (a restored volume keeps its geometry)",
+                request.source_pg, key.pg.0
+            )));
+        }
+        if request.target_lsn == 0 || request.base_lsn > request.target_lsn {
+            return Err(invalid(format!(
+                "target LSN {} must be positive and at or above the base image's {}",
+                request.target_lsn, request.base_lsn
+            )));
+        }
+        let runs = request
+            .runs
+            .iter()
+            .map(|name| {
+                RunKey::parse(name).ok_or_else(|| invalid(format!("{name:?} is not a run name")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RestoreJob {
+            key,
+            source_volume: request.source_volume.clone(),
+            source_pg: PgId(request.source_pg),
+            base: (request.base_lsn > 0).then_some(Lsn(request.base_lsn)),
+            runs,
+            target: Lsn(request.target_lsn),
+        })
+    }
+}
+
+/// Progress sent to the client as the job goes.
+struct Reporter {
+    sender: mpsc::Sender<Result<RestoreSegmentProgress, tonic::Status>>,
+    bytes: u64,
+    total: u64,
+}
+
+impl Reporter {
+    async fn add(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        let _ = self
+            .sender
+            .send(Ok(RestoreSegmentProgress {
+                bytes: self.bytes,
+                total_bytes: self.total,
+                done: false,
+                scl: 0,
+                max_epoch: 0,
+            }))
+            .await;
+    }
+}
+
+/// Runs the job, sending progress and then the final answer (or the error) on `sender`.
+pub async fn run(
+    store: Store,
+    objects: ObjectStore,
+    job: RestoreJob,
+    sender: mpsc::Sender<Result<RestoreSegmentProgress, tonic::Status>>,
+) {
+    let result = restore(&store, &objects, &job, sender.clone()).await;
+    let message = match result {
+        Ok((scl, max_epoch, bytes)) => Ok(RestoreSegmentProgress {
+            bytes,
+            total_bytes: bytes,
+            done: true,
+            scl: scl.0,
+            max_epoch,
+        }),
+        Err(error) => {
+            tracing::warn!(segment = %job.key, "restore failed: {error}");
+            Err(tonic::Status::failed_precondition(format!(
+                "restore of {} failed: {error}",
+                job.key
+            )))
+        }
+    };
+    let _ = sender.send(message).await;
+}
+
+async fn restore(
+    store: &Store,
+    objects: &ObjectStore,
+    job: &RestoreJob,
+    sender: mpsc::Sender<Result<RestoreSegmentProgress, tonic::Status>>,
+) -> Result<(Lsn, u64, u64), String> {
+    let started = std::time::Instant::now();
+    let key = &job.key;
+    if store.segment_exists(key) {
+        return Err(format!(
+            "this node already holds segment {key}: restore into a new volume name"
+        ));
+    }
+    let source = (&job.source_volume, job.source_pg);
+    // Sizes, for progress: one listing of the PG's archive.
+    let prefix = keys::pg_prefix(source.0, source.1);
+    let listed = objects.list(&prefix).await.map_err(|e| e.to_string())?;
+    let size_of = |object: &str| listed.iter().find(|l| l.key == object).map(|l| l.size);
+    let mut total = 0;
+    if let Some(base) = job.base {
+        let base_prefix = keys::base_prefix(source.0, source.1, base);
+        total += listed
+            .iter()
+            .filter(|l| l.key.starts_with(&base_prefix))
+            .map(|l| l.size)
+            .sum::<u64>();
+    }
+    for run in &job.runs {
+        let object = keys::run_key(source.0, source.1, run);
+        total += size_of(&object).ok_or_else(|| format!("object {object} is missing"))?;
+    }
+    let mut reporter = Reporter {
+        sender,
+        bytes: 0,
+        total,
+    };
+    let mut at = Lsn::ZERO;
+    if let Some(base) = job.base {
+        restore_base(store, objects, job, base, &mut reporter).await?;
+        at = base;
+    }
+    let mut max_epoch = 0;
+    let mut last_applied = at;
+    for run in &job.runs {
+        let object = keys::run_key(source.0, source.1, run);
+        let body = objects.get(&object).await.map_err(|e| e.to_string())?;
+        let decoded = format::decode_run(&body).map_err(|e| format!("object {object}: {e}"))?;
+        if decoded.volume != *source.0
+            || decoded.pg != source.1 .0
+            || Lsn(decoded.start) != run.start
+            || Lsn(decoded.end) != run.end
+        {
+            return Err(format!(
+                "object {object} holds {}/pg {} ({}, {}], not what its key says",
+                decoded.volume, decoded.pg, decoded.start, decoded.end
+            ));
+        }
+        let wanted: Vec<_> = decoded
+            .records
+            .into_iter()
+            .filter(|r| Lsn(r.lsn) > at && Lsn(r.lsn) <= job.target)
+            .collect();
+        for batch in batches(&wanted) {
+            let prepared = request::prepare_records(key, None, batch)
+                .map_err(|e| format!("object {object}: {e}"))?;
+            store
+                .append(key.clone(), Source::Gossip, prepared)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(last) = wanted.last() {
+            last_applied = Lsn(last.lsn);
+            at = last_applied;
+        }
+        max_epoch = wanted.iter().map(|r| r.epoch).fold(max_epoch, u64::max);
+        reporter.add(body.len() as u64).await;
+    }
+    let scl = store.segment_state(key).scl;
+    if scl < last_applied {
+        return Err(format!(
+            "the restored chain ends at LSN {scl}, below its last record {last_applied}: the archive has a hole"
+        ));
+    }
+    info!(segment = %key, source = %format!("{}/{}", source.0, source.1), target = %job.target, %scl, bytes = reporter.bytes, elapsed_ms = started.elapsed().as_millis() as u64, "restored a segment from the archive");
+    Ok((scl, max_epoch, reporter.bytes))
+}
+
+/// Splits records into append batches of about [`BATCH_BYTES`].
+fn batches(records: &[sixfold_proto::wire::Record]) -> Vec<&[sixfold_proto::wire::Record]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, record) in records.iter().enumerate() {
+        bytes += record
+            .ranges
+            .iter()
+            .map(|r| r.data.len() + 16)
+            .sum::<usize>()
+            + 64;
+        if bytes >= BATCH_BYTES {
+            out.push(&records[start..=i]);
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
+}
+
+async fn restore_base(
+    store: &Store,
+    objects: &ObjectStore,
+    job: &RestoreJob,
+    base: Lsn,
+    reporter: &mut Reporter,
+) -> Result<(), String> {
+    let key = &job.key;
+    let (volume, pg) = (&job.source_volume, job.source_pg);
+    let done = keys::base_done_key(volume, pg, base);
+    let body = objects.get(&done).await.map_err(|e| e.to_string())?;
+    let manifest: BaseManifest =
+        serde_json::from_slice(&body).map_err(|e| format!("object {done} does not parse: {e}"))?;
+    if manifest.lsn != base.0 || manifest.pg != pg.0 || manifest.volume != *volume {
+        return Err(format!("object {done} describes another image"));
+    }
+    for chunk in &manifest.chunks {
+        let object = keys::base_chunk_key(volume, pg, base, chunk.index);
+        let body = objects.get(&object).await.map_err(|e| e.to_string())?;
+        let decoded = format::decode_pages(&body).map_err(|e| format!("object {object}: {e}"))?;
+        if decoded.pages.len() as u64 != chunk.pages {
+            return Err(format!(
+                "object {object} holds {} pages, its manifest says {}",
+                decoded.pages.len(),
+                chunk.pages
+            ));
+        }
+        let images = decoded
+            .pages
+            .into_iter()
+            .map(|image| {
+                let page = PageId(image.page);
+                if !pg.contains(page) || image.data.len() != PAGE_SIZE || image.lsn > base.0 {
+                    return Err(format!(
+                        "object {object} has a bad page image ({page}, {} bytes, LSN {})",
+                        image.data.len(),
+                        image.lsn
+                    ));
+                }
+                Ok(PageImage {
+                    page,
+                    lsn: Lsn(image.lsn),
+                    data: image.data.to_vec(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        store
+            .store_hydrated_pages(key, images)
+            .await
+            .map_err(|e| e.to_string())?;
+        reporter.add(body.len() as u64).await;
+    }
+    store
+        .finish_hydration(key, base)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
