@@ -405,14 +405,18 @@ impl Archiver {
             end,
             time_us,
         };
-        let body = format::encode_run(&run);
+        let records = run.records.len();
+        // Compression off the runtime thread: the node serves requests on one thread.
+        let body = tokio::task::spawn_blocking(move || format::encode_run(&run))
+            .await
+            .map_err(|e| failed("encode a run of", e.to_string()))?;
         let bytes = body.len() as u64;
         let object = keys::run_key(&key.volume, key.pg, &run_key);
         self.config.objects.put(&object, body).await?;
         self.store.count_archived(bytes);
         self.put_head(key, end).await?;
         self.store.note_archived(key, end, time_us);
-        debug!(segment = %key, %head, %end, records = run.records.len(), bytes, "archived a run");
+        debug!(segment = %key, %head, %end, records, bytes, "archived a run");
         let state = self.pgs.entry(key.clone()).or_default();
         state.head = Some(end);
         state.bytes_since_base += bytes;
@@ -467,7 +471,9 @@ impl Archiver {
                         })
                         .collect(),
                 };
-                let body = format::encode_pages(&pages);
+                let body = tokio::task::spawn_blocking(move || format::encode_pages(&pages))
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
                 let bytes = body.len() as u64;
                 let object = keys::base_chunk_key(&key.volume, key.pg, lsn, index);
                 self.config.objects.put(&object, body).await?;

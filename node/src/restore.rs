@@ -177,7 +177,9 @@ async fn restore(
     for run in &job.runs {
         let object = keys::run_key(source.0, source.1, run);
         let body = objects.get(&object).await.map_err(|e| e.to_string())?;
-        let decoded = format::decode_run(&body).map_err(|e| format!("object {object}: {e}"))?;
+        let decoded = decode(body.clone(), format::decode_run)
+            .await
+            .map_err(|e| format!("object {object}: {e}"))?;
         if decoded.volume != *source.0
             || decoded.pg != source.1 .0
             || Lsn(decoded.start) != run.start
@@ -216,6 +218,16 @@ async fn restore(
     }
     info!(segment = %key, source = %format!("{}/{}", source.0, source.1), target = %job.target, %scl, bytes = reporter.bytes, elapsed_ms = started.elapsed().as_millis() as u64, "restored a segment from the archive");
     Ok((scl, max_epoch, reporter.bytes))
+}
+
+/// Decompression off the runtime thread (the node serves requests on one thread).
+async fn decode<T: Send + 'static>(
+    body: bytes::Bytes,
+    decode: fn(&[u8]) -> Result<T, format::FormatError>,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || decode(&body).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 /// Splits records into append batches of about [`BATCH_BYTES`].
@@ -261,7 +273,9 @@ async fn restore_base(
     for chunk in &manifest.chunks {
         let object = keys::base_chunk_key(volume, pg, base, chunk.index);
         let body = objects.get(&object).await.map_err(|e| e.to_string())?;
-        let decoded = format::decode_pages(&body).map_err(|e| format!("object {object}: {e}"))?;
+        let decoded = decode(body.clone(), format::decode_pages)
+            .await
+            .map_err(|e| format!("object {object}: {e}"))?;
         if decoded.pages.len() as u64 != chunk.pages {
             return Err(format!(
                 "object {object} holds {} pages, its manifest says {}",

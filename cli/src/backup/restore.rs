@@ -48,6 +48,9 @@ pub struct RestoreArgs {
     store: StoreArgs,
 }
 
+/// Per (PG, node) the bytes read and to read, and the PGs done.
+type Progress = (HashMap<(PgId, String), (u64, u64)>, usize);
+
 pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     runtime()?.block_on(restore(args))
 }
@@ -176,8 +179,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     );
     let pg_total = request.pgs.len();
     bar.set_message(format!("PGs 0/{pg_total}"));
-    let progress: Arc<Mutex<(HashMap<(PgId, String), (u64, u64)>, usize)>> =
-        Arc::new(Mutex::new((HashMap::new(), 0)));
+    let progress: Arc<Mutex<Progress>> = Arc::new(Mutex::new((HashMap::new(), 0)));
     let report = {
         let bar = bar.clone();
         let progress = progress.clone();

@@ -153,13 +153,21 @@ async fn create(name: &str, args: &StoreArgs, volume: &str, wait: Duration) -> a
             runs: plan.runs.iter().map(|r| r.name()).collect(),
         });
     }
-    let lsn_time_us = catalogs
-        .values()
-        .flat_map(|c| c.runs.iter())
-        .filter(|r| r.end == target && r.time_us > 0)
-        .map(|r| r.time_us)
-        .next()
-        .unwrap_or(0);
+    // When the writer reached the point: the newest consistency point at or below it, from
+    // the last run of each PG's plan (exact when the point is one of them).
+    let mut reached: Option<(Lsn, u64)> = None;
+    for (pg, manifest_pg) in pgs.iter().zip(&manifest_pgs) {
+        let Some(last) = manifest_pg.runs.last().and_then(|r| keys::RunKey::parse(r)) else {
+            continue;
+        };
+        let marks = points::run_marks(&objects, volume, sixfold_proto::PgId(*pg), &last).await?;
+        for (vdl, time) in marks {
+            if vdl <= target && reached.is_none_or(|(best, _)| vdl > best) {
+                reached = Some((vdl, time));
+            }
+        }
+    }
+    let lsn_time_us = reached.map_or(0, |(_, time)| time);
     let manifest = SnapshotManifest {
         name: name.to_owned(),
         volume: volume.to_owned(),
