@@ -5,6 +5,8 @@
 #   e2fsprogs   mkfs.ext4 / resize2fs for `sixfold up` and `sixfold grow`
 #   util-linux, mount   mount, umount, losetup
 #   sqlite3, mariadb-server   the databases the end-to-end tests run on the volume
+#   moto (PyPI, in a virtualenv at target/tools/moto)   the S3-compatible server of the backup
+#               tests (python3-venv from apt only where python3 cannot make a virtualenv)
 #
 # The system MariaDB service is never started (the tests run their own server with their own
 # datadir and socket): a policy-rc.d refuses service starts during the install, and the unit is
@@ -77,6 +79,22 @@ if [ -e /dev/loop-control ]; then
 else
   say "warning: no loop devices (/dev/loop-control missing; try modprobe loop): 'sixfold up' and the tests that use it will fail"
 fi
+
+# moto's S3 server for the backup tests, pinned, in a virtualenv inside the repository's
+# target directory (never the system Python).
+MOTO_VERSION=5.2.5
+moto_dir="$(cd "$(dirname "$0")/.." && pwd)/target/tools/moto"
+if ! "$moto_dir/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    say "installing python3-venv"
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends python3-venv python3-pip
+  fi
+  say "installing moto $MOTO_VERSION (S3 server for the backup tests) in $moto_dir"
+  rm -rf "$moto_dir"
+  python3 -m venv "$moto_dir"
+  "$moto_dir/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+"$moto_dir/bin/moto_server" --help >/dev/null 2>&1 || die "moto_server does not run from $moto_dir"
 
 command -v cargo >/dev/null 2>&1 || say "warning: cargo is not installed (https://rustup.rs); it is needed to build sixfold"
 say "done"

@@ -4,7 +4,8 @@
 //! node's `archiver` module); `sixfold snapshot` and `sixfold restore` read what they wrote.
 //! This crate is what both sides share:
 //!
-//! - [`store`]: the object store, a local directory (the embedded default) or an S3 bucket;
+//! - [`store`]: the object store, a local directory (the embedded default) or an S3 bucket
+//!   ([`s3`]);
 //! - [`keys`]: the object layout, every key derived from (volume, PG, LSN range), so that two
 //!   archivers writing the same range write the same object (idempotent keys);
 //! - [`format`]: archive object bodies (record runs, page images), checksummed and compressed;
@@ -32,6 +33,7 @@ pub mod format;
 pub mod keys;
 pub mod manifest;
 pub mod points;
+pub mod s3;
 pub mod store;
 
 pub use store::{ObjectError, ObjectStore};

@@ -44,19 +44,73 @@ pub async fn catalogs(
         .collect())
 }
 
-/// The restorable window: (oldest, newest) LSNs every PG covers at the ends. None when some PG
-/// has nothing restorable.
-pub fn window(catalogs: &BTreeMap<PgId, PgCatalog>) -> Option<(Lsn, Lsn)> {
-    let mut oldest = Lsn::ZERO;
-    let mut newest = Lsn(u64::MAX);
-    for catalog in catalogs.values() {
-        let ranges = catalog.ranges();
-        let first = ranges.iter().map(|r| r.0).min()?;
-        let head = ranges.iter().map(|r| r.1).max()?;
-        oldest = oldest.max(first);
-        newest = newest.min(head);
+/// Merges overlapping or touching ranges, sorted.
+fn merge(mut ranges: Vec<(Lsn, Lsn)>) -> Vec<(Lsn, Lsn)> {
+    ranges.sort();
+    let mut out: Vec<(Lsn, Lsn)> = Vec::new();
+    for (from, to) in ranges {
+        match out.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => out.push((from, to)),
+        }
     }
-    (!catalogs.is_empty() && oldest <= newest).then_some((oldest, newest))
+    out
+}
+
+/// The LSN ranges at which the whole volume is restorable: the intersection over PGs of the
+/// ranges each PG's archive covers. Empty when there is none.
+pub fn restorable(catalogs: &BTreeMap<PgId, PgCatalog>) -> Vec<(Lsn, Lsn)> {
+    let mut all: Option<Vec<(Lsn, Lsn)>> = None;
+    for catalog in catalogs.values() {
+        let ranges = merge(catalog.ranges());
+        all = Some(match all {
+            None => ranges,
+            Some(so_far) => {
+                let mut out = Vec::new();
+                for a in &so_far {
+                    for b in &ranges {
+                        let (from, to) = (a.0.max(b.0), a.1.min(b.1));
+                        if from <= to {
+                            out.push((from, to));
+                        }
+                    }
+                }
+                merge(out)
+            }
+        });
+    }
+    all.unwrap_or_default()
+}
+
+/// The restorable ranges for a person: "LSN 0 to 1439, LSN 9000 to 12211".
+pub fn describe_restorable(catalogs: &BTreeMap<PgId, PgCatalog>) -> String {
+    let ranges = restorable(catalogs);
+    if ranges.is_empty() {
+        return "no point is restorable for every PG yet".into();
+    }
+    let listed: Vec<String> = ranges
+        .iter()
+        .map(|(from, to)| format!("LSN {from} to {to}"))
+        .collect();
+    format!("restorable: {}", listed.join(", "))
+}
+
+/// The newest restorable point (None: nothing is restorable).
+pub fn newest(catalogs: &BTreeMap<PgId, PgCatalog>) -> Option<Lsn> {
+    restorable(catalogs).last().map(|r| r.1)
+}
+
+/// Whether the archive around `lsn` is whole in every PG: a run continues past it, or it is
+/// the PG's head. A time maps to an LSN only where it is: where retention pruned the runs after
+/// a point (a snapshot kept the runs up to it), later points of that time are unknown.
+pub fn continuous_at(catalogs: &BTreeMap<PgId, PgCatalog>, lsn: Lsn) -> Result<(), PgId> {
+    for (pg, catalog) in catalogs {
+        let continues = catalog.runs.iter().any(|r| r.start <= lsn && lsn < r.end);
+        if !continues && catalog.head() != lsn {
+            return Err(*pg);
+        }
+    }
+    Ok(())
 }
 
 /// The PG (if any) whose archive does not cover `target`.
@@ -120,4 +174,50 @@ pub async fn run_marks(
         .iter()
         .map(|m| (Lsn(m.vdl), m.time_us))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::RunKey;
+
+    fn catalog(pg: u32, runs: &[(u64, u64)], bases: &[u64]) -> (PgId, PgCatalog) {
+        let mut keys: Vec<String> = runs
+            .iter()
+            .map(|&(start, end)| {
+                format!(
+                    "log/{}",
+                    RunKey {
+                        start: Lsn(start),
+                        end: Lsn(end),
+                        time_us: end,
+                    }
+                    .name()
+                )
+            })
+            .collect();
+        keys.extend(bases.iter().map(|b| format!("base/{b:020}/done.json")));
+        (
+            PgId(pg),
+            PgCatalog::from_keys(PgId(pg), keys.iter().map(String::as_str)),
+        )
+    }
+
+    #[test]
+    fn restorable_is_the_intersection_over_pgs() {
+        let catalogs: BTreeMap<_, _> = [
+            catalog(0, &[(0, 10), (10, 20), (30, 40), (40, 50)], &[35]),
+            catalog(1, &[(0, 15), (15, 50)], &[]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            restorable(&catalogs),
+            [(Lsn(0), Lsn(20)), (Lsn(35), Lsn(50))]
+        );
+        assert_eq!(newest(&catalogs), Some(Lsn(50)));
+        assert!(continuous_at(&catalogs, Lsn(12)).is_ok());
+        assert_eq!(continuous_at(&catalogs, Lsn(20)), Err(PgId(0)));
+        assert!(continuous_at(&catalogs, Lsn(50)).is_ok(), "the head");
+    }
 }

@@ -48,13 +48,13 @@ pub struct Listed {
 #[derive(Clone, Debug)]
 pub enum ObjectStore {
     Dir(DirStore),
+    S3(Box<crate::s3::S3Store>),
 }
 
 impl ObjectStore {
     /// Opens a store spec: `s3://bucket/prefix` (with an endpoint URL for S3-compatible
     /// servers) or a directory path.
     pub async fn open(spec: &str, endpoint: Option<&str>) -> Result<ObjectStore, ObjectError> {
-        let _ = endpoint;
         if spec.trim().is_empty() {
             return Err(ObjectError::BadSpec {
                 spec: spec.into(),
@@ -62,10 +62,9 @@ impl ObjectStore {
             });
         }
         if spec.starts_with("s3://") {
-            return Err(ObjectError::BadSpec {
-                spec: spec.into(),
-                why: "S3 stores are not built in yet".into(),
-            });
+            return Ok(ObjectStore::S3(Box::new(crate::s3::S3Store::open(
+                spec, endpoint,
+            )?)));
         }
         Ok(ObjectStore::Dir(DirStore::new(PathBuf::from(spec))))
     }
@@ -74,6 +73,7 @@ impl ObjectStore {
     pub fn describe(&self) -> String {
         match self {
             ObjectStore::Dir(dir) => dir.root.display().to_string(),
+            ObjectStore::S3(s3) => s3.describe(),
         }
     }
 
@@ -81,6 +81,7 @@ impl ObjectStore {
         check_key(self, key)?;
         match self {
             ObjectStore::Dir(dir) => dir.put(key, body).await,
+            ObjectStore::S3(s3) => s3.put(key, body).await,
         }
     }
 
@@ -88,6 +89,7 @@ impl ObjectStore {
         check_key(self, key)?;
         match self {
             ObjectStore::Dir(dir) => dir.get(key).await,
+            ObjectStore::S3(s3) => s3.get(key).await,
         }
     }
 
@@ -95,6 +97,7 @@ impl ObjectStore {
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, ObjectError> {
         let mut listed = match self {
             ObjectStore::Dir(dir) => dir.list(prefix).await?,
+            ObjectStore::S3(s3) => s3.list(prefix).await?,
         };
         listed.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(listed)
@@ -105,6 +108,7 @@ impl ObjectStore {
         check_key(self, key)?;
         match self {
             ObjectStore::Dir(dir) => dir.delete(key).await,
+            ObjectStore::S3(s3) => s3.delete(key).await,
         }
     }
 }

@@ -39,6 +39,13 @@ pub struct NodeArgs {
     /// Upload a new base image of a PG after this many MiB of its records were archived.
     #[arg(long, value_name = "MIB", default_value_t = sixfold_node::BASE_EVERY_BYTES >> 20, requires = "backup")]
     base_every_mib: u64,
+    /// Keep every consistency point of this long restorable (7d, 12h, 30m...); older archived
+    /// objects that no snapshot names are deleted.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration, requires = "backup")]
+    retention: std::time::Duration,
+    /// How often each PG's archiver runs a retention pass.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "backup")]
+    retention_pass_every: std::time::Duration,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -66,6 +73,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             Some(sixfold_node::ArchiveConfig {
                 objects,
                 base_every_bytes: args.base_every_mib.max(1) << 20,
+                retention: args.retention,
+                retention_pass_every: args.retention_pass_every,
             })
         }
         None => None,

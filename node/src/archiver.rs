@@ -21,8 +21,8 @@
 //! **Base images.** After [`BASE_EVERY_BYTES`] of runs, the archiver uploads its page store as
 //! of its fold point `F` (chunks, then `done.json`), so that a restore starts from there instead
 //! of the PG's first record. `F` is at most the archive's head (folding is capped by it), so the
-//! runs continue the image. The fold point holds still during the scan (FetchPages' hold); if it
-//! moved anyway the image is dropped and taken again later. A segment whose fold point is past
+//! runs continue the image. The fold point holds still during the scan (`image_hold`, set once
+//! any fold step under way has finished). A segment whose fold point is past
 //! the archive's head (it hydrated from a peer's pages, or folded before backup was on) starts
 //! with a base image: the records in between are gone from its log.
 //!
@@ -31,6 +31,9 @@
 //! [`HEAD_POLL_INTERVAL`]), so a hot-log file is collected only once its records are archived as
 //! well as folded, and whichever segment archives next still holds every record not yet
 //! archived. An unreachable store shows as growing lag (NodeStatus), never as a gap.
+//!
+//! **Retention.** Every [`RETENTION_PASS_EVERY`] the archiver deletes the PG's objects that
+//! neither the retention window nor a snapshot needs ([`crate::retention`]).
 //!
 //! **Errors.** A failed upload is retried with exponential back-off (up to [`BACKOFF_MAX`]); it
 //! never touches the write path. The error is shown in NodeStatus until an upload succeeds.
@@ -73,11 +76,19 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Tunables (tests and benchmarks lower the base-image interval).
+/// Default retention window, and how often the archiver runs a retention pass over a PG.
+pub const RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const RETENTION_PASS_EVERY: Duration = Duration::from_secs(60);
+
+/// Tunables (tests and benchmarks lower the base-image interval and the retention).
 #[derive(Clone, Debug)]
 pub struct ArchiveConfig {
     pub objects: ObjectStore,
     pub base_every_bytes: u64,
+    /// Every consistency point of the last `retention` stays restorable (see
+    /// [`crate::retention`]); older objects no snapshot names are deleted.
+    pub retention: Duration,
+    pub retention_pass_every: Duration,
 }
 
 /// Archives the node's segments forever (the caller aborts the task on shutdown).
@@ -108,6 +119,7 @@ struct PgState {
     bytes_since_base: u64,
     last_run: Option<Instant>,
     last_head_poll: Option<Instant>,
+    last_retention: Option<Instant>,
     retry_at: Option<Instant>,
     backoff: Duration,
 }
@@ -121,6 +133,7 @@ impl Default for PgState {
             bytes_since_base: 0,
             last_run: None,
             last_head_poll: None,
+            last_retention: None,
             retry_at: None,
             backoff: BACKOFF_MIN,
         }
@@ -172,7 +185,11 @@ impl Archiver {
                 continue;
             }
             let result = if owner {
-                self.archive_step(&view).await
+                let stepped = self.archive_step(&view).await;
+                if stepped.is_ok() {
+                    self.retention_due(&view).await;
+                }
+                stepped
             } else {
                 self.poll_head(&view).await
             };
@@ -197,6 +214,30 @@ impl Archiver {
                         .set_archiver(&view.key, owner, Some(error.to_string()));
                 }
             }
+        }
+    }
+
+    /// Runs a retention pass over the PG's archive when one is due. A failure is logged and
+    /// retried at the next pass; it never holds up archiving.
+    async fn retention_due(&mut self, view: &ArchiveView) {
+        let state = self.pgs.entry(view.key.clone()).or_default();
+        if state
+            .last_retention
+            .is_some_and(|at| at.elapsed() < self.config.retention_pass_every)
+        {
+            return;
+        }
+        state.last_retention = Some(Instant::now());
+        let window_start_us = now_us().saturating_sub(self.config.retention.as_micros() as u64);
+        if let Err(error) = crate::retention::pass(
+            &self.config.objects,
+            &view.key.volume,
+            view.key.pg,
+            window_start_us,
+        )
+        .await
+        {
+            warn!(segment = %view.key, "retention pass failed: {error}");
         }
     }
 
@@ -432,8 +473,16 @@ impl Archiver {
             .await
     }
 
-    /// Uploads the segment's page store as of its fold point, then `done.json`.
+    /// Uploads the segment's page store as of its fold point, then `done.json`; the fold point
+    /// holds still meanwhile.
     async fn base_image(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
+        self.store.hold_for_image(&view.key, true).await;
+        let result = self.scan_and_upload(view).await;
+        self.store.hold_for_image(&view.key, false).await;
+        result
+    }
+
+    async fn scan_and_upload(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
         let key = &view.key;
         let started = Instant::now();
         let failed = |message: String| ObjectError::Failed {
@@ -449,7 +498,7 @@ impl Archiver {
         loop {
             let (folded, images, next) = self
                 .store
-                .fetch_pages(key, Lsn::ZERO, cursor, BASE_CHUNK_PAGES)
+                .scan_pages(key, Lsn::ZERO, cursor, BASE_CHUNK_PAGES)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             if *folded_at.get_or_insert(folded) != folded {

@@ -354,8 +354,10 @@ pub(crate) fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageSt
 
 /// True while a peer hydrates from the segment's pages (its fold point must hold still).
 fn held(slot: &SegmentSlot) -> bool {
-    slot.fold_hold_until
-        .is_some_and(|until| Instant::now() < until)
+    slot.image_hold
+        || slot
+            .fold_hold_until
+            .is_some_and(|until| Instant::now() < until)
 }
 
 /// Folds the segment's whole chain up to its SCL, whatever the writer's hints say (before a

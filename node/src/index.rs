@@ -55,6 +55,8 @@ pub struct SegmentSlot {
     pub fold_limit_hint: Lsn,
     /// A peer is hydrating from this segment's pages: do not fold until then (soft state).
     pub fold_hold_until: Option<std::time::Instant>,
+    /// The archiver is taking a base image of the page store: do not fold (soft state).
+    pub image_hold: bool,
     /// The address the writer knows this node by (soft state, with `peers`).
     pub addr: String,
     /// The writer's consistency points not yet archived, oldest first (soft state, at most

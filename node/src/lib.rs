@@ -39,6 +39,7 @@ mod pagestore;
 mod pagewrite;
 mod request;
 mod restore;
+mod retention;
 pub mod segment;
 mod service;
 mod store;
@@ -61,7 +62,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-pub use archiver::{ArchiveConfig, BASE_EVERY_BYTES};
+pub use archiver::{ArchiveConfig, BASE_EVERY_BYTES, RETENTION_DEFAULT, RETENTION_PASS_EVERY};
 pub use error::NodeError;
 
 use crate::service::Service;

@@ -655,6 +655,18 @@ impl Store {
             }
             index.slot_mut(key).fold_hold_until = Some(Instant::now() + FOLD_HOLD);
         }
+        self.scan_pages(key, after_lsn, cursor, max_pages).await
+    }
+
+    /// Like [`Store::fetch_pages`] without the hold: for a caller that holds the fold point
+    /// itself (the archiver's base image, [`Store::hold_for_image`]).
+    pub async fn scan_pages(
+        &self,
+        key: &SegmentKey,
+        after_lsn: Lsn,
+        cursor: u64,
+        max_pages: usize,
+    ) -> Result<(Lsn, Vec<PageImage>, u64), StoreError> {
         let store = lock(&self.shared.pages).get(key).cloned();
         let Some(store) = store else {
             return Ok((Lsn::ZERO, Vec::new(), PG_PAGES));

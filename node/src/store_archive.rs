@@ -133,6 +133,22 @@ impl Store {
         })
     }
 
+    /// Holds the segment's fold point still (or lets it go) while the archiver scans its page
+    /// store for a base image. Taking the hold waits for a fold step under way (the fold lock),
+    /// so the page store is whole at the fold point when the scan starts.
+    pub async fn hold_for_image(&self, key: &SegmentKey, hold: bool) {
+        let shared = std::sync::Arc::clone(&self.shared);
+        let key = key.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _folding = lock(&shared.fold_lock);
+            let mut index = lock(&shared.index);
+            if index.slot(&key).is_some() {
+                index.slot_mut(&key).image_hold = hold;
+            }
+        })
+        .await;
+    }
+
     /// Whether the node holds anything for the segment.
     pub fn segment_exists(&self, key: &SegmentKey) -> bool {
         lock(&self.shared.index).slot(key).is_some()

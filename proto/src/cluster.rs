@@ -7,6 +7,8 @@
 //!
 //! [backup]                      # optional: where the nodes archive (their --backup)
 //! store = "/var/lib/sixfold/backup"   # or "s3://bucket/prefix"
+//! endpoint = "http://127.0.0.1:9000"   # optional: an S3-compatible server
+//! retention = "7d"                     # optional
 //! ```
 
 use std::collections::BTreeMap;
@@ -42,6 +44,10 @@ pub struct BackupSection {
     /// S3 endpoint URL for S3-compatible servers (else AWS_ENDPOINT_URL, else AWS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// How long every consistency point stays restorable (e.g. "7d"; the nodes' default
+    /// otherwise). `sixfold up` passes it to its nodes as `--retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Error)]

@@ -6,6 +6,7 @@
 //! again. Processes are killed when the harness values are dropped, so a failing test never
 //! leaves a mount or a node behind.
 
+pub mod backup;
 pub mod mariadb;
 pub mod probe;
 pub mod shadow;
@@ -94,7 +95,7 @@ pub fn require_fuse() {
     );
 }
 
-fn free_port(ip: &str) -> u16 {
+pub fn free_port(ip: &str) -> u16 {
     let listener = TcpListener::bind((ip, 0)).expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }
@@ -166,21 +167,22 @@ impl Cluster {
         Cluster::start_with(dir, count, None, &[])
     }
 
-    /// A cluster whose nodes archive to `store` (the cluster file's `[backup]` table names it),
-    /// with more node options.
+    /// A cluster whose nodes archive to `store` (an S3 one at `endpoint`; the cluster file's
+    /// `[backup]` table names both), with more node options.
     pub fn start_backed_up(
         dir: &Path,
         count: usize,
         store: &str,
+        endpoint: Option<&str>,
         options: &[&str],
     ) -> Result<Cluster> {
-        Cluster::start_with(dir, count, Some(store), options)
+        Cluster::start_with(dir, count, Some((store, endpoint)), options)
     }
 
     fn start_with(
         dir: &Path,
         count: usize,
-        backup: Option<&str>,
+        backup: Option<(&str, Option<&str>)>,
         options: &[&str],
     ) -> Result<Cluster> {
         let azs = ["a", "b", "c"];
@@ -200,9 +202,13 @@ impl Cluster {
             });
         }
         let mut node_options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
-        if let Some(store) = backup {
+        if let Some((store, endpoint)) = backup {
             toml.push_str(&format!("[backup]\nstore = \"{store}\"\n"));
             node_options.extend(["--backup".to_string(), store.to_string()]);
+            if let Some(endpoint) = endpoint {
+                toml.push_str(&format!("endpoint = \"{endpoint}\"\n"));
+                node_options.extend(["--backup-endpoint".to_string(), endpoint.to_string()]);
+            }
         }
         let cluster_file = dir.join("cluster.toml");
         std::fs::write(&cluster_file, toml)?;

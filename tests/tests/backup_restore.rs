@@ -4,123 +4,14 @@
 //! and require each to hash to what was recorded. Then the bad inputs: each a clear error, and a
 //! failed restore leaves no volume a writer would mount.
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use sixfold_tests::{
-    pattern, remove_test_dir, require_fuse, run, sixfold_bin, test_dir, Cluster, Mount,
+use rand::SeedableRng;
+use sixfold_tests::backup::{
+    expect_error, restore_and_hash, rfc3339, sixfold, sixfold_fails, walk, write_round, Point,
+    VOLUME_SIZE,
 };
-
-const GIB: u64 = 1 << 30;
-/// The regions written: 4 MiB at the start of PGs 0, 1 and 2 (the rest of the volume stays
-/// zeros in every version).
-const REGIONS: [(u64, u64); 3] = [
-    (0, 4 << 20),
-    (10 * GIB, 4 << 20),
-    (20 * GIB + (1 << 20), 4 << 20),
-];
-
-/// A consistency point as the test saw it.
-#[derive(Clone, Debug)]
-struct Point {
-    lsn: u64,
-    time: SystemTime,
-    hash: u64,
-}
-
-fn fnv(hash: &mut u64, bytes: &[u8]) {
-    for b in bytes {
-        *hash ^= u64::from(*b);
-        *hash = hash.wrapping_mul(0x100_0000_01b3);
-    }
-}
-
-/// Hash of every written region of the volume file.
-fn volume_hash(mount: &Mount) -> Result<u64> {
-    let mut file = std::fs::File::open(mount.volume_path())?;
-    let mut hash = 0xcbf2_9ce4_8422_2325;
-    let mut buffer = vec![0u8; 1 << 20];
-    for (offset, len) in REGIONS {
-        file.seek(SeekFrom::Start(offset))?;
-        let mut left = len as usize;
-        while left > 0 {
-            let n = left.min(buffer.len());
-            file.read_exact(&mut buffer[..n])?;
-            fnv(&mut hash, &buffer[..n]);
-            left -= n;
-        }
-    }
-    Ok(hash)
-}
-
-/// The writer's VDL as the nodes report it, once it stops moving (nothing is being written).
-fn settled_vdl(cluster: &Cluster, volume: &str) -> Result<u64> {
-    let mut last = None;
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(700));
-        let vdl = cluster.status(volume)?["vdl"].as_u64();
-        if vdl.is_some() && vdl == last {
-            return Ok(vdl.unwrap_or(0));
-        }
-        last = vdl;
-    }
-    bail!("the VDL did not settle")
-}
-
-fn rfc3339(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).expect("after 1970");
-    let output = Command::new("date")
-        .args(["-u", "-d"])
-        .arg(format!("@{}.{:06}", since.as_secs(), since.subsec_micros()))
-        .arg("+%Y-%m-%dT%H:%M:%S.%6NZ")
-        .output()
-        .expect("date runs");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-fn sixfold(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    run(Command::new(sixfold_bin())
-        .args(args)
-        .arg("--cluster")
-        .arg(&cluster.cluster_file))
-}
-
-/// Runs a sixfold command that must fail; returns its stderr.
-fn sixfold_fails(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let output = Command::new(sixfold_bin())
-        .args(args)
-        .arg("--cluster")
-        .arg(&cluster.cluster_file)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if output.status.success() {
-        bail!(
-            "sixfold {args:?} succeeded, expected a failure:\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-    }
-    Ok(stderr)
-}
-
-fn restore_and_hash(
-    cluster: &Cluster,
-    dir: &std::path::Path,
-    name: &str,
-    how: &[&str],
-) -> Result<u64> {
-    let mut args = vec!["restore", "--source", "v", "--volume", name];
-    args.extend_from_slice(how);
-    let output = sixfold(cluster, &args).with_context(|| format!("restore {name}"))?;
-    println!("{}", output.trim());
-    let mount = Mount::start(cluster, name, "30G", &dir.join(format!("mnt-{name}")))?;
-    let hash = volume_hash(&mount)?;
-    mount.unmount()?;
-    Ok(hash)
-}
+use sixfold_tests::{remove_test_dir, require_fuse, test_dir, Cluster, Mount};
 
 #[test]
 fn point_in_time_restores_hash_to_what_was_recorded() -> Result<()> {
@@ -131,28 +22,14 @@ fn point_in_time_restores_hash_to_what_was_recorded() -> Result<()> {
         &dir,
         6,
         store.to_str().context("utf-8 path")?,
+        None,
         &["--base-every-mib", "2"],
     )?;
-    let mount = Mount::start(&cluster, "v", "30G", &dir.join("mnt"))?;
+    let mount = Mount::start(&cluster, "v", VOLUME_SIZE, &dir.join("mnt"))?;
     let mut rng = StdRng::seed_from_u64(6);
     let mut points = Vec::new();
-    {
-        let mut file = mount.open_volume()?;
-        for round in 0..8u64 {
-            for _ in 0..24 {
-                let (start, len) = REGIONS[rng.random_range(0..REGIONS.len())];
-                let size = rng.random_range(1..=64) * 4096;
-                let offset = start + rng.random_range(0..(len - size) / 512) * 512;
-                file.seek(SeekFrom::Start(offset))?;
-                file.write_all(&pattern(round * 1000 + offset, size as usize))?;
-            }
-            file.sync_all()?;
-            let time = SystemTime::now();
-            let lsn = settled_vdl(&cluster, "v")?;
-            let hash = volume_hash(&mount)?;
-            println!("round {round}: LSN {lsn}, hash {hash:016x}");
-            points.push(Point { lsn, time, hash });
-        }
+    for round in 0..8u64 {
+        points.push(write_round(&cluster, &mount, "v", &mut rng, round, 24)?);
     }
     println!("{}", cluster.status_text("v")?);
     // A snapshot of the last point, while the writer is still mounted.
@@ -164,6 +41,7 @@ fn point_in_time_restores_hash_to_what_was_recorded() -> Result<()> {
         let by_lsn = restore_and_hash(
             &cluster,
             &dir,
+            "v",
             &format!("lsn{i}"),
             &["--to-lsn", &point.lsn.to_string()],
         )?;
@@ -173,13 +51,19 @@ fn point_in_time_restores_hash_to_what_was_recorded() -> Result<()> {
             point.lsn
         );
         let time = rfc3339(point.time);
-        let by_time = restore_and_hash(&cluster, &dir, &format!("time{i}"), &["--to-time", &time])?;
+        let by_time = restore_and_hash(
+            &cluster,
+            &dir,
+            "v",
+            &format!("time{i}"),
+            &["--to-time", &time],
+        )?;
         assert_eq!(
             by_time, point.hash,
             "restore of round {i} by time {time} hashes differently"
         );
     }
-    let from_snapshot = restore_and_hash(&cluster, &dir, "snap", &["--from", "last"])?;
+    let from_snapshot = restore_and_hash(&cluster, &dir, "v", "snap", &["--from", "last"])?;
     assert_eq!(
         from_snapshot, points[7].hash,
         "restore of snapshot `last` hashes differently"
@@ -198,35 +82,14 @@ fn point_in_time_restores_hash_to_what_was_recorded() -> Result<()> {
     Ok(())
 }
 
-fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            out.extend(walk(&path)?);
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 fn bad_inputs(
     cluster: &Cluster,
     dir: &std::path::Path,
     store: &std::path::Path,
     points: &[Point],
 ) -> Result<()> {
-    let expect = |stderr: String, needle: &str| -> Result<()> {
-        if !stderr.contains(needle) {
-            bail!("expected an error naming {needle:?}, got:\n{stderr}");
-        }
-        println!("as expected: {}", stderr.trim());
-        Ok(())
-    };
-    expect(
-        sixfold_fails(
+    expect_error(
+        &sixfold_fails(
             cluster,
             &[
                 "restore", "--source", "v", "--volume", "x1", "--from", "nope",
@@ -234,8 +97,8 @@ fn bad_inputs(
         )?,
         "snapshot nope of volume v does not exist",
     )?;
-    expect(
-        sixfold_fails(
+    expect_error(
+        &sixfold_fails(
             cluster,
             &[
                 "restore",
@@ -249,8 +112,8 @@ fn bad_inputs(
         )?,
         "no consistency point at or before 2001-01-01",
     )?;
-    expect(
-        sixfold_fails(
+    expect_error(
+        &sixfold_fails(
             cluster,
             &[
                 "restore",
@@ -264,8 +127,8 @@ fn bad_inputs(
         )?,
         "cannot be restored",
     )?;
-    expect(
-        sixfold_fails(
+    expect_error(
+        &sixfold_fails(
             cluster,
             &[
                 "restore",
@@ -279,12 +142,12 @@ fn bad_inputs(
         )?,
         "already exists",
     )?;
-    expect(
-        sixfold_fails(cluster, &["snapshot", "create", "last", "--volume", "v"])?,
+    expect_error(
+        &sixfold_fails(cluster, &["snapshot", "create", "last", "--volume", "v"])?,
         "already exists",
     )?;
-    expect(
-        sixfold_fails(cluster, &["snapshot", "delete", "nope", "--volume", "v"])?,
+    expect_error(
+        &sixfold_fails(cluster, &["snapshot", "delete", "nope", "--volume", "v"])?,
         "does not exist",
     )?;
     // A corrupt run that the snapshot needs: restore fails naming the checksum; the half-made
@@ -306,8 +169,8 @@ fn bad_inputs(
     let at = damaged.len() - 5;
     damaged[at] ^= 0x55;
     std::fs::write(&victim, &damaged)?;
-    expect(
-        sixfold_fails(
+    expect_error(
+        &sixfold_fails(
             cluster,
             &[
                 "restore", "--source", "v", "--volume", "broken", "--from", "last",
@@ -315,15 +178,15 @@ fn bad_inputs(
         )?,
         "checksum mismatch",
     )?;
-    let refused = Mount::start(cluster, "broken", "30G", &dir.join("mnt-broken"));
+    let refused = Mount::start(cluster, "broken", VOLUME_SIZE, &dir.join("mnt-broken"));
     match refused {
         Ok(_) => bail!("a writer mounted the half-restored volume"),
-        Err(error) => expect(format!("{error:#}"), "restore that did not finish")?,
+        Err(error) => expect_error(&format!("{error:#}"), "restore that did not finish")?,
     }
     // A missing run: restore fails naming it.
     std::fs::remove_file(&victim)?;
-    expect(
-        sixfold_fails(
+    expect_error(
+        &sixfold_fails(
             cluster,
             &[
                 "restore", "--source", "v", "--volume", "broken2", "--from", "last",

@@ -109,19 +109,23 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 objects.describe()
             );
         }
-        let window = points::window(&catalogs);
-        let describe_window = || match window {
-            Some((oldest, newest)) => {
-                format!("the restorable window is LSN {oldest} to LSN {newest}")
-            }
-            None => "no point is restorable for every PG yet".into(),
-        };
+        let describe_window = || points::describe_restorable(&catalogs);
         let (target, time_us) = match (args.to_lsn, args.to_time) {
             (Some(lsn), _) => (Lsn(lsn), 0),
             (None, Some(time)) => {
                 let wanted = unix_micros(time);
                 match points::lsn_at_time(&objects, source, &catalogs, wanted).await? {
-                    Some(found) => found,
+                    Some((lsn, reached)) => {
+                        if let Err(pg) = points::continuous_at(&catalogs, lsn) {
+                            anyhow::bail!(
+                                "{} is outside the retention window: the backup of PG {} no longer holds the points after LSN {lsn}, so the volume as of then is unknown; {}",
+                                show_time(wanted),
+                                pg.0,
+                                describe_window()
+                            );
+                        }
+                        (lsn, reached)
+                    }
                     None => anyhow::bail!(
                         "no consistency point at or before {} is in the backup of volume {source} (it is before the retention window, or before the volume was written); {}",
                         show_time(wanted),

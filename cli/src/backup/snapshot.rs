@@ -114,8 +114,7 @@ async fn create(name: &str, args: &StoreArgs, volume: &str, wait: Duration) -> a
     // PG's archive reaches.
     let target = match status.vdl {
         Some(vdl) if vdl > 0 => Lsn(vdl),
-        _ => points::window(&catalogs)
-            .map(|(_, newest)| newest)
+        _ => points::newest(&catalogs)
             .context("the volume has no writer and nothing archived yet")?,
     };
     println!("snapshot {name}: volume {volume} at LSN {target}, waiting for the archive");

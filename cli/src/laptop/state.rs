@@ -150,6 +150,7 @@ impl StateDir {
             backup: backup.then(|| BackupSection {
                 store: self.backup_dir().to_string_lossy().into_owned(),
                 endpoint: None,
+                retention: None,
             }),
         };
         // Check it as `sixfold mount` will, before anything depends on it.

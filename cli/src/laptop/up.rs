@@ -115,6 +115,9 @@ pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
             if let Some(endpoint) = &backup.endpoint {
                 node_args.extend(["--backup-endpoint".into(), endpoint.clone().into()]);
             }
+            if let Some(retention) = &backup.retention {
+                node_args.extend(["--retention".into(), retention.clone().into()]);
+            }
         }
         let child = spawn_detached(
             &exe,
