@@ -31,20 +31,40 @@ fn fill(cluster: &Cluster, dir: &Path, volume: &str, pgs: u64, mib: u64) -> Resu
         }
         file.sync_all()?;
     }
-    sixfold(cluster, &["snapshot", "create", "bench", "--volume", volume, "--wait", "600s"])?;
+    sixfold(
+        cluster,
+        &[
+            "snapshot", "create", "bench", "--volume", volume, "--wait", "600s",
+        ],
+    )?;
     mount.unmount()
 }
 
-/// Restores `volume`'s snapshot; returns seconds.
-fn restore(cluster: &Cluster, volume: &str) -> Result<f64> {
+/// CPU seconds the nodes have used so far.
+fn nodes_cpu(cluster: &Cluster) -> f64 {
+    cluster.nodes.iter().filter_map(|n| n.cpu_seconds()).sum()
+}
+
+/// Restores `volume`'s snapshot; returns (seconds, cores the nodes kept busy meanwhile).
+fn restore(cluster: &Cluster, volume: &str) -> Result<(f64, f64)> {
+    let cpu = nodes_cpu(cluster);
     let started = Instant::now();
     let output = sixfold(
         cluster,
-        &["restore", "--source", volume, "--from", "bench", "--volume", &format!("{volume}-restored")],
+        &[
+            "restore",
+            "--source",
+            volume,
+            "--from",
+            "bench",
+            "--volume",
+            &format!("{volume}-restored"),
+        ],
     )?;
     let seconds = started.elapsed().as_secs_f64();
+    let busy = (nodes_cpu(cluster) - cpu) / seconds;
     eprintln!("{}", output.trim());
-    Ok(seconds)
+    Ok((seconds, busy))
 }
 
 fn main() -> Result<()> {
@@ -62,12 +82,21 @@ fn main() -> Result<()> {
     )?;
     fill(&cluster, &dir, "one", 1, mib)?;
     fill(&cluster, &dir, "four", 4, mib)?;
-    let one = restore(&cluster, "one")?;
-    let four = restore(&cluster, "four")?;
+    let (one, busy_one) = restore(&cluster, "one")?;
+    let (four, busy_four) = restore(&cluster, "four")?;
     let rate_one = mib as f64 / one;
     let rate_four = (4 * mib) as f64 / four;
-    println!("restore of 1 PG  ({mib:>5} MiB): {one:6.2} s = {rate_one:7.1} MiB/s");
-    println!("restore of 4 PGs ({:>5} MiB): {four:6.2} s = {rate_four:7.1} MiB/s", 4 * mib);
-    println!("throughput 4 PGs / 1 PG      : {:6.2}x", rate_four / rate_one);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "restore of 1 PG  ({mib:>5} MiB): {one:6.2} s = {rate_one:7.1} MiB/s, nodes kept {busy_one:.1} of {cores} cores busy"
+    );
+    println!(
+        "restore of 4 PGs ({:>5} MiB): {four:6.2} s = {rate_four:7.1} MiB/s, nodes kept {busy_four:.1} of {cores} cores busy",
+        4 * mib
+    );
+    println!(
+        "throughput 4 PGs / 1 PG      : {:6.2}x",
+        rate_four / rate_one
+    );
     Ok(())
 }
