@@ -16,8 +16,8 @@ pub fn log_prefix(volume: &str, pg: PgId) -> String {
 }
 
 /// A run of the PG's records in (start, end]; `time_us` is when the writer reached `end` as a
-/// consistency point (0: `end` is not one, the run was cut by size), so that a time maps to an
-/// LSN from keys alone.
+/// consistency point. Every run ends at one, except a run cut by size that holds none (time 0),
+/// so that a time maps to an LSN from keys alone (opening at most one run per PG).
 pub fn run_key(volume: &str, pg: PgId, run: &RunKey) -> String {
     format!("{}{}", log_prefix(volume, pg), run.name())
 }

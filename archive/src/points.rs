@@ -155,6 +155,43 @@ pub async fn lsn_at_time(
     Ok(best)
 }
 
+/// The newest consistency point at or below `lsn`, and when it was reached: from run keys
+/// (every timed run ends at one) and the runs that hold `lsn` inside them (opened). None when
+/// no point that old is archived.
+pub async fn point_at_or_below(
+    store: &ObjectStore,
+    volume: &str,
+    catalogs: &BTreeMap<PgId, PgCatalog>,
+    lsn: Lsn,
+) -> Result<Option<(Lsn, u64)>, ObjectError> {
+    let mut best: Option<(Lsn, u64)> = None;
+    let mut consider = |point: (Lsn, u64)| {
+        if point.0 <= lsn && best.is_none_or(|(b, _)| point.0 > b) {
+            best = Some(point);
+        }
+    };
+    for (pg, catalog) in catalogs {
+        for run in catalog
+            .runs
+            .iter()
+            .filter(|r| r.time_us > 0 && r.end <= lsn)
+        {
+            consider((run.end, run.time_us));
+        }
+        let inside = catalog
+            .runs
+            .iter()
+            .filter(|r| r.time_us > 0 && r.start < lsn && lsn < r.end)
+            .min_by_key(|r| r.end);
+        if let Some(run) = inside {
+            for mark in run_marks(store, volume, *pg, run).await? {
+                consider(mark);
+            }
+        }
+    }
+    Ok(best)
+}
+
 /// The consistency points a run holds: (VDL, when reached).
 pub async fn run_marks(
     store: &ObjectStore,

@@ -231,6 +231,62 @@ fn batch_extent<'a>(pending: impl Iterator<Item = &'a Queued>) -> (usize, usize)
     (count, bytes)
 }
 
+/// Tells every segment the writer's final VDL, PGCL and fold limit (a heartbeat each, at once,
+/// best effort): called when the volume closes. Nodes learn a VDL only from the Appends that
+/// carry it, so without this the last consistency point of a session would never reach them
+/// (nor the archive, which could then not restore the final fsync'd writes).
+pub async fn final_heartbeats(shared: &Arc<Shared>) {
+    let requests: Vec<(String, AppendRequest)> = {
+        let state = shared.lock();
+        if state.fenced || state.read_only {
+            return;
+        }
+        let vdl = state.ledger.vdl();
+        let mut out = Vec::new();
+        for (pg, queue) in &state.pgs {
+            let Some(chain) = state.ledger.pg(*pg) else {
+                continue;
+            };
+            let lowest = chain.scls.iter().min().copied().unwrap_or(Lsn::ZERO);
+            for (index, link) in queue.segments.iter().enumerate() {
+                out.push((
+                    link.addr.clone(),
+                    AppendRequest {
+                        segment: Some(SegmentRef {
+                            volume: shared.volume.clone(),
+                            pg: pg.0,
+                        }),
+                        epoch: shared.epoch.0,
+                        records: Vec::new(),
+                        peers: queue.peers_of(index),
+                        writer_vcl: state.ledger.vcl().0,
+                        writer_vdl: vdl.0,
+                        pgcl: chain.pgcl.0,
+                        fold_limit: lowest.min(vdl).0,
+                        truncations: queue.truncations.clone(),
+                        writer_vdl_time_us: state.vdl_time_us,
+                        segment_addr: link.addr.clone(),
+                    },
+                ));
+            }
+        }
+        out
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (addr, request) in requests {
+        let client = shared.clients.get(&addr);
+        tasks.spawn(async move {
+            if let Ok(mut client) = client {
+                let _ = tokio::time::timeout(FINAL_HEARTBEAT_TIMEOUT, client.append(request)).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// How long a closing writer waits for each final heartbeat.
+pub const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn send_batch(
     shared: &Arc<Shared>,
     pg: PgId,

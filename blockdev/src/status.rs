@@ -223,6 +223,78 @@ impl StatusReport {
     }
 }
 
+impl StatusReport {
+    /// The report as metrics, in the Prometheus text exposition format.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let volume = &self.volume;
+        let mut metric = |name: &str, help: &str, samples: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        };
+        metric(
+            "sixfold_volume_vdl",
+            "The writer's volume durable LSN, as last reported to the nodes.",
+            self.vdl
+                .map(|v| vec![(format!("volume=\"{volume}\""), v)])
+                .unwrap_or_default(),
+        );
+        let per_pg = |value: fn(&PgReport) -> Option<u64>| {
+            self.pgs
+                .iter()
+                .filter_map(|pg| {
+                    value(pg).map(|v| (format!("volume=\"{volume}\",pg=\"{}\"", pg.pg), v))
+                })
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "sixfold_pg_pgcl",
+            "A PG's complete LSN: the 4th highest SCL of its segments.",
+            per_pg(|pg| Some(pg.pgcl)),
+        );
+        metric(
+            "sixfold_backup_archived_lsn",
+            "Every record of the PG at or below this volume LSN is archived.",
+            per_pg(|pg| pg.archived_lsn),
+        );
+        metric(
+            "sixfold_backup_lag_lsns",
+            "LSNs between the writer's VDL and what the PG's archive holds.",
+            per_pg(|pg| pg.backup_lag_lsns),
+        );
+        metric(
+            "sixfold_backup_lag_milliseconds",
+            "How long ago the writer reached the PG's oldest consistency point not yet archived.",
+            per_pg(|pg| pg.backup_lag_ms),
+        );
+        let per_node = |value: fn(&NodeReport) -> u64| {
+            self.nodes
+                .iter()
+                .map(|n| (format!("node=\"{}\",az=\"{}\"", n.addr, n.az), value(n)))
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "sixfold_node_up",
+            "1 when the node answered.",
+            per_node(|n| u64::from(n.reachable)),
+        );
+        metric(
+            "sixfold_node_hot_log_bytes",
+            "Bytes of hot log on the node.",
+            per_node(|n| n.hot_log_bytes),
+        );
+        metric(
+            "sixfold_node_archived_bytes",
+            "Bytes the node uploaded to the backup store since it started.",
+            per_node(|n| n.archived_bytes),
+        );
+        out
+    }
+}
+
 /// Asks every node of the cluster and the volume's metadata quorum.
 pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusReport, VolumeError> {
     crate::volume::validate_volume_name(volume)?;

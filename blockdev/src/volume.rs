@@ -424,6 +424,9 @@ impl Volume {
     /// Flushes and stops the writer's background tasks.
     pub async fn close(&self) -> Result<(), VolumeError> {
         let flushed = self.flush().await;
+        if flushed.is_ok() {
+            sender::final_heartbeats(&self.shared).await;
+        }
         let mut state = self.shared.lock();
         state.closed = true;
         for queue in state.pgs.values() {

@@ -28,8 +28,12 @@ pub struct StatusArgs {
     #[arg(long, value_name = "NAME", default_value = "default")]
     volume: String,
     /// Print JSON (for scripts) instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "metrics")]
     json: bool,
+    /// Print metrics in the Prometheus text format (for a node exporter's textfile collector or
+    /// a scrape wrapper): backup lag, archived LSN, VDL, node health.
+    #[arg(long)]
+    metrics: bool,
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
@@ -49,6 +53,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::to_string_pretty(&report).context("encode the status as JSON")?;
         println!("{json}");
+    } else if args.metrics {
+        print!("{}", report.render_metrics());
     } else {
         print!("{}", report.render_text());
     }

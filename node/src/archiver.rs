@@ -3,8 +3,9 @@
 //!
 //! **Who archives.** The PG's six segments rank their nodes' addresses (as the writer names them:
 //! `segment_addr` and `peers` of each Append) by a hash of (volume, PG, address). A segment
-//! archives when every node ranked above it is down (it pinged each within
-//! [`PEER_ALIVE_FOR`] and got no answer). So one segment archives at a time while all are up,
+//! archives when no node ranked above it can: each answered NodeStatus within
+//! [`PEER_ALIVE_FOR`] with backup on, the segment hosted and no archiving error for it, or it
+//! does not count. So one segment archives at a time while all are up,
 //! and the next takes over when it goes down. Two archivers at once (a partition, a flapping
 //! node) are harmless: object keys name their LSN range, and restore chains overlapping runs.
 //!
@@ -18,9 +19,9 @@
 //! recent consistency points), holds at most [`RUN_BYTES_MAX`] of records, and is followed by a
 //! write of the PG's `head` object (a hint for the other segments).
 //!
-//! **Base images.** After [`BASE_EVERY_BYTES`] of runs, the archiver uploads its page store as
-//! of its fold point `F` (chunks, then `done.json`), so that a restore starts from there instead
-//! of the PG's first record. `F` is at most the archive's head (folding is capped by it), so the
+//! **Base images.** After [`BASE_EVERY_BYTES`] of runs (or [`BASE_MAX_AGE`]), the archiver
+//! uploads its page store as of its fold point `F` (chunks, then `done.json`), so that a restore
+//! starts from there instead of the PG's first record. `F` is at most the archive's head (folding is capped by it), so the
 //! runs continue the image. The fold point holds still during the scan (`image_hold`, set once
 //! any fold step under way has finished). A segment whose fold point is past
 //! the archive's head (it hydrated from a peer's pages, or folded before backup was on) starts
@@ -46,7 +47,7 @@ use sixfold_archive::keys::{self, RunKey};
 use sixfold_archive::manifest::{BaseChunk, BaseManifest};
 use sixfold_archive::{catalog::PgCatalog, format, ObjectError, ObjectStore};
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{ArchiveMark, ArchivePages, ArchiveRun, SegmentRef, SegmentStateRequest};
+use sixfold_proto::wire::{ArchiveMark, ArchivePages, ArchiveRun, NodeStatusRequest};
 use sixfold_proto::{Lsn, PG_PAGES};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
@@ -59,11 +60,17 @@ use crate::store_archive::ArchiveView;
 pub const TICK: Duration = Duration::from_millis(250);
 /// Least time between two runs of a PG with new records, and of a quiet PG.
 pub const RUN_INTERVAL: Duration = Duration::from_secs(1);
-pub const EMPTY_RUN_INTERVAL: Duration = Duration::from_secs(5);
+pub const EMPTY_RUN_INTERVAL: Duration = Duration::from_secs(10);
 /// Most record bytes in one run.
 pub const RUN_BYTES_MAX: u64 = 16 << 20;
-/// Run bytes after which the archiver uploads a new base image of the PG.
+/// Run bytes after which the archiver uploads a new base image of the PG...
 pub const BASE_EVERY_BYTES: u64 = 256 << 20;
+/// ...or time after the last one, if the PG folded anything since (so that retention can let
+/// the runs of a quietly written PG go).
+pub const BASE_MAX_AGE: Duration = Duration::from_secs(3600);
+/// How long to wait before taking a base image again after one was put off (the page store
+/// held a page newer than the fold point).
+pub const BASE_RETRY: Duration = Duration::from_secs(30);
 /// Pages per base-image chunk (4 MiB before compression).
 pub const BASE_CHUNK_PAGES: usize = 1024;
 /// How often a segment that does not archive reads its PG's archive head.
@@ -117,6 +124,9 @@ struct PgState {
     head: Option<Lsn>,
     last_base: Lsn,
     bytes_since_base: u64,
+    /// When the last base image was taken (or this node started archiving the PG).
+    last_base_at: Option<Instant>,
+    base_retry_at: Option<Instant>,
     last_run: Option<Instant>,
     last_head_poll: Option<Instant>,
     last_retention: Option<Instant>,
@@ -131,6 +141,8 @@ impl Default for PgState {
             head: None,
             last_base: Lsn::ZERO,
             bytes_since_base: 0,
+            last_base_at: None,
+            base_retry_at: None,
             last_run: None,
             last_head_poll: None,
             last_retention: None,
@@ -145,6 +157,9 @@ struct PeerState {
     last_ok: Option<Instant>,
     last_try: Option<Instant>,
     client: Option<StorageNodeClient<Channel>>,
+    /// From its last NodeStatus: the segments it hosts whose archiving works (it has backup on
+    /// and shows no archiving error for them).
+    archiving: std::collections::HashSet<SegmentKey>,
 }
 
 struct Archiver {
@@ -264,7 +279,10 @@ impl Archiver {
         true
     }
 
-    /// Whether `peer` answered within [`PEER_ALIVE_FOR`] (pinging it when due).
+    /// Whether `peer` can archive the PG: it answered NodeStatus within [`PEER_ALIVE_FOR`], has
+    /// backup on, hosts the segment and shows no archiving error for it. A node that is up but
+    /// cannot archive (no --backup, a lost segment, a failing store) must not hold the PG's
+    /// archiving up.
     async fn alive(&mut self, peer: &str, key: &SegmentKey) -> bool {
         let now = Instant::now();
         let state = self.peers.entry(peer.to_owned()).or_default();
@@ -277,35 +295,33 @@ impl Archiver {
                 state.client = client(peer);
             }
             if let Some(mut client) = state.client.clone() {
-                let request = SegmentStateRequest {
-                    segment: Some(SegmentRef {
-                        volume: key.volume.clone(),
-                        pg: key.pg.0,
-                    }),
-                    seal_epoch: 0,
-                    learn: Vec::new(),
-                };
                 let answered =
-                    tokio::time::timeout(PING_TIMEOUT, client.segment_state(request)).await;
-                // Any answer, even a refusal, shows the node is up.
-                let up = match answered {
-                    Ok(Ok(_)) => true,
-                    Ok(Err(status)) => !matches!(
-                        status.code(),
-                        tonic::Code::Unavailable
-                            | tonic::Code::DeadlineExceeded
-                            | tonic::Code::Unknown
-                    ),
-                    Err(_) => false,
-                };
-                if up {
+                    tokio::time::timeout(PING_TIMEOUT, client.node_status(NodeStatusRequest {}))
+                        .await;
+                if let Ok(Ok(response)) = answered {
+                    let status = response.into_inner();
                     state.last_ok = Some(Instant::now());
+                    state.archiving = if status.backup_store.is_empty() {
+                        Default::default()
+                    } else {
+                        status
+                            .segments
+                            .iter()
+                            .filter(|s| s.archive_error.is_empty())
+                            .filter_map(|s| s.segment.as_ref())
+                            .map(|r| SegmentKey {
+                                volume: r.volume.clone(),
+                                pg: sixfold_proto::PgId(r.pg),
+                            })
+                            .collect()
+                    };
                 }
             }
         }
         state
             .last_ok
             .is_some_and(|at| now.duration_since(at) < PEER_ALIVE_FOR)
+            && state.archiving.contains(key)
     }
 
     /// A segment that does not archive learns how far the archive reaches, to fold that far.
@@ -370,7 +386,12 @@ impl Archiver {
             return self.base_image(view).await;
         }
         let state = self.pgs.entry(view.key.clone()).or_default();
-        if state.bytes_since_base >= self.config.base_every_bytes && view.folded > state.last_base {
+        let base_due = state.bytes_since_base >= self.config.base_every_bytes
+            || state
+                .last_base_at
+                .is_some_and(|at| at.elapsed() >= BASE_MAX_AGE);
+        let may_retry = state.base_retry_at.is_none_or(|at| at <= Instant::now());
+        if base_due && view.folded > state.last_base && may_retry {
             return self.base_image(view).await;
         }
         let Some(cover) = view.coverable.filter(|m| m.vdl > head) else {
@@ -412,17 +433,25 @@ impl Archiver {
         let past_cover = records.iter().any(|r| Lsn(r.lsn) > cover.vdl);
         let complete = records.last().is_none_or(|r| Lsn(r.lsn) >= scl);
         records.retain(|r| Lsn(r.lsn) <= cover.vdl);
+        let cut = !past_cover && !complete && !records.is_empty();
         let end = match records.last() {
-            // Cut by the byte limit: the run ends at its last record.
-            Some(last) if !past_cover && !complete => Lsn(last.lsn),
+            // Cut by the byte limit: the run ends at its newest consistency point, so that
+            // every run's end is one (a time maps to an LSN from keys alone); one that holds
+            // none ends at its last record and carries no point at all.
+            Some(last) if cut => self
+                .store
+                .marks_between(key, head, Lsn(last.lsn))
+                .last()
+                .map_or(Lsn(last.lsn), |m| m.vdl),
             _ => cover.vdl,
         };
+        records.retain(|r| Lsn(r.lsn) <= end);
         if end <= head {
             return Ok(());
         }
         let marks = self.store.marks_between(key, head, end);
-        // The key's time is its end's, when the end is a consistency point (so a time maps to
-        // an LSN from keys alone); a run cut by size ends at a record: untimed (0).
+        // The key's time is its end's: every run ends at a consistency point, except one cut
+        // by size that holds none (time 0).
         let time_us = marks
             .last()
             .filter(|m| m.vdl == end)
@@ -461,7 +490,8 @@ impl Archiver {
         let state = self.pgs.entry(key.clone()).or_default();
         state.head = Some(end);
         state.bytes_since_base += bytes;
-        state.last_run = Some(Instant::now());
+        // Behind (the run was cut by size): the next run goes at once, not a second later.
+        state.last_run = (!cut).then(Instant::now);
         Ok(())
     }
 
@@ -508,6 +538,15 @@ impl Archiver {
                 )));
             }
             let lsn = folded;
+            // A page stored newer than the fold point (a page repaired from a peer at its
+            // PGCL) holds records above it: no image as of the fold point can hold it. Put the
+            // image off until folding has passed it.
+            if let Some(newer) = images.iter().find(|i| i.lsn > folded) {
+                info!(segment = %key, page = %newer.page, page_lsn = %newer.lsn, %folded, "base image put off: a stored page is newer than the fold point");
+                self.pgs.entry(key.clone()).or_default().base_retry_at =
+                    Some(Instant::now() + BASE_RETRY);
+                return Ok(());
+            }
             if !images.is_empty() {
                 let index = chunks.len() as u32;
                 let pages = ArchivePages {
@@ -558,6 +597,8 @@ impl Archiver {
         let state = self.pgs.entry(key.clone()).or_default();
         state.last_base = lsn;
         state.bytes_since_base = 0;
+        state.last_base_at = Some(Instant::now());
+        state.base_retry_at = None;
         if state.head.is_some_and(|head| head < lsn) {
             state.head = Some(lsn);
             self.put_head(key, lsn).await?;

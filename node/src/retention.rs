@@ -41,7 +41,7 @@ pub fn plan(relative_keys: &[String], window_start: Lsn, kept: &Kept) -> Vec<Str
     else {
         return Vec::new(); // the window's start is not restorable: delete nothing
     };
-    relative_keys
+    let mut doomed: Vec<String> = relative_keys
         .iter()
         .filter(|key| match keys::parse_pg_object(key) {
             Some(PgObject::Run(run)) => run.end <= origin && !kept.runs.contains(&run.name()),
@@ -51,7 +51,15 @@ pub fn plan(relative_keys: &[String], window_start: Lsn, kept: &Kept) -> Vec<Str
             _ => false,
         })
         .cloned()
-        .collect()
+        .collect();
+    // A base image's done.json goes before its chunks: a pass that fails half-way leaves an
+    // incomplete image (ignored), never a "complete" one with chunks missing.
+    doomed.sort_by_key(|key| match keys::parse_pg_object(key) {
+        Some(PgObject::BaseDone(_)) => 0,
+        Some(PgObject::BaseChunk(_)) => 1,
+        _ => 2,
+    });
+    doomed
 }
 
 /// What every snapshot of `volume` keeps of `pg`.
@@ -145,6 +153,10 @@ mod tests {
         keys.extend(base(35));
         keys.push("base/00000000000000000012/000000.pages".into()); // never completed
         let doomed = plan(&keys, Lsn(37), &Kept::default());
+        assert!(
+            doomed[0].ends_with("done.json"),
+            "done.json goes first: {doomed:?}"
+        );
         let mut expected = vec![run(0, 10), run(10, 20), run(20, 30)];
         expected.extend(base(15));
         expected.push("base/00000000000000000012/000000.pages".into());

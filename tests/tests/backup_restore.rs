@@ -140,7 +140,7 @@ fn bad_inputs(
                 &points[2].lsn.to_string(),
             ],
         )?,
-        "already exists",
+        "already",
     )?;
     expect_error(
         &sixfold_fails(cluster, &["snapshot", "create", "last", "--volume", "v"])?,

@@ -55,16 +55,17 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     runtime()?.block_on(restore(args))
 }
 
-/// The source volume's size: from its metadata when the cluster still has it, else enough for
-/// every archived PG.
-async fn source_size(
+/// The source volume's size and PGs, from its metadata when the cluster still has it.
+async fn source_meta(
     cluster: &sixfold_proto::cluster::ClusterConfig,
     source: &str,
-    pgs: &[PgId],
-) -> u64 {
+) -> Option<(u64, Vec<PgId>)> {
     match sixfold_blockdev::status::collect(cluster, source).await {
-        Ok(status) if status.exists => status.size_bytes,
-        _ => pgs.iter().map(|pg| u64::from(pg.0) + 1).max().unwrap_or(1) * PG_BYTES,
+        Ok(status) if status.exists => Some((
+            status.size_bytes,
+            status.pgs.iter().map(|p| PgId(p.pg)).collect(),
+        )),
+        _ => None,
     }
 }
 
@@ -74,6 +75,15 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let objects = args.store.open(&cluster).await?;
     let source = args.source.as_str();
     sixfold_blockdev::validate_volume_name(&args.volume)?;
+    // A new volume gets a fresh archive: objects of an older volume of that name would mix
+    // with its own.
+    if !objects.list(&format!("{}/", args.volume)).await?.is_empty() {
+        anyhow::bail!(
+            "the backup store {} already holds objects of a volume named {}; restore into another name",
+            objects.describe(),
+            args.volume
+        );
+    }
     let (target, time_us, size_bytes, pgs) = if let Some(name) = &args.from {
         keys::check_snapshot_name(name).map_err(anyhow::Error::msg)?;
         let key = keys::snapshot_key(source, name);
@@ -109,9 +119,53 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 objects.describe()
             );
         }
+        // Every PG the volume has must be in the backup (else it would come back as zeros).
+        let meta = source_meta(&cluster, source).await;
+        if let Some((_, pgs)) = &meta {
+            if let Some(missing) = pgs.iter().find(|pg| !catalogs.contains_key(pg)) {
+                anyhow::bail!(
+                    "PG {} of volume {source} has nothing in the backup store {} (is every node started with --backup?)",
+                    missing.0,
+                    objects.describe()
+                );
+            }
+        }
         let describe_window = || points::describe_restorable(&catalogs);
         let (target, time_us) = match (args.to_lsn, args.to_time) {
-            (Some(lsn), _) => (Lsn(lsn), 0),
+            (Some(lsn), _) => {
+                if points::newest(&catalogs).is_none_or(|newest| Lsn(lsn) > newest) {
+                    anyhow::bail!(
+                        "LSN {lsn} cannot be restored: it is beyond what the backup holds; {}",
+                        describe_window()
+                    );
+                }
+                // Restore points are consistency points: an LSN between two is taken down to
+                // the one below it (a write request is never cut in the middle), where the
+                // archive is whole between them.
+                match points::point_at_or_below(&objects, source, &catalogs, Lsn(lsn)).await? {
+                    Some((point, _)) if point < Lsn(lsn) && points::continuous_at(&catalogs, point).is_err() => {
+                        anyhow::bail!(
+                            "LSN {lsn} cannot be restored: it is outside the retention window; {}",
+                            describe_window()
+                        )
+                    }
+                    Some((point, reached)) => {
+                        if point != Lsn(lsn) {
+                            println!(
+                                "LSN {lsn} is not a consistency point; restoring the newest one below it, LSN {point}"
+                            );
+                        }
+                        (point, reached)
+                    }
+                    None if points::uncovered(&catalogs, Lsn(lsn)).is_some() => anyhow::bail!(
+                        "LSN {lsn} cannot be restored: no consistency point at or below it is in the backup; {}",
+                        describe_window()
+                    ),
+                    // Archived before consistency points were recorded with it (none known):
+                    // the LSN as asked.
+                    None => (Lsn(lsn), 0),
+                }
+            }
             (None, Some(time)) => {
                 let wanted = unix_micros(time);
                 match points::lsn_at_time(&objects, source, &catalogs, wanted).await? {
@@ -153,8 +207,18 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 runs: plan.runs.iter().map(|r| r.name()).collect(),
             });
         }
-        let ids: Vec<PgId> = catalogs.keys().copied().collect();
-        let size = source_size(&cluster, source, &ids).await;
+        // With no metadata left (the source volume is gone), enough for every archived PG.
+        let size = meta.map_or_else(
+            || {
+                catalogs
+                    .keys()
+                    .map(|pg| u64::from(pg.0) + 1)
+                    .max()
+                    .unwrap_or(1)
+                    * PG_BYTES
+            },
+            |(size, _)| size,
+        );
         (target, time_us, size, pgs)
     };
     let when = if time_us > 0 {
