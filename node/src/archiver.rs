@@ -40,6 +40,7 @@
 //! never touches the write path. The error is shown in NodeStatus until an upload succeeds.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -98,21 +99,42 @@ pub struct ArchiveConfig {
     pub retention_pass_every: Duration,
 }
 
-/// Archives the node's segments forever (the caller aborts the task on shutdown).
-/// `own_address` names this node when no writer has told it its name yet.
+/// Archives the node's segments forever (the caller aborts the task on shutdown; that drops
+/// every PG's task with it). `own_address` names this node when no writer has told it its name
+/// yet. Each PG gets its own task, so that a slow upload (a big base image, a store that does
+/// not answer) holds up no other PG.
 pub async fn run(store: Store, config: ArchiveConfig, own_address: String) {
-    let mut archiver = Archiver {
+    let ctx = Arc::new(Ctx {
         store,
         config,
         own_address,
-        pgs: HashMap::new(),
-        peers: HashMap::new(),
-    };
+        peers: Mutex::new(HashMap::new()),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut running: HashMap<SegmentKey, tokio::task::AbortHandle> = HashMap::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        archiver.round().await;
+        while tasks.try_join_next().is_some() {}
+        let keys = ctx.store.segment_keys();
+        running.retain(|key, handle| {
+            let keep = keys.contains(key) && !handle.is_finished();
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for key in keys {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(key) {
+                let pg = PgArchiver {
+                    ctx: Arc::clone(&ctx),
+                    key: slot.key().clone(),
+                    state: PgState::default(),
+                };
+                slot.insert(tasks.spawn(pg.run()));
+            }
+        }
     }
 }
 
@@ -162,12 +184,21 @@ struct PeerState {
     archiving: std::collections::HashSet<SegmentKey>,
 }
 
-struct Archiver {
+/// What every PG's task shares.
+struct Ctx {
     store: Store,
     config: ArchiveConfig,
     own_address: String,
-    pgs: HashMap<SegmentKey, PgState>,
-    peers: HashMap<String, PeerState>,
+    /// What this node knows of its peers' ability to archive (pinged at most every
+    /// [`PEER_PING_EVERY`], whichever PG asks).
+    peers: Mutex<HashMap<String, PeerState>>,
+}
+
+/// One PG's archiving on this node.
+struct PgArchiver {
+    ctx: Arc<Ctx>,
+    key: SegmentKey,
+    state: PgState,
 }
 
 /// Rank of a node for archiving a PG: a hash of (volume, PG, address), highest first.
@@ -181,53 +212,63 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-impl Archiver {
-    async fn round(&mut self) {
-        let views = self.store.archive_views();
-        self.pgs
-            .retain(|key, _| views.iter().any(|view| &view.key == key));
-        for view in views {
-            let owner = self.is_owner(&view).await;
-            let state = self.pgs.entry(view.key.clone()).or_default();
-            if owner != state.owner {
-                info!(segment = %view.key, owner, "PG archiver changed: this node {}", if owner { "archives it now" } else { "no longer archives it" });
-                state.owner = owner;
-                state.head = None;
-                self.store.set_archiver(&view.key, owner, None);
-            }
-            let now = Instant::now();
-            if state.retry_at.is_some_and(|at| at > now) {
-                continue;
-            }
-            let result = if owner {
-                let stepped = self.archive_step(&view).await;
-                if stepped.is_ok() {
-                    self.retention_due(&view).await;
-                }
-                stepped
-            } else {
-                self.poll_head(&view).await
+impl PgArchiver {
+    async fn run(mut self) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(view) = self.ctx.store.archive_view(&self.key) else {
+                return; // the segment is gone
             };
-            let state = self.pgs.entry(view.key.clone()).or_default();
-            match result {
-                Ok(()) => {
-                    if state.retry_at.take().is_some() {
-                        info!(segment = %view.key, "archiving works again");
-                        self.store.set_archiver(&view.key, owner, None);
-                    }
-                    state.backoff = BACKOFF_MIN;
+            self.step(view).await;
+        }
+    }
+
+    /// One tick of the PG: who archives it, then an archiving step (or a look at the archive's
+    /// head), with back-off after a failure.
+    async fn step(&mut self, view: ArchiveView) {
+        let owner = self.is_owner(&view).await;
+        let state = &mut self.state;
+        if owner != state.owner {
+            info!(segment = %view.key, owner, "PG archiver changed: this node {}", if owner { "archives it now" } else { "no longer archives it" });
+            state.owner = owner;
+            state.head = None;
+            self.ctx.store.set_archiver(&view.key, owner, None);
+        }
+        let now = Instant::now();
+        if state.retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        let result = if owner {
+            let stepped = self.archive_step(&view).await;
+            if stepped.is_ok() {
+                self.retention_due(&view).await;
+            }
+            stepped
+        } else {
+            self.poll_head(&view).await
+        };
+        let state = &mut self.state;
+        match result {
+            Ok(()) => {
+                if state.retry_at.take().is_some() {
+                    info!(segment = %view.key, "archiving works again");
+                    self.ctx.store.set_archiver(&view.key, owner, None);
                 }
-                Err(error) => {
-                    warn!(segment = %view.key, retry_in_ms = state.backoff.as_millis() as u64, "archiving failed: {error}");
-                    state.retry_at = Some(now + state.backoff);
-                    state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
-                    if owner {
-                        // Relist on the next try: a partial step may have moved the head.
-                        state.head = None;
-                    }
-                    self.store
-                        .set_archiver(&view.key, owner, Some(error.to_string()));
+                state.backoff = BACKOFF_MIN;
+            }
+            Err(error) => {
+                warn!(segment = %view.key, retry_in_ms = state.backoff.as_millis() as u64, "archiving failed: {error}");
+                state.retry_at = Some(now + state.backoff);
+                state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
+                if owner {
+                    // Relist on the next try: a partial step may have moved the head.
+                    state.head = None;
                 }
+                self.ctx
+                    .store
+                    .set_archiver(&view.key, owner, Some(error.to_string()));
             }
         }
     }
@@ -235,17 +276,17 @@ impl Archiver {
     /// Runs a retention pass over the PG's archive when one is due. A failure is logged and
     /// retried at the next pass; it never holds up archiving.
     async fn retention_due(&mut self, view: &ArchiveView) {
-        let state = self.pgs.entry(view.key.clone()).or_default();
+        let state = &mut self.state;
         if state
             .last_retention
-            .is_some_and(|at| at.elapsed() < self.config.retention_pass_every)
+            .is_some_and(|at| at.elapsed() < self.ctx.config.retention_pass_every)
         {
             return;
         }
         state.last_retention = Some(Instant::now());
-        let window_start_us = now_us().saturating_sub(self.config.retention.as_micros() as u64);
+        let window_start_us = now_us().saturating_sub(self.ctx.config.retention.as_micros() as u64);
         if let Err(error) = crate::retention::pass(
-            &self.config.objects,
+            &self.ctx.config.objects,
             &view.key.volume,
             view.key.pg,
             window_start_us,
@@ -259,7 +300,7 @@ impl Archiver {
     /// Whether this node archives the segment's PG now: every node ranked above it is down.
     async fn is_owner(&mut self, view: &ArchiveView) -> bool {
         let me = if view.addr.is_empty() {
-            self.own_address.clone()
+            self.ctx.own_address.clone()
         } else {
             view.addr.clone()
         };
@@ -285,48 +326,60 @@ impl Archiver {
     /// archiving up.
     async fn alive(&mut self, peer: &str, key: &SegmentKey) -> bool {
         let now = Instant::now();
-        let state = self.peers.entry(peer.to_owned()).or_default();
-        let due = state
-            .last_try
-            .is_none_or(|at| now.duration_since(at) >= PEER_PING_EVERY);
-        if due {
-            state.last_try = Some(now);
-            if state.client.is_none() {
-                state.client = client(peer);
-            }
-            if let Some(mut client) = state.client.clone() {
-                let answered =
-                    tokio::time::timeout(PING_TIMEOUT, client.node_status(NodeStatusRequest {}))
-                        .await;
-                if let Ok(Ok(response)) = answered {
-                    let status = response.into_inner();
-                    state.last_ok = Some(Instant::now());
-                    state.archiving = if status.backup_store.is_empty() {
-                        Default::default()
-                    } else {
-                        status
-                            .segments
-                            .iter()
-                            .filter(|s| s.archive_error.is_empty())
-                            .filter_map(|s| s.segment.as_ref())
-                            .map(|r| SegmentKey {
-                                volume: r.volume.clone(),
-                                pg: sixfold_proto::PgId(r.pg),
-                            })
-                            .collect()
-                    };
+        // Decide under the lock whether to ping (one PG's task pings for all), ping without it.
+        let ping = {
+            let mut peers = crate::lock(&self.ctx.peers);
+            let state = peers.entry(peer.to_owned()).or_default();
+            let due = state
+                .last_try
+                .is_none_or(|at| now.duration_since(at) >= PEER_PING_EVERY);
+            if due {
+                state.last_try = Some(now);
+                if state.client.is_none() {
+                    state.client = client(peer);
                 }
+                state.client.clone()
+            } else {
+                None
+            }
+        };
+        if let Some(mut client) = ping {
+            let answered =
+                tokio::time::timeout(PING_TIMEOUT, client.node_status(NodeStatusRequest {})).await;
+            if let Ok(Ok(response)) = answered {
+                let status = response.into_inner();
+                let archiving = if status.backup_store.is_empty() {
+                    Default::default()
+                } else {
+                    status
+                        .segments
+                        .iter()
+                        .filter(|s| s.archive_error.is_empty())
+                        .filter_map(|s| s.segment.as_ref())
+                        .map(|r| SegmentKey {
+                            volume: r.volume.clone(),
+                            pg: sixfold_proto::PgId(r.pg),
+                        })
+                        .collect()
+                };
+                let mut peers = crate::lock(&self.ctx.peers);
+                let state = peers.entry(peer.to_owned()).or_default();
+                state.last_ok = Some(Instant::now());
+                state.archiving = archiving;
             }
         }
-        state
-            .last_ok
-            .is_some_and(|at| now.duration_since(at) < PEER_ALIVE_FOR)
-            && state.archiving.contains(key)
+        let peers = crate::lock(&self.ctx.peers);
+        peers.get(peer).is_some_and(|state| {
+            state
+                .last_ok
+                .is_some_and(|at| now.duration_since(at) < PEER_ALIVE_FOR)
+                && state.archiving.contains(key)
+        })
     }
 
     /// A segment that does not archive learns how far the archive reaches, to fold that far.
     async fn poll_head(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
-        let state = self.pgs.entry(view.key.clone()).or_default();
+        let state = &mut self.state;
         let now = Instant::now();
         if state
             .last_head_poll
@@ -336,13 +389,13 @@ impl Archiver {
         }
         state.last_head_poll = Some(now);
         let key = keys::head_key(&view.key.volume, view.key.pg);
-        match self.config.objects.get(&key).await {
+        match self.ctx.config.objects.get(&key).await {
             Ok(body) => {
                 let head = std::str::from_utf8(&body)
                     .ok()
                     .and_then(|text| text.trim().parse::<u64>().ok());
                 match head {
-                    Some(head) => self.store.note_archived(&view.key, Lsn(head), 0),
+                    Some(head) => self.ctx.store.note_archived(&view.key, Lsn(head), 0),
                     None => {
                         warn!(segment = %view.key, "archive head object {key} does not parse; ignored")
                     }
@@ -356,8 +409,8 @@ impl Archiver {
 
     /// One step of the archiver of a PG: a base image when one is due, else a run when one is.
     async fn archive_step(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
-        let objects = self.config.objects.clone();
-        let state = self.pgs.entry(view.key.clone()).or_default();
+        let objects = self.ctx.config.objects.clone();
+        let state = &mut self.state;
         let head = match state.head {
             Some(head) => head,
             None => {
@@ -376,7 +429,7 @@ impl Archiver {
                     .copied()
                     .unwrap_or(Lsn::ZERO);
                 info!(segment = %view.key, %head, last_base = %state.last_base, runs = catalog.runs.len(), "archiving this PG from its archive's head");
-                self.store.note_archived(&view.key, head, 0);
+                self.ctx.store.note_archived(&view.key, head, 0);
                 head
             }
         };
@@ -385,8 +438,8 @@ impl Archiver {
             warn!(segment = %view.key, %head, folded = %view.folded, "fold point is past the archive's head: starting with a base image (restore points in between are lost)");
             return self.base_image(view).await;
         }
-        let state = self.pgs.entry(view.key.clone()).or_default();
-        let base_due = state.bytes_since_base >= self.config.base_every_bytes
+        let state = &mut self.state;
+        let base_due = state.bytes_since_base >= self.ctx.config.base_every_bytes
             || state
                 .last_base_at
                 .is_some_and(|at| at.elapsed() >= BASE_MAX_AGE);
@@ -423,7 +476,8 @@ impl Archiver {
             message,
         };
         let (mut records, scl) = if view.scl > head {
-            self.store
+            self.ctx
+                .store
                 .fetch_records(key, head, RUN_BYTES_MAX)
                 .await
                 .map_err(|e| failed("read the records to archive of", e.to_string()))?
@@ -439,6 +493,7 @@ impl Archiver {
             // every run's end is one (a time maps to an LSN from keys alone); one that holds
             // none ends at its last record and carries no point at all.
             Some(last) if cut => self
+                .ctx
                 .store
                 .marks_between(key, head, Lsn(last.lsn))
                 .last()
@@ -449,7 +504,7 @@ impl Archiver {
         if end <= head {
             return Ok(());
         }
-        let marks = self.store.marks_between(key, head, end);
+        let marks = self.ctx.store.marks_between(key, head, end);
         // The key's time is its end's: every run ends at a consistency point, except one cut
         // by size that holds none (time 0).
         let time_us = marks
@@ -482,12 +537,12 @@ impl Archiver {
             .map_err(|e| failed("encode a run of", e.to_string()))?;
         let bytes = body.len() as u64;
         let object = keys::run_key(&key.volume, key.pg, &run_key);
-        self.config.objects.put(&object, body).await?;
-        self.store.count_archived(bytes);
+        self.ctx.config.objects.put(&object, body).await?;
+        self.ctx.store.count_archived(bytes);
         self.put_head(key, end).await?;
-        self.store.note_archived(key, end, time_us);
+        self.ctx.store.note_archived(key, end, time_us);
         debug!(segment = %key, %head, %end, records, bytes, "archived a run");
-        let state = self.pgs.entry(key.clone()).or_default();
+        let state = &mut self.state;
         state.head = Some(end);
         state.bytes_since_base += bytes;
         // Behind (the run was cut by size): the next run goes at once, not a second later.
@@ -497,7 +552,8 @@ impl Archiver {
 
     async fn put_head(&self, key: &SegmentKey, head: Lsn) -> Result<(), ObjectError> {
         let object = keys::head_key(&key.volume, key.pg);
-        self.config
+        self.ctx
+            .config
             .objects
             .put(&object, Bytes::from(head.0.to_string()))
             .await
@@ -506,9 +562,9 @@ impl Archiver {
     /// Uploads the segment's page store as of its fold point, then `done.json`; the fold point
     /// holds still meanwhile.
     async fn base_image(&mut self, view: &ArchiveView) -> Result<(), ObjectError> {
-        self.store.hold_for_image(&view.key, true).await;
+        self.ctx.store.hold_for_image(&view.key, true).await;
         let result = self.scan_and_upload(view).await;
-        self.store.hold_for_image(&view.key, false).await;
+        self.ctx.store.hold_for_image(&view.key, false).await;
         result
     }
 
@@ -527,6 +583,7 @@ impl Archiver {
         let mut pages_total = 0u64;
         loop {
             let (folded, images, next) = self
+                .ctx
                 .store
                 .scan_pages(key, Lsn::ZERO, cursor, BASE_CHUNK_PAGES)
                 .await
@@ -543,8 +600,7 @@ impl Archiver {
             // image off until folding has passed it.
             if let Some(newer) = images.iter().find(|i| i.lsn > folded) {
                 info!(segment = %key, page = %newer.page, page_lsn = %newer.lsn, %folded, "base image put off: a stored page is newer than the fold point");
-                self.pgs.entry(key.clone()).or_default().base_retry_at =
-                    Some(Instant::now() + BASE_RETRY);
+                self.state.base_retry_at = Some(Instant::now() + BASE_RETRY);
                 return Ok(());
             }
             if !images.is_empty() {
@@ -564,8 +620,8 @@ impl Archiver {
                     .map_err(|e| failed(e.to_string()))?;
                 let bytes = body.len() as u64;
                 let object = keys::base_chunk_key(&key.volume, key.pg, lsn, index);
-                self.config.objects.put(&object, body).await?;
-                self.store.count_archived(bytes);
+                self.ctx.config.objects.put(&object, body).await?;
+                self.ctx.store.count_archived(bytes);
                 pages_total += images.len() as u64;
                 chunks.push(BaseChunk {
                     index,
@@ -592,9 +648,13 @@ impl Archiver {
         };
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
         let done = keys::base_done_key(&key.volume, key.pg, lsn);
-        self.config.objects.put(&done, Bytes::from(body)).await?;
+        self.ctx
+            .config
+            .objects
+            .put(&done, Bytes::from(body))
+            .await?;
         info!(segment = %key, %lsn, pages = pages_total, elapsed_ms = started.elapsed().as_millis() as u64, "archived a base image");
-        let state = self.pgs.entry(key.clone()).or_default();
+        let state = &mut self.state;
         state.last_base = lsn;
         state.bytes_since_base = 0;
         state.last_base_at = Some(Instant::now());
@@ -602,7 +662,7 @@ impl Archiver {
         if state.head.is_some_and(|head| head < lsn) {
             state.head = Some(lsn);
             self.put_head(key, lsn).await?;
-            self.store.note_archived(key, lsn, 0);
+            self.ctx.store.note_archived(key, lsn, 0);
         }
         Ok(())
     }

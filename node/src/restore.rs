@@ -6,10 +6,13 @@
 //!    pages of this PG, LSNs at or below the image's) and stored like hydrated pages; then the
 //!    segment starts at the image's LSN (fold point and SCL, durably in the checkpoint).
 //! 2. The runs, in order: each is checked (checksum, its volume, PG and range match its key),
-//!    and its records in (base, target] are validated like any record from the network and
-//!    appended to the hot log as gap-fill (deduplicated, chained by backlink).
-//! 3. The segment's SCL must reach the last record applied: a run missing from the middle
-//!    leaves a hole in the chain and fails the restore, never a silent gap.
+//!    and its records in (base, target] are validated like any record from the network
+//!    (`record::validate`), must chain by backlink (each one's backlink is the previous record,
+//!    the first one's at or below the base: a run missing from the middle fails the restore,
+//!    never leaves a silent gap), and are applied straight to the page store: nothing goes
+//!    through the hot log, and nothing is left to replay or fold.
+//! 3. The segment then starts at its last record (fold point and SCL, durably in the
+//!    checkpoint), as a hydrated segment does.
 //!
 //! A failed restore leaves a segment the new volume's metadata does not name as usable (the
 //! restore command marks the volume `restoring` until every PG is built).
@@ -22,15 +25,11 @@ use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::appender::Source;
 use crate::error::StoreError;
 use crate::index::SegmentKey;
 use crate::pagestore::PageImage;
 use crate::request;
 use crate::store::Store;
-
-/// Record bytes appended per batch.
-const BATCH_BYTES: usize = 4 << 20;
 
 /// A validated RestoreSegment request.
 #[derive(Debug)]
@@ -193,27 +192,43 @@ async fn restore(
         let wanted: Vec<_> = decoded
             .records
             .into_iter()
-            .filter(|r| Lsn(r.lsn) > at && Lsn(r.lsn) <= job.target)
+            .filter(|r| Lsn(r.lsn) > last_applied && Lsn(r.lsn) <= job.target)
             .collect();
-        for batch in batches(&wanted) {
-            let prepared = request::prepare_records(key, None, batch)
+        for record in &wanted {
+            sixfold_proto::record::validate(record, source.1)
                 .map_err(|e| format!("object {object}: {e}"))?;
+            let chained = if last_applied == at {
+                Lsn(record.backlink) <= at
+            } else {
+                Lsn(record.backlink) == last_applied
+            };
+            if !chained || Lsn(record.lsn) <= last_applied {
+                return Err(format!(
+                    "object {object}: record {} links to {}, not to {last_applied}: the archive has a hole",
+                    record.lsn, record.backlink
+                ));
+            }
+            last_applied = Lsn(record.lsn);
+            max_epoch = max_epoch.max(record.epoch);
+        }
+        if !wanted.is_empty() {
             store
-                .append(key.clone(), Source::Gossip, prepared)
+                .apply_restored_records(key, wanted)
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        if let Some(last) = wanted.last() {
-            last_applied = Lsn(last.lsn);
-            at = last_applied;
-        }
-        max_epoch = wanted.iter().map(|r| r.epoch).fold(max_epoch, u64::max);
         reporter.add(body.len() as u64).await;
+    }
+    if last_applied > at {
+        store
+            .finish_hydration(key, last_applied)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let scl = store.segment_state(key).scl;
     if scl < last_applied {
         return Err(format!(
-            "the restored chain ends at LSN {scl}, below its last record {last_applied}: the archive has a hole"
+            "the restored segment ends at LSN {scl}, below its last record {last_applied}"
         ));
     }
     info!(segment = %key, source = %format!("{}/{}", source.0, source.1), target = %job.target, %scl, bytes = reporter.bytes, elapsed_ms = started.elapsed().as_millis() as u64, "restored a segment from the archive");
@@ -228,30 +243,6 @@ async fn decode<T: Send + 'static>(
     tokio::task::spawn_blocking(move || decode(&body).map_err(|e| e.to_string()))
         .await
         .map_err(|e| e.to_string())?
-}
-
-/// Splits records into append batches of about [`BATCH_BYTES`].
-fn batches(records: &[sixfold_proto::wire::Record]) -> Vec<&[sixfold_proto::wire::Record]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (i, record) in records.iter().enumerate() {
-        bytes += record
-            .ranges
-            .iter()
-            .map(|r| r.data.len() + 16)
-            .sum::<usize>()
-            + 64;
-        if bytes >= BATCH_BYTES {
-            out.push(&records[start..=i]);
-            start = i + 1;
-            bytes = 0;
-        }
-    }
-    if start < records.len() {
-        out.push(&records[start..]);
-    }
-    out
 }
 
 async fn restore_base(

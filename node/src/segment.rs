@@ -199,12 +199,15 @@ impl Segment {
     }
 
     /// Highest LSN held, complete chain or not.
+    /// The highest LSN the segment holds, on its chain or not (its folded records count: a
+    /// hydrated or restored segment holds its chain up to its SCL with no record in memory).
     pub fn max_lsn(&self) -> Lsn {
         self.records
             .keys()
             .next_back()
             .copied()
             .unwrap_or(Lsn::ZERO)
+            .max(self.scl)
     }
 
     pub fn record_count(&self) -> usize {

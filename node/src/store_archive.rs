@@ -40,23 +40,27 @@ impl Store {
         *lock(&self.shared.backup_store) = Some(store);
     }
 
-    pub fn archive_views(&self) -> Vec<ArchiveView> {
-        let index = lock(&self.shared.index);
-        index
+    /// Every segment the node holds.
+    pub fn segment_keys(&self) -> std::collections::HashSet<SegmentKey> {
+        lock(&self.shared.index)
             .slots()
-            .map(|(key, slot)| {
-                let scl = slot.segment.scl();
-                let coverable = slot.marks.iter().rev().find(|m| m.pgcl <= scl).copied();
-                ArchiveView {
-                    key: key.clone(),
-                    addr: slot.addr.clone(),
-                    peers: slot.peers.clone(),
-                    scl,
-                    folded: slot.segment.folded(),
-                    coverable,
-                }
-            })
+            .map(|(key, _)| key.clone())
             .collect()
+    }
+
+    /// One segment as the archiver sees it (None: the node no longer holds it).
+    pub fn archive_view(&self, key: &SegmentKey) -> Option<ArchiveView> {
+        let index = lock(&self.shared.index);
+        let slot = index.slot(key)?;
+        let scl = slot.segment.scl();
+        Some(ArchiveView {
+            key: key.clone(),
+            addr: slot.addr.clone(),
+            peers: slot.peers.clone(),
+            scl,
+            folded: slot.segment.folded(),
+            coverable: slot.marks.iter().rev().find(|m| m.pgcl <= scl).copied(),
+        })
     }
 
     /// The consistency points in (after, to], oldest first.
@@ -147,6 +151,76 @@ impl Store {
             }
         })
         .await;
+    }
+
+    /// Restore: applies `records` (validated, in LSN order, all above every stored image's LSN
+    /// of the pages they touch) to the segment's page store, durably. The fold point does not
+    /// move (see [`Store::finish_hydration`]). Pages with no stored image start from zeros.
+    pub async fn apply_restored_records(
+        &self,
+        key: &SegmentKey,
+        records: Vec<sixfold_proto::wire::Record>,
+    ) -> Result<(), crate::error::StoreError> {
+        use crate::error::StoreError;
+        use crate::pagestore::{PageImage, Stored};
+        use sixfold_proto::{record, PageId, PAGE_SIZE};
+        let shared = std::sync::Arc::clone(&self.shared);
+        let key = key.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _folding = lock(&shared.fold_lock);
+            let store = crate::folder::page_store(&shared, &key)?;
+            let io = |action: &'static str| move |source| StoreError::Io { action, source };
+            let mut pages: std::collections::BTreeMap<PageId, PageImage> = Default::default();
+            for r in &records {
+                let page = PageId(r.page);
+                if let std::collections::btree_map::Entry::Vacant(slot) = pages.entry(page) {
+                    let image = if record::is_full_page(r) {
+                        PageImage {
+                            page,
+                            lsn: Lsn::ZERO,
+                            data: vec![0u8; PAGE_SIZE],
+                        }
+                    } else {
+                        match store
+                            .read(page)
+                            .map_err(io("read a page to restore into"))?
+                        {
+                            Stored::Absent => PageImage {
+                                page,
+                                lsn: Lsn::ZERO,
+                                data: vec![0u8; PAGE_SIZE],
+                            },
+                            Stored::Page { data, lsn } => PageImage { page, lsn, data },
+                            Stored::Corrupt(detail) => {
+                                return Err(StoreError::Corrupt {
+                                    volume: key.volume.clone(),
+                                    pg: key.pg.0,
+                                    lsn: r.lsn,
+                                    detail,
+                                })
+                            }
+                        }
+                    };
+                    slot.insert(image);
+                }
+                if let Some(image) = pages.get_mut(&page) {
+                    if Lsn(r.lsn) > image.lsn {
+                        record::apply(r, &mut image.data);
+                        image.lsn = Lsn(r.lsn);
+                    }
+                }
+            }
+            let images: Vec<PageImage> = pages.into_values().collect();
+            store
+                .store_copies(&images)
+                .map_err(io("store restored pages"))?;
+            Ok(())
+        })
+        .await;
+        result.map_err(|e| crate::error::StoreError::Io {
+            action: "apply restored records",
+            source: std::io::Error::other(e.to_string()),
+        })?
     }
 
     /// Whether the node holds anything for the segment.
