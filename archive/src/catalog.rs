@@ -107,15 +107,20 @@ impl PgCatalog {
             .any(|&(from, to)| from <= target && target <= to)
     }
 
-    /// The cheapest way to rebuild the PG at `target`: from the newest origin at or below it
-    /// whose chain reaches it. None when `target` is not restorable.
-    pub fn plan(&self, target: Lsn) -> Option<Plan> {
-        let origin = self
-            .ranges()
+    /// The newest origin at or below `target` whose chain reaches it (None: `target` is not
+    /// restorable). A restore starts there; retention keeps it and everything after it.
+    pub fn origin_for(&self, target: Lsn) -> Option<Lsn> {
+        self.ranges()
             .into_iter()
             .filter(|&(from, to)| from <= target && target <= to)
             .map(|(from, _)| from)
-            .max()?;
+            .max()
+    }
+
+    /// The cheapest way to rebuild the PG at `target`: from [`PgCatalog::origin_for`]. None
+    /// when `target` is not restorable.
+    pub fn plan(&self, target: Lsn) -> Option<Plan> {
+        let origin = self.origin_for(target)?;
         let (reached, runs) = self.chain(origin, target);
         debug_assert!(reached >= target);
         let base = self.bases.contains(&origin).then_some(origin);

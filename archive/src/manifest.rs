@@ -3,6 +3,30 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys;
+use crate::store::{ObjectError, ObjectStore};
+
+/// Every snapshot manifest of `volume`, oldest first. A manifest that does not parse is an
+/// error naming it (never skipped: retention must not forget what a snapshot keeps).
+pub async fn snapshots(
+    objects: &ObjectStore,
+    volume: &str,
+) -> Result<Vec<SnapshotManifest>, ObjectError> {
+    let mut out = Vec::new();
+    for listed in objects.list(&keys::snapshots_prefix(volume)).await? {
+        let body = objects.get(&listed.key).await?;
+        let manifest: SnapshotManifest =
+            serde_json::from_slice(&body).map_err(|e| ObjectError::Corrupt {
+                store: objects.describe(),
+                key: listed.key.clone(),
+                why: e.to_string(),
+            })?;
+        out.push(manifest);
+    }
+    out.sort_by_key(|m| (m.created_unix_s, m.lsn));
+    Ok(out)
+}
+
 /// A snapshot: a consistency point of a volume and, for each PG, the objects that rebuild it
 /// there. Retention keeps every object a snapshot names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{FetchPagesRequest, SegmentRef};
-use sixfold_proto::{Lsn, PageId, PAGE_SIZE, PG_PAGES};
+use sixfold_proto::{Lsn, PG_PAGES};
 use tonic::transport::Channel;
 use tracing::info;
 
@@ -154,19 +154,7 @@ fn validate(
     pages
         .into_iter()
         .map(|image| {
-            let page = PageId(image.page);
-            if !key.pg.contains(page) || image.data.len() != PAGE_SIZE || image.lsn > folded.0 {
-                return Err(format!(
-                    "{peer} sent a bad page image ({page}, {} bytes, LSN {} with fold point {folded})",
-                    image.data.len(),
-                    image.lsn
-                ));
-            }
-            Ok(PageImage {
-                page,
-                lsn: Lsn(image.lsn),
-                data: image.data.to_vec(),
-            })
+            PageImage::from_wire(image, key.pg, folded).map_err(|e| format!("{peer} sent {e}"))
         })
         .collect()
 }

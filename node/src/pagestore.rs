@@ -47,6 +47,31 @@ pub struct PageImage {
     pub data: Vec<u8>,
 }
 
+impl PageImage {
+    /// A page image from the network or the archive, checked: a page of `pg`, whole, and no
+    /// newer than `at_most` (the fold point or base image it claims to be part of). The error
+    /// says what is wrong; callers name where it came from.
+    pub fn from_wire(
+        image: sixfold_proto::wire::PageImage,
+        pg: sixfold_proto::PgId,
+        at_most: Lsn,
+    ) -> Result<PageImage, String> {
+        let page = PageId(image.page);
+        if !pg.contains(page) || image.data.len() != PAGE_SIZE || image.lsn > at_most.0 {
+            return Err(format!(
+                "a bad page image ({page}, {} bytes, LSN {} with the image at {at_most})",
+                image.data.len(),
+                image.lsn
+            ));
+        }
+        Ok(PageImage {
+            page,
+            lsn: Lsn(image.lsn),
+            data: image.data.to_vec(),
+        })
+    }
+}
+
 /// Which stored image a write may replace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Replace {

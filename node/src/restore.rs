@@ -21,7 +21,7 @@ use sixfold_archive::keys::{self, RunKey};
 use sixfold_archive::manifest::BaseManifest;
 use sixfold_archive::{format, ObjectStore};
 use sixfold_proto::wire::{RestoreSegmentProgress, RestoreSegmentRequest};
-use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
+use sixfold_proto::{Lsn, PgId};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -278,19 +278,8 @@ async fn restore_base(
             .pages
             .into_iter()
             .map(|image| {
-                let page = PageId(image.page);
-                if !pg.contains(page) || image.data.len() != PAGE_SIZE || image.lsn > base.0 {
-                    return Err(format!(
-                        "object {object} has a bad page image ({page}, {} bytes, LSN {})",
-                        image.data.len(),
-                        image.lsn
-                    ));
-                }
-                Ok(PageImage {
-                    page,
-                    lsn: Lsn(image.lsn),
-                    data: image.data.to_vec(),
-                })
+                PageImage::from_wire(image, pg, base)
+                    .map_err(|e| format!("object {object} has {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         store

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use sixfold_archive::catalog::PgCatalog;
 use sixfold_archive::keys::{self, PgObject};
-use sixfold_archive::manifest::SnapshotManifest;
+use sixfold_archive::manifest;
 use sixfold_archive::{points, ObjectError, ObjectStore};
 use sixfold_proto::{Lsn, PgId};
 use tracing::{info, warn};
@@ -31,14 +31,7 @@ pub struct Kept {
 /// oldest point and what snapshots keep. Pure.
 pub fn plan(relative_keys: &[String], window_start: Lsn, kept: &Kept) -> Vec<String> {
     let catalog = PgCatalog::from_keys(PgId(0), relative_keys.iter().map(String::as_str));
-    // The newest origin at or below the window's start whose chain reaches it.
-    let Some(origin) = catalog
-        .ranges()
-        .into_iter()
-        .filter(|&(from, to)| from <= window_start && window_start <= to)
-        .map(|(from, _)| from)
-        .max()
-    else {
+    let Some(origin) = catalog.origin_for(window_start) else {
         return Vec::new(); // the window's start is not restorable: delete nothing
     };
     let mut doomed: Vec<String> = relative_keys
@@ -65,14 +58,7 @@ pub fn plan(relative_keys: &[String], window_start: Lsn, kept: &Kept) -> Vec<Str
 /// What every snapshot of `volume` keeps of `pg`.
 async fn kept(objects: &ObjectStore, volume: &str, pg: PgId) -> Result<Kept, ObjectError> {
     let mut kept = Kept::default();
-    for listed in objects.list(&keys::snapshots_prefix(volume)).await? {
-        let body = objects.get(&listed.key).await?;
-        let manifest: SnapshotManifest =
-            serde_json::from_slice(&body).map_err(|e| ObjectError::Corrupt {
-                store: objects.describe(),
-                key: listed.key.clone(),
-                why: e.to_string(),
-            })?;
+    for manifest in manifest::snapshots(objects, volume).await? {
         for entry in manifest.pgs.iter().filter(|p| p.pg == pg.0) {
             kept.runs.extend(entry.runs.iter().cloned());
             kept.bases.extend(entry.base.map(Lsn));

@@ -55,7 +55,6 @@ fn retention_deletes_what_neither_the_window_nor_a_snapshot_needs() -> Result<()
         points.push(write_round(&cluster, &mount, "v", &mut rng, round, 24)?);
         round += 1;
     }
-    std::thread::sleep(Duration::from_secs(3));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(store.join("v/snapshots/early.json"))?)?;
     let named: Vec<String> = manifest["pgs"]
@@ -65,6 +64,20 @@ fn retention_deletes_what_neither_the_window_nor_a_snapshot_needs() -> Result<()
         .flat_map(|pg| pg["runs"].as_array().cloned().unwrap_or_default())
         .filter_map(|r| r.as_str().map(str::to_owned))
         .collect();
+    let unnamed_mid: Vec<_> = mid
+        .iter()
+        .filter(|p| !named.iter().any(|n| p.ends_with(n)))
+        .collect();
+    assert!(!unnamed_mid.is_empty(), "no run to age out");
+    // Retention passes run every second: wait (up to 30 s) for them to let the old runs go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let outlived = loop {
+        let outlived: Vec<_> = unnamed_mid.iter().filter(|p| p.exists()).collect();
+        if outlived.is_empty() || Instant::now() > deadline {
+            break outlived;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let files = walk(&store)?;
     let names: Vec<String> = files
         .iter()
@@ -76,18 +89,12 @@ fn retention_deletes_what_neither_the_window_nor_a_snapshot_needs() -> Result<()
             "retention deleted {run}, which snapshot `early` names"
         );
     }
-    let unnamed_mid: Vec<_> = mid
-        .iter()
-        .filter(|p| !named.iter().any(|n| p.ends_with(n)))
-        .collect();
-    let outlived: Vec<_> = unnamed_mid.iter().filter(|p| p.exists()).collect();
     let runs_total = names.iter().filter(|n| n.ends_with(".run")).count();
     println!(
         "{runs_total} runs remain; {} of {} older runs no snapshot names were deleted",
         unnamed_mid.len() - outlived.len(),
         unnamed_mid.len()
     );
-    assert!(!unnamed_mid.is_empty(), "no run to age out");
     assert!(
         outlived.is_empty(),
         "runs older than the window outlived it: {outlived:?}"

@@ -190,26 +190,10 @@ async fn create(name: &str, args: &StoreArgs, volume: &str, wait: Duration) -> a
     Ok(())
 }
 
-/// Every snapshot manifest of the volume, oldest first.
-pub async fn manifests(
-    objects: &sixfold_archive::ObjectStore,
-    volume: &str,
-) -> anyhow::Result<Vec<SnapshotManifest>> {
-    let mut out = Vec::new();
-    for listed in objects.list(&keys::snapshots_prefix(volume)).await? {
-        let body = objects.get(&listed.key).await?;
-        let manifest: SnapshotManifest = serde_json::from_slice(&body)
-            .with_context(|| format!("parse the snapshot manifest {}", listed.key))?;
-        out.push(manifest);
-    }
-    out.sort_by_key(|m| (m.created_unix_s, m.lsn));
-    Ok(out)
-}
-
 async fn list(args: &StoreArgs, volume: &str, json: bool) -> anyhow::Result<()> {
     let cluster = args.cluster()?;
     let objects = args.open(&cluster).await?;
-    let manifests = manifests(&objects, volume).await?;
+    let manifests = sixfold_archive::manifest::snapshots(&objects, volume).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifests)?);
         return Ok(());
