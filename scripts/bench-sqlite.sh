@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# SQLite commits per second (WAL, synchronous=FULL, single-row inserts, 20 s) on
+# SQLite commits per second (WAL, synchronous=FULL, single-row inserts, SECONDS per run) on
 #   (a) ext4 on a loop device over a local file (the baseline), and
 #   (b) ext4 on a sixfold volume via `sixfold up` (six local nodes),
-# plus the bytes the nodes hardened per commit (all six copies), and the ratio b/a.
-# Then what bounds the ratio on this machine: the flushes ext4 sends per commit and what each
-# took (from the loop devices' counters), and the cheapest quorum round the machine can do with no
-# sixfold code (tests/examples/quorum_floor.rs: six processes, pwrite + fdatasync, 4 answers).
-# Usage: scripts/bench-sqlite.sh [SECONDS]   (run as root; builds the release binary)
+# and the ratio b/a. Both are mounted for the whole run and measured in turn, ROUNDS times
+# (this machine's disk varies 2-3x within minutes: a pair of runs next to each other in time
+# is what compares), in two phases:
+#   - steady state: after WARMUP commits (three WAL checkpoint cycles) the WAL is overwritten in
+#     place and each commit is one fdatasync of data: the phase a running database lives in;
+#   - from an empty database: the WAL grows by a frame per commit until its first checkpoint and
+#     each fdatasync also commits ext4's journal (two device flushes). How much of a fixed time
+#     falls in that phase depends on the rate: the slower device spends longer in it.
+# Also printed: the bytes the nodes hardened per commit (all six copies), and what bounds the
+# ratio on this machine: the flushes ext4 sends per commit and what each took (from the loop
+# devices' counters), and the cheapest quorum round the machine can do with no sixfold code
+# (tests/examples/quorum_floor.rs: six processes, pwrite + fdatasync, 4 answers).
+# Usage: scripts/bench-sqlite.sh [SECONDS [ROUNDS [WARMUP]]]   (run as root; builds the release binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-20}"
+rounds="${2:-3}"
+warmup="${3:-3000}"
 cargo build --release -p sixfold -p sixfold-tests --examples >/dev/null
 bin="$PWD/target/release/sixfold"
 work="$PWD/target/bench-sqlite"
@@ -20,63 +30,86 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 rm -rf "$work"
-mkdir -p "$work/local" "$work/sixfold"
+mkdir -p "$work/local" "$work/sixfold" "$work/runs"
 
 # The disk under both: what one flush costs, and what six at once (six nodes) cost.
 disk_line=$(python3 scripts/disk_flush_latency.py "$work")
 
-# (a) baseline: ext4 on a loop device over a sparse local file.
+# (a) baseline: ext4 on a loop device over a sparse local file; (b) ext4 on the sixfold volume.
 truncate -s 8G "$work/local.img"
 mkfs.ext4 -F -q "$work/local.img"
 mount -o loop "$work/local.img" "$work/local"
+"$bin" up "$work/sixfold" --state "$work/state" --size 8G >/dev/null
+
 # Flush requests and the milliseconds they took, from a loop device's counters (fields 16, 17).
 flushes() { awk '{print $16, $17}' "/sys/block/$(basename "$(findmnt -no SOURCE "$1")")/stat"; }
-local_before=$(flushes "$work/local")
-local_line=$(python3 scripts/sqlite_commit_rate.py "$work/local/bench.db" "$seconds")
-local_after=$(flushes "$work/local")
-umount "$work/local"
-
-# (b) sixfold: ext4 on the volume.
-"$bin" up "$work/sixfold" --state "$work/state" --size 8G >/dev/null
-hot_log_bytes() {
+written_bytes() {
     "$bin" status --state "$work/state" --json |
-        python3 -c 'import json,sys; print(sum(n["hot_log_bytes"] for n in json.load(sys.stdin)["nodes"]))'
+        python3 -c 'import json,sys; print(sum(n["hot_log_written_bytes"] for n in json.load(sys.stdin)["nodes"]))'
 }
-before=$(hot_log_bytes)
-sixfold_flush_before=$(flushes "$work/sixfold")
-sixfold_line=$(python3 scripts/sqlite_commit_rate.py "$work/sixfold/bench.db" "$seconds")
-sixfold_flush_after=$(flushes "$work/sixfold")
-after=$(hot_log_bytes)
+
+# measure SETUP DIR PHASE ROUND: one timed run on the ext4 mounted at DIR. The rate script's hook
+# (called with `before` and `after` around the timed part) records the flush counters and, for
+# sixfold, the bytes the nodes wrote to their hot logs: $work/runs/PHASE.ROUND.SETUP.{before,after};
+# the rate line goes to $work/runs/PHASE.ROUND.SETUP.line.
+measure() {
+    local setup="$1" dir="$2" phase="$3" round="$4"
+    local out="$work/runs/$phase.$round.$setup" warm=0 nodes=
+    [ "$phase" = steady ] && warm="$warmup"
+    [ "$setup" = b ] && nodes=yes
+    cat >"$work/hook" <<HOOK
+#!/usr/bin/env bash
+set -euo pipefail
+$(declare -f flushes written_bytes)
+bin='$bin'; work='$work'
+echo "\$(flushes '$dir') \$([ -n '$nodes' ] && written_bytes || echo 0)" >'$out'.\$1
+HOOK
+    chmod +x "$work/hook"
+    python3 scripts/sqlite_commit_rate.py "$dir/$phase.db" "$seconds" --warmup "$warm" \
+        --hook "$work/hook" >"$out.line"
+    rm -f "$dir/$phase.db" "$dir/$phase.db-wal" "$dir/$phase.db-shm"
+}
+
+for phase in steady cold; do
+    for round in $(seq 1 "$rounds"); do
+        measure a "$work/local" "$phase" "$round"
+        measure b "$work/sixfold" "$phase" "$round"
+    done
+done
 floor=$(target/release/examples/quorum_floor "$work" 1000)
 
-rate() { sed -E 's/.*= ([0-9.]+) commits\/s/\1/' <<<"$1"; }
-commits() { sed -E 's/^([0-9]+) commits.*/\1/' <<<"$1"; }
-a=$(rate "$local_line")
-b=$(rate "$sixfold_line")
-n=$(commits "$sixfold_line")
-na=$(commits "$local_line")
-echo "SQLite WAL synchronous=FULL single-row inserts, ${seconds}s each"
-printf '  (a) ext4 on loop over local file : %10.1f commits/s\n' "$a"
-printf '  (b) ext4 on sixfold (6 nodes)    : %10.1f commits/s\n' "$b"
-python3 - "$a" "$b" "$before" "$after" "$n" "$na" "$local_before" "$local_after" \
-    "$sixfold_flush_before" "$sixfold_flush_after" "$floor" <<'PY'
-import sys
-a, b, before, after, n, na = map(float, sys.argv[1:7])
-fa0, ta0 = map(float, sys.argv[7].split())
-fa1, ta1 = map(float, sys.argv[8].split())
-fb0, tb0 = map(float, sys.argv[9].split())
-fb1, tb1 = map(float, sys.argv[10].split())
-floor = float(sys.argv[11].split()[0])
-print("  ratio b/a                        : %10.2f" % (b / a))
-print("  bytes hardened on nodes / commit : %10.0f (all six copies; %.0f per copy)" % ((after - before) / n, (after - before) / n / 6))
-flushes_a, flushes_b = (fa1 - fa0) / na, (fb1 - fb0) / n
-flush_us_a = (ta1 - ta0) * 1000 / max(fa1 - fa0, 1)
-flush_us_b = (tb1 - tb0) * 1000 / max(fb1 - fb0, 1)
-print("  flushes per commit (a), (b)      : %10.2f, %.2f (ext4's journal commits and data syncs)" % (flushes_a, flushes_b))
-print("  mean flush time (a), (b)         : %10.0f us, %.0f us" % (flush_us_a, flush_us_b))
-print("  quorum round floor (no sixfold)  : %s" % sys.argv[11])
-# (b) can at best spend one floor round per flush and nothing else.
-ceiling = 1e6 / (flushes_b * floor) / a if flushes_b > 0 else float("nan")
-print("  => best possible b/a here        : %10.2f (a's rate against one floor round per flush of b)" % ceiling)
+echo "SQLite WAL synchronous=FULL single-row inserts, ${seconds}s per run, (a) and (b) in turn, $rounds rounds"
+python3 - "$work/runs" "$rounds" "$floor" "$warmup" <<'PY'
+import re, statistics, sys
+runs, rounds, floor_line, warmup = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def read(name):
+    return open("%s/%s" % (runs, name)).read().strip()
+def run(phase, round, setup):
+    base = "%s.%d.%s" % (phase, round, setup)
+    n, rate = re.match(r"(\d+) commits .*= ([0-9.]+) commits/s", read(base + ".line")).groups()
+    f0, t0, w0 = map(float, read(base + ".before").split())
+    f1, t1, w1 = map(float, read(base + ".after").split())
+    n = max(int(n), 1)
+    return {"rate": float(rate), "flushes": (f1 - f0) / n,
+            "flush_us": (t1 - t0) * 1000 / max(f1 - f0, 1), "bytes": (w1 - w0) / n}
+floor = float(floor_line.split()[0])
+med = statistics.median
+for phase, label in (("steady", "steady state (after %s commits)" % warmup), ("cold", "from an empty database")):
+    a = [run(phase, r, "a") for r in range(1, rounds + 1)]
+    b = [run(phase, r, "b") for r in range(1, rounds + 1)]
+    ra, rb = med(x["rate"] for x in a), med(x["rate"] for x in b)
+    fb = med(x["flushes"] for x in b)
+    print("  %s:" % label)
+    print("    (a) ext4 on loop over local file : %8.1f commits/s (median; runs %s)" % (ra, ", ".join("%.0f" % x["rate"] for x in a)))
+    print("    (b) ext4 on sixfold (6 nodes)    : %8.1f commits/s (median; runs %s)" % (rb, ", ".join("%.0f" % x["rate"] for x in b)))
+    print("    ratio b/a                        : %8.2f (of medians; per round %s)" % (rb / ra, ", ".join("%.2f" % (y["rate"] / x["rate"]) for x, y in zip(a, b))))
+    print("    flushes per commit (a), (b)      : %8.2f, %.2f (ext4's journal commits and data syncs)" % (med(x["flushes"] for x in a), fb))
+    print("    mean flush time (a), (b)         : %8.0f us, %.0f us" % (med(x["flush_us"] for x in a), med(x["flush_us"] for x in b)))
+    # (b) can at best spend one floor round per flush and nothing else.
+    ceiling = 1e6 / (fb * floor) / ra if fb > 0 else float("nan")
+    print("    => best possible b/a here        : %8.2f (a's rate against one floor round per flush of b)" % ceiling)
+    wb = med(x["bytes"] for x in b)
+    print("    bytes hardened on nodes / commit : %8.0f (all six copies; %.0f per copy)" % (wb, wb / 6))
+print("  quorum round floor (no sixfold)    : %s" % floor_line)
 PY
-echo "  disk write+fdatasync (no sixfold) : $disk_line"
+echo "  disk write+fdatasync (no sixfold)  : $disk_line"

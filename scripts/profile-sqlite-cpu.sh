@@ -2,10 +2,12 @@
 # CPU time per SQLite commit (WAL, synchronous=FULL, single-row inserts), per process: the mount
 # and each of the six nodes of a `sixfold up`, from /proc before and after the run. Shows where
 # the software cost of a commit goes (bench-sqlite.sh gives the rate).
-# Usage: scripts/profile-sqlite-cpu.sh [SECONDS]   (run as root, after scripts/setup.sh)
+# Measured in the steady state, after WARMUP commits (see scripts/sqlite_commit_rate.py).
+# Usage: scripts/profile-sqlite-cpu.sh [SECONDS [WARMUP]]   (run as root, after scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
+warmup="${2:-3000}"
 cargo build --release -p sixfold >/dev/null
 bin="$PWD/target/release/sixfold"
 work="$PWD/target/profile-sqlite"
@@ -16,14 +18,15 @@ rm -rf "$work"
 mkdir -p "$work/mnt"
 "$bin" up "$work/mnt" --state "$work/state" --size 8G >/dev/null
 ticks=$(getconf CLK_TCK)
-snap() {
-    for f in "$work"/state/pids/*.pid; do
-        echo "$(basename "$f" .pid) $(awk '{print $14+$15}' "/proc/$(cat "$f")/stat")"
-    done
-}
-snap >"$work/before"
-line=$(python3 scripts/sqlite_commit_rate.py "$work/mnt/bench.db" "$seconds")
-snap >"$work/after"
+# The hook snapshots every process's CPU ticks when the timed part starts and ends.
+cat >"$work/hook" <<HOOK
+#!/usr/bin/env bash
+for f in "$work"/state/pids/*.pid; do
+    echo "\$(basename "\$f" .pid) \$(awk '{print \$14+\$15}' "/proc/\$(cat "\$f")/stat")"
+done >"$work/\$1"
+HOOK
+chmod +x "$work/hook"
+line=$(python3 scripts/sqlite_commit_rate.py "$work/mnt/bench.db" "$seconds" --warmup "$warmup" --hook "$work/hook")
 echo "$line"
 commits=$(awk '{print $1}' <<<"$line")
 join "$work/before" "$work/after" | awk -v n="$commits" -v hz="$ticks" '

@@ -24,6 +24,8 @@ pub struct NodeReport {
     pub reachable: bool,
     pub error: Option<String>,
     pub hot_log_bytes: u64,
+    /// Bytes written to the node's hot log since it started.
+    pub hot_log_written_bytes: u64,
     pub page_store_bytes: u64,
     /// Why the node refuses appends (a full disk, a failed hot log), if it does.
     pub log_error: Option<String>,
@@ -287,6 +289,11 @@ impl StatusReport {
             per_node(|n| n.hot_log_bytes),
         );
         metric(
+            "sixfold_node_hot_log_written_bytes",
+            "Bytes the node wrote to its hot log since it started.",
+            per_node(|n| n.hot_log_written_bytes),
+        );
+        metric(
             "sixfold_node_archived_bytes",
             "Bytes the node uploaded to the backup store since it started.",
             per_node(|n| n.archived_bytes),
@@ -329,6 +336,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     reachable: true,
                     error: None,
                     hot_log_bytes: status.hot_log_bytes,
+                    hot_log_written_bytes: status.hot_log_written_bytes,
                     page_store_bytes: status.page_store_bytes,
                     log_error: (!status.log_error.is_empty()).then(|| status.log_error.clone()),
                     corrupt_found: status.corrupt_found,
@@ -353,6 +361,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     reachable: false,
                     error: Some(error),
                     hot_log_bytes: 0,
+                    hot_log_written_bytes: 0,
                     page_store_bytes: 0,
                     log_error: None,
                     corrupt_found: 0,

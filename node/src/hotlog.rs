@@ -137,6 +137,8 @@ pub struct LogWriter {
     buffer: Vec<u8>,
     /// Total bytes of all log files (what `sixfold status` shows), shared with readers.
     total_bytes: Arc<AtomicU64>,
+    /// Bytes written to the log since the node started (never goes down: a throughput counter).
+    written_bytes: Arc<AtomicU64>,
     /// Data bytes per file, shared with [`LogFiles`].
     file_bytes: FileBytes,
 }
@@ -169,6 +171,11 @@ impl LogWriter {
         Arc::clone(&self.total_bytes)
     }
 
+    /// Bytes written since the node started, shared with whoever reports them.
+    pub fn written_bytes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.written_bytes)
+    }
+
     /// Number of the file being appended to.
     pub fn file_number(&self) -> u32 {
         self.number
@@ -182,6 +189,8 @@ impl LogWriter {
         self.size += self.buffer.len() as u64;
         lock(&self.file_bytes).insert(self.number, self.size);
         self.total_bytes
+            .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        self.written_bytes
             .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
         self.buffer.clear();
         Ok(())
@@ -346,6 +355,7 @@ pub fn open(
                 size: last_size,
                 buffer: Vec::new(),
                 total_bytes,
+                written_bytes: Arc::new(AtomicU64::new(0)),
                 file_bytes,
             }
         }
@@ -356,6 +366,7 @@ pub fn open(
             size: 0,
             buffer: Vec::new(),
             total_bytes,
+            written_bytes: Arc::new(AtomicU64::new(0)),
             file_bytes,
         },
     };

@@ -397,6 +397,7 @@ impl StorageNode for Service {
             archived_objects,
             archived_bytes,
             hot_log_bytes: snapshot.log_bytes,
+            hot_log_written_bytes: snapshot.log_written_bytes,
             page_store_bytes: snapshot.page_store_bytes,
             gap_fill_records: snapshot.gap_fill_records,
             gap_fill_bytes: snapshot.gap_fill_bytes,

@@ -63,6 +63,8 @@ pub struct Shared {
     pub files: LogFiles,
     /// Bytes of hot log on disk (maintained by the writer).
     pub log_bytes: Arc<AtomicU64>,
+    /// Bytes written to the hot log since the node started.
+    pub log_written_bytes: Arc<AtomicU64>,
     /// Hot-log fsyncs so far (one per group commit).
     pub syncs: AtomicU64,
     /// Why the hot log refuses appends now (a full disk, a failed write), if it does.
@@ -161,6 +163,7 @@ pub struct StatusSnapshot {
     pub segments: Vec<(SegmentKey, SegmentSummary)>,
     pub volumes: Vec<(String, crate::index::VolumeState)>,
     pub log_bytes: u64,
+    pub log_written_bytes: u64,
     pub page_store_bytes: u64,
     pub gap_fill_records: u64,
     pub gap_fill_bytes: u64,
@@ -277,6 +280,7 @@ impl Store {
             meta: Mutex::new(meta),
             files: LogFiles::new(log_dir, &writer),
             log_bytes: writer.total_bytes(),
+            log_written_bytes: writer.written_bytes(),
             syncs: AtomicU64::new(0),
             log_error: Mutex::new(None),
             corrupt_found: AtomicU64::new(replay.damaged_files as u64),
@@ -905,6 +909,7 @@ impl Store {
                 .map(|(name, state)| (name.clone(), state.clone()))
                 .collect(),
             log_bytes: self.shared.log_bytes.load(Ordering::Relaxed),
+            log_written_bytes: self.shared.log_written_bytes.load(Ordering::Relaxed),
             page_store_bytes: lock(&self.shared.pages)
                 .values()
                 .map(|s| s.disk_bytes())

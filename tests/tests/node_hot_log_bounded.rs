@@ -51,15 +51,20 @@ fn offset(i: u64, span_chunks: u64) -> u64 {
     (i % 2) * (10 << 30) + (i / 2) * CHUNK
 }
 
-fn hot_logs(cluster: &Cluster, volume: &str) -> anyhow::Result<Vec<u64>> {
+/// Each node's `field` from `sixfold status --json`.
+fn per_node(cluster: &Cluster, volume: &str, field: &str) -> anyhow::Result<Vec<u64>> {
     let status = cluster.status(volume)?;
     let nodes = status["nodes"]
         .as_array()
         .ok_or_else(|| anyhow::anyhow!("status has no nodes: {status}"))?;
     Ok(nodes
         .iter()
-        .map(|n| n["hot_log_bytes"].as_u64().unwrap_or(u64::MAX))
+        .map(|n| n[field].as_u64().unwrap_or(u64::MAX))
         .collect())
+}
+
+fn hot_logs(cluster: &Cluster, volume: &str) -> anyhow::Result<Vec<u64>> {
+    per_node(cluster, volume, "hot_log_bytes")
 }
 
 #[test]
@@ -112,6 +117,17 @@ fn hot_log_and_memory_stay_bounded_under_sustained_writes() -> anyhow::Result<()
         max_rss >> 20,
         NODE_RSS_BOUND >> 20
     );
+    // The throughput counter keeps counting what folding deleted: every node hosts a segment of
+    // both PGs, so it wrote at least every byte of data to its hot log, far more than it holds.
+    let written = per_node(&cluster, "sustained", "hot_log_written_bytes")?;
+    let logs = hot_logs(&cluster, "sustained")?;
+    for (node, (&written, &log)) in written.iter().zip(&logs).enumerate() {
+        assert!(
+            written >= chunks * CHUNK && written > log,
+            "node {node}: hot_log_written_bytes {written} after {} bytes written, hot log {log}",
+            chunks * CHUNK
+        );
+    }
     // Restart time does not grow with what was written: kill -9 a node now, while its hot log
     // is at its fullest, and time its recovery.
     cluster.kill_node(0);
