@@ -182,6 +182,10 @@ pub struct Moto {
     child: Option<Child>,
 }
 
+/// Requests a server from [`Moto::start_with_auth`] lets through unchecked: create a user, an
+/// access key, a policy.
+const AUTH_FREE_ACTIONS: u32 = 3;
+
 fn moto_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("SIXFOLD_MOTO") {
         return PathBuf::from(dir);
@@ -192,7 +196,25 @@ fn moto_dir() -> PathBuf {
 }
 
 impl Moto {
+    /// moto's server as its default: it takes any keys.
     pub fn start(dir: &Path) -> Result<Moto> {
+        Moto::start_with(dir, &[])
+    }
+
+    /// moto's server checking credentials as AWS does (IAM users and their access keys), after
+    /// [`AUTH_FREE_ACTIONS`] requests that it lets through: the ones
+    /// [`Moto::create_user_with_bucket`] needs to set up a user to check against.
+    pub fn start_with_auth(dir: &Path) -> Result<Moto> {
+        Moto::start_with(
+            dir,
+            &[(
+                "INITIAL_NO_AUTH_ACTION_COUNT",
+                &AUTH_FREE_ACTIONS.to_string(),
+            )],
+        )
+    }
+
+    fn start_with(dir: &Path, envs: &[(&str, &str)]) -> Result<Moto> {
         let bin = moto_dir().join("bin/moto_server");
         if !bin.exists() {
             bail!("{} is missing: run scripts/setup.sh", bin.display());
@@ -202,6 +224,7 @@ impl Moto {
         let file = std::fs::File::create(&log)?;
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -220,6 +243,36 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(moto)
+    }
+
+    /// On a server from [`Moto::start_with_auth`]: creates an IAM user allowed every S3 action
+    /// and an access key for it (the requests moto lets through unchecked), then, signed with
+    /// that key and so checked, a bucket. Returns the key's id and secret.
+    pub fn create_user_with_bucket(&self, bucket: &str) -> Result<(String, String)> {
+        let python = moto_dir().join("bin/python");
+        let script = format!(
+            r#"
+import boto3, json
+kw = dict(endpoint_url="{endpoint}", region_name="us-east-1")
+iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **kw)
+iam.create_user(UserName="sixfold")
+key = iam.create_access_key(UserName="sixfold")["AccessKey"]
+iam.put_user_policy(UserName="sixfold", PolicyName="s3", PolicyDocument=json.dumps(
+    {{"Version": "2012-10-17",
+     "Statement": [{{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}}]}}))
+s3 = boto3.client("s3", aws_access_key_id=key["AccessKeyId"],
+                  aws_secret_access_key=key["SecretAccessKey"], **kw)
+s3.create_bucket(Bucket="{bucket}")
+print(key["AccessKeyId"], key["SecretAccessKey"])
+"#,
+            endpoint = self.endpoint()
+        );
+        let out = run(Command::new(python).arg("-c").arg(script))?;
+        let mut words = out.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(id), Some(secret)) => Ok((id.to_owned(), secret.to_owned())),
+            _ => bail!("no access key in {out:?}"),
+        }
     }
 
     pub fn endpoint(&self) -> String {
