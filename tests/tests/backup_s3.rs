@@ -17,8 +17,16 @@ use sixfold_tests::backup::{
 };
 use sixfold_tests::{remove_test_dir, require_fuse, sixfold_bin, test_dir, Cluster, Mount};
 
-/// How long the store stays frozen.
-const FROZEN: Duration = Duration::from_secs(20);
+/// How long the store stays frozen: 20 s in the test command; `scripts/soak-backup-outage.sh`
+/// sets minutes (SIXFOLD_STORE_FROZEN_S).
+fn frozen() -> Duration {
+    Duration::from_secs(
+        std::env::var("SIXFOLD_STORE_FROZEN_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    )
+}
 
 #[test]
 fn s3_backup_survives_a_killed_archiver_and_a_frozen_store() -> Result<()> {
@@ -63,7 +71,8 @@ fn s3_backup_survives_a_killed_archiver_and_a_frozen_store() -> Result<()> {
     moto.pause();
     let frozen_at = Instant::now();
     let mut round = 6;
-    while frozen_at.elapsed() < FROZEN || round < 9 {
+    let frozen = frozen();
+    while frozen_at.elapsed() < frozen || round < 9 {
         let started = Instant::now();
         points.push(write_round(&cluster, &mount, "v", &mut rng, round, 24)?);
         assert!(
