@@ -43,9 +43,15 @@ mount -o loop "$work/local.img" "$work/local"
 
 # Flush requests and the milliseconds they took, from a loop device's counters (fields 16, 17).
 flushes() { awk '{print $16, $17}' "/sys/block/$(basename "$(findmnt -no SOURCE "$1")")/stat"; }
+# Bytes the nodes wrote to their hot logs since they started; fails unless every node answered.
 written_bytes() {
-    "$bin" status --state "$work/state" --json |
-        python3 -c 'import json,sys; print(sum(n["hot_log_written_bytes"] for n in json.load(sys.stdin)["nodes"]))'
+    "$bin" status --state "$work/state" --json | python3 -c '
+import json, sys
+nodes = json.load(sys.stdin)["nodes"]
+down = [n["addr"] for n in nodes if not n["reachable"]]
+if down:
+    sys.exit("nodes did not answer: %s" % down)
+print(sum(n["hot_log_written_bytes"] for n in nodes))'
 }
 
 # measure SETUP DIR PHASE ROUND: one timed run on the ext4 mounted at DIR. The rate script's hook
@@ -62,7 +68,10 @@ measure() {
 set -euo pipefail
 $(declare -f flushes written_bytes)
 bin='$bin'; work='$work'
-echo "\$(flushes '$dir') \$([ -n '$nodes' ] && written_bytes || echo 0)" >'$out'.\$1
+f=\$(flushes '$dir')
+w=0
+if [ -n '$nodes' ]; then w=\$(written_bytes); fi
+echo "\$f \$w" >'$out'.\$1
 HOOK
     chmod +x "$work/hook"
     python3 scripts/sqlite_commit_rate.py "$dir/$phase.db" "$seconds" --warmup "$warm" \
@@ -70,10 +79,17 @@ HOOK
     rm -f "$dir/$phase.db" "$dir/$phase.db-wal" "$dir/$phase.db-shm"
 }
 
+# Each round swaps which goes first: the nodes keep folding for a few seconds after a run, on the
+# same disk, and that should not always fall on the same side.
 for phase in steady cold; do
     for round in $(seq 1 "$rounds"); do
-        measure a "$work/local" "$phase" "$round"
-        measure b "$work/sixfold" "$phase" "$round"
+        if [ $((round % 2)) = 1 ]; then
+            measure a "$work/local" "$phase" "$round"
+            measure b "$work/sixfold" "$phase" "$round"
+        else
+            measure b "$work/sixfold" "$phase" "$round"
+            measure a "$work/local" "$phase" "$round"
+        fi
     done
 done
 floor=$(target/release/examples/quorum_floor "$work" 1000)

@@ -21,6 +21,7 @@ ticks=$(getconf CLK_TCK)
 # The hook snapshots every process's CPU ticks when the timed part starts and ends.
 cat >"$work/hook" <<HOOK
 #!/usr/bin/env bash
+set -euo pipefail
 for f in "$work"/state/pids/*.pid; do
     echo "\$(basename "\$f" .pid) \$(awk '{print \$14+\$15}' "/proc/\$(cat "\$f")/stat")"
 done >"$work/\$1"

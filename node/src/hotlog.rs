@@ -137,7 +137,8 @@ pub struct LogWriter {
     buffer: Vec<u8>,
     /// Total bytes of all log files (what `sixfold status` shows), shared with readers.
     total_bytes: Arc<AtomicU64>,
-    /// Bytes written to the log since the node started (never goes down: a throughput counter).
+    /// Frame bytes written to the log since the node started (never goes down: a throughput
+    /// counter; the zeroes that preallocate a new file are not counted).
     written_bytes: Arc<AtomicU64>,
     /// Data bytes per file, shared with [`LogFiles`].
     file_bytes: FileBytes,

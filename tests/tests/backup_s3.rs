@@ -20,12 +20,13 @@ use sixfold_tests::{remove_test_dir, require_fuse, sixfold_bin, test_dir, Cluste
 /// How long the store stays frozen: 20 s in the test command; `scripts/soak-backup-outage.sh`
 /// sets minutes (SIXFOLD_STORE_FROZEN_S).
 fn frozen() -> Duration {
-    Duration::from_secs(
-        std::env::var("SIXFOLD_STORE_FROZEN_S")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20),
-    )
+    match std::env::var("SIXFOLD_STORE_FROZEN_S") {
+        Ok(v) => Duration::from_secs(
+            v.parse()
+                .unwrap_or_else(|_| panic!("SIXFOLD_STORE_FROZEN_S={v:?}: a number of seconds")),
+        ),
+        Err(_) => Duration::from_secs(20),
+    }
 }
 
 #[test]

@@ -57,10 +57,14 @@ fn per_node(cluster: &Cluster, volume: &str, field: &str) -> anyhow::Result<Vec<
     let nodes = status["nodes"]
         .as_array()
         .ok_or_else(|| anyhow::anyhow!("status has no nodes: {status}"))?;
-    Ok(nodes
+    nodes
         .iter()
-        .map(|n| n[field].as_u64().unwrap_or(u64::MAX))
-        .collect())
+        .map(|n| {
+            n[field]
+                .as_u64()
+                .ok_or_else(|| anyhow::anyhow!("status has no {field} for a node: {n}"))
+        })
+        .collect()
 }
 
 fn hot_logs(cluster: &Cluster, volume: &str) -> anyhow::Result<Vec<u64>> {
@@ -117,17 +121,25 @@ fn hot_log_and_memory_stay_bounded_under_sustained_writes() -> anyhow::Result<()
         max_rss >> 20,
         NODE_RSS_BOUND >> 20
     );
-    // The throughput counter keeps counting what folding deleted: every node hosts a segment of
-    // both PGs, so it wrote at least every byte of data to its hot log, far more than it holds.
+    // The throughput counter keeps counting what folding deleted. Every node hosts a segment of
+    // both PGs; at least a write quorum of them took every record through its hot log (a lagging
+    // one may have caught up from a peer's pages instead), so they wrote at least every byte of
+    // data, and no node holds more than it wrote.
     let written = per_node(&cluster, "sustained", "hot_log_written_bytes")?;
     let logs = hot_logs(&cluster, "sustained")?;
+    let data = chunks * CHUNK;
+    eprintln!("hot-log bytes written per node: {written:?} (data {data})");
     for (node, (&written, &log)) in written.iter().zip(&logs).enumerate() {
         assert!(
-            written >= chunks * CHUNK && written > log,
-            "node {node}: hot_log_written_bytes {written} after {} bytes written, hot log {log}",
-            chunks * CHUNK
+            written >= log,
+            "node {node}: hot_log_written_bytes {written} below its hot log {log}"
         );
     }
+    let took_everything = written.iter().filter(|&&w| w >= data).count();
+    assert!(
+        took_everything >= 4 && written.iter().zip(&logs).any(|(w, l)| w > l),
+        "hot_log_written_bytes {written:?} after {data} bytes written (hot logs {logs:?})"
+    );
     // Restart time does not grow with what was written: kill -9 a node now, while its hot log
     // is at its fullest, and time its recovery.
     cluster.kill_node(0);
