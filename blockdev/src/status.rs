@@ -225,6 +225,11 @@ impl StatusReport {
     }
 }
 
+/// A per-PG metric: name, help, the value (None: not known, no sample).
+type PgMetric = (&'static str, &'static str, fn(&PgReport) -> Option<u64>);
+/// A per-node metric: name, help, the value.
+type NodeMetric = (&'static str, &'static str, fn(&NodeReport) -> u64);
+
 impl StatusReport {
     /// The report as metrics, in the Prometheus text exposition format.
     pub fn render_metrics(&self) -> String {
@@ -244,60 +249,66 @@ impl StatusReport {
                 .map(|v| vec![(format!("volume=\"{volume}\""), v)])
                 .unwrap_or_default(),
         );
-        let per_pg = |value: fn(&PgReport) -> Option<u64>| {
-            self.pgs
+        let per_pg: [PgMetric; 4] = [
+            (
+                "sixfold_pg_pgcl",
+                "A PG's complete LSN: the 4th highest SCL of its segments.",
+                |pg| Some(pg.pgcl),
+            ),
+            (
+                "sixfold_backup_archived_lsn",
+                "Every record of the PG at or below this volume LSN is archived.",
+                |pg| pg.archived_lsn,
+            ),
+            (
+                "sixfold_backup_lag_lsns",
+                "LSNs between the writer's VDL and what the PG's archive holds.",
+                |pg| pg.backup_lag_lsns,
+            ),
+            (
+                "sixfold_backup_lag_milliseconds",
+                "How long ago the writer reached the PG's oldest consistency point not yet archived.",
+                |pg| pg.backup_lag_ms,
+            ),
+        ];
+        for (name, help, value) in per_pg {
+            let samples = self
+                .pgs
                 .iter()
                 .filter_map(|pg| {
                     value(pg).map(|v| (format!("volume=\"{volume}\",pg=\"{}\"", pg.pg), v))
                 })
-                .collect::<Vec<_>>()
-        };
-        metric(
-            "sixfold_pg_pgcl",
-            "A PG's complete LSN: the 4th highest SCL of its segments.",
-            per_pg(|pg| Some(pg.pgcl)),
-        );
-        metric(
-            "sixfold_backup_archived_lsn",
-            "Every record of the PG at or below this volume LSN is archived.",
-            per_pg(|pg| pg.archived_lsn),
-        );
-        metric(
-            "sixfold_backup_lag_lsns",
-            "LSNs between the writer's VDL and what the PG's archive holds.",
-            per_pg(|pg| pg.backup_lag_lsns),
-        );
-        metric(
-            "sixfold_backup_lag_milliseconds",
-            "How long ago the writer reached the PG's oldest consistency point not yet archived.",
-            per_pg(|pg| pg.backup_lag_ms),
-        );
-        let per_node = |value: fn(&NodeReport) -> u64| {
-            self.nodes
+                .collect();
+            metric(name, help, samples);
+        }
+        let per_node: [NodeMetric; 4] = [
+            ("sixfold_node_up", "1 when the node answered.", |n| {
+                u64::from(n.reachable)
+            }),
+            (
+                "sixfold_node_hot_log_bytes",
+                "Bytes of hot log on the node.",
+                |n| n.hot_log_bytes,
+            ),
+            (
+                "sixfold_node_hot_log_written_bytes",
+                "Bytes the node wrote to its hot log since it started.",
+                |n| n.hot_log_written_bytes,
+            ),
+            (
+                "sixfold_node_archived_bytes",
+                "Bytes the node uploaded to the backup store since it started.",
+                |n| n.archived_bytes,
+            ),
+        ];
+        for (name, help, value) in per_node {
+            let samples = self
+                .nodes
                 .iter()
                 .map(|n| (format!("node=\"{}\",az=\"{}\"", n.addr, n.az), value(n)))
-                .collect::<Vec<_>>()
-        };
-        metric(
-            "sixfold_node_up",
-            "1 when the node answered.",
-            per_node(|n| u64::from(n.reachable)),
-        );
-        metric(
-            "sixfold_node_hot_log_bytes",
-            "Bytes of hot log on the node.",
-            per_node(|n| n.hot_log_bytes),
-        );
-        metric(
-            "sixfold_node_hot_log_written_bytes",
-            "Bytes the node wrote to its hot log since it started.",
-            per_node(|n| n.hot_log_written_bytes),
-        );
-        metric(
-            "sixfold_node_archived_bytes",
-            "Bytes the node uploaded to the backup store since it started.",
-            per_node(|n| n.archived_bytes),
-        );
+                .collect();
+            metric(name, help, samples);
+        }
         out
     }
 }

@@ -332,8 +332,14 @@ impl Moto {
 
 /// Sets the AWS variables the nodes and the CLI read (they inherit them): moto takes any keys.
 pub fn use_test_credentials() {
-    // SAFETY (edition 2021: safe fn): set before any thread of this test reads them.
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    use_credentials("test", "test");
+}
+
+/// Sets the AWS variables the nodes and the CLI inherit to this key (region us-east-1).
+pub fn use_credentials(id: &str, secret: &str) {
+    // SAFETY (edition 2021: safe fn): a test binary sets them while no other thread of it reads
+    // the environment.
+    std::env::set_var("AWS_ACCESS_KEY_ID", id);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", secret);
     std::env::set_var("AWS_REGION", "us-east-1");
 }

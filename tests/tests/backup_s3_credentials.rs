@@ -10,20 +10,12 @@ use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sixfold_tests::backup::{
-    expect_error, restore_and_hash, sixfold, sixfold_fails, write_round, Moto, VOLUME_SIZE,
+    expect_error, restore_and_hash, sixfold, sixfold_fails, use_credentials, write_round, Moto,
+    VOLUME_SIZE,
 };
 use sixfold_tests::{remove_test_dir, require_fuse, test_dir, Cluster, Mount};
 
 const STORE: &str = "s3://sixfold/backups";
-
-/// Sets the AWS variables the nodes and the CLI inherit.
-fn use_key(id: &str, secret: &str) {
-    // SAFETY (edition 2021: safe fn): this test binary runs one test, and sets them while no
-    // other thread of it reads the environment.
-    std::env::set_var("AWS_ACCESS_KEY_ID", id);
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", secret);
-    std::env::set_var("AWS_REGION", "us-east-1");
-}
 
 fn list_args(endpoint: &str) -> Vec<&str> {
     vec![
@@ -47,7 +39,7 @@ fn wrong_s3_credentials_are_named_and_backup_catches_up_once_fixed() -> Result<(
     let endpoint = moto.endpoint();
 
     // Nodes that cannot sign their requests: writes go on, status says why nothing archives.
-    use_key(&id, "not-the-secret");
+    use_credentials(&id, "not-the-secret");
     let mut cluster = Cluster::start_backed_up(&dir, 6, STORE, Some(&endpoint), &[])?;
     let mount = Mount::start(&cluster, "v", VOLUME_SIZE, &dir.join("mnt"))?;
     let mut rng = StdRng::seed_from_u64(6);
@@ -77,12 +69,12 @@ fn wrong_s3_credentials_are_named_and_backup_catches_up_once_fixed() -> Result<(
         &sixfold_fails(&cluster, &list_args(&endpoint))?,
         "SignatureDoesNotMatch",
     )?;
-    use_key("AKIAEXAMPLENOSUCHKEY", &secret);
+    use_credentials("AKIAEXAMPLENOSUCHKEY", &secret);
     expect_error(
         &sixfold_fails(&cluster, &list_args(&endpoint))?,
         "InvalidAccessKeyId",
     )?;
-    use_key(&id, &secret);
+    use_credentials(&id, &secret);
     let listed = sixfold(&cluster, &list_args(&endpoint))?;
     assert!(
         listed.contains("has no snapshots"),
