@@ -327,6 +327,13 @@ impl Cluster {
             .arg(&self.cluster_file))
     }
 
+    /// `sixfold status --metrics` for a volume (Prometheus text).
+    pub fn status_metrics(&self, volume: &str) -> Result<String> {
+        run(Command::new(sixfold_bin())
+            .args(["status", "--metrics", "--volume", volume, "--cluster"])
+            .arg(&self.cluster_file))
+    }
+
     /// The entry of the node at `addr` in `sixfold status --json` for a volume.
     pub fn node_report(&self, volume: &str, addr: &str) -> Result<serde_json::Value> {
         let status = self.status(volume)?;

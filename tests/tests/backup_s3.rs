@@ -87,6 +87,25 @@ fn s3_backup_survives_a_killed_archiver_and_a_frozen_store() -> Result<()> {
     let lag = status["pgs"][0]["backup_lag_lsns"].as_u64().unwrap_or(0);
     println!("{}", cluster.status_text("v")?);
     assert!(lag > 0, "no backup lag shows while the store is frozen");
+    // The same as metrics, for a scraper: the PG's lag and every live node's counters.
+    let metrics = cluster.status_metrics("v")?;
+    let samples = |name: &str| -> Vec<u64> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let lag_metric = samples("sixfold_backup_lag_lsns");
+    assert!(
+        !lag_metric.is_empty() && lag_metric.iter().all(|&l| l > 0),
+        "backup lag metrics while the store is frozen: {lag_metric:?}\n{metrics}"
+    );
+    let written = samples("sixfold_node_hot_log_written_bytes");
+    assert!(
+        written.len() == 6 && written.iter().filter(|&&w| w > 0).count() == 5,
+        "hot-log bytes written per node, one node killed: {written:?}\n{metrics}"
+    );
     moto.resume();
 
     // Backup catches up: a snapshot of the last point waits for it.
