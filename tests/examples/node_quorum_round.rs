@@ -1,0 +1,115 @@
+//! A quorum round through six real `sixfold node` processes, with nothing of the writer's
+//! machinery around it: each round sends one AppendRequest carrying one 4 KiB record of PG 0 on
+//! each node's AppendStream and ends at the fourth acknowledgement (each sent only after the
+//! node's group commit fsync'd the record), as a flush of the volume does. Beside
+//! `quorum_floor`'s round (the same shape with no sixfold code), it shows what the node's stack
+//! (gRPC, request checks, the appender hand-off, the hot log) adds to a round.
+//!
+//! Usage: `node_quorum_round [ROUNDS]` (default 2000; run as root after scripts/setup.sh;
+//! `SIXFOLD_BIN` names the binary, else target/release/sixfold). Prints the mean and median
+//! round in microseconds.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use sixfold_proto::record::seal;
+use sixfold_proto::wire::storage_node_client::StorageNodeClient;
+use sixfold_proto::wire::{AppendRequest, ByteRange, SegmentRef};
+use sixfold_proto::{Epoch, Lsn, PageId, PgId, PAGE_SIZE};
+use sixfold_tests::{pattern, test_dir, Cluster};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const NODES: usize = 6;
+const QUORUM: usize = 4;
+
+fn main() -> anyhow::Result<()> {
+    let rounds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let dir = test_dir("bench_node_quorum_round");
+    let cluster = Cluster::start(&dir, NODES)?;
+    // One worker, as the mount runs its writer.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let page = Bytes::from(pattern(7, PAGE_SIZE));
+    let mut times = runtime.block_on(async {
+        // Every node's acknowledgements, as (node, LSN acknowledged), into one channel.
+        let (acks_tx, mut acks) = mpsc::unbounded_channel::<(usize, u64)>();
+        let mut requests = Vec::new();
+        for (index, node) in cluster.nodes.iter().enumerate() {
+            let mut client = StorageNodeClient::connect(format!("http://{}", node.addr)).await?;
+            let (tx, rx) = mpsc::channel(4);
+            let mut answers = client
+                .append_stream(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let acks_tx = acks_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(answer)) = answers.message().await {
+                    if acks_tx.send((index, answer.scl)).is_err() {
+                        break;
+                    }
+                }
+            });
+            requests.push(tx);
+        }
+        let mut times = Vec::with_capacity(rounds as usize);
+        // Round 0 opens the segments (first append) and is not timed.
+        for lsn in 1..=rounds + 1 {
+            let started = Instant::now();
+            let record = seal(
+                Lsn(lsn),
+                Lsn(lsn - 1),
+                Epoch(1),
+                PageId(PgId(0).first_page().0 + lsn % 1024),
+                vec![ByteRange {
+                    offset: 0,
+                    data: page.clone(),
+                }],
+            );
+            for tx in &requests {
+                let request = AppendRequest {
+                    segment: Some(SegmentRef {
+                        volume: "round".into(),
+                        pg: 0,
+                    }),
+                    epoch: 1,
+                    records: vec![record.clone()],
+                    pgcl: lsn - 1,
+                    fold_limit: lsn - 1,
+                    writer_vcl: lsn - 1,
+                    writer_vdl: lsn - 1,
+                    ..AppendRequest::default()
+                };
+                tx.send(request).await?;
+            }
+            let mut acked = 0;
+            while acked < QUORUM {
+                let (_, scl) = acks
+                    .recv()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("every node's stream ended"))?;
+                if scl >= lsn {
+                    acked += 1;
+                }
+            }
+            if lsn > 1 {
+                times.push(started.elapsed().as_micros() as u64);
+            }
+        }
+        anyhow::Ok(times)
+    })?;
+    times.sort_unstable();
+    let mean = times.iter().sum::<u64>() as f64 / times.len().max(1) as f64;
+    let median = times.get(times.len() / 2).copied().unwrap_or(0);
+    println!(
+        "{mean:.0} us per round (mean; median {median} us): {QUORUM} of {NODES} sixfold nodes \
+         acknowledged one 4 KiB record over AppendStream"
+    );
+    drop(cluster);
+    Ok(())
+}
