@@ -20,8 +20,10 @@ target/release/examples/node_ingest "$seconds"
 echo "quorum round (one 4 KiB record, 4 of 6 acknowledgements; alternating, this disk drifts)"
 mkdir -p "$PWD/target/bench-node"
 for _ in 1 2 3; do
-    echo "  sixfold nodes : $(target/release/examples/node_quorum_round 2000)"
-    echo "  no sixfold    : $(target/release/examples/quorum_floor "$PWD/target/bench-node" 2000)"
+    nodes=$(target/release/examples/node_quorum_round 2000)
+    echo "  sixfold nodes : $nodes"
+    floor=$(target/release/examples/quorum_floor "$PWD/target/bench-node" 2000)
+    echo "  no sixfold    : $floor"
 done
 
 repair=$(SIXFOLD_REPAIR_TEST_MIB="$mib" cargo test --release -p sixfold-tests \

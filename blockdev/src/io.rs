@@ -229,8 +229,8 @@ impl Volume {
             let record = seal(lsn, backlink, shared.epoch, piece.page, ranges);
             state.cache.put_dirty(piece.page, page_bytes, lsn);
             if let Some(queue) = state.pgs.get_mut(&pg) {
-                // A sender with nothing pending starts its linger now; one with records
-                // pending already has a deadline.
+                // A sender with nothing pending decides now (it sends at once when nothing is
+                // in flight, else lingers); one with records pending already has a deadline.
                 let before = queue.records.back().map(|q| Lsn(q.record.lsn));
                 queue.records.push_back(Queued {
                     record: Arc::new(record),

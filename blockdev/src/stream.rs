@@ -152,7 +152,11 @@ async fn read_answers(
                 let Some(batch) = lock(&queue).batches.pop_front() else {
                     break "the node answered a batch that was never sent".to_owned();
                 };
-                on_ack(&shared, pg, index, Lsn(answer.scl), batch.started.elapsed());
+                let elapsed = batch.started.elapsed();
+                // Release the batch's permit first: `on_ack` wakes the sender for records that
+                // waited while the batch was in flight, and they go at once if it was the last.
+                drop(batch);
+                on_ack(&shared, pg, index, Lsn(answer.scl), elapsed);
             }
             Ok(Ok(None)) => break "append stream closed by the node".to_owned(),
             Ok(Err(status))

@@ -1,7 +1,8 @@
 //! The kernel's share of a sixfold commit, with storage that costs nothing: a FUSE file system
 //! presenting one file, `volume`, mounted with the options sixfold's mount uses (direct I/O,
-//! 1 MiB `max_write`, two session threads), that keeps the file's bytes in a local file through
-//! the page cache and answers every fsync at once, without a device flush.
+//! 1 MiB `max_write`, 64 background requests, asynchronous direct I/O, two session threads), that
+//! keeps the file's bytes in a sparse local file through the page cache and answers every fsync at
+//! once, without a device flush.
 //!
 //! ext4 on a loop device over this `volume` runs every layer a sixfold commit goes through
 //! (SQLite, ext4, the loop device, FUSE's requests and replies) and nothing of sixfold's writer or
@@ -30,6 +31,8 @@ use fuser::{
 const VOLUME_INODE: INodeNo = INodeNo(2);
 const TTL: Duration = Duration::from_secs(1);
 const MAX_WRITE_BYTES: u32 = 1 << 20;
+const MAX_READAHEAD_BYTES: u32 = 1 << 20;
+const MAX_BACKGROUND: u16 = 64;
 
 struct FreeFsync {
     backing: File,
@@ -69,6 +72,11 @@ impl Filesystem for FreeFsync {
         if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
             let _ = config.set_max_write(nearest);
         }
+        if let Err(nearest) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
         if config.capabilities().contains(InitFlags::FUSE_ASYNC_DIO) {
             let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
         }
@@ -111,16 +119,11 @@ impl Filesystem for FreeFsync {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // The backing file is `size_bytes` long (sparse): every read inside the volume is whole.
         let len = u64::from(size).min(self.size_bytes.saturating_sub(offset)) as usize;
         let mut data = vec![0u8; len];
         match self.backing.read_exact_at(&mut data, offset) {
             Ok(()) => reply.data(&data),
-            // Past the backing file's end: the sparse tail reads as zeroes.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                let read = self.backing.read_at(&mut data, offset).unwrap_or(0);
-                data[read..].fill(0);
-                reply.data(&data)
-            }
             Err(_) => reply.error(Errno::EIO),
         }
     }
@@ -214,6 +217,9 @@ fn main() -> Result<()> {
         .truncate(false)
         .open(backing)
         .with_context(|| format!("open {backing}"))?;
+    backing_file
+        .set_len(size_bytes)
+        .with_context(|| format!("size {backing} to {size_bytes} bytes"))?;
     let filesystem = FreeFsync {
         backing: backing_file,
         size_bytes,

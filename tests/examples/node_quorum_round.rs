@@ -9,7 +9,7 @@
 //! `SIXFOLD_BIN` names the binary, else target/release/sixfold). Prints the mean and median
 //! round in microseconds.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sixfold_proto::record::seal;
@@ -22,12 +22,18 @@ use tokio_stream::wrappers::ReceiverStream;
 
 const NODES: usize = 6;
 const QUORUM: usize = 4;
+/// A round that takes longer than this means the nodes are not answering: give up.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> anyhow::Result<()> {
-    let rounds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let rounds: u64 = match std::env::args().nth(1) {
+        None => 2000,
+        Some(arg) => arg
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| anyhow::anyhow!("ROUNDS must be a positive number, not {arg:?}"))?,
+    };
     let dir = test_dir("bench_node_quorum_round");
     let cluster = Cluster::start(&dir, NODES)?;
     // One worker, as the mount runs its writer.
@@ -49,16 +55,27 @@ fn main() -> anyhow::Result<()> {
                 .into_inner();
             let acks_tx = acks_tx.clone();
             tokio::spawn(async move {
-                while let Ok(Some(answer)) = answers.message().await {
-                    if acks_tx.send((index, answer.scl)).is_err() {
-                        break;
+                loop {
+                    match answers.message().await {
+                        Ok(Some(answer)) => {
+                            if acks_tx.send((index, answer.scl)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            eprintln!("node {index}: append stream failed: {status}");
+                            break;
+                        }
                     }
                 }
             });
             requests.push(tx);
         }
+        // Only the readers hold senders now: once every stream ended, `recv` answers None.
+        drop(acks_tx);
         let mut times = Vec::with_capacity(rounds as usize);
-        // Round 0 opens the segments (first append) and is not timed.
+        // The first round (LSN 1) opens the segments and is not timed.
         for lsn in 1..=rounds + 1 {
             let started = Instant::now();
             let record = seal(
@@ -87,14 +104,16 @@ fn main() -> anyhow::Result<()> {
                 };
                 tx.send(request).await?;
             }
-            let mut acked = 0;
-            while acked < QUORUM {
-                let (_, scl) = acks
-                    .recv()
+            // A node answers each batch of a group commit with the SCL after the whole group, so
+            // a lagging node can answer this LSN twice: count nodes, not answers.
+            let mut acked = [false; NODES];
+            while acked.iter().filter(|a| **a).count() < QUORUM {
+                let (index, scl) = tokio::time::timeout(ROUND_TIMEOUT, acks.recv())
                     .await
+                    .map_err(|_| anyhow::anyhow!("round {lsn}: no quorum in {ROUND_TIMEOUT:?}"))?
                     .ok_or_else(|| anyhow::anyhow!("every node's stream ended"))?;
                 if scl >= lsn {
-                    acked += 1;
+                    acked[index] = true;
                 }
             }
             if lsn > 1 {
