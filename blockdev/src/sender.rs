@@ -96,12 +96,13 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                 .partition_point(|q| Lsn(q.record.lsn) <= link.sent);
                             let (count, bytes) = batch_extent(queue.records.range(start..));
                             let linger_left = queue.records.get(start).and_then(|first| {
-                                let urgent = idle
-                                    || Lsn(first.record.lsn) <= push_to
-                                    || count >= BATCH_RECORDS_MAX
-                                    || bytes >= BATCH_EAGER_BYTES;
-                                let age = now.saturating_duration_since(first.at);
-                                (!urgent && age < LINGER).then(|| LINGER - age)
+                                linger(Pending {
+                                    idle,
+                                    pushed: Lsn(first.record.lsn) <= push_to,
+                                    count,
+                                    bytes,
+                                    age: now.saturating_duration_since(first.at),
+                                })
                             });
                             let records: Vec<_> = if linger_left.is_some() {
                                 Vec::new()
@@ -218,6 +219,30 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
             }
         }
     }
+}
+
+/// What a sender knows about a segment's unsent records when it decides whether to send them.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// Nothing is in flight to the segment.
+    idle: bool,
+    /// A flush (or a writer held back by LAL) waits for the first of them.
+    pushed: bool,
+    /// Records and approximate payload bytes of the next batch.
+    count: usize,
+    bytes: usize,
+    /// How long the oldest of them has waited.
+    age: Duration,
+}
+
+/// How much longer the records may wait for more to share their batch (see [`LINGER`]); `None`:
+/// send them now.
+fn linger(pending: Pending) -> Option<Duration> {
+    let urgent = pending.idle
+        || pending.pushed
+        || pending.count >= BATCH_RECORDS_MAX
+        || pending.bytes >= BATCH_EAGER_BYTES;
+    (!urgent && pending.age < LINGER).then(|| LINGER - pending.age)
 }
 
 /// How many of `pending` records go in the next batch, and their approximate payload bytes.
@@ -408,4 +433,55 @@ pub(crate) fn on_fenced(shared: &Shared, addr: &str, message: &str) {
     }
     state.fenced = true;
     shared.publish(&state);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy(age_ms: u64) -> Pending {
+        Pending {
+            idle: false,
+            pushed: false,
+            count: 2,
+            bytes: 8 << 10,
+            age: Duration::from_millis(age_ms),
+        }
+    }
+
+    #[test]
+    fn records_go_at_once_when_nothing_is_in_flight() {
+        let pending = Pending {
+            idle: true,
+            ..busy(0)
+        };
+        assert_eq!(linger(pending), None);
+    }
+
+    #[test]
+    fn records_linger_while_a_batch_is_in_flight() {
+        assert_eq!(linger(busy(0)), Some(LINGER));
+        assert_eq!(linger(busy(1)), Some(LINGER - Duration::from_millis(1)));
+        assert_eq!(linger(busy(2)), None, "not past LINGER");
+        assert_eq!(linger(busy(50)), None);
+    }
+
+    #[test]
+    fn a_flush_or_a_full_batch_sends_at_once() {
+        let pushed = Pending {
+            pushed: true,
+            ..busy(0)
+        };
+        let many = Pending {
+            count: BATCH_RECORDS_MAX,
+            ..busy(0)
+        };
+        let large = Pending {
+            bytes: BATCH_EAGER_BYTES,
+            ..busy(0)
+        };
+        for pending in [pushed, many, large] {
+            assert_eq!(linger(pending), None, "{pending:?}");
+        }
+    }
 }
