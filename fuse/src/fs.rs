@@ -46,7 +46,38 @@ pub const MAX_WRITE_BYTES: u32 = 1 << 20;
 /// Readahead asked of the kernel (only used when `volume` is not opened with direct I/O).
 pub const MAX_READAHEAD_BYTES: u32 = 1 << 20;
 /// Background requests (readahead, async direct I/O) the kernel may keep in flight.
-const MAX_BACKGROUND: u16 = 64;
+pub const MAX_BACKGROUND: u16 = 64;
+
+/// Asks the kernel, at FUSE init, for the limits every sixfold mount uses: `max_write` and
+/// readahead of 1 MiB (or the nearest the kernel allows), [`MAX_BACKGROUND`] background requests,
+/// and asynchronous direct I/O when offered. Returns the kernel's capabilities. The benchmark
+/// instrument `tests/examples/fuse_free_fsync.rs` calls it too, so that it measures the same
+/// FUSE path.
+pub fn request_kernel_limits(config: &mut KernelConfig) -> InitFlags {
+    if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
+        let _ = config.set_max_write(nearest);
+    }
+    if let Err(nearest) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
+        let _ = config.set_max_readahead(nearest);
+    }
+    let _ = config.set_max_background(MAX_BACKGROUND);
+    let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
+    let capabilities = config.capabilities();
+    if capabilities.contains(InitFlags::FUSE_ASYNC_DIO) {
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+    }
+    capabilities
+}
+
+/// How `volume` is opened: with `direct_io`, requests bypass the kernel's page cache and
+/// direct writes may run in parallel.
+pub fn volume_open_flags(direct_io: bool) -> FopenFlags {
+    if direct_io {
+        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+    } else {
+        FopenFlags::empty()
+    }
+}
 
 /// The file system presenting one volume as `volume`.
 pub struct VolumeFs {
@@ -134,18 +165,7 @@ fn refuse_tree_change(req: &Request, what: &'static str, name: &OsStr) -> Errno 
 
 impl Filesystem for VolumeFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
-            let _ = config.set_max_write(nearest);
-        }
-        if let Err(nearest) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
-            let _ = config.set_max_readahead(nearest);
-        }
-        let _ = config.set_max_background(MAX_BACKGROUND);
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
-        let capabilities = config.capabilities();
-        if capabilities.contains(InitFlags::FUSE_ASYNC_DIO) {
-            let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
-        }
+        let capabilities = request_kernel_limits(config);
         // fuser asks for FUSE_BIG_WRITES always and FUSE_MAX_PAGES when the kernel has it, with
         // max_pages derived from max_write.
         if !capabilities.contains(InitFlags::FUSE_MAX_PAGES) {
@@ -263,11 +283,7 @@ impl Filesystem for VolumeFs {
         if ino != VOLUME_INODE {
             return reply.error(Errno::EISDIR);
         }
-        let mut open_flags = FopenFlags::empty();
-        if self.direct_io {
-            open_flags |= FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
-        }
-        reply.opened(FileHandle(0), open_flags);
+        reply.opened(FileHandle(0), volume_open_flags(self.direct_io));
     }
 
     fn read(

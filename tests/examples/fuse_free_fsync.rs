@@ -1,8 +1,8 @@
 //! The kernel's share of a sixfold commit, with storage that costs nothing: a FUSE file system
-//! presenting one file, `volume`, mounted with the options sixfold's mount uses (direct I/O,
-//! 1 MiB `max_write`, 64 background requests, asynchronous direct I/O, two session threads), that
-//! keeps the file's bytes in a sparse local file through the page cache and answers every fsync at
-//! once, without a device flush.
+//! presenting one file, `volume`, mounted with the limits and open flags sixfold's mount uses (from
+//! `sixfold_fuse::fs`: direct I/O, 1 MiB `max_write`, 64 background requests, asynchronous direct
+//! I/O; its default session threads), that keeps the file's bytes in a sparse local file through
+//! the page cache and answers every fsync at once, without a device flush.
 //!
 //! ext4 on a loop device over this `volume` runs every layer a sixfold commit goes through
 //! (SQLite, ext4, the loop device, FUSE's requests and replies) and nothing of sixfold's writer or
@@ -23,16 +23,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
+use sixfold_fuse::fs::{request_kernel_limits, volume_open_flags};
+use sixfold_fuse::MountOptions;
 
 const VOLUME_INODE: INodeNo = INodeNo(2);
 const TTL: Duration = Duration::from_secs(1);
-const MAX_WRITE_BYTES: u32 = 1 << 20;
-const MAX_READAHEAD_BYTES: u32 = 1 << 20;
-const MAX_BACKGROUND: u16 = 64;
 
 struct FreeFsync {
     backing: File,
@@ -69,17 +68,7 @@ impl FreeFsync {
 
 impl Filesystem for FreeFsync {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
-            let _ = config.set_max_write(nearest);
-        }
-        if let Err(nearest) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
-            let _ = config.set_max_readahead(nearest);
-        }
-        let _ = config.set_max_background(MAX_BACKGROUND);
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
-        if config.capabilities().contains(InitFlags::FUSE_ASYNC_DIO) {
-            let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
-        }
+        request_kernel_limits(config);
         Ok(())
     }
 
@@ -102,9 +91,10 @@ impl Filesystem for FreeFsync {
         if ino != VOLUME_INODE {
             return reply.error(Errno::EISDIR);
         }
+        // As the mount opens it by default (direct I/O).
         reply.opened(
             FileHandle(0),
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+            volume_open_flags(MountOptions::default().direct_io),
         );
     }
 
@@ -231,8 +221,9 @@ fn main() -> Result<()> {
         fuser::MountOption::NoAtime,
         fuser::MountOption::RW,
     ];
-    config.n_threads = Some(2);
-    config.clone_fd = true;
+    let threads = MountOptions::default().session_threads.max(1);
+    config.n_threads = Some(threads);
+    config.clone_fd = threads > 1;
     let mountpoint = PathBuf::from(mountpoint);
     let session = fuser::Session::new(filesystem, &mountpoint, &config)
         .with_context(|| format!("mount FUSE at {}", mountpoint.display()))?;
