@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod geometry;
+pub mod membership;
 pub mod placement;
 pub mod record;
 pub mod types;

@@ -85,6 +85,45 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// A storage node's identity: chosen at random at the node's first start and kept in its data
+/// directory (`node-id`), so that a segment belongs to a node, not to an address (a node may
+/// move to another address; a new node at an old address is another node). Never 0.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// Parses the 16 hex digits [`NodeId`]'s `Display` writes (an optional `n-` prefix allowed).
+    pub fn parse(text: &str) -> Option<NodeId> {
+        let digits = text.strip_prefix("n-").unwrap_or(text);
+        if digits.is_empty() || digits.len() > 16 {
+            return None;
+        }
+        u64::from_str_radix(digits, 16)
+            .ok()
+            .filter(|id| *id != 0)
+            .map(NodeId)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n-{:016x}", self.0)
+    }
+}
+
+/// A PG's membership epoch: bumped by every change of the PG's member list (see
+/// [`crate::membership`]); nodes refuse requests that carry an older one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MembershipEpoch(pub u64);
+
+impl fmt::Display for MembershipEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "membership epoch {}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +137,17 @@ mod tests {
         assert!(!PgId(1).contains(PageId(PG_PAGES - 1)));
         assert_eq!(PageId::containing(4095), PageId(0));
         assert_eq!(PageId::containing(4096), PageId(1));
+    }
+
+    #[test]
+    fn node_ids_print_and_parse() {
+        let id = NodeId(0x00ab_cdef_0123_4567);
+        assert_eq!(id.to_string(), "n-00abcdef01234567");
+        assert_eq!(NodeId::parse(&id.to_string()), Some(id));
+        assert_eq!(NodeId::parse("abcdef01234567"), Some(id));
+        assert_eq!(NodeId::parse("n-0"), None, "0 is never an id");
+        assert_eq!(NodeId::parse("n-xyz"), None);
+        assert_eq!(NodeId::parse("11112222333344445"), None, "17 digits");
+        assert_eq!(NodeId::parse(""), None);
     }
 }
