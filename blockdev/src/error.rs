@@ -44,10 +44,29 @@ pub enum VolumeError {
     },
     #[error("volume {volume}: metadata: {detail}")]
     Meta { volume: String, detail: String },
+    /// Too few of the volume's metadata nodes answered to read its metadata.
+    #[error("volume {volume}: metadata: only {answered} of the 6 metadata nodes answered, {needed} needed{detail}")]
+    MetaUnreachable {
+        volume: String,
+        answered: usize,
+        needed: usize,
+        detail: String,
+    },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("volume is closed")]
     Closed,
     #[error("volume {volume}: mounted read-only")]
     ReadOnly { volume: String },
+}
+
+impl VolumeError {
+    /// Whether the error only says that too few nodes answer: one that more nodes starting (or
+    /// coming back) would cure, so a command started before its nodes may wait and try again.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            VolumeError::MetaUnreachable { .. } | VolumeError::QuorumLost { .. }
+        )
+    }
 }

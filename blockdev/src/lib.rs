@@ -9,12 +9,13 @@
 //! `status` (`sixfold status`).
 
 mod cache;
-mod clients;
+pub mod clients;
 mod delta;
 mod error;
 mod io;
 pub mod ledger;
 mod meta;
+pub mod nodes;
 mod open;
 pub mod quorum;
 pub mod recovery;
@@ -25,6 +26,7 @@ pub mod status;
 mod stream;
 mod volume;
 
+pub use clients::Clients;
 pub use error::VolumeError;
 pub use sixfold_proto::cluster::ClusterConfig;
 pub use volume::{validate_volume_name, Volume, VolumeStats, LAL};

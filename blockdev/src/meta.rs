@@ -69,12 +69,11 @@ pub async fn read(
         } else {
             ""
         };
-        return Err(VolumeError::Meta {
+        return Err(VolumeError::MetaUnreachable {
             volume: volume.to_owned(),
-            detail: format!(
-                "only {placed_answers} of the 6 metadata nodes answered, {READ_QUORUM} needed{why}; unreachable: {}",
-                failures.join("; ")
-            ),
+            answered: placed_answers,
+            needed: READ_QUORUM,
+            detail: format!("{why}; unreachable: {}", failures.join("; ")),
         });
     }
     Ok(newest)
@@ -96,15 +95,35 @@ pub async fn write(
     .await;
     let mut acks = 0;
     let mut failures = Vec::new();
+    let mut newer = false;
     for Answer { addr, result, .. } in answers {
         match result {
             Ok(response) if response.version == meta.version => acks += 1,
-            Ok(response) => failures.push(format!(
-                "{addr}: node holds version {}, newer than ours ({}): another writer?",
-                response.version, meta.version
-            )),
-            Err(error) => failures.push(format!("{addr}: {error}")),
+            Ok(response) => {
+                newer = true;
+                failures.push(format!(
+                    "{addr}: node holds version {}, newer than ours ({}): another writer?",
+                    response.version, meta.version
+                ))
+            }
+            Err(error) => {
+                newer |= error.contains("FailedPrecondition") || error.contains("InvalidArgument");
+                failures.push(format!("{addr}: {error}"))
+            }
         }
+    }
+    if acks < WRITE_QUORUM && !newer {
+        // Only unreachable nodes kept it from a quorum: more of them answering would do.
+        return Err(VolumeError::MetaUnreachable {
+            volume: meta.name.clone(),
+            answered: acks,
+            needed: WRITE_QUORUM,
+            detail: format!(
+                " to write metadata version {}; unreachable: {}",
+                meta.version,
+                failures.join("; ")
+            ),
+        });
     }
     if acks < WRITE_QUORUM {
         return Err(VolumeError::Meta {

@@ -73,6 +73,9 @@ pub struct StatusReport {
     pub volume: String,
     pub exists: bool,
     pub metadata_error: Option<String>,
+    /// The metadata error only says that too few metadata nodes answered (they may be starting).
+    #[serde(skip)]
+    pub metadata_unreachable: bool,
     pub size_bytes: u64,
     pub epoch: u64,
     pub metadata_version: u64,
@@ -326,10 +329,11 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
         .into_iter()
         .map(|answer| (answer.addr, answer.result))
         .collect();
-    let (meta, metadata_error) = match meta::read(&clients, cluster, volume).await {
-        Ok(meta) => (meta, None),
-        Err(error) => (None, Some(error.to_string())),
-    };
+    let (meta, metadata_error, metadata_unreachable) =
+        match meta::read(&clients, cluster, volume).await {
+            Ok(meta) => (meta, None, false),
+            Err(error) => (None, Some(error.to_string()), error.is_unreachable()),
+        };
     let mut nodes = Vec::new();
     let mut unreachable = Vec::new();
     let mut vcl = None;
@@ -443,6 +447,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
         volume: volume.to_owned(),
         exists: meta.is_some(),
         metadata_error,
+        metadata_unreachable,
         size_bytes: meta.as_ref().map(|m| m.size_bytes).unwrap_or(0),
         epoch: meta.as_ref().map(|m| m.epoch).unwrap_or(0),
         metadata_version: meta.as_ref().map(|m| m.version).unwrap_or(0),

@@ -143,15 +143,27 @@ impl Volume {
             meta.writer = writer_id();
             meta::write(&clients, &options.cluster, &meta)
                 .await
-                .map_err(|error| match error {
-                    VolumeError::Meta { volume, detail } => VolumeError::Meta {
-                        volume,
-                        detail: format!(
-                            "{detail} (becoming the writer needs 4 of 6; with 3 reachable, \
-                             `sixfold mount --read-only` can still read the volume)"
-                        ),
-                    },
-                    other => other,
+                .map_err(|error| {
+                    let advice = " (becoming the writer needs 4 of 6; with 3 reachable, \
+                                  `sixfold mount --read-only` can still read the volume)";
+                    match error {
+                        VolumeError::Meta { volume, detail } => VolumeError::Meta {
+                            volume,
+                            detail: format!("{detail}{advice}"),
+                        },
+                        VolumeError::MetaUnreachable {
+                            volume,
+                            answered,
+                            needed,
+                            detail,
+                        } => VolumeError::MetaUnreachable {
+                            volume,
+                            answered,
+                            needed,
+                            detail: format!("{detail}{advice}"),
+                        },
+                        other => other,
+                    }
                 })?;
         }
         let epoch = Epoch(meta.epoch);

@@ -11,8 +11,11 @@
 //! - [`grow`]: `sixfold grow`.
 //! - [`laptop`]: `sixfold up` / `sixfold down`, the embedded six-node default.
 //! - [`backup`]: `sixfold snapshot` and `sixfold restore`.
+//! - [`cluster`]: `sixfold cluster nodes|add|remove`, the cluster's node list.
+//! - [`wait`]: `--wait`, for commands started before their nodes answer.
 
 mod backup;
+mod cluster;
 mod grow;
 mod laptop;
 mod mount;
@@ -20,6 +23,7 @@ mod node;
 mod signals;
 mod size;
 mod status;
+mod wait;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -58,6 +62,7 @@ enum Command {
     Down(laptop::down::DownArgs),
     Snapshot(backup::snapshot::SnapshotArgs),
     Restore(backup::restore::RestoreArgs),
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
         Command::Down(args) => laptop::down::run(args),
         Command::Snapshot(args) => backup::snapshot::run(args),
         Command::Restore(args) => backup::restore::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

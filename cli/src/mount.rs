@@ -57,6 +57,10 @@ pub struct MountArgs {
     /// reachable, where a writer needs 4; writes fail with EROFS.
     #[arg(long)]
     read_only: bool,
+    /// How long to wait for enough nodes to answer (they may still be starting), saying how
+    /// many answer, before giving up.
+    #[arg(long, value_name = "DURATION", default_value = crate::wait::WAIT_DEFAULT, value_parser = humantime::parse_duration)]
+    wait: Duration,
     /// Empty directory to mount on; the volume appears as MOUNTPOINT/volume.
     #[arg(value_name = "MOUNTPOINT")]
     mountpoint: PathBuf,
@@ -97,7 +101,12 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let volume: Arc<Volume> = runtime
         .block_on(async {
             tokio::select! {
-                opened = Volume::open(options) => opened.map_err(anyhow::Error::from),
+                opened = crate::wait::retry(
+                    "mount",
+                    args.wait,
+                    sixfold_blockdev::VolumeError::is_unreachable,
+                    || Volume::open(options.clone()),
+                ) => opened.map_err(anyhow::Error::from),
                 () = interrupted() => Err(anyhow::anyhow!("interrupted by a signal")),
             }
         })

@@ -7,8 +7,6 @@ use anyhow::Context;
 use clap::Args;
 use sixfold_blockdev::ClusterConfig;
 
-use crate::laptop::state::CLUSTER_FILE_NAME;
-
 #[derive(Debug, Args)]
 #[command(
     about = "Show a volume's PGs, segments, SCLs, PGCL, VCL, VDL and unreachable nodes",
@@ -34,21 +32,36 @@ pub struct StatusArgs {
     /// a scrape wrapper): backup lag, archived LSN, VDL, node health.
     #[arg(long)]
     metrics: bool,
+    /// How long to wait for enough nodes to answer (they may still be starting).
+    #[arg(long, value_name = "DURATION", default_value = crate::wait::WAIT_DEFAULT, value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let cluster_file = match (&args.cluster, &args.state) {
-        (Some(file), _) => file.clone(),
-        (None, Some(state)) => state.join(CLUSTER_FILE_NAME),
-        (None, None) => anyhow::bail!("name the cluster with --cluster FILE or --state DIR"),
-    };
+    let cluster_file = crate::cluster::cluster_file(args.cluster.as_ref(), args.state.as_ref())?;
     let cluster = ClusterConfig::load(&cluster_file).context("load the cluster file")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
     let report = runtime
-        .block_on(sixfold_blockdev::status::collect(&cluster, &args.volume))
+        .block_on(async {
+            // Nodes still starting: wait for the metadata quorum, then report what answers.
+            let waited = crate::wait::retry("status", args.wait, Waiting::is_waiting, || async {
+                let report = sixfold_blockdev::status::collect(&cluster, &args.volume)
+                    .await
+                    .map_err(Waiting::Failed)?;
+                if report.metadata_unreachable {
+                    return Err(Waiting::Metadata(report));
+                }
+                Ok(report)
+            })
+            .await;
+            match waited {
+                Ok(report) | Err(Waiting::Metadata(report)) => Ok(report),
+                Err(Waiting::Failed(error)) => Err(error),
+            }
+        })
         .with_context(|| format!("collect the status of volume {}", args.volume))?;
     if args.json {
         let json = serde_json::to_string_pretty(&report).context("encode the status as JSON")?;
@@ -59,4 +72,33 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", report.render_text());
     }
     Ok(())
+}
+
+/// Why a status attempt is not final yet.
+enum Waiting {
+    /// The report could not be made at all.
+    Failed(sixfold_blockdev::VolumeError),
+    /// The volume's metadata nodes do not answer (yet): a report without the volume's PGs.
+    Metadata(sixfold_blockdev::status::StatusReport),
+}
+
+impl Waiting {
+    fn is_waiting(&self) -> bool {
+        matches!(self, Waiting::Metadata(_))
+    }
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Failed(error) => write!(f, "{error}"),
+            Waiting::Metadata(report) => {
+                write!(
+                    f,
+                    "{}",
+                    report.metadata_error.as_deref().unwrap_or("metadata")
+                )
+            }
+        }
+    }
 }

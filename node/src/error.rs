@@ -76,6 +76,9 @@ pub enum StoreError {
         action: &'static str,
         source: std::io::Error,
     },
+    /// A compare-and-set lost: the node holds another value for the version asked.
+    #[error("{0}")]
+    Conflict(String),
     #[error("the hot log failed earlier (write or fsync error); the node refuses writes until restarted")]
     LogFailed,
     #[error("the node's disk is full ({0}); appends resume when there is room")]
@@ -110,6 +113,7 @@ impl StoreError {
             },
             StoreError::NoRoom(m) => StoreError::NoRoom(m.clone()),
             StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
             StoreError::Fenced {
                 volume,
                 request,
@@ -192,9 +196,10 @@ impl StoreError {
         let message = self.to_string();
         match self {
             StoreError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            StoreError::Fenced { .. } | StoreError::Behind { .. } | StoreError::Folded { .. } => {
-                tonic::Status::failed_precondition(message)
-            }
+            StoreError::Fenced { .. }
+            | StoreError::Behind { .. }
+            | StoreError::Folded { .. }
+            | StoreError::Conflict(_) => tonic::Status::failed_precondition(message),
             StoreError::NotHosted { .. } => tonic::Status::not_found(message),
             StoreError::Corrupt { .. } => tonic::Status::data_loss(message),
             StoreError::Io { .. } => tonic::Status::internal(message),

@@ -27,14 +27,17 @@
 mod appender;
 mod archiver;
 mod checkpoint;
+mod durable;
 pub mod error;
 mod folder;
 pub mod frame;
 mod gossip;
 mod hotlog;
 mod hydrate;
+mod identity;
 pub mod index;
 mod meta;
+mod nodelist;
 mod pagestore;
 mod pagewrite;
 mod request;

@@ -12,8 +12,7 @@
 //! highest version, so one bad copy is not fatal).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -21,11 +20,11 @@ use sixfold_proto::wire::VolumeMeta;
 use tracing::{error, warn};
 
 use crate::error::NodeError;
-use crate::hotlog::sync_dir;
 use crate::request;
 
 const SUFFIX: &str = ".meta";
 const TEMP_SUFFIX: &str = ".meta.tmp";
+const _: () = assert!(TEMP_SUFFIX.len() == SUFFIX.len() + crate::durable::TEMP_SUFFIX.len());
 /// Longest volume name used verbatim as a file name (a 255-byte name plus a suffix would exceed
 /// the file-name limit of most file systems).
 const STEM_BYTES_MAX: usize = 200;
@@ -140,31 +139,15 @@ impl MetaStore {
     }
 }
 
-/// Writes `meta` to `dir` durably: temp file, fsync, rename, fsync the directory. The caller has
+/// Writes `meta` to `dir` durably ([`crate::durable::write_checked`]). The caller has
 /// validated the name (a file name by construction) and checked [`MetaStore::stale`].
 pub fn write_durable(dir: &Path, meta: &VolumeMeta) -> io::Result<()> {
-    let stem = file_stem(&meta.name);
-    let final_path = dir.join(format!("{stem}{SUFFIX}"));
-    let temp_path = dir.join(format!("{stem}{TEMP_SUFFIX}"));
-    let body = meta.encode_to_vec();
-    let mut bytes = Vec::with_capacity(4 + body.len());
-    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
-    let mut file = File::create(&temp_path)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temp_path, &final_path)?;
-    sync_dir(dir)
+    let name = format!("{}{SUFFIX}", file_stem(&meta.name));
+    crate::durable::write_checked(dir, &name, &meta.encode_to_vec())
 }
 
 fn decode(bytes: &[u8]) -> Option<VolumeMeta> {
-    let crc = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
-    let body = bytes.get(4..)?;
-    if crc32c::crc32c(body) != crc {
-        return None;
-    }
-    VolumeMeta::decode(body).ok()
+    VolumeMeta::decode(crate::durable::decode_checked(bytes)?).ok()
 }
 
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //! gRPC codes). Holds no state of its own; never panics on any input.
 
 use sixfold_archive::ObjectStore;
+use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::storage_node_server::StorageNode;
 use sixfold_proto::wire::{
     AppendRequest, AppendResponse, FetchPagesRequest, FetchPagesResponse, FetchRecordsRequest,
-    FetchRecordsResponse, GetVolumeMetaRequest, GetVolumeMetaResponse, NodeStatusRequest,
-    NodeStatusResponse, OpenSegmentRequest, OpenSegmentResponse, PageImage, PutVolumeMetaRequest,
+    FetchRecordsResponse, GetNodeListRequest, GetNodeListResponse, GetVolumeMetaRequest,
+    GetVolumeMetaResponse, NodeStatusRequest, NodeStatusResponse, OpenSegmentRequest,
+    OpenSegmentResponse, PageImage, PutNodeListRequest, PutNodeListResponse, PutVolumeMetaRequest,
     PutVolumeMetaResponse, ReadPageRequest, ReadPageResponse, RestoreSegmentProgress,
     RestoreSegmentRequest, SegmentRef, SegmentStateRequest, SegmentStateResponse, SegmentStatus,
     VolumeWriterState,
@@ -355,6 +357,34 @@ impl StorageNode for Service {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
+    async fn get_node_list(
+        &self,
+        _request: Request<GetNodeListRequest>,
+    ) -> Result<Response<GetNodeListResponse>, Status> {
+        let list = self.store.node_list().map(|l| l.to_wire());
+        Ok(Response::new(GetNodeListResponse { list }))
+    }
+
+    async fn put_node_list(
+        &self,
+        request: Request<PutNodeListRequest>,
+    ) -> Result<Response<PutNodeListResponse>, Status> {
+        let list = request
+            .into_inner()
+            .list
+            .ok_or_else(|| StoreError::InvalidArgument("request carries no node list".into()))
+            .and_then(|list| {
+                NodeList::from_wire(&list).map_err(|e| StoreError::InvalidArgument(e.to_string()))
+            })
+            .map_err(|e| status("PutNodeList", e))?;
+        let version = self
+            .store
+            .put_node_list(list)
+            .await
+            .map_err(|e| status("PutNodeList", e))?;
+        Ok(Response::new(PutNodeListResponse { version }))
+    }
+
     async fn node_status(
         &self,
         _request: Request<NodeStatusRequest>,
@@ -398,6 +428,8 @@ impl StorageNode for Service {
             archived_bytes,
             hot_log_bytes: snapshot.log_bytes,
             hot_log_written_bytes: snapshot.log_written_bytes,
+            node_id: self.store.node_id().0,
+            node_list_version: self.store.node_list().map_or(0, |l| l.version),
             page_store_bytes: snapshot.page_store_bytes,
             gap_fill_records: snapshot.gap_fill_records,
             gap_fill_bytes: snapshot.gap_fill_bytes,

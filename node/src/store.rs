@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use sixfold_proto::record;
 use sixfold_proto::wire::{Record, VolumeMeta};
-use sixfold_proto::{Epoch, Lsn, PageId, PAGE_SIZE, PG_PAGES};
+use sixfold_proto::{Epoch, Lsn, NodeId, PageId, PAGE_SIZE, PG_PAGES};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::error;
 
@@ -36,6 +36,7 @@ use crate::hotlog::{self, LogFiles};
 use crate::index::{Effect, Index, SegmentKey};
 use crate::lock;
 use crate::meta::MetaStore;
+use crate::nodelist::NodeListStore;
 use crate::pagestore::{PageImage, PageStore, Stored};
 use crate::request::PreparedRecord;
 use crate::segment::{Location, RecordMeta, Truncation};
@@ -102,6 +103,11 @@ pub struct Shared {
     /// Page stores of the segments that have folded, by segment.
     pub pages: Mutex<HashMap<SegmentKey, Arc<PageStore>>>,
     pub data_dir: PathBuf,
+    /// This node's stable id ([`crate::identity`]).
+    pub node_id: NodeId,
+    /// This node's copy of the cluster's node list. Locked only for in-memory work and the
+    /// small durable write of a put (off the async runtime).
+    pub node_list: Mutex<NodeListStore>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -232,6 +238,8 @@ impl Store {
             path: data_dir.to_owned(),
             source,
         })?;
+        let node_id = crate::identity::load_or_create(data_dir)?;
+        let node_list = NodeListStore::open(data_dir)?;
         let log_dir = data_dir.join("log");
         let mut index = Index::default();
         // The checkpoint and the page stores first: the log replays on top of them.
@@ -299,6 +307,8 @@ impl Store {
             archived_bytes: AtomicU64::new(0),
             pages: Mutex::new(pages.into_iter().map(|(k, (s, _))| (k, s)).collect()),
             data_dir: data_dir.to_owned(),
+            node_id,
+            node_list: Mutex::new(node_list),
         });
         let (jobs, receiver) = mpsc::channel(APPEND_QUEUE_JOBS_MAX);
         let appender = Appender::new(Arc::clone(&shared), writer);
@@ -873,6 +883,26 @@ impl Store {
     pub fn segment_state(&self, key: &SegmentKey) -> SegmentSummary {
         let index = lock(&self.shared.index);
         summarize(&index, key)
+    }
+
+    /// This node's stable id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// This node's copy of the cluster's node list.
+    pub fn node_list(&self) -> Option<sixfold_proto::nodes::NodeList> {
+        lock(&self.shared.node_list).get().cloned()
+    }
+
+    /// Keeps `list` if it is newer than the copy held ([`NodeListStore::put`]); returns the
+    /// version held afterwards.
+    pub async fn put_node_list(
+        &self,
+        list: sixfold_proto::nodes::NodeList,
+    ) -> Result<u64, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        blocking(move || lock(&shared.node_list).put(list)).await
     }
 
     #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod geometry;
 pub mod membership;
+pub mod nodes;
 pub mod placement;
 pub mod record;
 pub mod types;

@@ -201,6 +201,25 @@ impl Cluster {
         backup: Option<(&str, Option<&str>)>,
         options: &[&str],
     ) -> Result<Cluster> {
+        let mut cluster = Cluster::create_with(dir, count, backup, options)?;
+        for i in 0..count {
+            cluster.start_node(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster file and node directories of `count` nodes, none started yet
+    /// ([`Cluster::start_node`] starts them, in any order).
+    pub fn create(dir: &Path, count: usize) -> Result<Cluster> {
+        Cluster::create_with(dir, count, None, &[])
+    }
+
+    fn create_with(
+        dir: &Path,
+        count: usize,
+        backup: Option<(&str, Option<&str>)>,
+        options: &[&str],
+    ) -> Result<Cluster> {
         let azs = ["a", "b", "c"];
         let mut nodes = Vec::new();
         let mut toml = String::new();
@@ -228,16 +247,37 @@ impl Cluster {
         }
         let cluster_file = dir.join("cluster.toml");
         std::fs::write(&cluster_file, toml)?;
-        let mut cluster = Cluster {
+        Ok(Cluster {
             dir: dir.to_owned(),
             cluster_file,
             nodes,
             node_options,
-        };
-        for i in 0..count {
-            cluster.start_node(i)?;
-        }
-        Ok(cluster)
+        })
+    }
+
+    /// A new node in `az` that the cluster file does not list (for `sixfold cluster add`); not
+    /// started. Returns its index.
+    pub fn new_node(&mut self, az: &str) -> Result<usize> {
+        let i = self.nodes.len();
+        let ip = format!("127.0.0.{}", 10 + i);
+        let addr: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse()?;
+        self.nodes.push(Node {
+            addr,
+            az: az.to_string(),
+            data: self.dir.join(format!("node{i}")),
+            log: self.dir.join(format!("node{i}.log")),
+            child: None,
+        });
+        Ok(i)
+    }
+
+    /// `sixfold cluster ARGS... --cluster FILE`: its stdout, or an error with its stderr.
+    pub fn cluster_command(&self, args: &[&str]) -> Result<String> {
+        run(Command::new(sixfold_bin())
+            .arg("cluster")
+            .args(args)
+            .arg("--cluster")
+            .arg(&self.cluster_file))
     }
 
     /// Starts (or restarts) node `i` on its address and data directory; waits until it listens.
@@ -391,10 +431,23 @@ impl Mount {
         mountpoint: &Path,
         options: &[&str],
     ) -> Result<Mount> {
+        let mut mount = Mount::spawn(cluster, volume, size, mountpoint, options)?;
+        mount.wait_ready()?;
+        Ok(mount)
+    }
+
+    /// Starts `sixfold mount` without waiting for the volume file ([`Mount::wait_ready`]).
+    pub fn spawn(
+        cluster: &Cluster,
+        volume: &str,
+        size: &str,
+        mountpoint: &Path,
+        options: &[&str],
+    ) -> Result<Mount> {
         std::fs::create_dir_all(mountpoint)?;
         let log_path = cluster.dir.join(format!("mount-{volume}.log"));
         let log = File::options().create(true).append(true).open(&log_path)?;
-        let mut child = Command::new(sixfold_bin())
+        let child = Command::new(sixfold_bin())
             .args([
                 "mount",
                 "--volume",
@@ -417,29 +470,39 @@ impl Mount {
             .stderr(log)
             .spawn()
             .context("spawn sixfold mount")?;
-        let volume_file = mountpoint.join("volume");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!(
-                    "sixfold mount exited with {status}:\n{}",
-                    log_tail(&log_path, 30)
-                );
-            }
-            if std::fs::metadata(&volume_file).is_ok_and(|m| m.len() > 0) {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("volume file did not appear:\n{}", log_tail(&log_path, 30));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         Ok(Mount {
             mountpoint: mountpoint.to_owned(),
             log: log_path,
             child: Some(child),
         })
+    }
+
+    /// Waits (up to 60 s) until the volume file is served; fails if the mount exits first.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let volume_file = self.mountpoint.join("volume");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    bail!(
+                        "sixfold mount exited with {status}:\n{}",
+                        log_tail(&self.log, 30)
+                    );
+                }
+            }
+            if std::fs::metadata(&volume_file).is_ok_and(|m| m.len() > 0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                bail!("volume file did not appear:\n{}", log_tail(&self.log, 30));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn volume_path(&self) -> PathBuf {

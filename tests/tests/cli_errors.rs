@@ -66,6 +66,8 @@ fn unreachable_nodes_are_named() {
         file.to_str().expect("utf8"),
         "--volume",
         "v",
+        "--wait",
+        "3s",
         mnt.to_str().expect("utf8"),
     ]);
     assert!(!output.status.success());
@@ -75,8 +77,13 @@ fn unreachable_nodes_are_named() {
         "names an unreachable node: {message}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "fails in bounded time"
+        message.contains("waiting for nodes") && message.contains("only 0 of the 6"),
+        "says it waits, and how many answer: {message}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(30),
+        "waits about --wait, then fails: {elapsed:?}"
     );
 }
 

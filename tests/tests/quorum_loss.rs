@@ -41,12 +41,12 @@ fn three_segments_recover_for_reading_and_four_for_writing() -> Result<()> {
     for i in [0, 2, 4] {
         cluster.kill_node(i);
     }
-    let refused = Mount::start(&cluster, "q", "1G", &mnt)
+    let refused = Mount::start_with(&cluster, "q", "1G", &mnt, &["--wait", "1s"])
         .err()
         .context("a writer must not open with 3 of 6 segments")?;
     let message = format!("{refused:#}");
     ensure!(
-        message.contains("only 3 of 6") && message.contains("--read-only"),
+        message.contains("only 3 of the 6") && message.contains("--read-only"),
         "the refusal explains the quorum loss and what still works: {message}"
     );
 
