@@ -35,6 +35,14 @@ pub enum VolumeError {
         needed: usize,
         detail: String,
     },
+    /// A segment of the PG holds a newer membership than the one the writer used: a membership
+    /// change is under way; reading the metadata again gives the new one.
+    #[error("volume {volume}: {pg}'s membership changed ({detail}); reading it again")]
+    MembershipChanged {
+        volume: String,
+        pg: PgId,
+        detail: String,
+    },
     #[error("volume {volume}: no segment of {pg} could serve a read at LSN {lsn}: {detail}")]
     ReadUnavailable {
         volume: String,
@@ -52,6 +60,14 @@ pub enum VolumeError {
         needed: usize,
         detail: String,
     },
+    /// The cluster's node list could not be read (or made from the cluster file).
+    #[error("volume {volume}: the cluster's node list: {detail}")]
+    Cluster {
+        volume: String,
+        /// Too few nodes answered (waiting could help).
+        unreachable: bool,
+        detail: String,
+    },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("volume is closed")]
@@ -66,7 +82,13 @@ impl VolumeError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            VolumeError::MetaUnreachable { .. } | VolumeError::QuorumLost { .. }
+            VolumeError::MetaUnreachable { .. }
+                | VolumeError::QuorumLost { .. }
+                | VolumeError::MembershipChanged { .. }
+                | VolumeError::Cluster {
+                    unreachable: true,
+                    ..
+                }
         )
     }
 }

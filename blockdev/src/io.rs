@@ -357,9 +357,8 @@ impl Volume {
                 let mut candidates: Vec<(bool, bool, bool, u64, String)> = queue
                     .segments
                     .iter()
-                    .enumerate()
-                    .map(|(index, link)| {
-                        let caught_up = chain.scls[index] >= required_scl;
+                    .map(|link| {
+                        let caught_up = chain.scl(link.node) >= required_scl;
                         let same_az = shared.az.as_deref() == Some(link.az.as_str());
                         (
                             !caught_up,

@@ -9,16 +9,19 @@
 //! - `next_lsn - 1 - vdl <= lal`: the writer never allocates more than LAL LSNs beyond VDL.
 //! - every record at or below VCL is at write quorum in its PG (`lsn <= pgcl(pg)`), and every
 //!   record above it is still in `pending`, in LSN order.
+//! - a PG's PGCL is at least what its membership's quorum rule gives for the acknowledged SCLs
+//!   ([`Membership::pgcl`]), and never decreases: after a membership change the rule may give
+//!   less for a while (a new member starts at 0), but records counted durable under the old
+//!   membership stay durable (see `sixfold_proto::membership`).
 //! - VDL is a consistency point (the end of some write request) or the recovery start point.
 //!
 //! Consistency points: every write request ends at a CPL, so VDL tracks VCL at write-request
 //! granularity; a flush waits for VDL to pass the last LSN allocated before it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use sixfold_proto::{Lsn, PgId, COPIES};
-
-use crate::quorum;
+use sixfold_proto::membership::Membership;
+use sixfold_proto::{Lsn, NodeId, PgId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LalExceeded {
@@ -31,10 +34,34 @@ pub struct LalExceeded {
 pub struct PgLedger {
     /// Last LSN allocated in this PG: the backlink of its next record. Never decreases.
     pub tail: Lsn,
-    /// SCL acknowledged by each of the six segments. Each never decreases.
-    pub scls: [Lsn; COPIES],
-    /// The 4th highest of `scls`. Never decreases.
+    /// The PG's membership: which nodes hold its segments, what counts as a quorum.
+    pub membership: Membership,
+    /// SCL acknowledged by each node of the membership. Each never decreases.
+    pub scls: BTreeMap<NodeId, Lsn>,
+    /// The highest LSN a write quorum of the membership holds ([`Membership::pgcl`]). Never
+    /// decreases.
     pub pgcl: Lsn,
+}
+
+impl PgLedger {
+    /// The SCL `node` acknowledged (0 for a node that is not a member).
+    pub fn scl(&self, node: NodeId) -> Lsn {
+        self.scls.get(&node).copied().unwrap_or(Lsn::ZERO)
+    }
+
+    /// The lowest SCL among the membership's nodes.
+    pub fn lowest_scl(&self) -> Lsn {
+        self.membership
+            .nodes()
+            .iter()
+            .map(|n| self.scl(*n))
+            .min()
+            .unwrap_or(Lsn::ZERO)
+    }
+
+    fn quorum_point(&self) -> Lsn {
+        self.membership.pgcl(|n| self.scl(n))
+    }
 }
 
 #[derive(Debug)]
@@ -70,10 +97,41 @@ impl Ledger {
         }
     }
 
-    /// Registers a PG whose chain ends at `tail`, with the segments' known SCLs.
-    pub fn add_pg(&mut self, pg: PgId, tail: Lsn, scls: [Lsn; COPIES]) {
-        let pgcl = quorum::pgcl(&scls);
-        self.pgs.insert(pg, PgLedger { tail, scls, pgcl });
+    /// Registers a PG whose chain ends at `tail`, with its membership and the SCLs its nodes
+    /// are known to hold.
+    pub fn add_pg(
+        &mut self,
+        pg: PgId,
+        tail: Lsn,
+        membership: Membership,
+        scls: BTreeMap<NodeId, Lsn>,
+    ) {
+        let mut chain = PgLedger {
+            tail,
+            membership,
+            scls,
+            pgcl: Lsn::ZERO,
+        };
+        chain
+            .scls
+            .retain(|node, _| chain.membership.contains(*node));
+        chain.pgcl = chain.quorum_point().min(tail);
+        self.pgs.insert(pg, chain);
+    }
+
+    /// The PG moved to `membership` (a membership change step): nodes that left it no longer
+    /// count, new ones start at SCL 0. The PGCL does not fall (module docs). Returns true when
+    /// VDL advanced (a step that drops a lagging configuration can raise the PGCL).
+    pub fn set_membership(&mut self, pg: PgId, membership: Membership) -> bool {
+        let Some(chain) = self.pgs.get_mut(&pg) else {
+            return false;
+        };
+        chain.membership = membership;
+        chain
+            .scls
+            .retain(|node, _| chain.membership.contains(*node));
+        chain.pgcl = chain.pgcl.max(chain.quorum_point().min(chain.tail));
+        self.advance()
     }
 
     pub fn has_pg(&self, pg: PgId) -> bool {
@@ -142,19 +200,19 @@ impl Ledger {
         self.advance();
     }
 
-    /// A segment (index `segment` of the PG's six) acknowledged that it holds the PG's chain up to
-    /// `scl`. Returns true when VDL advanced.
-    pub fn handle_ack(&mut self, pg: PgId, segment: usize, scl: Lsn) -> bool {
+    /// The segment on `node` acknowledged that it holds the PG's chain up to `scl`. Returns
+    /// true when VDL advanced. Acknowledgements of nodes outside the membership are ignored.
+    pub fn handle_ack(&mut self, pg: PgId, node: NodeId, scl: Lsn) -> bool {
         let Some(chain) = self.pgs.get_mut(&pg) else {
             return false;
         };
-        if segment >= COPIES || scl <= chain.scls[segment] {
+        if !chain.membership.contains(node) || scl <= chain.scl(node) {
             return false;
         }
         // A segment cannot hold more of the chain than was allocated.
         let scl = scl.min(chain.tail);
-        chain.scls[segment] = scl;
-        chain.pgcl = quorum::pgcl(&chain.scls);
+        chain.scls.insert(node, scl);
+        chain.pgcl = chain.pgcl.max(chain.quorum_point());
         self.advance()
     }
 
@@ -207,8 +265,9 @@ impl Ledger {
             assert!(*cpl > self.vdl);
         }
         for chain in self.pgs.values() {
-            assert_eq!(chain.pgcl, quorum::pgcl(&chain.scls));
+            assert!(chain.pgcl >= chain.quorum_point().min(chain.tail));
             assert!(chain.pgcl <= chain.tail);
+            assert!(chain.scls.keys().all(|n| chain.membership.contains(*n)));
         }
     }
 }
@@ -221,10 +280,19 @@ mod tests {
     const PG0: PgId = PgId(0);
     const PG1: PgId = PgId(1);
 
+    /// Nodes 1..=6: segment i of the tests is on node i + 1.
+    fn membership() -> Membership {
+        Membership::new((1..=6).map(NodeId).collect()).expect("valid")
+    }
+
+    fn n(segment: usize) -> NodeId {
+        NodeId(segment as u64 + 1)
+    }
+
     fn ledger() -> Ledger {
         let mut ledger = Ledger::new(Lsn::ZERO, 8);
-        ledger.add_pg(PG0, Lsn::ZERO, [Lsn::ZERO; COPIES]);
-        ledger.add_pg(PG1, Lsn::ZERO, [Lsn::ZERO; COPIES]);
+        ledger.add_pg(PG0, Lsn::ZERO, membership(), BTreeMap::new());
+        ledger.add_pg(PG1, Lsn::ZERO, membership(), BTreeMap::new());
         ledger
     }
 
@@ -235,10 +303,10 @@ mod tests {
         assert_eq!((lsn, backlink), (Lsn(1), Lsn(0)));
         l.mark_cpl(lsn);
         for segment in 0..3 {
-            assert!(!l.handle_ack(PG0, segment, lsn));
+            assert!(!l.handle_ack(PG0, n(segment), lsn));
             assert_eq!(l.vdl(), Lsn(0));
         }
-        assert!(l.handle_ack(PG0, 3, lsn));
+        assert!(l.handle_ack(PG0, n(3), lsn));
         assert_eq!(l.vdl(), Lsn(1));
         l.check_invariants();
     }
@@ -258,13 +326,40 @@ mod tests {
         let (b, _) = l.allocate(PG1).expect("a");
         l.mark_cpl(b);
         for s in 0..4 {
-            l.handle_ack(PG1, s, b);
+            l.handle_ack(PG1, n(s), b);
         }
         assert_eq!(l.vcl(), Lsn(0), "PG0's record 1 is not durable yet");
         for s in 0..4 {
-            l.handle_ack(PG0, s, a);
+            l.handle_ack(PG0, n(s), a);
         }
         assert_eq!((l.vcl(), l.vdl()), (b, b));
+        l.check_invariants();
+    }
+
+    /// F (node 6) replaced by G (node 7): a record needs 4 of ABCDEF and 4 of ABCDEG; what was
+    /// durable before the change stays durable though G starts at 0.
+    #[test]
+    fn a_membership_change_counts_both_configurations_and_never_lowers_the_pgcl() {
+        let mut l = ledger();
+        let (a, _) = l.allocate(PG0).expect("a");
+        l.mark_cpl(a);
+        for s in 0..4 {
+            l.handle_ack(PG0, n(s), a);
+        }
+        assert_eq!(l.vdl(), a);
+        let replacing = membership().begin(NodeId(6), NodeId(7)).expect("begin");
+        l.set_membership(PG0, replacing.clone());
+        assert_eq!(l.pg(PG0).map(|c| c.pgcl), Some(a), "durable stays durable");
+        let (b, _) = l.allocate(PG0).expect("b");
+        l.mark_cpl(b);
+        for node in [1, 2, 3, 6] {
+            l.handle_ack(PG0, NodeId(node), b);
+        }
+        assert_eq!(l.vdl(), a, "4 of ABCDEF, 3 of ABCDEG");
+        l.handle_ack(PG0, NodeId(7), b);
+        assert_eq!(l.vdl(), b, "G's acknowledgement makes 4 of both");
+        l.set_membership(PG0, replacing.complete(NodeId(7)).expect("complete"));
+        assert!(!l.handle_ack(PG0, NodeId(6), b), "F no longer counts");
         l.check_invariants();
     }
 
@@ -277,7 +372,7 @@ mod tests {
         assert!(l.allocate(PG0).is_err());
         l.mark_cpl(Lsn(8));
         for s in 0..4 {
-            l.handle_ack(PG0, s, Lsn(8));
+            l.handle_ack(PG0, n(s), Lsn(8));
         }
         assert!(l.allocate(PG0).is_ok());
         l.check_invariants();
@@ -292,7 +387,7 @@ mod tests {
             let mut l = Ledger::new(Lsn::ZERO, 32);
             let pgs = [PgId(0), PgId(1), PgId(2)];
             for pg in pgs {
-                l.add_pg(pg, Lsn::ZERO, [Lsn::ZERO; COPIES]);
+                l.add_pg(pg, Lsn::ZERO, membership(), BTreeMap::new());
             }
             // Reference: per PG, list of lsns; per segment the highest contiguous prefix it holds.
             let mut records: HashMap<PgId, Vec<Lsn>> = HashMap::new();
@@ -308,12 +403,12 @@ mod tests {
                     }
                 } else {
                     let pg = pgs[rng.random_range(0..pgs.len())];
-                    let segment = rng.random_range(0..COPIES);
+                    let segment = rng.random_range(0..6);
                     let list = records.entry(pg).or_default();
                     let count = held.entry((pg, segment)).or_default();
                     if *count < list.len() {
                         *count += rng.random_range(1..=list.len() - *count);
-                        l.handle_ack(pg, segment, list[*count - 1]);
+                        l.handle_ack(pg, n(segment), list[*count - 1]);
                     }
                 }
                 l.check_invariants();
@@ -321,7 +416,7 @@ mod tests {
                 for (pg, list) in &records {
                     for (index, lsn) in list.iter().enumerate() {
                         if *lsn <= l.vdl() {
-                            let holders = (0..COPIES)
+                            let holders = (0..6)
                                 .filter(|s| held.get(&(*pg, *s)).copied().unwrap_or(0) > index)
                                 .count();
                             assert!(

@@ -33,6 +33,14 @@
 //!    to a tail the survivors hold.
 //! 4. New LSNs start above every LSN seen plus LAL (the old writer could not have allocated more).
 //!
+//! **Quorums under a membership change.** "4 of 6" above means a write quorum of the PG's
+//! membership (4 members of every configuration, see `sixfold_proto::membership`), and "3
+//! complete answers" a read quorum of it (3 of every configuration): a record durable before a
+//! replacement began sits on 4 of the old configuration only. A segment holding a newer
+//! membership than the metadata's refuses the seal ("stale membership"); recovery then fails
+//! with [`VolumeError::MembershipChanged`], and the mount reads the metadata again (a change's
+//! driver records each step in the metadata once a write quorum holds it).
+//!
 //! No resurrection: every Append of this writer carries the PG's truncations (the history and its
 //! own), and a segment applies those it missed before anything else in the Append; peers pass
 //! theirs along with gap-fill records. So a segment that was away during this recovery (or an
@@ -45,13 +53,16 @@
 //! own arrives (its OpenSegment, Appends, or the `learn` of its SegmentState), so the state this
 //! recovery read does not change under it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sixfold_proto::membership::Membership;
+use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::{
     OpenSegmentRequest, SegmentRef, SegmentStateRequest, Truncation, VolumeMeta,
 };
-use sixfold_proto::{Epoch, Lsn, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId, READ_QUORUM, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
 
@@ -64,13 +75,80 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE_POLL: Duration = Duration::from_millis(20);
 
+/// A PG's membership with the address of each of its nodes.
+#[derive(Debug, Clone)]
+pub struct PgNodes {
+    pub membership: Membership,
+    /// The address of every node of the membership.
+    pub addrs: BTreeMap<NodeId, String>,
+}
+
+impl PgNodes {
+    /// The nodes of the membership and their addresses, in the membership's order.
+    pub fn list(&self) -> Vec<(NodeId, String)> {
+        self.membership
+            .nodes()
+            .into_iter()
+            .map(|n| (n, self.addrs.get(&n).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The addresses of the membership's nodes, in its order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.list().into_iter().map(|(_, addr)| addr).collect()
+    }
+
+    /// A PG's nodes as the volume metadata records them: its membership, each node found in
+    /// the cluster's node list (or, for a placement from before memberships, by address).
+    pub fn resolve(
+        volume: &str,
+        placement: &sixfold_proto::wire::PgPlacement,
+        list: &NodeList,
+    ) -> Result<PgNodes, VolumeError> {
+        let invalid = |detail: String| VolumeError::Meta {
+            volume: volume.to_owned(),
+            detail: format!("PG {}: {detail}", placement.pg),
+        };
+        let membership = match &placement.membership {
+            Some(wire) => Membership::from_wire(wire).map_err(|e| invalid(e.to_string()))?,
+            None => {
+                let ids = placement
+                    .nodes
+                    .iter()
+                    .map(|addr| {
+                        list.at(addr)
+                            .map(|n| n.id)
+                            .ok_or_else(|| invalid(format!("node {addr} is not in the cluster")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Membership::new(ids).map_err(|e| invalid(e.to_string()))?
+            }
+        };
+        let mut addrs = BTreeMap::new();
+        for node in membership.nodes() {
+            let addr = match list.get(node) {
+                Some(record) => record.addr.clone(),
+                None => {
+                    // A node the list does not know: the placement's own address for it.
+                    let position = membership.nodes().iter().position(|n| *n == node);
+                    position
+                        .and_then(|p| placement.nodes.get(p).cloned())
+                        .ok_or_else(|| invalid(format!("{node} is not in the cluster")))?
+                }
+            };
+            addrs.insert(node, addr);
+        }
+        Ok(PgNodes { membership, addrs })
+    }
+}
+
 /// What recovery learned about one PG.
 #[derive(Debug, Clone)]
 pub struct RecoveredPg {
     pub pg: PgId,
-    pub nodes: Vec<String>,
+    pub nodes: PgNodes,
     pub tail: Lsn,
-    pub scls: [Lsn; COPIES],
+    pub scls: BTreeMap<NodeId, Lsn>,
     pub max_lsn_seen: Lsn,
     /// Every truncation of the PG, this recovery's last, in ascending epoch order: sent with
     /// every Append.
@@ -82,7 +160,7 @@ pub async fn recover_pg(
     clients: &Arc<Clients>,
     volume: &str,
     pg: PgId,
-    nodes: Vec<String>,
+    nodes: PgNodes,
     epoch: Epoch,
     read_only: bool,
 ) -> Result<RecoveredPg, VolumeError> {
@@ -92,25 +170,35 @@ pub async fn recover_pg(
         volume: volume.to_owned(),
         pg: pg.0,
     };
+    let membership = nodes.membership.clone();
+    let wire_membership = Some(membership.to_wire());
+    let members = nodes.list();
+    let addrs = nodes.addresses();
+    let node_at = |index: usize| members[index].0;
     // Segment states from every node.
-    let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
+    let answers = ask_all(clients, &addrs, RECOVERY_TIMEOUT, |mut client| {
         let request = SegmentStateRequest {
             segment: Some(segment.clone()),
             seal_epoch,
             learn: Vec::new(),
+            membership: wire_membership.clone(),
         };
         async move { client.segment_state(request).await }
     })
     .await;
-    let mut answered = 0;
-    let mut states = Vec::new();
+    let mut states: Vec<(NodeId, String, (Lsn, Vec<Truncation>))> = Vec::new();
     let mut max_lsn_seen = Lsn::ZERO;
     let mut failures = Vec::new();
-    for Answer { addr, result, .. } in answers {
+    let mut stale = false;
+    for Answer {
+        index,
+        addr,
+        result,
+    } in answers
+    {
         match result {
             Ok(state) => {
-                answered += 1;
-                states.push((addr, (Lsn(state.scl), state.truncations)));
+                states.push((node_at(index), addr, (Lsn(state.scl), state.truncations)));
                 max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
                 if state.epoch > epoch.0 && !read_only {
                     return Err(VolumeError::Fenced {
@@ -119,53 +207,79 @@ pub async fn recover_pg(
                     });
                 }
             }
-            Err(error) => failures.push(format!("{addr}: {error}")),
+            Err(error) => {
+                stale |= error.contains("stale membership");
+                failures.push(format!("{addr}: {error}"))
+            }
         }
     }
-    // Sealed at a write quorum: the old writer can no longer gather 4 acknowledgements, and
-    // every record it did gather 4 for is held by one of these answers (4 + 4 > 6; 3 would do
-    // for that alone).
-    if !read_only && answered < WRITE_QUORUM && failures.iter().any(|f| f.contains("fenced")) {
+    let answered = |states: &[(NodeId, String, (Lsn, Vec<Truncation>))]| {
+        let set: Vec<NodeId> = states.iter().map(|(n, _, _)| *n).collect();
+        move |node: NodeId| set.contains(&node)
+    };
+    // Sealed at a write quorum: the old writer can no longer gather a write quorum, and every
+    // record it did gather one for is held by one of these answers (4 + 4 > 6, in every
+    // configuration; 3 would do for that alone).
+    let sealed = if read_only {
+        membership.is_read_quorum(answered(&states))
+    } else {
+        membership.is_write_quorum(answered(&states))
+    };
+    if !sealed && stale {
+        return Err(VolumeError::MembershipChanged {
+            volume: volume.to_owned(),
+            pg,
+            detail: failures.join("; "),
+        });
+    }
+    if !read_only && !sealed && failures.iter().any(|f| f.contains("fenced")) {
         // A newer writer sealed these segments first.
         return Err(VolumeError::Fenced {
             volume: volume.to_owned(),
             epoch,
         });
     }
-    let needed = if read_only { READ_QUORUM } else { WRITE_QUORUM };
-    if answered < needed {
-        let detail = if read_only {
-            format!("reading the PG's state: {}", failures.join("; "))
+    if !sealed {
+        let (needed, detail) = if read_only {
+            (
+                READ_QUORUM,
+                format!("reading the PG's state: {}", failures.join("; ")),
+            )
         } else {
-            format!(
-                "sealing the PG in the new epoch; with 3 reachable, `sixfold mount --read-only` \
-                 can still read the volume: {}",
-                failures.join("; ")
+            (
+                WRITE_QUORUM,
+                format!(
+                    "sealing the PG in the new epoch; with 3 reachable, `sixfold mount \
+                     --read-only` can still read the volume: {}",
+                    failures.join("; ")
+                ),
             )
         };
         return Err(VolumeError::QuorumLost {
             volume: volume.to_owned(),
             pg,
-            reachable: answered,
+            reachable: states.len(),
             needed,
             detail,
         });
     }
     // Answers that missed a truncation another one shows learn it and answer again.
-    let view = |states: &[(String, (Lsn, Vec<Truncation>))]| -> Vec<(Lsn, Vec<Truncation>)> {
-        states.iter().map(|(_, state)| state.clone()).collect()
-    };
+    let view =
+        |states: &[(NodeId, String, (Lsn, Vec<Truncation>))]| -> Vec<(Lsn, Vec<Truncation>)> {
+            states.iter().map(|(_, _, state)| state.clone()).collect()
+        };
     for _ in 0..3 {
         let sealed = chain_tail(&view(&states));
         if sealed.incomplete.is_empty() {
             break;
         }
         for position in sealed.incomplete.into_iter().rev() {
-            let addr = states[position].0.clone();
+            let addr = states[position].1.clone();
             let request = SegmentStateRequest {
                 segment: Some(segment.clone()),
                 seal_epoch,
                 learn: sealed.history.clone(),
+                membership: wire_membership.clone(),
             };
             let answer = match clients.get(&addr) {
                 Ok(mut client) => {
@@ -180,7 +294,7 @@ pub async fn recover_pg(
                 Some(state) => {
                     let state = state.into_inner();
                     max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
-                    states[position].1 = (Lsn(state.scl), state.truncations);
+                    states[position].2 = (Lsn(state.scl), state.truncations);
                 }
                 None => {
                     states.remove(position);
@@ -193,34 +307,36 @@ pub async fn recover_pg(
         mut history,
         incomplete,
     } = chain_tail(&view(&states));
-    if !read_only && states.len() == COPIES && incomplete.is_empty() {
-        // All six segments applied every earlier truncation: none can still hold what those
+    if !read_only && states.len() == members.len() && incomplete.is_empty() {
+        // Every segment applied every earlier truncation: none can still hold what those
         // dropped, so this recovery's own truncation is the whole history from now on. (Lists
         // would otherwise grow by one entry per mount and travel with every Append.)
         history.clear();
     }
-    let complete = states.len() - incomplete.len();
-    if complete < READ_QUORUM {
+    let complete: Vec<(NodeId, Lsn)> = states
+        .iter()
+        .enumerate()
+        .filter(|(position, _)| !incomplete.contains(position))
+        .map(|(_, (node, _, (scl, _)))| (*node, *scl))
+        .collect();
+    if !membership.is_read_quorum(|n| complete.iter().any(|(c, _)| *c == n)) {
         return Err(VolumeError::QuorumLost {
             volume: volume.to_owned(),
             pg,
-            reachable: complete,
+            reachable: complete.len(),
             needed: READ_QUORUM,
-            detail: "sealed segments that applied every earlier truncation".into(),
+            detail: "sealed segments that applied every earlier truncation, 3 in every \
+                     configuration of the PG's membership"
+                .into(),
         });
     }
     if read_only {
         // The read point is the tail; the complete answers at it can serve reads.
-        let mut scls = [Lsn::ZERO; COPIES];
-        for (position, (addr, (scl, _))) in states.iter().enumerate() {
-            if let (false, Some(index)) = (
-                incomplete.contains(&position),
-                nodes.iter().position(|n| n == addr),
-            ) {
-                scls[index] = (*scl).min(tail);
-            }
-        }
-        info!(volume, %pg, %tail, answered, complete, "recovered PG for reading");
+        let scls = complete
+            .iter()
+            .map(|(node, scl)| (*node, (*scl).min(tail)))
+            .collect();
+        info!(volume, %pg, %tail, answered = states.len(), complete = complete.len(), "recovered PG for reading");
         return Ok(RecoveredPg {
             pg,
             nodes,
@@ -231,19 +347,19 @@ pub async fn recover_pg(
         });
     }
     // Apply the history, adopt the epoch and truncate beyond the tail at a write quorum.
-    let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
+    let answers = ask_all(clients, &addrs, RECOVERY_TIMEOUT, |mut client| {
         let request = OpenSegmentRequest {
             segment: Some(segment.clone()),
             epoch: epoch.0,
             truncate_after: tail.0,
             history: history.clone(),
-            peers: nodes.clone(),
+            peers: addrs.clone(),
+            membership: wire_membership.clone(),
         };
         async move { client.open_segment(request).await }
     })
     .await;
-    let mut scls = [Lsn::ZERO; COPIES];
-    let mut opened = 0;
+    let mut scls: BTreeMap<NodeId, Lsn> = BTreeMap::new();
     let mut failures = Vec::new();
     for Answer {
         index,
@@ -253,36 +369,47 @@ pub async fn recover_pg(
     {
         match result {
             Ok(response) => {
-                opened += 1;
-                scls[index] = Lsn(response.scl).min(tail);
+                scls.insert(node_at(index), Lsn(response.scl).min(tail));
             }
             Err(error) => failures.push(format!("{addr}: {error}")),
         }
     }
-    if opened < WRITE_QUORUM {
+    if !membership.is_write_quorum(|n| scls.contains_key(&n)) {
         return Err(VolumeError::QuorumLost {
             volume: volume.to_owned(),
             pg,
-            reachable: opened,
+            reachable: scls.len(),
             needed: WRITE_QUORUM,
             detail: format!("opening segments in the new epoch: {}", failures.join("; ")),
         });
     }
     // The kept chain may sit whole on one segment only (records no flush covered, that reached
     // few segments before the old writer died). This writer treats it as durable from the start
-    // (its VDL starts above it), so it waits until 4 segments hold it: they gap-fill from the
-    // holder, told the tail by OpenSegment. Found by the simulation: a flush returning right
+    // (its VDL starts above it), so it waits until a write quorum holds it: they gap-fill from
+    // the holder, told the tail by OpenSegment. Found by the simulation: a flush returning right
     // after recovery, then a second recovery that did not hear from the holder, lost it.
     let settle_started = Instant::now();
+    let holding = |scls: &BTreeMap<NodeId, Lsn>| {
+        let holders: Vec<NodeId> = scls
+            .iter()
+            .filter(|(_, scl)| **scl >= tail)
+            .map(|(n, _)| *n)
+            .collect();
+        (
+            membership.is_write_quorum(|n| holders.contains(&n)),
+            holders.len(),
+        )
+    };
     loop {
-        if scls.iter().filter(|scl| **scl >= tail).count() >= WRITE_QUORUM {
+        let (quorum, held_by) = holding(&scls);
+        if quorum {
             break;
         }
         if settle_started.elapsed() > SETTLE_TIMEOUT {
             return Err(VolumeError::QuorumLost {
                 volume: volume.to_owned(),
                 pg,
-                reachable: scls.iter().filter(|scl| **scl >= tail).count(),
+                reachable: held_by,
                 needed: WRITE_QUORUM,
                 detail: format!(
                     "segments holding the recovered chain up to {tail} after {SETTLE_TIMEOUT:?} \
@@ -292,11 +419,12 @@ pub async fn recover_pg(
         }
         tokio::time::sleep(SETTLE_POLL).await;
         // A plain question (no seal: nothing to harden on the nodes at every poll).
-        let answers = ask_all(clients, &nodes, RECOVERY_TIMEOUT, |mut client| {
+        let answers = ask_all(clients, &addrs, RECOVERY_TIMEOUT, |mut client| {
             let request = SegmentStateRequest {
                 segment: Some(segment.clone()),
                 seal_epoch: 0,
                 learn: Vec::new(),
+                membership: wire_membership.clone(),
             };
             async move { client.segment_state(request).await }
         })
@@ -310,13 +438,15 @@ pub async fn recover_pg(
                     .iter()
                     .any(|t| t.epoch == epoch.0 && t.truncate_after == tail.0)
                 {
-                    scls[index] = scls[index].max(Lsn(state.scl).min(tail));
+                    let scl = scls.entry(node_at(index)).or_default();
+                    *scl = (*scl).max(Lsn(state.scl).min(tail));
                 }
             }
         }
     }
     info!(
-        volume, %pg, %tail, answered, opened, earlier_truncations = history.len(),
+        volume, %pg, %tail, answered = states.len(), opened = scls.len(),
+        earlier_truncations = history.len(),
         settle_ms = settle_started.elapsed().as_millis() as u64, "recovered PG"
     );
     let mut truncations = history;
@@ -339,24 +469,15 @@ pub async fn recover_pg(
 pub async fn recover_all(
     clients: &Arc<Clients>,
     meta: &VolumeMeta,
+    list: &NodeList,
     epoch: Epoch,
     read_only: bool,
 ) -> Result<Vec<RecoveredPg>, VolumeError> {
     let mut tasks = JoinSet::new();
     for placement in &meta.pgs {
-        if placement.nodes.len() != COPIES {
-            return Err(VolumeError::Meta {
-                volume: meta.name.clone(),
-                detail: format!(
-                    "PG {} lists {} nodes, expected {COPIES}",
-                    placement.pg,
-                    placement.nodes.len()
-                ),
-            });
-        }
+        let nodes = PgNodes::resolve(&meta.name, placement, list)?;
         let clients = clients.clone();
         let volume = meta.name.clone();
-        let nodes = placement.nodes.clone();
         let pg = PgId(placement.pg);
         tasks
             .spawn(async move { recover_pg(&clients, &volume, pg, nodes, epoch, read_only).await });

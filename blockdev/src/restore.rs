@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sixfold_proto::cluster::ClusterConfig;
+use sixfold_proto::membership::Membership;
 use sixfold_proto::placement;
 use sixfold_proto::wire::{PgPlacement, RestoreSegmentRequest, SegmentRef, VolumeMeta};
 use sixfold_proto::{Lsn, PgId, PAGE_SIZE, WRITE_QUORUM};
@@ -92,19 +93,35 @@ pub async fn restore(
             format!("already exists ({what}); restore into a new name"),
         ));
     }
+    let list = crate::nodes::current(&clients, cluster)
+        .await
+        .map_err(|e| {
+            failed(
+                &request.volume,
+                format!("read the cluster's node list: {e}"),
+            )
+        })?;
     let mut placements = Vec::new();
     for source in &request.pgs {
-        let nodes = placement::place(cluster, &placement::pg_key(&request.volume, source.pg.0))
-            .ok_or_else(|| {
-                failed(
-                    &request.volume,
-                    "the cluster has too few AZs or nodes to place a PG".into(),
-                )
-            })?;
+        let too_few = || {
+            failed(
+                &request.volume,
+                "the cluster has too few AZs with 2 active nodes to place a PG".into(),
+            )
+        };
+        let ids = placement::place_ids(&list, &placement::pg_key(&request.volume, source.pg.0))
+            .ok_or_else(too_few)?;
+        let membership = Membership::new(ids).map_err(|_| too_few())?;
+        let nodes = membership
+            .nodes()
+            .iter()
+            .map(|n| list.get(*n).map(|r| r.addr.clone()).ok_or_else(too_few))
+            .collect::<Result<Vec<_>, _>>()?;
         placements.push(PgPlacement {
             pg: source.pg.0,
             nodes,
             membership_epoch: 0,
+            membership: Some(membership.to_wire()),
         });
     }
     let mut volume_meta = VolumeMeta {

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sixfold_proto::wire::{AppendRequest, SegmentRef};
-use sixfold_proto::{Lsn, PgId};
+use sixfold_proto::{Lsn, NodeId, PgId};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, trace, warn};
 
+use crate::refusal::{self, Refusal};
 use crate::shared::{Hints, Queued, Shared, SEGMENT_BACKOFF_MAX};
 use crate::stream::{AppendStream, InFlight};
 
@@ -39,9 +40,11 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A batch not acknowledged within this time counts as failed.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn spawn_senders(shared: &Arc<Shared>, pg: PgId, segments: usize) {
-    for index in 0..segments {
-        tokio::spawn(segment_sender(shared.clone(), pg, index));
+/// Starts a sender for each of `nodes` (segments of `pg`). A sender stops when its node's link
+/// is gone from the PG (the node left the membership), or the writer closes.
+pub fn spawn_senders(shared: &Arc<Shared>, pg: PgId, nodes: &[NodeId]) {
+    for node in nodes {
+        tokio::spawn(segment_sender(shared.clone(), pg, *node));
     }
 }
 
@@ -51,7 +54,7 @@ enum Next {
     Stop,
 }
 
-async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
+async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT_BATCHES_MAX));
     let mut stream: Option<AppendStream> = None;
     loop {
@@ -67,10 +70,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
             let (pgcl, acked, lowest_scl) = state
                 .ledger
                 .pg(pg)
-                .map(|chain| {
-                    let lowest = chain.scls.iter().min().copied().unwrap_or(Lsn::ZERO);
-                    (chain.pgcl, chain.scls[index], lowest)
-                })
+                .map(|chain| (chain.pgcl, chain.scl(node), chain.lowest_scl()))
                 .unwrap_or((Lsn::ZERO, Lsn::ZERO, Lsn::ZERO));
             // Nodes may fold what every segment holds and no read will ask below: the writer
             // reads at its VDL.
@@ -83,10 +83,14 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
             match state.pgs.get_mut(&pg) {
                 None => Next::Stop,
                 Some(_) if closed => Next::Stop,
+                Some(queue) if queue.link(node).is_none() => Next::Stop,
                 Some(queue) => {
-                    let peers = queue.peers_of(index);
+                    let peers = queue.peers_of(node);
                     let truncations = &queue.truncations;
-                    let link = &mut queue.segments[index];
+                    let membership = Some(queue.membership.clone());
+                    let Some(link) = queue.segments.iter_mut().find(|l| l.node == node) else {
+                        unreachable!("checked just above");
+                    };
                     let now = Instant::now();
                     match link.retry_at {
                         Some(at) if at > now => Next::Wait(link.wake.clone(), Some(at - now)),
@@ -128,6 +132,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                                 truncations: truncations.clone(),
                                 writer_vdl_time_us: vdl_time_us,
                                 segment_addr: link.addr.clone(),
+                                membership: membership.clone(),
                             };
                             match records.last() {
                                 _ if linger_left.is_some() => {
@@ -176,7 +181,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
         match next {
             Next::Stop => return,
             Next::Wait(wake, timeout) => {
-                trace!(%pg, index, ?timeout, "sender waiting");
+                trace!(%pg, %node, ?timeout, "sender waiting");
                 let timeout = timeout.unwrap_or(Duration::from_secs(1));
                 let _ = tokio::time::timeout(timeout, wake.notified()).await;
             }
@@ -187,7 +192,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    send_batch(&shared, pg, index, &addr, request, last).await;
+                    send_batch(&shared, pg, node, &addr, request, last).await;
                     drop(permit);
                 });
             }
@@ -199,10 +204,10 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, index: usize) {
                 let records = request.records.len();
                 if stream.as_ref().is_none_or(|s| s.is_dead()) {
                     stream = None;
-                    match AppendStream::open(&shared, pg, index, &addr).await {
+                    match AppendStream::open(&shared, pg, node, &addr).await {
                         Ok(opened) => stream = Some(opened),
                         Err(error) => {
-                            on_error(&shared, pg, index, &addr, records, last, error);
+                            on_error(&shared, pg, node, &addr, records, last, error);
                             continue;
                         }
                     }
@@ -281,8 +286,8 @@ pub async fn final_heartbeats(shared: &Arc<Shared>) {
             let Some(chain) = state.ledger.pg(*pg) else {
                 continue;
             };
-            let lowest = chain.scls.iter().min().copied().unwrap_or(Lsn::ZERO);
-            for (index, link) in queue.segments.iter().enumerate() {
+            let lowest = chain.lowest_scl();
+            for link in &queue.segments {
                 out.push((
                     link.addr.clone(),
                     AppendRequest {
@@ -292,7 +297,7 @@ pub async fn final_heartbeats(shared: &Arc<Shared>) {
                         }),
                         epoch: shared.epoch.0,
                         records: Vec::new(),
-                        peers: queue.peers_of(index),
+                        peers: queue.peers_of(link.node),
                         writer_vcl: state.ledger.vcl().0,
                         writer_vdl: vdl.0,
                         pgcl: chain.pgcl.0,
@@ -300,6 +305,7 @@ pub async fn final_heartbeats(shared: &Arc<Shared>) {
                         truncations: queue.truncations.clone(),
                         writer_vdl_time_us: state.vdl_time_us,
                         segment_addr: link.addr.clone(),
+                        membership: Some(queue.membership.clone()),
                     },
                 ));
             }
@@ -324,7 +330,7 @@ pub const FINAL_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 async fn send_batch(
     shared: &Arc<Shared>,
     pg: PgId,
-    index: usize,
+    node: NodeId,
     addr: &str,
     request: AppendRequest,
     last: Lsn,
@@ -336,33 +342,38 @@ async fn send_batch(
         Ok(mut client) => {
             match tokio::time::timeout(APPEND_TIMEOUT, client.append(request)).await {
                 Err(_) => Err(format!("no acknowledgement within {APPEND_TIMEOUT:?}")),
-                Ok(Err(status))
-                    if status.code() == tonic::Code::FailedPrecondition
-                        && status.message().contains("fenced") =>
-                {
-                    on_fenced(shared, addr, status.message());
-                    return;
-                }
-                Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                Ok(Err(status)) => match refusal::classify(&status) {
+                    Refusal::Fenced => {
+                        on_fenced(shared, addr, status.message());
+                        return;
+                    }
+                    Refusal::StaleMembership => {
+                        crate::membership::on_stale(shared, pg, addr, status.message());
+                        Err(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                    Refusal::Other => Err(format!("{:?}: {}", status.code(), status.message())),
+                },
                 Ok(Ok(response)) => Ok(Lsn(response.into_inner().scl)),
             }
         }
     };
     match result {
-        Ok(scl) => on_ack(shared, pg, index, scl, started.elapsed()),
-        Err(error) => on_error(shared, pg, index, addr, records, last, error),
+        Ok(scl) => on_ack(shared, pg, node, scl, started.elapsed()),
+        Err(error) => on_error(shared, pg, node, addr, records, last, error),
     }
 }
 
-pub(crate) fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed: Duration) {
+pub(crate) fn on_ack(shared: &Shared, pg: PgId, node: NodeId, scl: Lsn, elapsed: Duration) {
     let mut state = shared.lock();
-    let vdl_moved = state.ledger.handle_ack(pg, index, scl);
+    let vdl_moved = state.ledger.handle_ack(pg, node, scl);
     if vdl_moved {
         state.vdl_time_us = crate::shared::unix_micros();
     }
     let pgcl = state.ledger.pg(pg).map(|c| c.pgcl).unwrap_or(Lsn::ZERO);
     if let Some(queue) = state.pgs.get_mut(&pg) {
-        let link = &mut queue.segments[index];
+        let Some(link) = queue.link_mut(node) else {
+            return; // the node left the PG's membership meanwhile
+        };
         if !link.up {
             info!(volume = %shared.volume, %pg, node = %link.addr, %scl, "segment is back");
         }
@@ -377,12 +388,14 @@ pub(crate) fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed:
             (link.latency_us * 7 + sample) / 8
         };
         // Records that waited for this batch to come back may go now (see LINGER).
+        let sent = link.sent;
+        let wake = link.wake.clone();
         let waiting = queue
             .records
             .back()
-            .is_some_and(|q| Lsn(q.record.lsn) > link.sent);
+            .is_some_and(|q| Lsn(q.record.lsn) > sent);
         if waiting {
-            link.wake.notify_one();
+            wake.notify_one();
         }
         queue.release(pgcl);
     }
@@ -396,7 +409,7 @@ pub(crate) fn on_ack(shared: &Shared, pg: PgId, index: usize, scl: Lsn, elapsed:
 pub(crate) fn on_error(
     shared: &Shared,
     pg: PgId,
-    index: usize,
+    node: NodeId,
     addr: &str,
     records: usize,
     last: Lsn,
@@ -406,11 +419,13 @@ pub(crate) fn on_error(
     let acked = state
         .ledger
         .pg(pg)
-        .map(|c| c.scls[index])
+        .map(|c| c.scl(node))
         .unwrap_or(Lsn::ZERO);
     let pgcl = state.ledger.pg(pg).map(|c| c.pgcl).unwrap_or(Lsn::ZERO);
     if let Some(queue) = state.pgs.get_mut(&pg) {
-        let link = &mut queue.segments[index];
+        let Some(link) = queue.link_mut(node) else {
+            return;
+        };
         if link.up {
             warn!(volume = %shared.volume, %pg, node = %addr, records, %last, "segment unreachable: {error}");
         } else {

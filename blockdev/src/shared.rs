@@ -2,18 +2,20 @@
 //! only for short, non-blocking sections (never across an await), plus a watch channel that
 //! publishes progress (VDL, fencing) to waiting flushes and writers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sixfold_proto::cluster::ClusterConfig;
-use sixfold_proto::wire::{Record, Truncation, VolumeMeta};
-use sixfold_proto::{Epoch, Lsn, PgId, COPIES};
+use sixfold_proto::nodes::NodeList;
+use sixfold_proto::wire::{Membership as WireMembership, Record, Truncation, VolumeMeta};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId};
 use tokio::sync::{watch, Notify};
 
 use crate::cache::PageCache;
 use crate::clients::Clients;
 use crate::ledger::Ledger;
+use crate::open::PgNodes;
 
 /// Records a PG queue keeps for slow segments beyond those not yet durable. Past this, durable
 /// records are released even if a live segment has not received them (it gap-fills from peers).
@@ -54,6 +56,8 @@ impl Hints {
 /// The writer's link to one segment of a PG.
 #[derive(Debug)]
 pub struct SegmentLink {
+    /// The node holding the segment.
+    pub node: NodeId,
     pub addr: String,
     pub az: String,
     /// Highest LSN handed to a request for this segment. Reset to the acknowledged SCL after an
@@ -78,8 +82,9 @@ pub struct SegmentLink {
 }
 
 impl SegmentLink {
-    pub fn new(addr: String, az: String) -> SegmentLink {
+    pub fn new(node: NodeId, addr: String, az: String) -> SegmentLink {
         SegmentLink {
+            node,
             addr,
             az,
             sent: Lsn::ZERO,
@@ -102,39 +107,81 @@ pub struct Queued {
     pub at: Instant,
 }
 
-/// A PG's outgoing records and its six segment links.
+/// A PG's outgoing records and a link to each node of its membership.
 #[derive(Debug)]
 pub struct PgQueue {
     /// Records not yet released, in LSN order.
     pub records: VecDeque<Queued>,
+    /// One link per node of the membership, in its order.
     pub segments: Vec<SegmentLink>,
     /// Every truncation of the PG (recovery's, see `open`), sent with every Append so that a
     /// segment that missed one applies it first. Empty for a PG this writer created.
     pub truncations: Vec<Truncation>,
+    /// The membership the links follow, as sent with every Append (nodes refuse an older one).
+    pub membership: WireMembership,
+    /// A membership refresh is under way (a node said this one is stale).
+    pub refreshing: bool,
 }
 
 impl PgQueue {
     pub fn new(
-        nodes: &[String],
-        cluster: &ClusterConfig,
-        scls: &[Lsn; COPIES],
+        nodes: &PgNodes,
+        list: &NodeList,
+        scls: &BTreeMap<NodeId, Lsn>,
         truncations: Vec<Truncation>,
     ) -> PgQueue {
-        let segments = nodes
-            .iter()
-            .zip(scls.iter())
-            .map(|(addr, scl)| {
-                let az = cluster.az_of(addr).unwrap_or("?").to_owned();
-                let mut link = SegmentLink::new(addr.clone(), az);
-                link.sent = *scl;
-                link
-            })
-            .collect();
-        PgQueue {
+        let mut queue = PgQueue {
             records: VecDeque::new(),
-            segments,
+            segments: Vec::new(),
             truncations,
+            membership: nodes.membership.to_wire(),
+            refreshing: false,
+        };
+        queue.follow(nodes, list, scls);
+        queue
+    }
+
+    /// Makes the links follow `nodes`: keeps the links of nodes that stay (their state too),
+    /// adds one for each new node, drops those of nodes that left (their senders stop). Returns
+    /// the new nodes.
+    pub fn follow(
+        &mut self,
+        nodes: &PgNodes,
+        list: &NodeList,
+        scls: &BTreeMap<NodeId, Lsn>,
+    ) -> Vec<NodeId> {
+        let mut old: Vec<SegmentLink> = std::mem::take(&mut self.segments);
+        let mut added = Vec::new();
+        for (node, addr) in nodes.list() {
+            match old.iter().position(|l| l.node == node) {
+                Some(position) => {
+                    let mut link = old.swap_remove(position);
+                    link.addr = addr;
+                    self.segments.push(link);
+                }
+                None => {
+                    let az = list.get(node).map_or("?", |n| n.az.as_str()).to_owned();
+                    let mut link = SegmentLink::new(node, addr, az);
+                    link.sent = scls.get(&node).copied().unwrap_or(Lsn::ZERO);
+                    self.segments.push(link);
+                    added.push(node);
+                }
+            }
         }
+        // Senders of dropped links find no link on their next pass and stop.
+        for link in old {
+            link.wake.notify_one();
+        }
+        self.membership = nodes.membership.to_wire();
+        added
+    }
+
+    pub fn link(&self, node: NodeId) -> Option<&SegmentLink> {
+        self.segments.iter().find(|l| l.node == node)
+    }
+
+    pub fn link_mut(&mut self, node: NodeId) -> Option<&mut SegmentLink> {
+        self.segments.iter_mut().find(|l| l.node == node)
     }
 
     /// Releases records at or below `pgcl` that every live segment has been sent (or all durable
@@ -153,12 +200,11 @@ impl PgQueue {
         }
     }
 
-    pub fn peers_of(&self, index: usize) -> Vec<String> {
+    pub fn peers_of(&self, node: NodeId) -> Vec<String> {
         self.segments
             .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != index)
-            .map(|(_, s)| s.addr.clone())
+            .filter(|l| l.node != node)
+            .map(|l| l.addr.clone())
             .collect()
     }
 }
@@ -212,6 +258,7 @@ impl State {
 
 pub struct Shared {
     pub volume: String,
+    /// The cluster file: where to start asking for the node list.
     pub cluster: ClusterConfig,
     pub clients: Arc<Clients>,
     pub epoch: Epoch,

@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use sixfold_proto::wire::{AppendRequest, AppendResponse};
-use sixfold_proto::{Lsn, PgId};
+use sixfold_proto::{Lsn, NodeId, PgId};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use crate::refusal::{self, Refusal};
 use crate::sender::{on_ack, on_error, on_fenced, APPEND_TIMEOUT, IN_FLIGHT_BATCHES_MAX};
 use crate::shared::Shared;
 
@@ -47,7 +48,7 @@ pub struct AppendStream {
     requests: mpsc::Sender<AppendRequest>,
     queue: Arc<Mutex<Queue>>,
     pg: PgId,
-    index: usize,
+    node: NodeId,
     addr: String,
 }
 
@@ -62,7 +63,7 @@ impl AppendStream {
     pub async fn open(
         shared: &Arc<Shared>,
         pg: PgId,
-        index: usize,
+        node: NodeId,
         addr: &str,
     ) -> Result<AppendStream, String> {
         let mut client = shared.clients.get(addr)?;
@@ -85,7 +86,7 @@ impl AppendStream {
         tokio::spawn(read_answers(
             shared.clone(),
             pg,
-            index,
+            node,
             addr.to_owned(),
             answers,
             queue.clone(),
@@ -94,7 +95,7 @@ impl AppendStream {
             requests,
             queue,
             pg,
-            index,
+            node,
             addr: addr.to_owned(),
         })
     }
@@ -111,9 +112,7 @@ impl AppendStream {
             if queue.dead {
                 drop(queue);
                 let error = "append stream closed".to_owned();
-                on_error(
-                    shared, self.pg, self.index, &self.addr, records, last, error,
-                );
+                on_error(shared, self.pg, self.node, &self.addr, records, last, error);
                 return;
             }
             queue.batches.push_back(batch);
@@ -132,7 +131,7 @@ impl Drop for AppendStream {
 async fn read_answers(
     shared: Arc<Shared>,
     pg: PgId,
-    index: usize,
+    node: NodeId,
     addr: String,
     mut answers: Streaming<AppendResponse>,
     queue: Arc<Mutex<Queue>>,
@@ -156,16 +155,17 @@ async fn read_answers(
                 // Release the batch's permit first: `on_ack` wakes the sender for records that
                 // waited while the batch was in flight, and they go at once if it was the last.
                 drop(batch);
-                on_ack(&shared, pg, index, Lsn(answer.scl), elapsed);
+                on_ack(&shared, pg, node, Lsn(answer.scl), elapsed);
             }
             Ok(Ok(None)) => break "append stream closed by the node".to_owned(),
-            Ok(Err(status))
-                if status.code() == tonic::Code::FailedPrecondition
-                    && status.message().contains("fenced") =>
-            {
+            Ok(Err(status)) if refusal::classify(&status) == Refusal::Fenced => {
                 lock(&queue).dead = true;
                 on_fenced(&shared, &addr, status.message());
                 return;
+            }
+            Ok(Err(status)) if refusal::classify(&status) == Refusal::StaleMembership => {
+                crate::membership::on_stale(&shared, pg, &addr, status.message());
+                break format!("{:?}: {}", status.code(), status.message());
             }
             Ok(Err(status)) => break format!("{:?}: {}", status.code(), status.message()),
         }
@@ -180,5 +180,5 @@ async fn read_answers(
     };
     let records = failed.iter().map(|b| b.records).sum();
     let last = failed.iter().map(|b| b.last).max().unwrap_or(Lsn::ZERO);
-    on_error(&shared, pg, index, &addr, records, last, error);
+    on_error(&shared, pg, node, &addr, records, last, error);
 }

@@ -6,12 +6,13 @@
 //! quorum (VDL passed its records), and never returns `Ok` otherwise: with fewer than four
 //! segments of a PG reachable it waits, and once the writer is fenced it fails.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sixfold_proto::membership::Membership;
 use sixfold_proto::wire::{PgPlacement, VolumeMeta};
-use sixfold_proto::{placement, Epoch, Lsn, PgId, COPIES, PAGE_SIZE, VOLUME_BYTES_MAX};
+use sixfold_proto::{placement, Epoch, Lsn, PgId, PAGE_SIZE, VOLUME_BYTES_MAX};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -19,6 +20,7 @@ use crate::cache::PageCache;
 use crate::clients::Clients;
 use crate::error::VolumeError;
 use crate::ledger::Ledger;
+use crate::open::PgNodes;
 use crate::shared::{PgQueue, Progress, Shared, State};
 use crate::{meta, open, sender, OpenOptions};
 
@@ -98,6 +100,15 @@ impl Volume {
         let name = options.volume.clone();
         validate_volume_name(&name)?;
         let clients = Arc::new(Clients::default());
+        // The cluster's node list: where each PG's nodes are (made from the cluster file on
+        // first use).
+        let list = crate::nodes::current(&clients, &options.cluster)
+            .await
+            .map_err(|error| VolumeError::Cluster {
+                volume: name.clone(),
+                unreachable: error.is_unreachable(),
+                detail: error.to_string(),
+            })?;
         let mut meta = match meta::read(&clients, &options.cluster, &name).await? {
             Some(meta) => {
                 if meta.page_size as usize != PAGE_SIZE {
@@ -167,7 +178,7 @@ impl Volume {
                 })?;
         }
         let epoch = Epoch(meta.epoch);
-        let recovered = open::recover_all(&clients, &meta, epoch, options.read_only).await?;
+        let recovered = open::recover_all(&clients, &meta, &list, epoch, options.read_only).await?;
         let max_seen = recovered
             .iter()
             .map(|r| r.max_lsn_seen.max(r.tail))
@@ -177,15 +188,10 @@ impl Volume {
         let mut ledger = Ledger::new(start, LAL);
         let mut pgs = HashMap::new();
         for pg in &recovered {
-            ledger.add_pg(pg.pg, pg.tail, pg.scls);
+            ledger.add_pg(pg.pg, pg.tail, pg.nodes.membership.clone(), pg.scls.clone());
             pgs.insert(
                 pg.pg,
-                PgQueue::new(
-                    &pg.nodes,
-                    &options.cluster,
-                    &pg.scls,
-                    pg.truncations.clone(),
-                ),
+                PgQueue::new(&pg.nodes, &list, &pg.scls, pg.truncations.clone()),
             );
         }
         let clean_pages = (options.cache_bytes / PAGE_SIZE as u64).max(16) as usize;
@@ -220,7 +226,7 @@ impl Volume {
         });
         if !options.read_only {
             for pg in &recovered {
-                sender::spawn_senders(&shared, pg.pg, COPIES);
+                sender::spawn_senders(&shared, pg.pg, &pg.nodes.membership.nodes());
             }
         }
         info!(
@@ -390,14 +396,28 @@ impl Volume {
         if self.shared.lock().ledger.has_pg(pg) {
             return Ok(());
         }
-        let nodes = placement::place(
-            &self.shared.cluster,
-            &placement::pg_key(&self.shared.volume, pg.0),
-        )
-        .ok_or_else(|| VolumeError::Meta {
+        // Placed on the active nodes of the cluster's node list as it is now (nodes added
+        // since the mount count).
+        let list = crate::nodes::current(&self.shared.clients, &self.shared.cluster)
+            .await
+            .map_err(|error| VolumeError::Cluster {
+                volume: self.shared.volume.clone(),
+                unreachable: error.is_unreachable(),
+                detail: error.to_string(),
+            })?;
+        let too_few = || VolumeError::Meta {
             volume: self.shared.volume.clone(),
-            detail: "the cluster has too few AZs or nodes to place a PG".into(),
-        })?;
+            detail: "the cluster has too few AZs with 2 active nodes to place a PG".into(),
+        };
+        let ids = placement::place_ids(&list, &placement::pg_key(&self.shared.volume, pg.0))
+            .ok_or_else(too_few)?;
+        let membership = Membership::new(ids).map_err(|_| too_few())?;
+        let addrs = membership
+            .nodes()
+            .iter()
+            .filter_map(|n| list.get(*n).map(|r| (*n, r.addr.clone())))
+            .collect();
+        let nodes = PgNodes { membership, addrs };
         // Create the six segments in this epoch (at a write quorum) before the PG is recorded.
         open::recover_pg(
             &self.shared.clients,
@@ -411,25 +431,23 @@ impl Volume {
         let mut next = meta.clone();
         next.pgs.push(PgPlacement {
             pg: pg.0,
-            nodes: nodes.clone(),
-            membership_epoch: 1,
+            nodes: nodes.addresses(),
+            membership_epoch: 0,
+            membership: Some(nodes.membership.to_wire()),
         });
         next.version += 1;
         meta::write(&self.shared.clients, &self.shared.cluster, &next).await?;
         *meta = next;
         {
             let mut state = self.shared.lock();
-            state.ledger.add_pg(pg, Lsn::ZERO, [Lsn::ZERO; COPIES]);
-            let queue = PgQueue::new(
-                &nodes,
-                &self.shared.cluster,
-                &[Lsn::ZERO; COPIES],
-                Vec::new(),
-            );
+            state
+                .ledger
+                .add_pg(pg, Lsn::ZERO, nodes.membership.clone(), BTreeMap::new());
+            let queue = PgQueue::new(&nodes, &list, &BTreeMap::new(), Vec::new());
             state.pgs.insert(pg, queue);
         }
-        sender::spawn_senders(&self.shared, pg, COPIES);
-        info!(volume = %self.shared.volume, %pg, nodes = ?nodes, "allocated PG");
+        sender::spawn_senders(&self.shared, pg, &nodes.membership.nodes());
+        info!(volume = %self.shared.volume, %pg, membership = %nodes.membership, nodes = ?nodes.addresses(), "allocated PG");
         Ok(())
     }
 

@@ -31,6 +31,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use sixfold_proto::membership::{Membership, MembershipError};
 use sixfold_proto::wire::VolumeMeta;
 use sixfold_proto::{Epoch, Lsn};
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +44,7 @@ use crate::frame::{self, FrameBody};
 use crate::hotlog::LogWriter;
 use crate::index::{Effect, Index, Mark, SegmentKey};
 use crate::lock;
+use crate::members;
 use crate::meta;
 use crate::request::PreparedRecord;
 use crate::segment::{Admission, Location, Truncation};
@@ -58,6 +60,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub enum Job {
     Append(AppendJob),
     Open(OpenJob),
+    Membership(MembershipJob),
+    MergeMembership(MergeJob),
     PutMeta(MetaJob),
     /// Finish what is queued before it, then exit.
     Stop,
@@ -77,6 +81,8 @@ pub enum Source {
         mark: Mark,
         /// The address the writer knows this node by (empty: not told).
         addr: String,
+        /// The PG's membership as the writer uses it (None: not checked).
+        membership: Option<Membership>,
     },
     /// Gap-fill from a peer: records of any epoch the segment's truncations allow.
     Gossip,
@@ -113,8 +119,32 @@ pub struct OpenJob {
     /// For a learning job: the epoch of the writer that handed the history over (an Append,
     /// a recovery's SegmentState), or None when a peer did (gossip).
     pub authority: Option<Epoch>,
+    /// The opening (or sealing) writer's membership of the PG: refused when older than the
+    /// segment's ([`crate::members::check`]); adopted when newer ([`members::adopt_from_writer`]).
+    pub membership: Option<Membership>,
     /// Answered with the segment's SCL after the epoch and truncations are hardened.
     pub reply: Reply<Lsn>,
+}
+
+/// A membership change step of the segment's PG ([`Membership::decide_adopt`]).
+pub struct MembershipJob {
+    pub key: SegmentKey,
+    pub base: Membership,
+    pub proposed: Membership,
+    /// Addresses of the proposed membership's other nodes (gossip peers).
+    pub peers: Vec<String>,
+    /// Answered with the segment's SCL once the membership is hardened (or already held).
+    pub reply: Reply<Lsn>,
+}
+
+/// Record a PG's newer membership in the stored volume metadata (this node is a metadata node).
+pub struct MergeJob {
+    pub volume: String,
+    pub pg: u32,
+    pub membership: sixfold_proto::wire::Membership,
+    pub nodes: Vec<String>,
+    /// Answered with the PG's membership epoch afterwards (0: no such volume or PG here).
+    pub reply: Reply<u64>,
 }
 
 pub struct MetaJob {
@@ -160,7 +190,15 @@ impl Appender {
             match job {
                 Job::Stop => return,
                 Job::Open(job) => self.open_segment(job),
+                Job::Membership(job) => {
+                    let result = self.change_membership(&job);
+                    let _ = job.reply.send(result);
+                }
                 Job::PutMeta(job) => self.put_meta(job),
+                Job::MergeMembership(job) => {
+                    let result = self.merge_membership(&job);
+                    let _ = job.reply.send(result);
+                }
                 Job::Append(first) => {
                     let mut bytes = first.bytes();
                     let mut group = vec![first];
@@ -311,12 +349,21 @@ impl Appender {
         if self.failed {
             return Err(StoreError::LogFailed);
         }
-        if let Some(epoch) = job.epoch {
-            let known = lock(&self.shared.index).epoch(&job.key.volume);
-            if epoch < known {
-                return Err(StoreError::fenced(&job.key.volume, epoch, known));
+        let adopt_membership = {
+            let index = lock(&self.shared.index);
+            if let Some(epoch) = job.epoch {
+                let known = index.epoch(&job.key.volume);
+                if epoch < known {
+                    return Err(StoreError::fenced(&job.key.volume, epoch, known));
+                }
             }
-        }
+            let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
+            members::check(&job.key, held, job.membership.as_ref())?;
+            job.membership
+                .as_ref()
+                .filter(|m| job.epoch.is_some() && members::adopt_from_writer(held, m))
+                .cloned()
+        };
         // Adopt a newer history; but a segment sealed by a recovering writer keeps the state
         // that writer read until the history comes from that writer (or a newer one): a peer's
         // intermediate list could drop records that writer decided to keep. Decided here, in the
@@ -348,6 +395,13 @@ impl Appender {
                 &FrameBody::History(job.history.clone()),
             ));
         }
+        if let Some(membership) = &adopt_membership {
+            frames.push(frame::encode(
+                &job.key.volume,
+                job.key.pg,
+                &FrameBody::Membership(membership.clone()),
+            ));
+        }
         if frames.is_empty() {
             let index = lock(&self.shared.index);
             return Ok(index.segment(&job.key).map_or(Lsn::ZERO, |s| s.scl()));
@@ -366,6 +420,9 @@ impl Appender {
         }
         if adopt {
             index.apply(&job.key, Effect::History(job.history.clone()));
+        }
+        if let Some(membership) = adopt_membership {
+            index.apply(&job.key, Effect::Membership(membership));
         }
         if let (Some(epoch), Some(own)) = (job.epoch, job.history.last()) {
             // The chain recovery kept ends at the writer's truncation point and some peer holds
@@ -399,6 +456,55 @@ impl Appender {
         Ok(scl)
     }
 
+    /// A membership change step: adopted durably when [`Membership::decide_adopt`] says so;
+    /// the proposed membership's peers become the segment's gossip peers.
+    fn change_membership(&mut self, job: &MembershipJob) -> Result<Lsn, StoreError> {
+        if self.failed {
+            return Err(StoreError::LogFailed);
+        }
+        let adopt = {
+            let index = lock(&self.shared.index);
+            let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
+            Membership::decide_adopt(held, &job.base, &job.proposed).map_err(|e| match e {
+                MembershipError::Stale { current, found } => StoreError::StaleMembership {
+                    volume: job.key.volume.clone(),
+                    pg: job.key.pg.0,
+                    request: found.0,
+                    held: current.0,
+                },
+                MembershipError::Conflict { .. } => {
+                    StoreError::Conflict(format!("segment {}: {e}", job.key))
+                }
+                other => StoreError::InvalidArgument(format!("segment {}: {other}", job.key)),
+            })?
+        };
+        if adopt {
+            let frame = frame::encode(
+                &job.key.volume,
+                job.key.pg,
+                &FrameBody::Membership(job.proposed.clone()),
+            );
+            let hardened = self
+                .writer
+                .append(&frame)
+                .map(drop)
+                .and_then(|()| self.commit());
+            if let Err(e) = hardened {
+                return Err(self.fail("harden a membership to the hot log", &e));
+            }
+        }
+        let mut index = lock(&self.shared.index);
+        if adopt {
+            index.apply(&job.key, Effect::Membership(job.proposed.clone()));
+            info!(segment = %job.key, membership = %job.proposed, "segment adopted a membership change");
+        }
+        let slot = index.slot_mut(&job.key);
+        if !job.peers.is_empty() {
+            slot.peers = job.peers.clone();
+        }
+        Ok(slot.segment.scl())
+    }
+
     fn put_meta(&mut self, job: MetaJob) {
         let result = self.put_meta_inner(&job.meta);
         let _ = job.reply.send(result);
@@ -417,8 +523,9 @@ impl Appender {
             if let Some(stored) = store.stale(new) {
                 return Ok(stored);
             }
-            store.dir().to_owned()
+            (store.dir().to_owned(), store.merged(new))
         };
+        let (dir, new) = (dir.0, &dir.1);
         // Only this thread writes metadata files, so nothing changes between the check and here.
         if let Err(e) = meta::write_durable(&dir, new) {
             error!(volume = %new.name, "failed to store volume metadata: {e}");
@@ -427,6 +534,24 @@ impl Appender {
         lock(&self.shared.meta).insert(new.clone());
         lock(&self.shared.index).raise_epoch(&new.name, Epoch(new.epoch));
         Ok(new.version)
+    }
+
+    fn merge_membership(&mut self, job: &MergeJob) -> Result<u64, StoreError> {
+        let (updated, epoch, dir) = {
+            let store = lock(&self.shared.meta);
+            let (updated, epoch) =
+                store.with_membership(&job.volume, job.pg, &job.membership, &job.nodes);
+            (updated, epoch, store.dir().to_owned())
+        };
+        let Some(updated) = updated else {
+            return Ok(epoch);
+        };
+        if let Err(e) = meta::write_durable(&dir, &updated) {
+            error!(volume = %job.volume, "failed to store volume metadata: {e}");
+            return Err(io_error("store volume metadata", &e));
+        }
+        lock(&self.shared.meta).insert(updated);
+        Ok(epoch)
     }
 
     fn commit(&mut self) -> io::Result<()> {
@@ -472,13 +597,20 @@ impl<'a> GroupView<'a> {
     /// The records of `job` to write (indices), or why the job is refused.
     fn decide(&mut self, index: &Index, job: &'a AppendJob) -> Result<Vec<usize>, StoreError> {
         let volume = job.key.volume.as_str();
-        if let Source::Writer { epoch, .. } = job.source {
+        if let Source::Writer {
+            epoch,
+            ref membership,
+            ..
+        } = job.source
+        {
             let known = index
                 .epoch(volume)
                 .max(self.epochs.get(volume).copied().unwrap_or_default());
             if epoch < known {
                 return Err(StoreError::fenced(volume, epoch, known));
             }
+            let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
+            members::check(&job.key, held, membership.as_ref())?;
         }
         let segment = index.segment(&job.key);
         if matches!(job.source, Source::Repair) {

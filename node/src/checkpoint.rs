@@ -11,18 +11,24 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
+use prost::Message;
+use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
 use crate::index::SegmentKey;
 use crate::segment::Truncation;
 
-const MAGIC: u64 = 0x5346_4348_4b50_5431; // "SFCHKPT1"
+/// Version 1 had no memberships; version 2 appends each segment's (length-prefixed protobuf,
+/// length 0 for none). Both decode.
+const MAGIC_V1: u64 = 0x5346_4348_4b50_5431; // "SFCHKPT1"
+const MAGIC: u64 = 0x5346_4348_4b50_5432; // "SFCHKPT2"
 pub const FILE_NAME: &str = "checkpoint";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SegmentCheckpoint {
     pub folded: Lsn,
     pub truncations: Vec<Truncation>,
+    pub membership: Option<Membership>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +84,13 @@ impl Checkpoint {
                 out.extend_from_slice(&t.epoch.0.to_le_bytes());
                 out.extend_from_slice(&t.after.0.to_le_bytes());
             }
+            let membership = segment
+                .membership
+                .as_ref()
+                .map(|m| m.to_wire().encode_to_vec())
+                .unwrap_or_default();
+            out.extend_from_slice(&(membership.len() as u32).to_le_bytes());
+            out.extend_from_slice(&membership);
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -91,9 +104,11 @@ impl Checkpoint {
             return None;
         }
         let mut r = Reader(body);
-        if r.u64()? != MAGIC {
-            return None;
-        }
+        let version = match r.u64()? {
+            MAGIC_V1 => 1,
+            MAGIC => 2,
+            _ => return None,
+        };
         let mut checkpoint = Checkpoint::default();
         for _ in 0..r.u32()? {
             let name = r.str()?;
@@ -110,11 +125,24 @@ impl Checkpoint {
                     after: Lsn(r.u64()?),
                 });
             }
+            let membership = if version >= 2 {
+                let len = r.u32()? as usize;
+                let bytes = r.take(len)?;
+                if len == 0 {
+                    None
+                } else {
+                    let wire = sixfold_proto::wire::Membership::decode(bytes).ok()?;
+                    Some(Membership::from_wire(&wire).ok()?)
+                }
+            } else {
+                None
+            };
             checkpoint.segments.insert(
                 SegmentKey { volume, pg },
                 SegmentCheckpoint {
                     folded,
                     truncations,
+                    membership,
                 },
             );
         }
@@ -168,6 +196,10 @@ mod tests {
                     epoch: Epoch(4),
                     after: Lsn(70),
                 }],
+                membership: Some(
+                    Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
+                        .expect("membership"),
+                ),
             },
         );
         let bytes = c.encode();

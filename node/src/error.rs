@@ -76,6 +76,17 @@ pub enum StoreError {
         action: &'static str,
         source: std::io::Error,
     },
+    /// The request's PG membership is older than the segment's: a membership change happened.
+    #[error(
+        "segment {volume}/PG {pg}: stale membership: the request's membership epoch {request} \
+         is older than the segment's {held} (re-read the PG's membership)"
+    )]
+    StaleMembership {
+        volume: String,
+        pg: u32,
+        request: u64,
+        held: u64,
+    },
     /// A compare-and-set lost: the node holds another value for the version asked.
     #[error("{0}")]
     Conflict(String),
@@ -114,6 +125,17 @@ impl StoreError {
             StoreError::NoRoom(m) => StoreError::NoRoom(m.clone()),
             StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
             StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            StoreError::StaleMembership {
+                volume,
+                pg,
+                request,
+                held,
+            } => StoreError::StaleMembership {
+                volume: volume.clone(),
+                pg: *pg,
+                request: *request,
+                held: *held,
+            },
             StoreError::Fenced {
                 volume,
                 request,
@@ -199,7 +221,8 @@ impl StoreError {
             StoreError::Fenced { .. }
             | StoreError::Behind { .. }
             | StoreError::Folded { .. }
-            | StoreError::Conflict(_) => tonic::Status::failed_precondition(message),
+            | StoreError::Conflict(_)
+            | StoreError::StaleMembership { .. } => tonic::Status::failed_precondition(message),
             StoreError::NotHosted { .. } => tonic::Status::not_found(message),
             StoreError::Corrupt { .. } => tonic::Status::data_loss(message),
             StoreError::Io { .. } => tonic::Status::internal(message),

@@ -70,6 +70,7 @@ async fn append(store: &Store, records: &[Record], fold_limit: u64) {
         fold_limit: Lsn(fold_limit),
         mark: crate::index::Mark::default(),
         addr: String::new(),
+        membership: None,
     };
     store.append(key(), source, prepared).await.expect("append");
 }

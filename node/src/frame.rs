@@ -7,6 +7,7 @@
 //!         | epoch:      epoch u64
 //!         | truncation: epoch u64 | truncate_after u64
 //!         | history:    count u32 | (epoch u64 | truncate_after u64) * count
+//!         | membership: the PG's membership (protobuf `Membership`)
 //! ```
 //!
 //! all little-endian.
@@ -16,6 +17,8 @@
 //! holds a record whose own checksum the caller verifies (`record::validate`) after decoding: the
 //! frame crc guards the log, the record checksum guards the record end to end (writer to reader).
 
+use prost::Message;
+use sixfold_proto::membership::Membership;
 use sixfold_proto::record;
 use sixfold_proto::wire::Record;
 use sixfold_proto::{Epoch, Lsn, PgId};
@@ -32,6 +35,7 @@ const KIND_RECORD: u8 = 1;
 const KIND_EPOCH: u8 = 2;
 const KIND_TRUNCATION: u8 = 3;
 const KIND_HISTORY: u8 = 4;
+const KIND_MEMBERSHIP: u8 = 5;
 
 /// What a frame says about its segment.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +50,9 @@ pub enum FrameBody {
     ///
     /// [`Segment::adopt`]: crate::segment::Segment::adopt
     History(Vec<Truncation>),
+    /// The segment adopted a membership of its PG (a membership change step, or the writer
+    /// that created the PG).
+    Membership(Membership),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +85,7 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
         FrameBody::Epoch(_) => KIND_EPOCH,
         FrameBody::Truncation { .. } => KIND_TRUNCATION,
         FrameBody::History(_) => KIND_HISTORY,
+        FrameBody::Membership(_) => KIND_MEMBERSHIP,
     };
     bytes.push(kind);
     bytes.extend_from_slice(&volume_len.to_le_bytes());
@@ -100,6 +108,9 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
                 bytes.extend_from_slice(&t.epoch.0.to_le_bytes());
                 bytes.extend_from_slice(&t.after.0.to_le_bytes());
             }
+        }
+        FrameBody::Membership(membership) => {
+            bytes.extend_from_slice(&membership.to_wire().encode_to_vec())
         }
     }
     let payload_len = bytes.len() - FRAME_HEADER_BYTES;
@@ -212,6 +223,12 @@ fn decode_payload(payload: &[u8]) -> Result<(Frame, usize), String> {
                 .ok_or_else(malformed)?;
             FrameBody::History(list)
         }
+        KIND_MEMBERSHIP => {
+            let wire = sixfold_proto::wire::Membership::decode(body).map_err(|_| malformed())?;
+            FrameBody::Membership(
+                Membership::from_wire(&wire).map_err(|e| format!("frame membership: {e}"))?,
+            )
+        }
         other => return Err(format!("unknown frame kind {other}")),
     };
     Ok((Frame { volume, pg, body }, body_offset))
@@ -250,6 +267,11 @@ mod tests {
                 epoch: Epoch(5),
                 truncate_after: Lsn(77),
             },
+            FrameBody::Membership(
+                Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
+                    .and_then(|m| m.begin(sixfold_proto::NodeId(6), sixfold_proto::NodeId(7)))
+                    .expect("membership"),
+            ),
         ];
         for body in bodies {
             let encoded = encode("vol-1", PgId(2), &body);

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{FetchRecordsRequest, ReadPageRequest, Record, SegmentRef};
+use sixfold_proto::wire::{self, FetchRecordsRequest, ReadPageRequest, Record, SegmentRef};
 use sixfold_proto::Lsn;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -172,7 +172,8 @@ impl Gossip {
                 let Ok(client) = self.client(peer) else {
                     continue;
                 };
-                let records = match fetch_up_to(client, &key, backlink, 1).await {
+                let membership = self.store.membership(&key).map(|m| m.to_wire());
+                let records = match fetch_up_to(client, &key, membership, backlink, 1).await {
                     Ok(fetched) => fetched.records,
                     Err(e) => {
                         debug!(segment = %key, lsn = lsn.0, peer, "peer cannot serve the record for repair: {e}");
@@ -273,8 +274,10 @@ async fn fill(
             key,
             mut scl,
             target,
+            membership,
             ..
         } = candidate;
+        let membership = membership.map(|m| m.to_wire());
         let scl_before = scl;
         // A peer that answered that the records are folded into its pages: hydrate from it if
         // no peer's log has them.
@@ -293,7 +296,7 @@ async fn fill(
                     Some(fetched) => fetched,
                     None => {
                         budget.fetches -= 1;
-                        match fetch(client.clone(), &key, scl).await {
+                        match fetch(client.clone(), &key, membership.clone(), scl).await {
                             Ok(fetched) => fetched,
                             Err(reason) => {
                                 debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
@@ -328,7 +331,7 @@ async fn fill(
                 }
                 let (hardened, next) = tokio::join!(
                     store.append(key.clone(), Source::Gossip, prepared),
-                    fetch(client.clone(), &key, last)
+                    fetch(client.clone(), &key, membership.clone(), last)
                 );
                 let scl_new = match hardened {
                     Ok(scl_new) => scl_new,
@@ -404,15 +407,17 @@ struct Fetched {
 async fn fetch(
     client: StorageNodeClient<Channel>,
     key: &SegmentKey,
+    membership: Option<wire::Membership>,
     after_lsn: Lsn,
 ) -> Result<Fetched, String> {
-    fetch_up_to(client, key, after_lsn, FETCH_BYTES).await
+    fetch_up_to(client, key, membership, after_lsn, FETCH_BYTES).await
 }
 
 /// FetchRecords after `after_lsn`, at most `max_bytes` (at least one record).
 async fn fetch_up_to(
     mut client: StorageNodeClient<Channel>,
     key: &SegmentKey,
+    membership: Option<wire::Membership>,
     after_lsn: Lsn,
     max_bytes: u32,
 ) -> Result<Fetched, String> {
@@ -423,6 +428,7 @@ async fn fetch_up_to(
         }),
         after_lsn: after_lsn.0,
         max_bytes,
+        membership,
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, client.fetch_records(request)).await {
         Ok(Ok(response)) => {

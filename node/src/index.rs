@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
 use crate::segment::{Admission, RecordMeta, Segment, Truncation};
@@ -45,6 +46,9 @@ pub struct VolumeState {
 #[derive(Debug, Default)]
 pub struct SegmentSlot {
     pub segment: Segment,
+    /// The PG's membership as this segment holds it: durable (membership frames, the
+    /// checkpoint); its epoch never decreases. None for a segment created before memberships.
+    pub membership: Option<Membership>,
     /// Addresses of the PG's other segments, as last sent by the writer (gap-fill peers).
     pub peers: Vec<String>,
     /// The highest PGCL a writer reported for the PG: records up to it exist on a write quorum,
@@ -89,6 +93,18 @@ pub struct Mark {
 }
 
 impl SegmentSlot {
+    /// Keeps `membership` if it is newer than the one held (replay applies frames in order, so
+    /// an older one can only come from a checkpoint written before them).
+    pub fn keep_membership(&mut self, membership: Membership) {
+        if self
+            .membership
+            .as_ref()
+            .is_none_or(|held| membership.epoch > held.epoch)
+        {
+            self.membership = Some(membership);
+        }
+    }
+
     /// Keeps a writer's consistency point (newer VDLs only).
     pub fn add_mark(&mut self, mark: Mark) {
         if mark.vdl == Lsn::ZERO || self.marks.back().is_some_and(|m| m.vdl >= mark.vdl) {
@@ -122,6 +138,8 @@ pub enum Effect {
     },
     /// A newer recovery's truncation history ([`Segment::adopt`]).
     History(Vec<Truncation>),
+    /// The PG's membership (kept when newer than the segment's).
+    Membership(Membership),
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +158,7 @@ impl Index {
             Effect::Record { meta, .. } => meta.epoch,
             Effect::Epoch(epoch) | Effect::Truncation { epoch, .. } => *epoch,
             Effect::History(list) => crate::segment::history_epoch(list),
+            Effect::Membership(_) => Epoch(0),
         };
         self.raise_epoch(&key.volume, epoch);
         let slot = self.slot_mut(key);
@@ -157,15 +176,28 @@ impl Index {
                 slot.segment.adopt(&list);
                 Admission::New
             }
+            Effect::Membership(membership) => {
+                slot.keep_membership(membership);
+                Admission::New
+            }
         }
     }
 
     /// Starts a segment from its checkpointed fold point (before replay; replaces nothing that
     /// holds records).
-    pub fn restore_segment(&mut self, key: &SegmentKey, folded: Lsn, truncations: Vec<Truncation>) {
+    pub fn restore_segment(
+        &mut self,
+        key: &SegmentKey,
+        folded: Lsn,
+        truncations: Vec<Truncation>,
+        membership: Option<Membership>,
+    ) {
         let slot = self.slot_mut(key);
         if slot.segment.record_count() == 0 && slot.segment.folded() <= folded {
             slot.segment = Segment::restore(folded, truncations);
+        }
+        if let Some(membership) = membership {
+            slot.keep_membership(membership);
         }
     }
 

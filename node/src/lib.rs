@@ -36,6 +36,7 @@ mod hotlog;
 mod hydrate;
 mod identity;
 pub mod index;
+mod members;
 mod meta;
 mod nodelist;
 mod pagestore;

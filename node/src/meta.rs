@@ -114,11 +114,55 @@ impl MetaStore {
         (meta.version <= stored.version).then_some(stored.version)
     }
 
-    /// Whether `meta` claims the stored version with other contents (another writer's).
+    /// Whether `meta` claims the stored version with other contents (another writer's). PG
+    /// memberships do not count: they are merged per PG by epoch ([`MetaStore::merged`]).
     pub fn conflicts(&self, meta: &VolumeMeta) -> bool {
-        self.volumes
-            .get(&meta.name)
-            .is_some_and(|stored| stored.version == meta.version && stored != meta)
+        self.volumes.get(&meta.name).is_some_and(|stored| {
+            stored.version == meta.version
+                && without_memberships(stored) != without_memberships(meta)
+        })
+    }
+
+    /// `meta` with each PG's membership replaced by the stored one where that is newer: a
+    /// writer that read the metadata before a membership change never puts the old one back.
+    pub fn merged(&self, meta: &VolumeMeta) -> VolumeMeta {
+        let mut merged = meta.clone();
+        if let Some(stored) = self.volumes.get(&meta.name) {
+            for placement in &mut merged.pgs {
+                if let Some(held) = stored.pgs.iter().find(|p| p.pg == placement.pg) {
+                    if membership_epoch(held) > membership_epoch(placement) {
+                        placement.membership = held.membership.clone();
+                        placement.nodes = held.nodes.clone();
+                    }
+                }
+            }
+        }
+        merged
+    }
+
+    /// The stored metadata with PG `pg`'s membership replaced by `membership` if that is newer
+    /// (None: nothing to change), and the PG's membership epoch afterwards (0: no such PG).
+    pub fn with_membership(
+        &self,
+        volume: &str,
+        pg: u32,
+        membership: &sixfold_proto::wire::Membership,
+        nodes: &[String],
+    ) -> (Option<VolumeMeta>, u64) {
+        let Some(stored) = self.volumes.get(volume) else {
+            return (None, 0);
+        };
+        let Some(position) = stored.pgs.iter().position(|p| p.pg == pg) else {
+            return (None, 0);
+        };
+        let held = membership_epoch(&stored.pgs[position]);
+        if membership.epoch <= held {
+            return (None, held);
+        }
+        let mut updated = stored.clone();
+        updated.pgs[position].membership = Some(membership.clone());
+        updated.pgs[position].nodes = nodes.to_vec();
+        (Some(updated), membership.epoch)
     }
 
     pub fn dir(&self) -> &Path {
@@ -137,6 +181,20 @@ impl MetaStore {
         self.insert(meta);
         Ok(())
     }
+}
+
+/// The epoch of a PG's recorded membership (0: none recorded).
+pub fn membership_epoch(placement: &sixfold_proto::wire::PgPlacement) -> u64 {
+    placement.membership.as_ref().map_or(0, |m| m.epoch)
+}
+
+fn without_memberships(meta: &VolumeMeta) -> VolumeMeta {
+    let mut meta = meta.clone();
+    for placement in &mut meta.pgs {
+        placement.membership = None;
+        placement.nodes.clear();
+    }
+    meta
 }
 
 /// Writes `meta` to `dir` durably ([`crate::durable::write_checked`]). The caller has

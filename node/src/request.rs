@@ -187,6 +187,17 @@ pub fn truncations_to_wire(list: &[Truncation]) -> Vec<wire::Truncation> {
 }
 
 /// The writer's peer list: at most [`PEERS_MAX`] non-empty addresses of bounded length.
+/// A PG membership from the network, checked ([`Membership::from_wire`]); None when absent.
+pub fn membership(
+    wire: Option<&wire::Membership>,
+) -> Result<Option<sixfold_proto::membership::Membership>, StoreError> {
+    wire.map(|m| {
+        sixfold_proto::membership::Membership::from_wire(m)
+            .map_err(|e| invalid(format!("membership: {e}")))
+    })
+    .transpose()
+}
+
 pub fn peers(list: &[String]) -> Result<Vec<String>, StoreError> {
     if list.len() > PEERS_MAX {
         return Err(invalid(format!(

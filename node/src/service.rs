@@ -6,13 +6,14 @@ use sixfold_archive::ObjectStore;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::storage_node_server::StorageNode;
 use sixfold_proto::wire::{
-    AppendRequest, AppendResponse, FetchPagesRequest, FetchPagesResponse, FetchRecordsRequest,
-    FetchRecordsResponse, GetNodeListRequest, GetNodeListResponse, GetVolumeMetaRequest,
-    GetVolumeMetaResponse, NodeStatusRequest, NodeStatusResponse, OpenSegmentRequest,
-    OpenSegmentResponse, PageImage, PutNodeListRequest, PutNodeListResponse, PutVolumeMetaRequest,
-    PutVolumeMetaResponse, ReadPageRequest, ReadPageResponse, RestoreSegmentProgress,
-    RestoreSegmentRequest, SegmentRef, SegmentStateRequest, SegmentStateResponse, SegmentStatus,
-    VolumeWriterState,
+    AppendRequest, AppendResponse, ChangeMembershipRequest, ChangeMembershipResponse,
+    FetchPagesRequest, FetchPagesResponse, FetchRecordsRequest, FetchRecordsResponse,
+    GetNodeListRequest, GetNodeListResponse, GetVolumeMetaRequest, GetVolumeMetaResponse,
+    NodeStatusRequest, NodeStatusResponse, OpenSegmentRequest, OpenSegmentResponse, PageImage,
+    PutNodeListRequest, PutNodeListResponse, PutPgMembershipRequest, PutPgMembershipResponse,
+    PutVolumeMetaRequest, PutVolumeMetaResponse, ReadPageRequest, ReadPageResponse,
+    RestoreSegmentProgress, RestoreSegmentRequest, SegmentRef, SegmentStateRequest,
+    SegmentStateResponse, SegmentStatus, VolumeWriterState,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 use tokio::sync::mpsc;
@@ -74,9 +75,10 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
         let addr = request::segment_addr(&request.segment_addr)?;
         let truncations = request::truncations(&request.truncations)?;
         request::history_not_newer(&truncations, epoch)?;
-        Ok::<_, StoreError>((key, epoch, records, peers, addr, truncations))
+        let membership = request::membership(request.membership.as_ref())?;
+        Ok::<_, StoreError>((key, epoch, records, peers, addr, truncations, membership))
     })();
-    let (key, epoch, records, peers, addr, truncations) =
+    let (key, epoch, records, peers, addr, truncations, membership) =
         prepared.map_err(|e| status("Append", e))?;
     // A segment that was away while this writer (or an earlier one) recovered the PG drops the
     // records that recovery truncated before it acknowledges anything of this writer's.
@@ -97,6 +99,7 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
             time_us: request.writer_vdl_time_us,
         },
         addr,
+        membership,
     };
     let scl = store
         .append(key, source, records)
@@ -194,6 +197,11 @@ impl StorageNode for Service {
     ) -> Result<Response<FetchRecordsResponse>, Status> {
         let request = request.into_inner();
         let key = request::segment_key(request.segment.as_ref())
+            .and_then(|key| {
+                let asker = request::membership(request.membership.as_ref())?;
+                crate::members::check(&key, self.store.membership(&key).as_ref(), asker.as_ref())?;
+                Ok(key)
+            })
             .map_err(|e| status("FetchRecords", e))?;
         let (records, scl) = self
             .store
@@ -246,8 +254,17 @@ impl StorageNode for Service {
         request: Request<SegmentStateRequest>,
     ) -> Result<Response<SegmentStateResponse>, Status> {
         let request = request.into_inner();
-        let key = request::segment_key(request.segment.as_ref())
+        let (key, membership) = request::segment_key(request.segment.as_ref())
+            .and_then(|key| Ok((key, request::membership(request.membership.as_ref())?)))
             .map_err(|e| status("SegmentState", e))?;
+        if request.seal_epoch == 0 {
+            crate::members::check(
+                &key,
+                self.store.membership(&key).as_ref(),
+                membership.as_ref(),
+            )
+            .map_err(|e| status("SegmentState", e))?;
+        }
         let learn = request::truncations(&request.learn)
             .and_then(|learn| {
                 if request.seal_epoch > 0 {
@@ -258,7 +275,7 @@ impl StorageNode for Service {
             .map_err(|e| status("SegmentState", e))?;
         if request.seal_epoch > 0 {
             self.store
-                .seal(key.clone(), Epoch(request.seal_epoch))
+                .seal(key.clone(), Epoch(request.seal_epoch), membership)
                 .await
                 .map_err(|e| status("SegmentState", e))?;
         }
@@ -277,6 +294,7 @@ impl StorageNode for Service {
             max_lsn: state.max_lsn.0,
             epoch: state.epoch.0,
             truncations: request::truncations_to_wire(&state.truncations),
+            membership: self.store.membership(&key).map(|m| m.to_wire()),
         }))
     }
 
@@ -285,10 +303,11 @@ impl StorageNode for Service {
         request: Request<OpenSegmentRequest>,
     ) -> Result<Response<OpenSegmentResponse>, Status> {
         let request = request.into_inner();
-        let (key, history, peers) = request::segment_key(request.segment.as_ref())
+        let (key, history, peers, membership) = request::segment_key(request.segment.as_ref())
             .and_then(|key| {
                 let history = request::truncations(&request.history)?;
-                Ok((key, history, request::peers(&request.peers)?))
+                let membership = request::membership(request.membership.as_ref())?;
+                Ok((key, history, request::peers(&request.peers)?, membership))
             })
             .map_err(|e| status("OpenSegment", e))?;
         let scl = self
@@ -299,6 +318,7 @@ impl StorageNode for Service {
                 Lsn(request.truncate_after),
                 history,
                 peers,
+                membership,
             )
             .await
             .map_err(|e| status("OpenSegment", e))?;
@@ -321,6 +341,55 @@ impl StorageNode for Service {
             .await
             .map_err(|e| status("PutVolumeMeta", e))?;
         Ok(Response::new(PutVolumeMetaResponse { version }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<ChangeMembershipResponse>, Status> {
+        let request = request.into_inner();
+        let parsed = (|| {
+            let key = request::segment_key(request.segment.as_ref())?;
+            let base = request::membership(request.base.as_ref())?;
+            let proposed = request::membership(request.proposed.as_ref())?;
+            let (Some(base), Some(proposed)) = (base, proposed) else {
+                return Err(StoreError::InvalidArgument(
+                    "a membership change names its base and its proposal".into(),
+                ));
+            };
+            Ok((key, base, proposed, request::peers(&request.peers)?))
+        })()
+        .map_err(|e| status("ChangeMembership", e))?;
+        let (key, base, proposed, peers) = parsed;
+        let scl = self
+            .store
+            .change_membership(key, base, proposed, peers)
+            .await
+            .map_err(|e| status("ChangeMembership", e))?;
+        Ok(Response::new(ChangeMembershipResponse { scl: scl.0 }))
+    }
+
+    async fn put_pg_membership(
+        &self,
+        request: Request<PutPgMembershipRequest>,
+    ) -> Result<Response<PutPgMembershipResponse>, Status> {
+        let request = request.into_inner();
+        let parsed = (|| {
+            request::volume_name(&request.volume)?;
+            let membership =
+                request::membership(request.membership.as_ref())?.ok_or_else(|| {
+                    StoreError::InvalidArgument("the request carries no membership".into())
+                })?;
+            Ok((membership, request::peers(&request.nodes)?))
+        })()
+        .map_err(|e| status("PutPgMembership", e))?;
+        let (membership, nodes) = parsed;
+        let epoch = self
+            .store
+            .merge_pg_membership(&request.volume, PgId(request.pg), membership, nodes)
+            .await
+            .map_err(|e| status("PutPgMembership", e))?;
+        Ok(Response::new(PutPgMembershipResponse { epoch }))
     }
 
     async fn get_volume_meta(

@@ -21,13 +21,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sixfold_proto::membership::Membership;
 use sixfold_proto::record;
 use sixfold_proto::wire::{Record, VolumeMeta};
 use sixfold_proto::{Epoch, Lsn, NodeId, PageId, PAGE_SIZE, PG_PAGES};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::error;
 
-use crate::appender::{AppendJob, Appender, Job, MetaJob, OpenJob, Reply, Source};
+use crate::appender::{
+    AppendJob, Appender, Job, MembershipJob, MergeJob, MetaJob, OpenJob, Reply, Source,
+};
 use crate::checkpoint::{self, Checkpoint, SegmentCheckpoint};
 use crate::error::{NodeError, StoreError};
 use crate::folder;
@@ -188,6 +191,9 @@ pub struct GapCandidate {
     /// The highest PGCL a writer reported: the segment is behind until its SCL reaches it.
     pub target: Lsn,
     pub peers: Vec<String>,
+    /// The PG's membership as the segment holds it (sent with every fetch: peers refuse an
+    /// older one).
+    pub membership: Option<Membership>,
 }
 
 #[derive(Clone, Debug)]
@@ -225,6 +231,7 @@ fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
             truncate_after,
         },
         FrameBody::History(list) => Effect::History(list),
+        FrameBody::Membership(membership) => Effect::Membership(membership),
     };
     index.apply(&key, effect);
 }
@@ -261,7 +268,12 @@ impl Store {
             }
         }
         for (key, segment) in restored {
-            index.restore_segment(&key, segment.folded, segment.truncations);
+            index.restore_segment(
+                &key,
+                segment.folded,
+                segment.truncations,
+                segment.membership,
+            );
         }
         let (writer, replay) = hotlog::open(&log_dir, |frame, location| {
             apply_frame(&mut index, frame, location)
@@ -414,6 +426,7 @@ impl Store {
         truncate_after: Lsn,
         history: Vec<Truncation>,
         peers: Vec<String>,
+        membership: Option<Membership>,
     ) -> Result<Lsn, StoreError> {
         let mut history: Vec<Truncation> =
             history.into_iter().filter(|t| t.epoch < epoch).collect();
@@ -428,6 +441,7 @@ impl Store {
                 history,
                 peers,
                 authority: None,
+                membership,
                 reply,
             })
         })
@@ -436,7 +450,12 @@ impl Store {
 
     /// Adopts `epoch` durably for the segment's volume (refusing older writers from then on),
     /// without truncating anything: the first step of a writer's recovery of the PG.
-    pub async fn seal(&self, key: SegmentKey, epoch: Epoch) -> Result<Lsn, StoreError> {
+    pub async fn seal(
+        &self,
+        key: SegmentKey,
+        epoch: Epoch,
+        membership: Option<Membership>,
+    ) -> Result<Lsn, StoreError> {
         self.submit(|reply| {
             Job::Open(OpenJob {
                 key,
@@ -444,6 +463,7 @@ impl Store {
                 history: Vec::new(),
                 peers: Vec::new(),
                 authority: None,
+                membership,
                 reply,
             })
         })
@@ -480,11 +500,60 @@ impl Store {
                 history: history.to_vec(),
                 peers: Vec::new(),
                 authority,
+                membership: None,
                 reply,
             })
         })
         .await
         .map(drop)
+    }
+
+    /// A membership change step of the segment's PG (see [`crate::appender::MembershipJob`]).
+    pub async fn change_membership(
+        &self,
+        key: SegmentKey,
+        base: Membership,
+        proposed: Membership,
+        peers: Vec<String>,
+    ) -> Result<Lsn, StoreError> {
+        self.submit(|reply| {
+            Job::Membership(MembershipJob {
+                key,
+                base,
+                proposed,
+                peers,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Records a PG's newer membership in the stored volume metadata; answers the PG's
+    /// membership epoch afterwards (0: this node holds no metadata of that PG).
+    pub async fn merge_pg_membership(
+        &self,
+        volume: &str,
+        pg: sixfold_proto::PgId,
+        membership: Membership,
+        nodes: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        self.submit(|reply| {
+            Job::MergeMembership(MergeJob {
+                volume: volume.to_string(),
+                pg: pg.0,
+                membership: membership.to_wire(),
+                nodes,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// The PG's membership as the segment holds it.
+    pub fn membership(&self, key: &SegmentKey) -> Option<Membership> {
+        lock(&self.shared.index)
+            .slot(key)
+            .and_then(|s| s.membership.clone())
     }
 
     /// Stores the metadata if its version is higher than the stored one; answers the stored version.
@@ -965,6 +1034,7 @@ impl Store {
                 scl: slot.segment.scl(),
                 target: slot.pgcl_hint,
                 peers: slot.peers.clone(),
+                membership: slot.membership.clone(),
             })
         };
         let after = index

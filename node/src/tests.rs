@@ -41,6 +41,7 @@ async fn append(
         fold_limit: Lsn(0),
         mark: crate::index::Mark::default(),
         addr: String::new(),
+        membership: None,
     };
     store.append(key.clone(), source, prepared).await
 }
@@ -230,6 +231,105 @@ async fn torn_tail_is_cut_on_restart() {
     store.close().await;
 }
 
+/// A membership change step is durable, fences a writer on the old membership (its Appends
+/// and seals are refused as stale), refuses a rival step of the same epoch, and survives a
+/// restart.
+#[tokio::test]
+async fn membership_steps_fence_old_members_across_restarts() {
+    use sixfold_proto::membership::Membership;
+    use sixfold_proto::NodeId;
+    let temp = TempDir::new("membership");
+    let k = key("v", 0);
+    let store = open(temp.path());
+    let base = Membership::new((1..=6).map(NodeId).collect()).expect("valid");
+    // The writer that creates the PG hands its segments the first membership.
+    store
+        .open_segment(
+            k.clone(),
+            Epoch(1),
+            Lsn(0),
+            vec![],
+            vec![],
+            Some(base.clone()),
+        )
+        .await
+        .expect("open");
+    assert_eq!(store.membership(&k), Some(base.clone()));
+    let writer = |membership: &Membership, lsn: u64| {
+        let prepared = prepare_records(&k, Some(Epoch(1)), &[partial(lsn, lsn - 1, 1, 0, 0, b"x")])
+            .expect("valid");
+        let source = Source::Writer {
+            epoch: Epoch(1),
+            peers: vec![],
+            writer_vcl: Lsn(0),
+            writer_vdl: Lsn(0),
+            pgcl: Lsn(0),
+            fold_limit: Lsn(0),
+            mark: crate::index::Mark::default(),
+            addr: String::new(),
+            membership: Some(membership.clone()),
+        };
+        store.append(k.clone(), source, prepared)
+    };
+    assert_eq!(writer(&base, 1).await.expect("current"), Lsn(1));
+    let begun = base.begin(NodeId(6), NodeId(7)).expect("begin");
+    store
+        .change_membership(k.clone(), base.clone(), begun.clone(), vec!["a:1".into()])
+        .await
+        .expect("adopted");
+    let stale = writer(&base, 2)
+        .await
+        .expect_err("the old membership no longer counts");
+    assert!(
+        matches!(
+            stale,
+            StoreError::StaleMembership {
+                request: 1,
+                held: 2,
+                ..
+            }
+        ),
+        "{stale}"
+    );
+    assert!(stale.to_string().contains("stale membership"));
+    assert!(
+        store
+            .seal(k.clone(), Epoch(2), Some(base.clone()))
+            .await
+            .is_err(),
+        "a recovering writer on the old membership is refused too"
+    );
+    let rival = base.begin(NodeId(6), NodeId(8)).expect("rival");
+    assert!(matches!(
+        store
+            .change_membership(k.clone(), base.clone(), rival, vec![])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let skipped = begun
+        .complete(NodeId(7))
+        .and_then(|m| m.begin(NodeId(5), NodeId(9)))
+        .expect("steps");
+    assert!(
+        matches!(
+            store
+                .change_membership(k.clone(), base.clone(), skipped, vec![])
+                .await,
+            Err(StoreError::InvalidArgument(_))
+        ),
+        "a proposal that is not one step from its base"
+    );
+    assert_eq!(writer(&begun, 2).await.expect("the new membership"), Lsn(2));
+    store.close().await;
+    let store = open(temp.path());
+    assert_eq!(
+        store.membership(&k),
+        Some(begun.clone()),
+        "replayed from the hot log"
+    );
+    store.close().await;
+}
+
 #[tokio::test]
 async fn truncation_survives_restart() {
     let temp = TempDir::new("truncation");
@@ -242,7 +342,7 @@ async fn truncation_survives_restart() {
     // A new writer recovered the PG up to 6.
     assert_eq!(
         store
-            .open_segment(k.clone(), Epoch(2), Lsn(6), vec![], vec![])
+            .open_segment(k.clone(), Epoch(2), Lsn(6), vec![], vec![], None)
             .await
             .expect("open"),
         Lsn(6)
@@ -285,7 +385,7 @@ async fn epochs_fence_old_writers_across_restarts() {
         "{text}"
     );
     assert!(store
-        .open_segment(k.clone(), Epoch(1), Lsn(0), vec![], vec![])
+        .open_segment(k.clone(), Epoch(1), Lsn(0), vec![], vec![], None)
         .await
         .is_err());
     let meta = VolumeMeta {

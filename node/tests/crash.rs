@@ -215,6 +215,7 @@ async fn kill_9_keeps_acknowledged_records() {
                 segment: segment.clone(),
                 seal_epoch: 0,
                 learn: vec![],
+                membership: None,
             })
             .await
             .expect("state")

@@ -148,6 +148,7 @@ async fn segment_state(
             segment: segment(volume, pg),
             seal_epoch: 0,
             learn: vec![],
+            membership: None,
         })
         .await
         .expect("state")
@@ -304,6 +305,7 @@ async fn append_read_and_malformed_requests() {
             truncate_after: 4,
             history: vec![],
             peers: vec![],
+            membership: None,
         })
         .await
         .expect("open")

@@ -52,6 +52,7 @@ use thiserror::Error;
 
 use crate::geometry::{COPIES, READ_QUORUM, WRITE_QUORUM};
 use crate::types::{Lsn, MembershipEpoch, NodeId};
+use crate::wire;
 
 /// Most replacements under way at once in one PG. Two nested replacements give 4
 /// configurations; a third loss in a PG that already lost two members leaves it below a write
@@ -327,8 +328,9 @@ impl Membership {
 
     /// What a node holding `current` (None: none yet) does with `proposed`, a step from `base`:
     /// adopt it (`Ok(true)`), or nothing because it already holds it (`Ok(false)`), or refuse.
-    /// A node that missed steps (its epoch is below `base`'s) adopts `proposed` directly: `base`
-    /// was read from the PG's nodes, so the steps it missed were taken.
+    /// A node that missed steps (its epoch is below `base`'s) adopts `proposed` directly: the
+    /// driver proposes only from a base that a write quorum holds, so the steps it missed were
+    /// taken. So does a node holding a rival of `base` (a step another driver began that lost).
     pub fn decide_adopt(
         current: Option<&Membership>,
         base: &Membership,
@@ -353,12 +355,54 @@ impl Membership {
                 found: proposed.epoch,
             });
         }
-        if current.epoch == base.epoch && current != base {
-            return Err(MembershipError::Conflict {
-                epoch: current.epoch,
+        // Below the proposal: behind (it missed steps), or on a rival step of `base`'s epoch
+        // that never reached a write quorum (a step is proposed only from a base a write quorum
+        // holds, and two rival steps cannot both reach one): either way it follows.
+        Ok(true)
+    }
+}
+
+impl Membership {
+    /// The membership from its wire form, checked ([`Membership::check`]).
+    pub fn from_wire(wire: &wire::Membership) -> Result<Membership, MembershipError> {
+        if wire.members.len() > COPIES || wire.changes.len() > CHANGES_MAX {
+            return Err(MembershipError::Members {
+                count: wire.members.len(),
+                distinct: wire.members.len(),
             });
         }
-        Ok(true)
+        let membership = Membership {
+            epoch: MembershipEpoch(wire.epoch),
+            members: wire.members.iter().map(|id| NodeId(*id)).collect(),
+            changes: wire
+                .changes
+                .iter()
+                .map(|c| Replacement {
+                    from: NodeId(c.from),
+                    to: NodeId(c.to),
+                })
+                .collect(),
+        };
+        if membership.nodes().iter().any(|n| n.0 == 0) {
+            return Err(MembershipError::NotAMember { node: NodeId(0) });
+        }
+        membership.check()?;
+        Ok(membership)
+    }
+
+    pub fn to_wire(&self) -> wire::Membership {
+        wire::Membership {
+            epoch: self.epoch.0,
+            members: self.members.iter().map(|n| n.0).collect(),
+            changes: self
+                .changes
+                .iter()
+                .map(|c| wire::Replacement {
+                    from: c.from.0,
+                    to: c.to.0,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -607,6 +651,12 @@ mod tests {
             Membership::decide_adopt(Some(&base), &base, &later),
             Err(MembershipError::NotNext { .. })
         ));
+        // A node on the rival's losing step follows the winner's next step.
+        let next = proposed.complete(G).expect("complete");
+        assert_eq!(
+            Membership::decide_adopt(Some(&other), &proposed, &next),
+            Ok(true)
+        );
         // A node that missed steps, or holds nothing yet (the new member), adopts.
         let mut lagging = base.clone();
         lagging.epoch = MembershipEpoch(0);

@@ -429,10 +429,13 @@ impl World {
             let ledger = writer.ledger.as_ref().expect("an open writer has a ledger");
             ledger.check_invariants();
             let vdl = ledger.vdl();
-            let scls = ledger
-                .pg(crate::writer::PG)
-                .map(|c| c.scls)
-                .unwrap_or_default();
+            let scls: Vec<Lsn> = (0..COPIES)
+                .map(|i| {
+                    ledger
+                        .pg(crate::writer::PG)
+                        .map_or(Lsn::ZERO, |c| c.scl(crate::writer::node_id(i)))
+                })
+                .collect();
             for (i, node) in self.nodes.iter().enumerate() {
                 if scls[i] < vdl || node.segment.scl() < vdl || node.epoch > writer.epoch {
                     continue;
@@ -478,7 +481,7 @@ impl World {
                 ledger.vdl().0,
                 ledger.vcl().0,
                 ledger.last_allocated().0,
-                ledger.pg(crate::writer::PG).map(|c| c.scls)
+                ledger.pg(crate::writer::PG).map(|c| &c.scls)
             );
         }
         for (i, node) in self.nodes.iter().enumerate() {

@@ -9,14 +9,25 @@ use std::collections::{HashMap, HashSet};
 use sixfold_blockdev::ledger::Ledger;
 use sixfold_blockdev::recovery::{chain_tail, new_start};
 use sixfold_node::segment::Truncation;
+use sixfold_proto::membership::Membership;
 use sixfold_proto::wire;
-use sixfold_proto::{Epoch, Lsn, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
 
 use crate::msg::{Msg, Rec};
 use crate::Variant;
 
 /// The simulated volume has one PG.
 pub const PG: PgId = PgId(0);
+
+/// The node id of simulated node `i` (ids are never 0).
+pub fn node_id(i: usize) -> NodeId {
+    NodeId(i as u64 + 1)
+}
+
+/// The PG's membership: nodes 0..6.
+pub fn membership() -> Membership {
+    Membership::new((0..COPIES).map(node_id).collect()).expect("six distinct nodes")
+}
 /// Steps without an answer before a request is sent again.
 const RESEND_STEPS: u64 = 12;
 /// Records per Append.
@@ -200,7 +211,7 @@ impl SimWriter {
         self.ledger
             .as_ref()
             .and_then(|l| l.pg(PG))
-            .map_or(Lsn::ZERO, |c| c.scls[i])
+            .map_or(Lsn::ZERO, |c| c.scl(node_id(i)))
     }
 
     /// Handles an answer from segment `i`.
@@ -241,7 +252,8 @@ impl SimWriter {
                         scls[*i] = *scl;
                     }
                     let mut ledger = Ledger::new(self.start, self.lal);
-                    ledger.add_pg(PG, self.tail, scls);
+                    let acked = (0..COPIES).map(|i| (node_id(i), scls[i])).collect();
+                    ledger.add_pg(PG, self.tail, membership(), acked);
                     self.ledger = Some(ledger);
                     self.sent = scls;
                     self.sent_at = [0; COPIES];
@@ -251,7 +263,7 @@ impl SimWriter {
             }
             (Phase::Active, Msg::AppendAck { scl }) => {
                 if let Some(ledger) = &mut self.ledger {
-                    ledger.handle_ack(PG, i, scl);
+                    ledger.handle_ack(PG, node_id(i), scl);
                 }
                 self.complete_flushes(variant, events);
             }
@@ -348,7 +360,9 @@ impl SimWriter {
         let Some(ledger) = &self.ledger else {
             return;
         };
-        let scls = ledger.pg(PG).map_or([Lsn::ZERO; COPIES], |c| c.scls);
+        let scls: Vec<Lsn> = (0..COPIES)
+            .map(|i| ledger.pg(PG).map_or(Lsn::ZERO, |c| c.scl(node_id(i))))
+            .collect();
         let vdl = ledger.vdl();
         self.pending_flushes.retain(|target| {
             let done = match variant {

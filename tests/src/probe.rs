@@ -46,6 +46,7 @@ impl NodeProbe {
             segment: self.segment(pg),
             seal_epoch: 0,
             learn: vec![],
+            membership: None,
         };
         let state = self.runtime.block_on(self.client.segment_state(request))?;
         Ok(state.into_inner().scl)

@@ -254,6 +254,7 @@ fn node_answers_garbage_with_errors_and_keeps_serving() -> anyhow::Result<()> {
                 truncate_after: 1,
                 history: vec![],
                 peers: vec![],
+                membership: None,
             })
             .await?;
         let stale = page_record(2, 1, 1, 5, 3);

@@ -1,0 +1,92 @@
+//! What a segment does with the memberships requests carry: pure rules, applied by the
+//! appender (the one thread that changes durable state) and the service.
+//!
+//! - A request whose membership is older than the segment's is refused (a writer or peer on an
+//!   old member list must not count or serve as if it were current); the writer re-reads the
+//!   PG's membership and goes on ([`StoreError::StaleMembership`]).
+//! - One of the same epoch with other members is refused too (a rival step that lost).
+//! - A newer one is served: the segment missed a step (it was away), which its driver re-sends.
+//! - A segment adopts a membership durably only from a membership change step
+//!   ([`Membership::decide_adopt`]) or from the writer that creates or recovers the PG (its
+//!   OpenSegment): a writer's membership comes from the volume metadata, which records only
+//!   steps a write quorum holds.
+
+use sixfold_proto::membership::Membership;
+
+use crate::error::StoreError;
+use crate::index::SegmentKey;
+
+/// Whether a request carrying `request` may be served by a segment holding `held`.
+pub fn check(
+    key: &SegmentKey,
+    held: Option<&Membership>,
+    request: Option<&Membership>,
+) -> Result<(), StoreError> {
+    let (Some(held), Some(request)) = (held, request) else {
+        return Ok(());
+    };
+    if request.epoch < held.epoch {
+        return Err(StoreError::StaleMembership {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+            request: request.epoch.0,
+            held: held.epoch.0,
+        });
+    }
+    if request.epoch == held.epoch && request != held {
+        return Err(StoreError::Conflict(format!(
+            "segment {key}: {} is held here with other members ({held}); the request's \
+             ({request}) is a rival step that lost",
+            held.epoch
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a writer's OpenSegment membership is to be adopted: the segment holds none or an
+/// older one. (Refusals are [`check`]'s.)
+pub fn adopt_from_writer(held: Option<&Membership>, request: &Membership) -> bool {
+    held.is_none_or(|held| request.epoch > held.epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sixfold_proto::{NodeId, PgId};
+
+    fn key() -> SegmentKey {
+        SegmentKey {
+            volume: "v".into(),
+            pg: PgId(0),
+        }
+    }
+
+    #[test]
+    fn older_and_rival_memberships_are_refused() {
+        let base = Membership::new((1..=6).map(NodeId).collect()).expect("valid");
+        let begun = base.begin(NodeId(6), NodeId(7)).expect("begin");
+        let rival = base.begin(NodeId(6), NodeId(8)).expect("rival");
+        assert!(check(&key(), Some(&begun), Some(&begun)).is_ok());
+        assert!(
+            check(&key(), Some(&base), Some(&begun)).is_ok(),
+            "a newer one is served"
+        );
+        assert!(check(&key(), None, Some(&begun)).is_ok());
+        assert!(check(&key(), Some(&begun), None).is_ok(), "not checked");
+        assert!(matches!(
+            check(&key(), Some(&begun), Some(&base)),
+            Err(StoreError::StaleMembership {
+                request: 1,
+                held: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check(&key(), Some(&begun), Some(&rival)),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(adopt_from_writer(None, &base));
+        assert!(adopt_from_writer(Some(&base), &begun));
+        assert!(!adopt_from_writer(Some(&begun), &begun));
+    }
+}
