@@ -399,7 +399,10 @@ impl Appender {
             frames.push(frame::encode(
                 &job.key.volume,
                 job.key.pg,
-                &FrameBody::Membership(membership.clone()),
+                &FrameBody::Membership {
+                    current: membership.clone(),
+                    base: None,
+                },
             ));
         }
         if frames.is_empty() {
@@ -422,7 +425,13 @@ impl Appender {
             index.apply(&job.key, Effect::History(job.history.clone()));
         }
         if let Some(membership) = adopt_membership {
-            index.apply(&job.key, Effect::Membership(membership));
+            index.apply(
+                &job.key,
+                Effect::Membership {
+                    current: membership,
+                    base: None,
+                },
+            );
         }
         if let (Some(epoch), Some(own)) = (job.epoch, job.history.last()) {
             // The chain recovery kept ends at the writer's truncation point and some peer holds
@@ -482,7 +491,10 @@ impl Appender {
             let frame = frame::encode(
                 &job.key.volume,
                 job.key.pg,
-                &FrameBody::Membership(job.proposed.clone()),
+                &FrameBody::Membership {
+                    current: job.proposed.clone(),
+                    base: Some(job.base.clone()),
+                },
             );
             let hardened = self
                 .writer
@@ -495,7 +507,13 @@ impl Appender {
         }
         let mut index = lock(&self.shared.index);
         if adopt {
-            index.apply(&job.key, Effect::Membership(job.proposed.clone()));
+            index.apply(
+                &job.key,
+                Effect::Membership {
+                    current: job.proposed.clone(),
+                    base: Some(job.base.clone()),
+                },
+            );
             info!(segment = %job.key, membership = %job.proposed, "segment adopted a membership change");
         }
         let slot = index.slot_mut(&job.key);

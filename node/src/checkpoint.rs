@@ -18,8 +18,8 @@ use sixfold_proto::{Epoch, Lsn, PgId};
 use crate::index::SegmentKey;
 use crate::segment::Truncation;
 
-/// Version 1 had no memberships; version 2 appends each segment's (length-prefixed protobuf,
-/// length 0 for none). Both decode.
+/// Version 1 had no memberships; version 2 appends each segment's membership and its base
+/// (a length-prefixed protobuf `MembershipStep`, length 0 for none). Both decode.
 const MAGIC_V1: u64 = 0x5346_4348_4b50_5431; // "SFCHKPT1"
 const MAGIC: u64 = 0x5346_4348_4b50_5432; // "SFCHKPT2"
 pub const FILE_NAME: &str = "checkpoint";
@@ -28,7 +28,8 @@ pub const FILE_NAME: &str = "checkpoint";
 pub struct SegmentCheckpoint {
     pub folded: Lsn,
     pub truncations: Vec<Truncation>,
-    pub membership: Option<Membership>,
+    /// The PG's membership and the one it was a step from.
+    pub membership: Option<(Membership, Option<Membership>)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,7 +88,13 @@ impl Checkpoint {
             let membership = segment
                 .membership
                 .as_ref()
-                .map(|m| m.to_wire().encode_to_vec())
+                .map(|(current, base)| {
+                    sixfold_proto::wire::MembershipStep {
+                        base: base.as_ref().map(Membership::to_wire),
+                        current: Some(current.to_wire()),
+                    }
+                    .encode_to_vec()
+                })
                 .unwrap_or_default();
             out.extend_from_slice(&(membership.len() as u32).to_le_bytes());
             out.extend_from_slice(&membership);
@@ -131,8 +138,13 @@ impl Checkpoint {
                 if len == 0 {
                     None
                 } else {
-                    let wire = sixfold_proto::wire::Membership::decode(bytes).ok()?;
-                    Some(Membership::from_wire(&wire).ok()?)
+                    let step = sixfold_proto::wire::MembershipStep::decode(bytes).ok()?;
+                    let current = Membership::from_wire(step.current.as_ref()?).ok()?;
+                    let base = match &step.base {
+                        Some(base) => Some(Membership::from_wire(base).ok()?),
+                        None => None,
+                    };
+                    Some((current, base))
                 }
             } else {
                 None
@@ -196,10 +208,11 @@ mod tests {
                     epoch: Epoch(4),
                     after: Lsn(70),
                 }],
-                membership: Some(
+                membership: Some((
                     Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
                         .expect("membership"),
-                ),
+                    None,
+                )),
             },
         );
         let bytes = c.encode();

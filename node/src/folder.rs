@@ -487,7 +487,10 @@ pub(crate) fn checkpoint_and_collect(shared: &Shared) -> Result<(usize, u64), St
                 SegmentCheckpoint {
                     folded: slot.segment.folded(),
                     truncations: slot.segment.truncations().to_vec(),
-                    membership: slot.membership.clone(),
+                    membership: slot
+                        .membership
+                        .clone()
+                        .map(|current| (current, slot.membership_base.clone())),
                 },
             );
             if let Some(file) = slot.segment.oldest_log_file() {

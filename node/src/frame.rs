@@ -7,7 +7,7 @@
 //!         | epoch:      epoch u64
 //!         | truncation: epoch u64 | truncate_after u64
 //!         | history:    count u32 | (epoch u64 | truncate_after u64) * count
-//!         | membership: the PG's membership (protobuf `Membership`)
+//!         | membership: the PG's membership and its base (protobuf `MembershipStep`)
 //! ```
 //!
 //! all little-endian.
@@ -50,9 +50,12 @@ pub enum FrameBody {
     ///
     /// [`Segment::adopt`]: crate::segment::Segment::adopt
     History(Vec<Truncation>),
-    /// The segment adopted a membership of its PG (a membership change step, or the writer
-    /// that created the PG).
-    Membership(Membership),
+    /// The segment adopted a membership of its PG: a membership change step from `base`, or
+    /// (`base` None) the writer's that created or recovered the PG.
+    Membership {
+        current: Membership,
+        base: Option<Membership>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -85,7 +88,7 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
         FrameBody::Epoch(_) => KIND_EPOCH,
         FrameBody::Truncation { .. } => KIND_TRUNCATION,
         FrameBody::History(_) => KIND_HISTORY,
-        FrameBody::Membership(_) => KIND_MEMBERSHIP,
+        FrameBody::Membership { .. } => KIND_MEMBERSHIP,
     };
     bytes.push(kind);
     bytes.extend_from_slice(&volume_len.to_le_bytes());
@@ -109,8 +112,12 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
                 bytes.extend_from_slice(&t.after.0.to_le_bytes());
             }
         }
-        FrameBody::Membership(membership) => {
-            bytes.extend_from_slice(&membership.to_wire().encode_to_vec())
+        FrameBody::Membership { current, base } => {
+            let step = sixfold_proto::wire::MembershipStep {
+                base: base.as_ref().map(Membership::to_wire),
+                current: Some(current.to_wire()),
+            };
+            bytes.extend_from_slice(&step.encode_to_vec())
         }
     }
     let payload_len = bytes.len() - FRAME_HEADER_BYTES;
@@ -224,10 +231,15 @@ fn decode_payload(payload: &[u8]) -> Result<(Frame, usize), String> {
             FrameBody::History(list)
         }
         KIND_MEMBERSHIP => {
-            let wire = sixfold_proto::wire::Membership::decode(body).map_err(|_| malformed())?;
-            FrameBody::Membership(
-                Membership::from_wire(&wire).map_err(|e| format!("frame membership: {e}"))?,
-            )
+            let step =
+                sixfold_proto::wire::MembershipStep::decode(body).map_err(|_| malformed())?;
+            let decode = |m: &sixfold_proto::wire::Membership| {
+                Membership::from_wire(m).map_err(|e| format!("frame membership: {e}"))
+            };
+            FrameBody::Membership {
+                current: decode(step.current.as_ref().ok_or_else(malformed)?)?,
+                base: step.base.as_ref().map(decode).transpose()?,
+            }
         }
         other => return Err(format!("unknown frame kind {other}")),
     };
@@ -267,11 +279,15 @@ mod tests {
                 epoch: Epoch(5),
                 truncate_after: Lsn(77),
             },
-            FrameBody::Membership(
-                Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
+            FrameBody::Membership {
+                current: Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
                     .and_then(|m| m.begin(sixfold_proto::NodeId(6), sixfold_proto::NodeId(7)))
                     .expect("membership"),
-            ),
+                base: Some(
+                    Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
+                        .expect("membership"),
+                ),
+            },
         ];
         for body in bodies {
             let encoded = encode("vol-1", PgId(2), &body);

@@ -49,6 +49,9 @@ pub struct SegmentSlot {
     /// The PG's membership as this segment holds it: durable (membership frames, the
     /// checkpoint); its epoch never decreases. None for a segment created before memberships.
     pub membership: Option<Membership>,
+    /// The membership `membership` was a step from (None: a writer's, from the metadata).
+    /// `membership` is established once a write quorum of it holds `membership`.
+    pub membership_base: Option<Membership>,
     /// Addresses of the PG's other segments, as last sent by the writer (gap-fill peers).
     pub peers: Vec<String>,
     /// The highest PGCL a writer reported for the PG: records up to it exist on a write quorum,
@@ -95,13 +98,14 @@ pub struct Mark {
 impl SegmentSlot {
     /// Keeps `membership` if it is newer than the one held (replay applies frames in order, so
     /// an older one can only come from a checkpoint written before them).
-    pub fn keep_membership(&mut self, membership: Membership) {
+    pub fn keep_membership(&mut self, membership: Membership, base: Option<Membership>) {
         if self
             .membership
             .as_ref()
             .is_none_or(|held| membership.epoch > held.epoch)
         {
             self.membership = Some(membership);
+            self.membership_base = base;
         }
     }
 
@@ -138,8 +142,12 @@ pub enum Effect {
     },
     /// A newer recovery's truncation history ([`Segment::adopt`]).
     History(Vec<Truncation>),
-    /// The PG's membership (kept when newer than the segment's).
-    Membership(Membership),
+    /// The PG's membership and the one it was a step from (kept when newer than the
+    /// segment's).
+    Membership {
+        current: Membership,
+        base: Option<Membership>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -158,7 +166,7 @@ impl Index {
             Effect::Record { meta, .. } => meta.epoch,
             Effect::Epoch(epoch) | Effect::Truncation { epoch, .. } => *epoch,
             Effect::History(list) => crate::segment::history_epoch(list),
-            Effect::Membership(_) => Epoch(0),
+            Effect::Membership { .. } => Epoch(0),
         };
         self.raise_epoch(&key.volume, epoch);
         let slot = self.slot_mut(key);
@@ -176,8 +184,8 @@ impl Index {
                 slot.segment.adopt(&list);
                 Admission::New
             }
-            Effect::Membership(membership) => {
-                slot.keep_membership(membership);
+            Effect::Membership { current, base } => {
+                slot.keep_membership(current, base);
                 Admission::New
             }
         }
@@ -190,14 +198,14 @@ impl Index {
         key: &SegmentKey,
         folded: Lsn,
         truncations: Vec<Truncation>,
-        membership: Option<Membership>,
+        membership: Option<(Membership, Option<Membership>)>,
     ) {
         let slot = self.slot_mut(key);
         if slot.segment.record_count() == 0 && slot.segment.folded() <= folded {
             slot.segment = Segment::restore(folded, truncations);
         }
-        if let Some(membership) = membership {
-            slot.keep_membership(membership);
+        if let Some((current, base)) = membership {
+            slot.keep_membership(current, base);
         }
     }
 

@@ -41,6 +41,7 @@ mod meta;
 mod nodelist;
 mod pagestore;
 mod pagewrite;
+pub mod repair_plan;
 mod request;
 mod restore;
 mod retention;

@@ -295,6 +295,7 @@ impl StorageNode for Service {
             epoch: state.epoch.0,
             truncations: request::truncations_to_wire(&state.truncations),
             membership: self.store.membership(&key).map(|m| m.to_wire()),
+            membership_base: self.store.membership_base(&key).map(|m| m.to_wire()),
         }))
     }
 

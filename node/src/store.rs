@@ -231,7 +231,7 @@ fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
             truncate_after,
         },
         FrameBody::History(list) => Effect::History(list),
-        FrameBody::Membership(membership) => Effect::Membership(membership),
+        FrameBody::Membership { current, base } => Effect::Membership { current, base },
     };
     index.apply(&key, effect);
 }
@@ -547,6 +547,13 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// The membership the segment's membership was a step from (None: a writer's).
+    pub fn membership_base(&self, key: &SegmentKey) -> Option<Membership> {
+        lock(&self.shared.index)
+            .slot(key)
+            .and_then(|s| s.membership_base.clone())
     }
 
     /// The PG's membership as the segment holds it.

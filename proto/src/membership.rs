@@ -68,6 +68,17 @@ const _: () = assert!(COPIES - CHANGES_MAX >= WRITE_QUORUM);
 pub struct Replacement {
     pub from: NodeId,
     pub to: NodeId,
+    pub kind: ChangeKind,
+}
+
+/// Why a member is being replaced: it decides what happens when `from` answers again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// `from` was lost (unreachable too long): if it comes back before `to` caught up, the
+    /// replacement is rolled back.
+    Repair,
+    /// A planned move (drain, rebalance): `from` is healthy and stays until `to` caught up.
+    Move,
 }
 
 /// A PG's member list in one membership epoch.
@@ -260,9 +271,23 @@ impl Membership {
             .ok_or(MembershipError::NoSuchChange { node: to })
     }
 
-    /// Begins replacing the stable member `from` by `to` (a node that holds no segment of the
-    /// PG). Placement rules (same AZ, free space) are the caller's: this type knows no AZs.
+    /// Begins replacing the lost stable member `from` by `to` (a node that holds no segment of
+    /// the PG). Placement rules (same AZ, free space) are the caller's: this type knows no AZs.
     pub fn begin(&self, from: NodeId, to: NodeId) -> Result<Membership, MembershipError> {
+        self.begin_change(from, to, ChangeKind::Repair)
+    }
+
+    /// Begins moving the healthy member `from`'s segment to `to` (drain, rebalance).
+    pub fn begin_move(&self, from: NodeId, to: NodeId) -> Result<Membership, MembershipError> {
+        self.begin_change(from, to, ChangeKind::Move)
+    }
+
+    fn begin_change(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        kind: ChangeKind,
+    ) -> Result<Membership, MembershipError> {
         if !self.members.contains(&from) {
             return Err(MembershipError::NotAMember { node: from });
         }
@@ -277,7 +302,7 @@ impl Membership {
         }
         let mut next = self.clone();
         next.epoch = self.next_epoch();
-        next.changes.push(Replacement { from, to });
+        next.changes.push(Replacement { from, to, kind });
         Ok(next)
     }
 
@@ -314,7 +339,10 @@ impl Membership {
         }
         let mut candidates = Vec::new();
         if let Some(new) = next.changes.iter().find(|c| !self.changes.contains(c)) {
-            candidates.push((self.begin(new.from, new.to), Step::Begin(*new)));
+            candidates.push((
+                self.begin_change(new.from, new.to, new.kind),
+                Step::Begin(*new),
+            ));
         }
         for change in &self.changes {
             candidates.push((self.complete(change.to), Step::Complete(*change)));
@@ -380,6 +408,11 @@ impl Membership {
                 .map(|c| Replacement {
                     from: NodeId(c.from),
                     to: NodeId(c.to),
+                    kind: if c.planned {
+                        ChangeKind::Move
+                    } else {
+                        ChangeKind::Repair
+                    },
                 })
                 .collect(),
         };
@@ -400,6 +433,7 @@ impl Membership {
                 .map(|c| wire::Replacement {
                     from: c.from.0,
                     to: c.to.0,
+                    planned: c.kind == ChangeKind::Move,
                 })
                 .collect(),
         }
@@ -603,12 +637,20 @@ mod tests {
         let begun = m.begin(F, G).expect("begin");
         assert_eq!(
             m.step_to(&begun),
-            Ok(Step::Begin(Replacement { from: F, to: G }))
+            Ok(Step::Begin(Replacement {
+                from: F,
+                to: G,
+                kind: ChangeKind::Repair
+            }))
         );
         let done = begun.complete(G).expect("complete");
         assert_eq!(
             begun.step_to(&done),
-            Ok(Step::Complete(Replacement { from: F, to: G }))
+            Ok(Step::Complete(Replacement {
+                from: F,
+                to: G,
+                kind: ChangeKind::Repair
+            }))
         );
         assert!(matches!(
             m.step_to(&done),
