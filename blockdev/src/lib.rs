@@ -3,7 +3,7 @@
 //! serves reads from its page cache or from one caught-up segment, and recovers the volume's
 //! chains when it opens it.
 //!
-//! Modules: `ledger` (LSN allocation, VCL/VDL/LAL; pure), `quorum` (PGCL; pure), `cache` (dirty
+//! Modules: `ledger` (LSN allocation, VCL/VDL/LAL; pure), `cache` (dirty
 //! and clean pages), `delta` (changed byte ranges), `meta` (volume metadata quorum), `open`
 //! (recovery at mount), `sender` (segment streams), `io` (read/write paths), `volume` (the API),
 //! `status` (`sixfold status`).
@@ -18,7 +18,6 @@ mod membership;
 mod meta;
 pub mod nodes;
 pub mod open;
-pub mod quorum;
 pub mod recovery;
 mod refusal;
 pub mod restore;

@@ -92,7 +92,7 @@ async fn newer(shared: &Arc<Shared>, pg: PgId) -> Result<Option<(PgNodes, NodeLi
     if recorded <= current {
         return Ok(None);
     }
-    let list = nodes::current(&shared.clients, &shared.cluster)
+    let list = nodes::for_lookup(&shared.clients, &shared.cluster)
         .await
         .map_err(|e| e.to_string())?;
     let nodes = PgNodes::resolve(&shared.volume, placement, &list).map_err(|e| e.to_string())?;

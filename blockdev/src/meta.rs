@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sixfold_proto::cluster::ClusterConfig;
 use sixfold_proto::placement;
-use sixfold_proto::wire::{GetVolumeMetaRequest, PutVolumeMetaRequest, VolumeMeta};
+use sixfold_proto::wire::{GetVolumeMetaRequest, PgPlacement, PutVolumeMetaRequest, VolumeMeta};
 use sixfold_proto::{READ_QUORUM, WRITE_QUORUM};
 
 use crate::clients::{ask_all, Answer, Clients};
@@ -44,7 +44,7 @@ pub async fn read(
         async move { client.get_volume_meta(request).await }
     })
     .await;
-    let mut newest: Option<VolumeMeta> = None;
+    let mut held: Vec<VolumeMeta> = Vec::new();
     let mut placed_answers = 0;
     let mut failures = Vec::new();
     for Answer { addr, result, .. } in answers {
@@ -54,14 +54,13 @@ pub async fn read(
                     placed_answers += 1;
                 }
                 if let Some(meta) = response.meta {
-                    if newest.as_ref().is_none_or(|n| meta.version > n.version) {
-                        newest = Some(meta);
-                    }
+                    held.push(meta);
                 }
             }
             Err(error) => failures.push(format!("{addr}: {error}")),
         }
     }
+    let newest = newest_of(held);
     if placed_answers < READ_QUORUM {
         // Found metadata or not, fewer than a read quorum cannot prove it is the newest.
         let why = if newest.is_some() {
@@ -77,6 +76,28 @@ pub async fn read(
         });
     }
     Ok(newest)
+}
+
+/// The newest metadata among the answers: the highest version, with each PG's membership the
+/// newest any answer holds (repair drivers record membership steps per PG, by epoch, on four
+/// of the six metadata nodes, whatever version those hold).
+fn newest_of(answers: Vec<VolumeMeta>) -> Option<VolumeMeta> {
+    let mut newest = answers.iter().max_by_key(|m| m.version)?.clone();
+    for placement in &mut newest.pgs {
+        let recorded = |p: &PgPlacement| p.membership.as_ref().map_or(0, |m| m.epoch);
+        let best = answers
+            .iter()
+            .flat_map(|m| m.pgs.iter())
+            .filter(|p| p.pg == placement.pg)
+            .max_by_key(|p| recorded(p));
+        if let Some(best) = best {
+            if recorded(best) > recorded(placement) {
+                placement.membership = best.membership.clone();
+                placement.nodes = best.nodes.clone();
+            }
+        }
+    }
+    Some(newest)
 }
 
 /// Writes `meta` to the volume's six metadata nodes; succeeds at a write quorum.

@@ -63,6 +63,28 @@ pub struct ListRead {
 
 /// Reads the node list from `seed`'s addresses and every node it learns of.
 pub async fn read(clients: &Arc<Clients>, seed: &ClusterConfig) -> Result<ListRead, ClusterError> {
+    read_with(clients, seed, true).await
+}
+
+/// The node list for finding a PG's nodes: the newest version any node answered with, even
+/// when fewer than a majority answered (a read-only mount with 3 of 6 nodes up must find
+/// them). Ids never change meaning, so an older list only risks an old address; changing the
+/// list or placing new PGs uses [`current`], which needs a majority.
+pub async fn for_lookup(
+    clients: &Arc<Clients>,
+    seed: &ClusterConfig,
+) -> Result<NodeList, ClusterError> {
+    match read_with(clients, seed, false).await?.list {
+        Some(list) => Ok(list),
+        None => current(clients, seed).await,
+    }
+}
+
+async fn read_with(
+    clients: &Arc<Clients>,
+    seed: &ClusterConfig,
+    need_majority: bool,
+) -> Result<ListRead, ClusterError> {
     let mut asked: BTreeSet<String> = BTreeSet::new();
     let mut to_ask: Vec<String> = seed.nodes.iter().map(|n| n.addr.clone()).collect();
     let mut newest: Option<NodeList> = None;
@@ -115,7 +137,7 @@ pub async fn read(clients: &Arc<Clients>, seed: &ClusterConfig) -> Result<ListRe
     match &newest {
         Some(list) => {
             let voters_answered = list.voters().filter(|n| answered.contains(&n.addr)).count();
-            if voters_answered < list.majority() {
+            if need_majority && voters_answered < list.majority() {
                 return Err(ClusterError::Unreachable {
                     answered: voters_answered,
                     asked: list.voters().count(),
@@ -128,7 +150,7 @@ pub async fn read(clients: &Arc<Clients>, seed: &ClusterConfig) -> Result<ListRe
                 });
             }
         }
-        None if !failed.is_empty() => {
+        None if !failed.is_empty() && (need_majority || answered.is_empty()) => {
             // Nobody that answered holds a list: only all of the seed can say there is none.
             return Err(ClusterError::Unreachable {
                 answered: answered.len(),

@@ -142,6 +142,9 @@ impl PgNodes {
     }
 }
 
+/// A sealed segment's answer: its node, address, SCL and truncation history.
+type Sealed = (NodeId, String, (Lsn, Vec<Truncation>));
+
 /// What recovery learned about one PG.
 #[derive(Debug, Clone)]
 pub struct RecoveredPg {
@@ -186,7 +189,7 @@ pub async fn recover_pg(
         async move { client.segment_state(request).await }
     })
     .await;
-    let mut states: Vec<(NodeId, String, (Lsn, Vec<Truncation>))> = Vec::new();
+    let mut states: Vec<Sealed> = Vec::new();
     let mut max_lsn_seen = Lsn::ZERO;
     let mut failures = Vec::new();
     let mut stale = false;
@@ -213,7 +216,7 @@ pub async fn recover_pg(
             }
         }
     }
-    let answered = |states: &[(NodeId, String, (Lsn, Vec<Truncation>))]| {
+    let answered = |states: &[Sealed]| {
         let set: Vec<NodeId> = states.iter().map(|(n, _, _)| *n).collect();
         move |node: NodeId| set.contains(&node)
     };
@@ -264,10 +267,9 @@ pub async fn recover_pg(
         });
     }
     // Answers that missed a truncation another one shows learn it and answer again.
-    let view =
-        |states: &[(NodeId, String, (Lsn, Vec<Truncation>))]| -> Vec<(Lsn, Vec<Truncation>)> {
-            states.iter().map(|(_, _, state)| state.clone()).collect()
-        };
+    let view = |states: &[Sealed]| -> Vec<(Lsn, Vec<Truncation>)> {
+        states.iter().map(|(_, _, state)| state.clone()).collect()
+    };
     for _ in 0..3 {
         let sealed = chain_tail(&view(&states));
         if sealed.incomplete.is_empty() {

@@ -49,7 +49,7 @@ pub fn spawn_senders(shared: &Arc<Shared>, pg: PgId, nodes: &[NodeId]) {
 }
 
 enum Next {
-    Send(AppendRequest, String, Lsn),
+    Send(Box<AppendRequest>, String, Lsn),
     Wait(Arc<tokio::sync::Notify>, Option<Duration>),
     Stop,
 }
@@ -143,7 +143,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                                     link.sent = last;
                                     link.probed_at = Some(now);
                                     link.hinted = hints;
-                                    Next::Send(request(records), link.addr.clone(), last)
+                                    Next::Send(Box::new(request(records)), link.addr.clone(), last)
                                 }
                                 None => {
                                     // Nothing to send. A segment that is down, or behind the
@@ -164,7 +164,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                                         link.probed_at = Some(now);
                                         link.hinted = hints;
                                         Next::Send(
-                                            request(Vec::new()),
+                                            Box::new(request(Vec::new())),
                                             link.addr.clone(),
                                             link.sent,
                                         )
@@ -192,7 +192,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    send_batch(&shared, pg, node, &addr, request, last).await;
+                    send_batch(&shared, pg, node, &addr, *request, last).await;
                     drop(permit);
                 });
             }
@@ -219,7 +219,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                         started: Instant::now(),
                         _permit: permit,
                     };
-                    stream.send(&shared, request, batch).await;
+                    stream.send(&shared, *request, batch).await;
                 }
             }
         }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 use sixfold_proto::cluster::ClusterConfig;
 use sixfold_proto::wire::{NodeStatusRequest, NodeStatusResponse};
-use sixfold_proto::{Lsn, COPIES, PG_BYTES};
+use sixfold_proto::{Lsn, PG_BYTES};
 
 use crate::clients::{ask_all, Clients};
 use crate::error::VolumeError;
-use crate::{meta, quorum};
+use crate::meta;
 
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -54,8 +54,14 @@ pub struct SegmentReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct PgReport {
     pub pg: u32,
-    /// 4th highest SCL among the segments that answered (unreachable ones count as 0).
+    /// The highest LSN a write quorum of the PG's membership holds, from the SCLs of the
+    /// segments that answered (unreachable ones count as 0).
     pub pgcl: u64,
+    /// The PG's membership epoch, and the replacements under way ("from -> to").
+    pub membership_epoch: u64,
+    pub changes: Vec<String>,
+    /// Why the PG cannot be repaired, as its repair driver found (None: it can, or needs not).
+    pub repair_blocked: Option<String>,
     pub segments: Vec<SegmentReport>,
     /// Backup: the node archiving the PG now, how far its archive reaches (a volume LSN),
     /// and the lag behind the writer's VDL, in LSNs and in milliseconds (how long ago the
@@ -320,7 +326,31 @@ impl StatusReport {
 pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusReport, VolumeError> {
     crate::volume::validate_volume_name(volume)?;
     let clients = Arc::new(Clients::default());
-    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    // Every node: those of the cluster file, and those the node list adds (and its view of
+    // their AZs and states).
+    let list = crate::nodes::read(&clients, cluster)
+        .await
+        .ok()
+        .and_then(|read| read.list);
+    let mut cluster_nodes: Vec<sixfold_proto::cluster::NodeEntry> = cluster.nodes.clone();
+    if let Some(list) = &list {
+        for node in list.voters() {
+            if !cluster_nodes.iter().any(|n| n.addr == node.addr) {
+                cluster_nodes.push(sixfold_proto::cluster::NodeEntry {
+                    addr: node.addr.clone(),
+                    az: node.az.clone(),
+                });
+            }
+        }
+    }
+    let az_of = |addr: &str| {
+        cluster_nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .map_or("?", |n| n.az.as_str())
+            .to_owned()
+    };
+    let addrs: Vec<String> = cluster_nodes.iter().map(|n| n.addr.clone()).collect();
     let answers: HashMap<String, Result<NodeStatusResponse, String>> =
         ask_all(&clients, &addrs, STATUS_TIMEOUT, |mut client| async move {
             client.node_status(NodeStatusRequest {}).await
@@ -338,7 +368,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
     let mut unreachable = Vec::new();
     let mut vcl = None;
     let mut vdl = None;
-    for node in &cluster.nodes {
+    for node in &cluster_nodes {
         match answers.get(&node.addr) {
             Some(Ok(status)) => {
                 for state in status.volumes.iter().filter(|v| v.volume == volume) {
@@ -395,11 +425,12 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
     if let Some(meta) = &meta {
         for placement in &meta.pgs {
             let mut segments = Vec::new();
-            let mut scls = [Lsn::ZERO; COPIES];
+            let mut scls: Vec<Lsn> = Vec::new();
             let mut archiver = None;
             let mut archived_lsn = None;
             let mut backup_lag_ms = None;
             let mut archive_error = None;
+            let mut repair_blocked = None;
             for (index, addr) in placement.nodes.iter().enumerate() {
                 let found = match answers.get(addr) {
                     Some(Ok(status)) => Some(status.segments.iter().find(|s| {
@@ -418,22 +449,55 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                         archive_error = Some(segment.archive_error.clone());
                     }
                 }
-                if let (Some(segment), true) = (segment, index < COPIES) {
-                    scls[index] = Lsn(segment.scl);
+                scls.push(segment.map_or(Lsn::ZERO, |s| Lsn(s.scl)));
+                if let Some(segment) = segment {
                     stored_bytes += segment.bytes;
+                    if !segment.repair_blocked.is_empty() {
+                        repair_blocked = Some(segment.repair_blocked.clone());
+                    }
                 }
+                let _ = index;
                 segments.push(SegmentReport {
                     node: addr.clone(),
-                    az: cluster.az_of(addr).unwrap_or("?").to_owned(),
+                    az: az_of(addr),
                     reachable: found.is_some(),
                     scl: segment.map(|s| s.scl).or(found.map(|_| 0)),
                     max_lsn: segment.map(|s| s.max_lsn).or(found.map(|_| 0)),
                     bytes: segment.map(|s| s.bytes).or(found.map(|_| 0)),
                 });
             }
+            // The PGCL under the PG's membership (its nodes in `placement.nodes`' order).
+            let membership = placement
+                .membership
+                .as_ref()
+                .and_then(|m| sixfold_proto::membership::Membership::from_wire(m).ok());
+            let pgcl = match &membership {
+                Some(membership) => {
+                    let nodes = membership.nodes();
+                    membership.pgcl(|n| {
+                        nodes
+                            .iter()
+                            .position(|m| *m == n)
+                            .and_then(|i| scls.get(i).copied())
+                            .unwrap_or(Lsn::ZERO)
+                    })
+                }
+                None => {
+                    let mut sorted = scls.clone();
+                    sorted.sort_unstable_by(|a, b| b.cmp(a));
+                    sorted.get(3).copied().unwrap_or(Lsn::ZERO)
+                }
+            };
             pgs.push(PgReport {
                 pg: placement.pg,
-                pgcl: quorum::pgcl(&scls).0,
+                pgcl: pgcl.0,
+                membership_epoch: membership.as_ref().map_or(0, |m| m.epoch.0),
+                changes: membership
+                    .iter()
+                    .flat_map(|m| m.changes.iter())
+                    .map(|c| format!("{} -> {}", c.from, c.to))
+                    .collect(),
+                repair_blocked,
                 segments,
                 archiver,
                 archived_lsn,

@@ -102,7 +102,7 @@ impl Volume {
         let clients = Arc::new(Clients::default());
         // The cluster's node list: where each PG's nodes are (made from the cluster file on
         // first use).
-        let list = crate::nodes::current(&clients, &options.cluster)
+        let list = crate::nodes::for_lookup(&clients, &options.cluster)
             .await
             .map_err(|error| VolumeError::Cluster {
                 volume: name.clone(),

@@ -43,6 +43,14 @@ pub struct NodeArgs {
     /// objects that no snapshot names are deleted.
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration, requires = "backup")]
     retention: std::time::Duration,
+    /// Replace a member of a PG that has been unreachable this long (90s, 5m...): a node of the
+    /// same AZ that holds no segment of the PG takes its place and copies the data from the
+    /// PG's other segments.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    repair_after: std::time::Duration,
+    /// Most replacements this node drives at once (repair, drain, rebalance).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    repair_concurrency: usize,
     /// How often each PG's archiver runs a retention pass.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "backup")]
     retention_pass_every: std::time::Duration,
@@ -84,6 +92,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         az: args.az.clone(),
         data_dir: args.data_dir.clone(),
         backup,
+        repair: sixfold_node::RepairConfig {
+            repair_after: args.repair_after,
+            concurrency: args.repair_concurrency.max(1),
+        },
     };
     tracing::info!(listen = %args.listen, az = %args.az, data = %args.data_dir.display(), "starting storage node");
     runtime

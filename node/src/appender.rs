@@ -133,6 +133,12 @@ pub struct MembershipJob {
     pub proposed: Membership,
     /// Addresses of the proposed membership's other nodes (gossip peers).
     pub peers: Vec<String>,
+    /// The driver's view of how far the PG's chain reaches: the segment fills its gap up to
+    /// here from its peers (0: none).
+    pub catch_up_to: Lsn,
+    /// The segment's own driver catching it up with an established membership it saw on its
+    /// peers: adopted whenever newer, without the one-step check.
+    pub catch_up: bool,
     /// Answered with the segment's SCL once the membership is hardened (or already held).
     pub reply: Reply<Lsn>,
 }
@@ -474,18 +480,22 @@ impl Appender {
         let adopt = {
             let index = lock(&self.shared.index);
             let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
-            Membership::decide_adopt(held, &job.base, &job.proposed).map_err(|e| match e {
-                MembershipError::Stale { current, found } => StoreError::StaleMembership {
-                    volume: job.key.volume.clone(),
-                    pg: job.key.pg.0,
-                    request: found.0,
-                    held: current.0,
-                },
-                MembershipError::Conflict { .. } => {
-                    StoreError::Conflict(format!("segment {}: {e}", job.key))
-                }
-                other => StoreError::InvalidArgument(format!("segment {}: {other}", job.key)),
-            })?
+            if job.catch_up {
+                held.is_none_or(|held| job.proposed.epoch > held.epoch)
+            } else {
+                Membership::decide_adopt(held, &job.base, &job.proposed).map_err(|e| match e {
+                    MembershipError::Stale { current, found } => StoreError::StaleMembership {
+                        volume: job.key.volume.clone(),
+                        pg: job.key.pg.0,
+                        request: found.0,
+                        held: current.0,
+                    },
+                    MembershipError::Conflict { .. } => {
+                        StoreError::Conflict(format!("segment {}: {e}", job.key))
+                    }
+                    other => StoreError::InvalidArgument(format!("segment {}: {other}", job.key)),
+                })?
+            }
         };
         if adopt {
             let frame = frame::encode(
@@ -520,6 +530,7 @@ impl Appender {
         if !job.peers.is_empty() {
             slot.peers = job.peers.clone();
         }
+        slot.pgcl_hint = slot.pgcl_hint.max(job.catch_up_to);
         Ok(slot.segment.scl())
     }
 

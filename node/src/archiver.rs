@@ -50,7 +50,7 @@ use sixfold_archive::{catalog::PgCatalog, format, ObjectError, ObjectStore};
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{ArchiveMark, ArchivePages, ArchiveRun, NodeStatusRequest};
 use sixfold_proto::{Lsn, PG_PAGES};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::index::{Mark, SegmentKey};
@@ -669,15 +669,5 @@ impl PgArchiver {
 }
 
 fn client(peer: &str) -> Option<StorageNodeClient<Channel>> {
-    let uri = if peer.contains("://") {
-        peer.to_string()
-    } else {
-        format!("http://{peer}")
-    };
-    let endpoint = Endpoint::from_shared(uri).ok()?;
-    let channel = endpoint
-        .connect_timeout(PING_TIMEOUT)
-        .timeout(PING_TIMEOUT)
-        .connect_lazy();
-    Some(StorageNodeClient::new(channel))
+    crate::peer::client(peer, PING_TIMEOUT, PING_TIMEOUT).ok()
 }

@@ -30,7 +30,7 @@ use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{self, FetchRecordsRequest, ReadPageRequest, Record, SegmentRef};
 use sixfold_proto::Lsn;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::appender::Source;
@@ -39,7 +39,6 @@ use crate::index::SegmentKey;
 use crate::request;
 use crate::segment::Truncation;
 use crate::store::{GapCandidate, RecordRepair, Store};
-use crate::MESSAGE_BYTES_MAX;
 
 /// Time between gap-fill rounds.
 pub const GAP_FILL_INTERVAL: Duration = Duration::from_millis(300);
@@ -376,22 +375,7 @@ impl Gossip {
         if self.clients.len() >= PEER_CLIENTS_MAX {
             self.clients.clear();
         }
-        let uri = if peer.contains("://") {
-            peer.to_string()
-        } else {
-            format!("http://{peer}")
-        };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("bad peer address: {e}"))?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(crate::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(crate::CONNECTION_WINDOW_BYTES)
-            .connect_lazy();
-        let client = StorageNodeClient::new(channel)
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let client = crate::peer::client(peer, CONNECT_TIMEOUT, REQUEST_TIMEOUT)?;
         self.clients.insert(peer.to_string(), client.clone());
         Ok(client)
     }

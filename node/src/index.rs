@@ -76,6 +76,8 @@ pub struct SegmentSlot {
     pub archived: Lsn,
     /// When the writer reached the newest archived consistency point (Unix µs; 0: unknown).
     pub archived_time_us: u64,
+    /// Why the PG cannot be repaired, as this node's repair driver found (soft state).
+    pub repair_blocked: Option<String>,
     /// Whether this node is the PG's archiver now, and its last archiving error.
     pub archiver: bool,
     pub archive_error: Option<String>,
@@ -233,6 +235,11 @@ impl Index {
                 .insert(volume.to_string(), VolumeState::default());
         }
         self.volumes.get_mut(volume).expect("inserted above")
+    }
+
+    /// The segment, if the node holds it (never creates one).
+    pub fn slot_mut_existing(&mut self, key: &SegmentKey) -> Option<&mut SegmentSlot> {
+        self.segments.get_mut(key)
     }
 
     pub fn slot(&self, key: &SegmentKey) -> Option<&SegmentSlot> {

@@ -41,6 +41,8 @@ mod meta;
 mod nodelist;
 mod pagestore;
 mod pagewrite;
+mod peer;
+mod repair;
 pub mod repair_plan;
 mod request;
 mod restore;
@@ -69,6 +71,7 @@ use tracing::{info, warn};
 
 pub use archiver::{ArchiveConfig, BASE_EVERY_BYTES, RETENTION_DEFAULT, RETENTION_PASS_EVERY};
 pub use error::NodeError;
+pub use repair::{RepairConfig, REPAIR_AFTER_DEFAULT};
 
 use crate::service::Service;
 use crate::store::Store;
@@ -93,6 +96,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Continuous backup: where to archive every PG this node hosts (None: backup off).
     pub backup: Option<ArchiveConfig>,
+    /// Automatic repair: when a lost member is replaced, and how many at once.
+    pub repair: RepairConfig,
 }
 
 /// Opens (recovers) the node's state from `data_dir`, then serves gRPC on `config.listen` until
@@ -164,6 +169,7 @@ async fn serve(
     let local = listener.local_addr().unwrap_or(config.listen);
     let own_addresses = vec![local.to_string(), config.listen.to_string()];
     let gossip = tokio::spawn(gossip::run(store.clone(), own_addresses));
+    let repair = tokio::spawn(repair::run(store.clone(), config.repair.clone()));
     let archiver = config.backup.clone().map(|backup| {
         store.enable_backup(backup.objects.describe());
         info!(store = %backup.objects.describe(), "backup on: archiving every PG this node hosts");
@@ -187,6 +193,8 @@ async fn serve(
         .await;
     gossip.abort();
     let _ = gossip.await;
+    repair.abort();
+    let _ = repair.await;
     if let Some(archiver) = archiver {
         archiver.abort();
         let _ = archiver.await;

@@ -8,9 +8,13 @@
 //!    half-way, a node that was down): building a step on one that never reached a quorum could
 //!    put the PG on a configuration that misses records a rival configuration acknowledged.
 //! 2. **Finish what is under way.** For each replacement F -> G: complete it once G caught up
-//!    (its SCL reaches the chain tail a recovery would keep now: the highest SCL among answers
-//!    on the newest truncation history that form a read quorum of every configuration; see
-//!    `sixfold_proto::membership` for why that makes completion safe); roll it back when G has
+//!    (its SCL reaches the chain tail a recovery would have kept once the step was established:
+//!    the highest SCL among answers on the newest truncation history that form a read quorum
+//!    of every configuration; see `sixfold_proto::membership` for why that makes completion
+//!    safe). The driver measures that target once per replacement (again if a writer's
+//!    recovery changes the history) and keeps it: every record durable before the step is at
+//!    or below it, and every record acknowledged after it is on 4 of G's configurations
+//!    anyway, so G need not chase a tail that a busy writer keeps moving. Roll it back when G has
 //!    been silent for `repair_after` (it cannot catch up), or when it repairs a lost F that
 //!    answers again (F holds the data; G is not ready).
 //! 3. **Begin a replacement** for one member that is silent for `repair_after` (a repair), or
@@ -20,6 +24,7 @@
 //!
 //! One step per call: each is a new membership epoch, sealed at a write quorum before the next.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sixfold_proto::membership::{ChangeKind, Membership, CHANGES_MAX};
@@ -56,6 +61,9 @@ pub struct PgView<'a> {
     pub repair_after: Duration,
     /// The PG's placement key (ties between spare nodes are broken by hashing it).
     pub key: &'a str,
+    /// The catch-up target the driver fixed for each joining node (see rule 2); a node
+    /// without one is measured against the recovery tail of now.
+    pub targets: &'a BTreeMap<NodeId, (Lsn, Epoch)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +107,8 @@ impl PgView<'_> {
     }
 
     /// The chain tail a recovery would keep now, if the answers make a read quorum of every
-    /// configuration on the newest history.
-    fn recovery_tail(&self) -> Option<(Lsn, Epoch)> {
+    /// configuration on the newest history (and that history's epoch).
+    pub fn recovery_tail(&self) -> Option<(Lsn, Epoch)> {
         let newest = self
             .members
             .iter()
@@ -124,10 +132,17 @@ impl PgView<'_> {
         Some((tail, newest))
     }
 
-    /// Whether `node` holds every record a recovery would keep now.
+    /// Whether `node` holds every record its catch-up target (or, without one, a recovery
+    /// of now) needs.
     pub fn caught_up(&self, node: NodeId) -> bool {
-        let (Some((tail, newest)), Some(state)) = (self.recovery_tail(), self.answering(node))
-        else {
+        let Some(state) = self.answering(node) else {
+            return false;
+        };
+        let target = match self.targets.get(&node) {
+            Some(target) => Some(*target),
+            None => self.recovery_tail(),
+        };
+        let Some((tail, newest)) = target else {
             return false;
         };
         state.history_epoch == newest && state.scl >= tail
@@ -231,26 +246,33 @@ mod tests {
     fn members(m: &Membership, scl: u64, silent: &[(u64, u64)]) -> Vec<MemberView> {
         m.nodes()
             .into_iter()
-            .map(|node| match silent.iter().find(|(n, _)| NodeId(*n) == node) {
-                Some((_, secs)) => MemberView {
-                    node,
-                    silent_for: Duration::from_secs(*secs),
-                    state: None,
+            .map(
+                |node| match silent.iter().find(|(n, _)| NodeId(*n) == node) {
+                    Some((_, secs)) => MemberView {
+                        node,
+                        silent_for: Duration::from_secs(*secs),
+                        state: None,
+                    },
+                    None => MemberView {
+                        node,
+                        silent_for: Duration::ZERO,
+                        state: Some(MemberState {
+                            scl: Lsn(scl),
+                            history_epoch: Epoch(1),
+                            holds_current: true,
+                        }),
+                    },
                 },
-                None => MemberView {
-                    node,
-                    silent_for: Duration::ZERO,
-                    state: Some(MemberState {
-                        scl: Lsn(scl),
-                        history_epoch: Epoch(1),
-                        holds_current: true,
-                    }),
-                },
-            })
+            )
             .collect()
     }
 
-    fn decide(m: &Membership, base: Option<&Membership>, view: &[MemberView], l: &NodeList) -> Plan {
+    fn decide(
+        m: &Membership,
+        base: Option<&Membership>,
+        view: &[MemberView],
+        l: &NodeList,
+    ) -> Plan {
         plan(
             &PgView {
                 membership: m,
@@ -259,6 +281,7 @@ mod tests {
                 list: l,
                 repair_after: AFTER,
                 key: "v/pg/0",
+                targets: &BTreeMap::new(),
             },
             |_| 0,
         )
@@ -268,7 +291,10 @@ mod tests {
     fn a_healthy_pg_waits_and_a_briefly_silent_node_is_not_replaced() {
         let (l, m) = (list(), membership());
         assert_eq!(decide(&m, None, &members(&m, 9, &[]), &l), Plan::Wait);
-        assert_eq!(decide(&m, None, &members(&m, 9, &[(1, 59)]), &l), Plan::Wait);
+        assert_eq!(
+            decide(&m, None, &members(&m, 9, &[(1, 59)]), &l),
+            Plan::Wait
+        );
     }
 
     #[test]
@@ -308,11 +334,56 @@ mod tests {
             .and_then(|v| v.state.as_mut())
             .expect("3 answers")
             .scl = Lsn(5);
-        assert_eq!(decide(&m, Some(&base), &view, &l), Plan::Wait, "3 is at 5 of 9");
+        assert_eq!(
+            decide(&m, Some(&base), &view, &l),
+            Plan::Wait,
+            "3 is at 5 of 9"
+        );
         let view = members(&m, 9, &[(1, 600)]);
         assert_eq!(
             decide(&m, Some(&base), &view, &l),
             Plan::Complete { to: NodeId(3) }
+        );
+    }
+
+    /// A busy writer keeps the tail moving: the fixed target lets the new node complete.
+    #[test]
+    fn the_catch_up_target_is_fixed_once() {
+        let l = list();
+        let base = membership();
+        let m = base.begin(NodeId(1), NodeId(3)).expect("begin");
+        let mut view = members(&m, 12, &[(1, 600)]);
+        view.iter_mut()
+            .find(|v| v.node == NodeId(3))
+            .and_then(|v| v.state.as_mut())
+            .expect("3 answers")
+            .scl = Lsn(10);
+        let decide_with = |targets: &BTreeMap<NodeId, (Lsn, Epoch)>| {
+            plan(
+                &PgView {
+                    membership: &m,
+                    base: Some(&base),
+                    members: &view,
+                    list: &l,
+                    repair_after: AFTER,
+                    key: "k",
+                    targets,
+                },
+                |_| 0,
+            )
+        };
+        assert_eq!(
+            decide_with(&BTreeMap::new()),
+            Plan::Wait,
+            "the tail of now is 12"
+        );
+        let fixed = BTreeMap::from([(NodeId(3), (Lsn(9), Epoch(1)))]);
+        assert_eq!(decide_with(&fixed), Plan::Complete { to: NodeId(3) });
+        let other_history = BTreeMap::from([(NodeId(3), (Lsn(9), Epoch(2)))]);
+        assert_eq!(
+            decide_with(&other_history),
+            Plan::Wait,
+            "a recovery changed the history"
         );
     }
 
@@ -383,6 +454,7 @@ mod tests {
             list: &l,
             repair_after: AFTER,
             key: "k",
+            targets: &BTreeMap::new(),
         }
         .caught_up(NodeId(3)));
     }

@@ -364,7 +364,7 @@ impl StorageNode for Service {
         let (key, base, proposed, peers) = parsed;
         let scl = self
             .store
-            .change_membership(key, base, proposed, peers)
+            .change_membership(key, base, proposed, peers, Lsn(request.catch_up_to))
             .await
             .map_err(|e| status("ChangeMembership", e))?;
         Ok(Response::new(ChangeMembershipResponse { scl: scl.0 }))
@@ -476,6 +476,7 @@ impl StorageNode for Service {
                 .into_iter()
                 .map(|(key, summary)| {
                     let archive = self.store.archive_status(&key, now_us);
+                    let repair_blocked = self.store.repair_blocked(&key).unwrap_or_default();
                     SegmentStatus {
                         writer_vdl: writer_vdls.get(&key.volume).copied().unwrap_or(0),
                         segment: Some(SegmentRef {
@@ -490,6 +491,7 @@ impl StorageNode for Service {
                         archiver: archive.archiver,
                         archive_lag_ms: archive.lag_ms,
                         archive_error: archive.error.unwrap_or_default(),
+                        repair_blocked,
                     }
                 })
                 .collect(),

@@ -515,6 +515,7 @@ impl Store {
         base: Membership,
         proposed: Membership,
         peers: Vec<String>,
+        catch_up_to: Lsn,
     ) -> Result<Lsn, StoreError> {
         self.submit(|reply| {
             Job::Membership(MembershipJob {
@@ -522,10 +523,59 @@ impl Store {
                 base,
                 proposed,
                 peers,
+                catch_up_to,
+                catch_up: false,
                 reply,
             })
         })
         .await
+    }
+
+    /// Catches the segment up with an established membership (and its base) that its driver
+    /// saw on the PG's other nodes: adopted when newer than the segment's.
+    pub async fn catch_up_membership(
+        &self,
+        key: SegmentKey,
+        current: Membership,
+        base: Option<Membership>,
+    ) -> Result<Lsn, StoreError> {
+        self.submit(|reply| {
+            Job::Membership(MembershipJob {
+                key,
+                base: base.unwrap_or_else(|| current.clone()),
+                proposed: current,
+                peers: Vec::new(),
+                catch_up_to: Lsn::ZERO,
+                catch_up: true,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Records why the PG cannot be repaired (None: it can), for NodeStatus.
+    pub fn note_degraded(&self, key: &SegmentKey, why: Option<String>) {
+        if let Some(slot) = lock(&self.shared.index).slot_mut_existing(key) {
+            slot.repair_blocked = why;
+        }
+    }
+
+    /// Why the PG cannot be repaired, as this node's driver found.
+    pub fn repair_blocked(&self, key: &SegmentKey) -> Option<String> {
+        lock(&self.shared.index)
+            .slot(key)
+            .and_then(|s| s.repair_blocked.clone())
+    }
+
+    /// Every segment that holds a membership: (key, membership, its base).
+    pub fn segment_memberships(&self) -> Vec<(SegmentKey, Membership, Option<Membership>)> {
+        lock(&self.shared.index)
+            .slots()
+            .filter_map(|(key, slot)| {
+                let membership = slot.membership.clone()?;
+                Some((key.clone(), membership, slot.membership_base.clone()))
+            })
+            .collect()
     }
 
     /// Records a PG's newer membership in the stored volume metadata; answers the PG's

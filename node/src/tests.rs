@@ -274,7 +274,13 @@ async fn membership_steps_fence_old_members_across_restarts() {
     assert_eq!(writer(&base, 1).await.expect("current"), Lsn(1));
     let begun = base.begin(NodeId(6), NodeId(7)).expect("begin");
     store
-        .change_membership(k.clone(), base.clone(), begun.clone(), vec!["a:1".into()])
+        .change_membership(
+            k.clone(),
+            base.clone(),
+            begun.clone(),
+            vec!["a:1".into()],
+            Lsn(0),
+        )
         .await
         .expect("adopted");
     let stale = writer(&base, 2)
@@ -302,7 +308,7 @@ async fn membership_steps_fence_old_members_across_restarts() {
     let rival = base.begin(NodeId(6), NodeId(8)).expect("rival");
     assert!(matches!(
         store
-            .change_membership(k.clone(), base.clone(), rival, vec![])
+            .change_membership(k.clone(), base.clone(), rival, vec![], Lsn(0))
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -313,7 +319,7 @@ async fn membership_steps_fence_old_members_across_restarts() {
     assert!(
         matches!(
             store
-                .change_membership(k.clone(), base.clone(), skipped, vec![])
+                .change_membership(k.clone(), base.clone(), skipped, vec![], Lsn(0))
                 .await,
             Err(StoreError::InvalidArgument(_))
         ),

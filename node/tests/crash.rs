@@ -41,6 +41,7 @@ fn crash_child_node() {
             az: "a".into(),
             data_dir: dir.join("data"),
             backup: None,
+            repair: Default::default(),
         };
         let port_file = dir.join("port");
         let temp = dir.join("port.tmp");

@@ -67,6 +67,7 @@ impl Node {
             az: "az-test".into(),
             data_dir: data_dir.to_owned(),
             backup: None,
+            repair: Default::default(),
         };
         let task = tokio::spawn(run_with_listener(config, listener, async {
             let _ = stopped.await;

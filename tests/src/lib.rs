@@ -183,6 +183,11 @@ impl Cluster {
         Cluster::start_with(dir, count, None, &[])
     }
 
+    /// A cluster whose nodes all run with more `sixfold node` options.
+    pub fn start_with_options(dir: &Path, count: usize, options: &[&str]) -> Result<Cluster> {
+        Cluster::start_with(dir, count, None, options)
+    }
+
     /// A cluster whose nodes archive to `store` (an S3 one at `endpoint`; the cluster file's
     /// `[backup]` table names both), with more node options.
     pub fn start_backed_up(
