@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sixfold_proto::cluster::ClusterConfig;
 use sixfold_proto::wire::{NodeStatusRequest, NodeStatusResponse};
-use sixfold_proto::{Lsn, PG_BYTES};
+use sixfold_proto::{Lsn, COPIES, PG_BYTES, WRITE_QUORUM};
 
 use crate::clients::{ask_all, Clients};
 use crate::error::VolumeError;
@@ -51,9 +51,55 @@ pub struct SegmentReport {
     pub bytes: Option<u64>,
 }
 
+/// Is a PG's data safe: how many of its six (stable) members answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PgState {
+    /// All six members answer.
+    Healthy,
+    /// Five: one copy short (a repair brings it back).
+    Degraded,
+    /// Four: one more loss stalls writes.
+    AtRisk,
+    /// Fewer than four: writes (fsync) wait until members come back.
+    Unavailable,
+}
+
+impl PgState {
+    fn of(answering: usize) -> PgState {
+        match answering {
+            n if n >= COPIES => PgState::Healthy,
+            n if n + 1 == COPIES => PgState::Degraded,
+            n if n >= WRITE_QUORUM => PgState::AtRisk,
+            _ => PgState::Unavailable,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PgState::Healthy => "healthy",
+            PgState::Degraded => "degraded",
+            PgState::AtRisk => "at risk",
+            PgState::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// How many PGs are in each state.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PgStates {
+    pub healthy: usize,
+    pub degraded: usize,
+    pub at_risk: usize,
+    pub unavailable: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PgReport {
     pub pg: u32,
+    /// Is its data safe, and how many of its six stable members answer.
+    pub state: PgState,
+    pub answering: usize,
     /// The highest LSN a write quorum of the PG's membership holds, from the SCLs of the
     /// segments that answered (unreachable ones count as 0).
     pub pgcl: u64,
@@ -77,6 +123,10 @@ pub struct PgReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub volume: String,
+    /// One line: is the volume's data safe.
+    pub verdict: String,
+    /// PGs per state.
+    pub pg_states: PgStates,
     pub exists: bool,
     pub metadata_error: Option<String>,
     /// The metadata error only says that too few metadata nodes answered (they may be starting).
@@ -115,11 +165,84 @@ fn opt(value: Option<u64>) -> String {
     value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// The one line that says whether the volume's data is safe.
+fn verdict(
+    exists: bool,
+    metadata_error: Option<&str>,
+    states: &PgStates,
+    pgs: &[PgReport],
+) -> String {
+    if let Some(error) = metadata_error {
+        return format!("UNKNOWN: the volume's metadata cannot be read ({error})");
+    }
+    if !exists {
+        return "the volume does not exist yet".into();
+    }
+    let repairing = pgs.iter().filter(|p| !p.changes.is_empty()).count();
+    let blocked = pgs.iter().filter(|p| p.repair_blocked.is_some()).count();
+    let repairs = match (repairing, blocked) {
+        (0, 0) => String::new(),
+        (r, 0) => format!("; {r} PG(s) being repaired"),
+        (0, b) => format!("; {b} PG(s) CANNOT BE REPAIRED (see below)"),
+        (r, b) => format!("; {r} PG(s) being repaired, {b} CANNOT BE REPAIRED (see below)"),
+    };
+    if states.unavailable > 0 {
+        format!(
+            "UNAVAILABLE: {} PG(s) have fewer than 4 of 6 segments answering: writes and fsync \
+             wait until they come back{repairs}",
+            states.unavailable
+        )
+    } else if states.at_risk > 0 {
+        format!(
+            "AT RISK: {} PG(s) have 4 of 6 segments answering: one more loss stalls writes{repairs}",
+            states.at_risk
+        )
+    } else if states.degraded > 0 {
+        format!(
+            "DEGRADED: {} PG(s) have 5 of 6 segments answering; every write is still on a \
+             quorum{repairs}",
+            states.degraded
+        )
+    } else {
+        format!(
+            "SAFE: all {} PG(s) have 6 of 6 segments answering{repairs}",
+            states.healthy
+        )
+    }
+}
+
+/// PGs shown in detail by default; `--all` shows every one.
+const PG_DETAIL_MAX: usize = 20;
+
 impl StatusReport {
-    /// Human-readable rendering.
-    pub fn render_text(&self) -> String {
+    /// Human-readable rendering: the verdict, PG counts per state, repairs under way, then the
+    /// detail of the PGs that are not healthy (of every PG with `all`), and the nodes.
+    pub fn render_text(&self, all: bool) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "volume {}", self.volume);
+        let _ = writeln!(out, "volume {}: {}", self.volume, self.verdict);
+        let states = &self.pg_states;
+        let _ = writeln!(
+            out,
+            "  PGs: {} healthy, {} degraded, {} at risk, {} unavailable",
+            states.healthy, states.degraded, states.at_risk, states.unavailable
+        );
+        for pg in self.pgs.iter().filter(|p| !p.changes.is_empty()) {
+            let _ = writeln!(
+                out,
+                "  repair: PG {} (membership epoch {}): {}",
+                pg.pg,
+                pg.membership_epoch,
+                pg.changes.join(", ")
+            );
+        }
+        for pg in self.pgs.iter().filter(|p| p.repair_blocked.is_some()) {
+            let _ = writeln!(
+                out,
+                "  CANNOT REPAIR PG {}: {}",
+                pg.pg,
+                pg.repair_blocked.as_deref().unwrap_or("?")
+            );
+        }
         if let Some(error) = &self.metadata_error {
             let _ = writeln!(out, "  metadata: UNAVAILABLE: {error}");
         } else if !self.exists {
@@ -147,8 +270,31 @@ impl StatusReport {
                 human_bytes(self.stored_bytes)
             );
         }
-        for pg in &self.pgs {
-            let _ = writeln!(out, "  PG {}  PGCL {}", pg.pg, pg.pgcl);
+        let shown: Vec<&PgReport> = self
+            .pgs
+            .iter()
+            .filter(|p| {
+                all || p.state != PgState::Healthy
+                    || !p.changes.is_empty()
+                    || p.archive_error.is_some()
+            })
+            .collect();
+        let hidden = shown
+            .len()
+            .saturating_sub(if all { usize::MAX } else { PG_DETAIL_MAX });
+        for pg in shown
+            .iter()
+            .take(if all { usize::MAX } else { PG_DETAIL_MAX })
+        {
+            let _ = writeln!(
+                out,
+                "  PG {}  {} ({} of 6 answer)  PGCL {}  membership epoch {}",
+                pg.pg,
+                pg.state.name(),
+                pg.answering,
+                pg.pgcl,
+                pg.membership_epoch
+            );
             if let Some(archived) = pg.archived_lsn {
                 let _ = writeln!(
                     out,
@@ -178,6 +324,12 @@ impl StatusReport {
                     segment.bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
                 );
             }
+        }
+        if hidden > 0 {
+            let _ = writeln!(
+                out,
+                "  ... and {hidden} more PG(s) not healthy (--all shows every PG)"
+            );
         }
         let _ = writeln!(out, "nodes");
         for node in &self.nodes {
@@ -258,10 +410,40 @@ impl StatusReport {
                 .map(|v| vec![(format!("volume=\"{volume}\""), v)])
                 .unwrap_or_default(),
         );
-        let per_pg: [PgMetric; 4] = [
+        let states = [
+            ("healthy", self.pg_states.healthy),
+            ("degraded", self.pg_states.degraded),
+            ("at_risk", self.pg_states.at_risk),
+            ("unavailable", self.pg_states.unavailable),
+        ];
+        metric(
+            "sixfold_volume_pgs",
+            "PGs per state: healthy (6 of 6 segments answer), degraded (5), at_risk (4), \
+             unavailable (under 4).",
+            states
+                .iter()
+                .map(|(state, count)| {
+                    (
+                        format!("volume=\"{volume}\",state=\"{state}\""),
+                        *count as u64,
+                    )
+                })
+                .collect(),
+        );
+        let per_pg: [PgMetric; 6] = [
+            (
+                "sixfold_pg_segments_answering",
+                "Of a PG's six stable segments, how many answer.",
+                |pg| Some(pg.answering as u64),
+            ),
+            (
+                "sixfold_pg_repairs",
+                "Replacements under way in the PG (repair, drain, rebalance).",
+                |pg| Some(pg.changes.len() as u64),
+            ),
             (
                 "sixfold_pg_pgcl",
-                "A PG's complete LSN: the 4th highest SCL of its segments.",
+                "A PG's complete LSN: the highest LSN a write quorum of its segments holds.",
                 |pg| Some(pg.pgcl),
             ),
             (
@@ -488,8 +670,29 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     sorted.get(3).copied().unwrap_or(Lsn::ZERO)
                 }
             };
+            // The stable members (before replacements under way) that answer.
+            let stable: Vec<usize> = match &membership {
+                Some(m) => {
+                    let nodes = m.nodes();
+                    m.members
+                        .iter()
+                        .filter_map(|member| nodes.iter().position(|n| n == member))
+                        .collect()
+                }
+                None => (0..segments.len().min(COPIES)).collect(),
+            };
+            let answering = stable
+                .iter()
+                .filter(|i| {
+                    segments
+                        .get(**i)
+                        .is_some_and(|s| s.reachable && s.scl.is_some())
+                })
+                .count();
             pgs.push(PgReport {
                 pg: placement.pg,
+                state: PgState::of(answering),
+                answering,
                 pgcl: pgcl.0,
                 membership_epoch: membership.as_ref().map_or(0, |m| m.epoch.0),
                 changes: membership
@@ -507,8 +710,20 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
             });
         }
     }
+    let mut pg_states = PgStates::default();
+    for pg in &pgs {
+        match pg.state {
+            PgState::Healthy => pg_states.healthy += 1,
+            PgState::Degraded => pg_states.degraded += 1,
+            PgState::AtRisk => pg_states.at_risk += 1,
+            PgState::Unavailable => pg_states.unavailable += 1,
+        }
+    }
+    let verdict = verdict(meta.is_some(), metadata_error.as_deref(), &pg_states, &pgs);
     Ok(StatusReport {
         volume: volume.to_owned(),
+        verdict,
+        pg_states,
         exists: meta.is_some(),
         metadata_error,
         metadata_unreachable,

@@ -16,6 +16,7 @@
 
 mod backup;
 mod cluster;
+mod drain;
 mod grow;
 mod laptop;
 mod mount;

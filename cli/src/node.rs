@@ -1,5 +1,6 @@
 //! `sixfold node`: one storage node (`sixfold_node::run`) on a single-thread tokio runtime,
-//! stopped cleanly by SIGTERM or SIGINT.
+//! stopped cleanly by SIGTERM or SIGINT; `sixfold node drain` moves every segment off a node
+//! ([`crate::drain`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,18 +16,24 @@ use crate::signals::Signals;
     long_about = "Run a storage node: a gRPC service that hosts segments of protection groups, \
                   hardens every received batch to its hot log (fsync, group commit) before \
                   acknowledging, serves pages as of a read LSN, and fills chain gaps from its \
-                  peers. It rebuilds its state from DIR after a crash. Stops on SIGTERM/SIGINT."
+                  peers. It rebuilds its state from DIR after a crash, and drives the repair of \
+                  the PGs it ranks first for. Stops on SIGTERM/SIGINT. \
+                  `sixfold node drain ID|ADDR` moves every segment off a node.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 pub struct NodeArgs {
+    #[command(subcommand)]
+    pub command: Option<NodeCommand>,
     /// Address to listen on, e.g. 0.0.0.0:7001 (the cluster file lists it as reachable by others).
-    #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
+    #[arg(long, value_name = "ADDR", required = true)]
+    listen: Option<SocketAddr>,
     /// Availability zone of this node (a PG keeps two segments in each of three AZs).
-    #[arg(long, value_name = "NAME")]
-    az: String,
+    #[arg(long, value_name = "NAME", required = true)]
+    az: Option<String>,
     /// Directory for the node's hot log and page store (created if missing).
-    #[arg(long = "data", value_name = "DIR")]
-    data_dir: PathBuf,
+    #[arg(long = "data", value_name = "DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// Continuous backup: archive every PG this node hosts to STORE, a directory or
     /// s3://bucket/prefix (credentials and region from AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY, AWS_REGION). Every node of a cluster names the same store.
@@ -56,7 +63,30 @@ pub struct NodeArgs {
     retention_pass_every: std::time::Duration,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    Drain(crate::drain::DrainArgs),
+}
+
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if let Some(NodeCommand::Drain(drain)) = args.command {
+        return crate::drain::run(drain);
+    }
+    let (Some(listen), Some(az), Some(data_dir)) = (args.listen, args.az, args.data_dir) else {
+        anyhow::bail!("a node needs --listen, --az and --data");
+    };
+    let args = Node {
+        listen,
+        az,
+        data_dir,
+        backup: args.backup,
+        backup_endpoint: args.backup_endpoint,
+        base_every_mib: args.base_every_mib,
+        retention: args.retention,
+        retention_pass_every: args.retention_pass_every,
+        repair_after: args.repair_after,
+        repair_concurrency: args.repair_concurrency,
+    };
     if args.az.trim().is_empty() {
         anyhow::bail!("--az must not be empty");
     }
@@ -103,4 +133,18 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("run the storage node on {}", args.listen))?;
     tracing::info!("storage node stopped");
     Ok(())
+}
+
+/// The arguments of a node process, once checked.
+struct Node {
+    listen: SocketAddr,
+    az: String,
+    data_dir: PathBuf,
+    backup: Option<String>,
+    backup_endpoint: Option<String>,
+    base_every_mib: u64,
+    retention: std::time::Duration,
+    retention_pass_every: std::time::Duration,
+    repair_after: std::time::Duration,
+    repair_concurrency: usize,
 }

@@ -32,6 +32,9 @@ pub struct StatusArgs {
     /// a scrape wrapper): backup lag, archived LSN, VDL, node health.
     #[arg(long)]
     metrics: bool,
+    /// Show every PG in detail (by default only those that are not healthy).
+    #[arg(long)]
+    all: bool,
     /// How long to wait for enough nodes to answer (they may still be starting).
     #[arg(long, value_name = "DURATION", default_value = crate::wait::WAIT_DEFAULT, value_parser = humantime::parse_duration)]
     wait: std::time::Duration,
@@ -69,7 +72,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     } else if args.metrics {
         print!("{}", report.render_metrics());
     } else {
-        print!("{}", report.render_text());
+        print!("{}", report.render_text(args.all));
     }
     Ok(())
 }

@@ -136,8 +136,9 @@ pub struct MembershipJob {
     /// The driver's view of how far the PG's chain reaches: the segment fills its gap up to
     /// here from its peers (0: none).
     pub catch_up_to: Lsn,
-    /// The segment's own driver catching it up with an established membership it saw on its
-    /// peers: adopted whenever newer, without the one-step check.
+    /// A driver catching the segment up with an established membership (a write quorum of
+    /// its base holds it): adopted when newer, or of the same epoch as a rival the segment
+    /// holds, without the one-step check.
     pub catch_up: bool,
     /// Answered with the segment's SCL once the membership is hardened (or already held).
     pub reply: Reply<Lsn>,
@@ -480,8 +481,13 @@ impl Appender {
         let adopt = {
             let index = lock(&self.shared.index);
             let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
-            if job.catch_up {
-                held.is_none_or(|held| job.proposed.epoch > held.epoch)
+            if held == Some(&job.proposed) {
+                false // held already: only the peers and the catch-up target are news
+            } else if job.catch_up {
+                // The driver vouches that `proposed` is established (a write quorum of its
+                // base holds it): adopted over an older one, and over a rival of its epoch
+                // (a step that lost).
+                held.is_none_or(|held| job.proposed.epoch >= held.epoch)
             } else {
                 Membership::decide_adopt(held, &job.base, &job.proposed).map_err(|e| match e {
                     MembershipError::Stale { current, found } => StoreError::StaleMembership {

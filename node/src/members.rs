@@ -5,7 +5,8 @@
 //!   old member list must not count or serve as if it were current); the writer re-reads the
 //!   PG's membership and goes on ([`StoreError::StaleMembership`]).
 //! - One of the same epoch with other members is refused too (a rival step that lost).
-//! - A newer one is served: the segment missed a step (it was away), which its driver re-sends.
+//! - A newer one is served: the segment missed a step (it was away); the PG's driver catches
+//!   it up (it pushes the established membership to the nodes that lag, every pass).
 //! - A segment adopts a membership durably only from a membership change step
 //!   ([`Membership::decide_adopt`]) or from the writer that creates or recovers the PG (its
 //!   OpenSegment): a writer's membership comes from the volume metadata, which records only

@@ -40,7 +40,7 @@ use sixfold_proto::wire::{
     ChangeMembershipRequest, NodeStatusRequest, PutPgMembershipRequest, SegmentRef,
     SegmentStateRequest,
 };
-use sixfold_proto::{placement, Epoch, Lsn, NodeId, WRITE_QUORUM};
+use sixfold_proto::{placement, Epoch, Lsn, MembershipEpoch, NodeId, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -106,8 +106,14 @@ struct Driver {
     clients: HashMap<String, PeerClient>,
     degraded_logged: HashMap<SegmentKey, Instant>,
     /// Catch-up targets of the joining nodes of the PGs this node drives (rule 2 of
-    /// [`crate::repair_plan`]).
+    /// [`crate::repair_plan`]), valid only while the membership epoch is the one this driver
+    /// last saw or made itself (`seen`): a target fixed for a replacement that was rolled back
+    /// and begun again by another driver meanwhile would be stale.
     targets: HashMap<SegmentKey, BTreeMap<NodeId, (Lsn, Epoch)>>,
+    seen: HashMap<SegmentKey, MembershipEpoch>,
+    /// The newest membership epoch of each PG this driver recorded in the volume metadata
+    /// (at 4 of its 6 nodes); recording is retried every pass until it is.
+    recorded: HashMap<SegmentKey, MembershipEpoch>,
 }
 
 /// Drives repairs forever (the caller aborts the task on shutdown).
@@ -122,6 +128,8 @@ pub async fn run(store: Store, config: RepairConfig) {
         clients: HashMap::new(),
         degraded_logged: HashMap::new(),
         targets: HashMap::new(),
+        seen: HashMap::new(),
+        recorded: HashMap::new(),
     };
     let mut ticker = tokio::time::interval(DRIVE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,6 +178,11 @@ impl Driver {
             under_way += membership.changes.len();
             driven.push((key, membership, base));
         }
+        // What a driver knows of a PG it stopped driving is stale by the time it drives it again.
+        self.targets
+            .retain(|key, _| driven.iter().any(|(k, _, _)| k == key));
+        self.seen
+            .retain(|key, _| driven.iter().any(|(k, _, _)| k == key));
         for (key, membership, base) in driven {
             let may_begin = under_way < self.config.concurrency;
             match self
@@ -225,19 +238,20 @@ impl Driver {
             .filter_map(|n| list.get(n).map(|r| (n, r.addr.clone())))
             .collect();
         let answers = self.states(key, &addrs).await;
-        // A peer on a newer established membership: catch this node up first.
-        if let Some((newer, newer_base)) = answers
-            .values()
-            .filter_map(|a| a.membership.clone().map(|m| (m, a.membership_base.clone())))
-            .filter(|(m, _)| m.epoch > membership.epoch)
-            .max_by_key(|(m, _)| m.epoch)
-        {
-            info!(segment = %key, membership = %newer, "catching up with a newer membership its peers hold");
+        // Peers on an established membership newer than this node's (or an established rival
+        // of its epoch, this node holding a step that lost): catch this node up first.
+        if let Some((newer, newer_base)) = newest_established(&answers, membership) {
+            info!(segment = %key, membership = %newer, "catching up with an established membership its peers hold");
             self.store
                 .catch_up_membership(key.clone(), newer, newer_base)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.targets.remove(key);
             return Ok(false);
+        }
+        if self.seen.get(key) != Some(&membership.epoch) {
+            self.targets.remove(key);
+            self.seen.insert(key.clone(), membership.epoch);
         }
         let now = Instant::now();
         let members: Vec<MemberView> = membership
@@ -291,20 +305,25 @@ impl Driver {
         let plan = repair_plan::plan(&view, |node| {
             load.iter().filter(|(_, m, _)| m.contains(node)).count() as u64
         });
+        if established && self.recorded.get(key) != Some(&membership.epoch) {
+            // Recorded right after the step, or else (a driver that died in between, metadata
+            // nodes that did not answer, a PG the writer had not recorded yet) now.
+            self.record(list, key, membership, &addrs).await;
+        }
         let proposed = match &plan {
             Plan::Wait => {
-                // A new member catching up needs the target and its peers (again after a
-                // restart of either side).
-                for change in &membership.changes {
-                    self.send(
-                        key,
-                        base.unwrap_or(membership),
-                        membership,
-                        &addrs,
-                        catch_up_to,
-                        &[change.to],
-                    )
-                    .await;
+                // Nodes that lag (away during a step) are caught up; a new member catching up
+                // needs its target and its peers (again after a restart of either side).
+                let mut lagging: Vec<NodeId> = members
+                    .iter()
+                    .filter(|m| m.state.as_ref().is_some_and(|s| !s.holds_current))
+                    .map(|m| m.node)
+                    .collect();
+                lagging.extend(membership.changes.iter().map(|c| c.to));
+                if established && !lagging.is_empty() {
+                    let base = base.unwrap_or(membership);
+                    self.send(key, base, membership, &addrs, catch_up_to, &lagging, true)
+                        .await;
                 }
                 return Ok(false);
             }
@@ -316,7 +335,7 @@ impl Driver {
                     .collect();
                 if let Some(base) = base {
                     let held = self
-                        .send(key, base, membership, &addrs, catch_up_to, &lagging)
+                        .send(key, base, membership, &addrs, catch_up_to, &lagging, false)
                         .await;
                     if base.is_write_quorum(|n| held.contains(&n) || holds(&members, n)) {
                         self.record(list, key, membership, &addrs).await;
@@ -357,7 +376,15 @@ impl Driver {
         }
         let targets: Vec<NodeId> = addrs.keys().copied().collect();
         let held = self
-            .send(key, membership, &proposed, &addrs, catch_up_to, &targets)
+            .send(
+                key,
+                membership,
+                &proposed,
+                &addrs,
+                catch_up_to,
+                &targets,
+                false,
+            )
             .await;
         if !membership.is_write_quorum(|n| held.contains(&n)) {
             return Err(format!(
@@ -366,6 +393,9 @@ impl Driver {
             ));
         }
         info!(segment = %key, step = ?plan, membership = %proposed, "membership changed");
+        // This driver's own step: the targets it fixed stay valid (a completion or roll back
+        // removes its own; a nested begin keeps the other's).
+        self.seen.insert(key.clone(), proposed.epoch);
         self.record(list, key, &proposed, &addrs).await;
         Ok(matches!(plan, Plan::Begin { .. }))
     }
@@ -416,8 +446,10 @@ impl Driver {
         answers
     }
 
-    /// ChangeMembership(`base` -> `proposed`) to `targets`; returns the nodes that hold
-    /// `proposed` afterwards.
+    /// ChangeMembership(`base` -> `proposed`) to `targets` (`catch_up`: not a step, an
+    /// established membership for nodes that lag); returns the nodes that hold `proposed`
+    /// afterwards.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &mut self,
         key: &SegmentKey,
@@ -426,6 +458,7 @@ impl Driver {
         addrs: &BTreeMap<NodeId, String>,
         catch_up_to: Lsn,
         targets: &[NodeId],
+        catch_up: bool,
     ) -> Vec<NodeId> {
         let peers: Vec<String> = proposed
             .nodes()
@@ -446,6 +479,7 @@ impl Driver {
                 proposed: Some(proposed.to_wire()),
                 peers: peers.clone(),
                 catch_up_to: catch_up_to.0,
+                catch_up,
             };
             let node = *node;
             calls.spawn(async move { (node, client.change_membership(request).await) });
@@ -500,6 +534,8 @@ impl Driver {
         }
         if recorded < WRITE_QUORUM {
             warn!(segment = %key, recorded, membership = %membership, "the metadata holds the PG's new membership on fewer than 4 nodes; trying again next pass");
+        } else {
+            self.recorded.insert(key.clone(), membership.epoch);
         }
     }
 }
@@ -510,6 +546,30 @@ struct Answer {
     history_epoch: Epoch,
     membership: Option<Membership>,
     membership_base: Option<Membership>,
+}
+
+/// The newest established membership among the answers that is newer than `own`, or of its
+/// epoch with other members (`own` is then a rival step that lost). A membership counts as
+/// established when the answers holding it form a write quorum of its base (one with no base
+/// came from a writer, which takes it from the metadata: established).
+fn newest_established(
+    answers: &BTreeMap<NodeId, Answer>,
+    own: &Membership,
+) -> Option<(Membership, Option<Membership>)> {
+    answers
+        .values()
+        .filter_map(|a| a.membership.clone().map(|m| (m, a.membership_base.clone())))
+        .filter(|(m, _)| m.epoch > own.epoch || (m.epoch == own.epoch && m != own))
+        .filter(|(m, base)| {
+            let holders = |n: NodeId| {
+                answers
+                    .get(&n)
+                    .is_some_and(|a| a.membership.as_ref() == Some(m))
+            };
+            base.as_ref()
+                .is_none_or(|base| base.is_write_quorum(holders))
+        })
+        .max_by_key(|(m, _)| m.epoch)
 }
 
 fn holds(members: &[MemberView], node: NodeId) -> bool {

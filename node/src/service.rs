@@ -364,7 +364,14 @@ impl StorageNode for Service {
         let (key, base, proposed, peers) = parsed;
         let scl = self
             .store
-            .change_membership(key, base, proposed, peers, Lsn(request.catch_up_to))
+            .change_membership(
+                key,
+                base,
+                proposed,
+                peers,
+                Lsn(request.catch_up_to),
+                request.catch_up,
+            )
             .await
             .map_err(|e| status("ChangeMembership", e))?;
         Ok(Response::new(ChangeMembershipResponse { scl: scl.0 }))
@@ -477,6 +484,10 @@ impl StorageNode for Service {
                 .map(|(key, summary)| {
                     let archive = self.store.archive_status(&key, now_us);
                     let repair_blocked = self.store.repair_blocked(&key).unwrap_or_default();
+                    let member = self
+                        .store
+                        .membership(&key)
+                        .is_none_or(|m| m.contains(self.store.node_id()));
                     SegmentStatus {
                         writer_vdl: writer_vdls.get(&key.volume).copied().unwrap_or(0),
                         segment: Some(SegmentRef {
@@ -492,6 +503,7 @@ impl StorageNode for Service {
                         archive_lag_ms: archive.lag_ms,
                         archive_error: archive.error.unwrap_or_default(),
                         repair_blocked,
+                        member,
                     }
                 })
                 .collect(),

@@ -516,6 +516,7 @@ impl Store {
         proposed: Membership,
         peers: Vec<String>,
         catch_up_to: Lsn,
+        catch_up: bool,
     ) -> Result<Lsn, StoreError> {
         self.submit(|reply| {
             Job::Membership(MembershipJob {
@@ -524,7 +525,7 @@ impl Store {
                 proposed,
                 peers,
                 catch_up_to,
-                catch_up: false,
+                catch_up,
                 reply,
             })
         })
@@ -532,7 +533,7 @@ impl Store {
     }
 
     /// Catches the segment up with an established membership (and its base) that its driver
-    /// saw on the PG's other nodes: adopted when newer than the segment's.
+    /// saw on the PG's other nodes (see [`MembershipJob::catch_up`]).
     pub async fn catch_up_membership(
         &self,
         key: SegmentKey,

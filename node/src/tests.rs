@@ -280,6 +280,7 @@ async fn membership_steps_fence_old_members_across_restarts() {
             begun.clone(),
             vec!["a:1".into()],
             Lsn(0),
+            false,
         )
         .await
         .expect("adopted");
@@ -308,7 +309,7 @@ async fn membership_steps_fence_old_members_across_restarts() {
     let rival = base.begin(NodeId(6), NodeId(8)).expect("rival");
     assert!(matches!(
         store
-            .change_membership(k.clone(), base.clone(), rival, vec![], Lsn(0))
+            .change_membership(k.clone(), base.clone(), rival, vec![], Lsn(0), false)
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -319,7 +320,7 @@ async fn membership_steps_fence_old_members_across_restarts() {
     assert!(
         matches!(
             store
-                .change_membership(k.clone(), base.clone(), skipped, vec![], Lsn(0))
+                .change_membership(k.clone(), base.clone(), skipped, vec![], Lsn(0), false)
                 .await,
             Err(StoreError::InvalidArgument(_))
         ),

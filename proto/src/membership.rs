@@ -37,10 +37,12 @@
 //! - Roll back drops the configurations that contain G; the ones left include every
 //!   configuration that existed before the replacement began.
 //! - Complete drops the configurations that contain F. It is allowed only when G's SCL reaches
-//!   the chain tail a recovery would keep right now (the highest SCL among answers forming a
-//!   read quorum of every configuration, on the newest truncation history): then G holds every
-//!   record durable so far, so a durable record on 4 of ABCDEF is on 4 of ABCDEG (F's copy
-//!   replaced by G's), and records acknowledged later were on 4 of ABCDEG anyway.
+//!   the chain tail a recovery would have kept at some moment after the begin step was
+//!   established (the highest SCL among answers forming a read quorum of every configuration,
+//!   on the newest truncation history): every record durable before that step lies at or below
+//!   that tail, so G holds it, and a durable record on 4 of ABCDEF is on 4 of ABCDEG (F's copy
+//!   replaced by G's); records acknowledged after the step were on 4 of ABCDEG anyway. (The
+//!   repair driver fixes that target once, so G need not chase a tail a busy writer moves.)
 //!
 //! A writer that still uses membership epoch m after m+1 was sealed at a write quorum of m's
 //! configurations can no longer gather a write quorum of any of them: nodes refuse a request
@@ -53,6 +55,10 @@ use thiserror::Error;
 use crate::geometry::{COPIES, READ_QUORUM, WRITE_QUORUM};
 use crate::types::{Lsn, MembershipEpoch, NodeId};
 use crate::wire;
+
+/// Membership epochs stay below this (a step to 2^62 would take longer than any cluster lives;
+/// a hostile epoch near 2^64 could otherwise wedge a segment, every later step refused).
+pub const EPOCH_MAX: u64 = 1 << 62;
 
 /// Most replacements under way at once in one PG. Two nested replacements give 4
 /// configurations; a third loss in a PG that already lost two members leaves it below a write
@@ -143,6 +149,8 @@ pub enum MembershipError {
     Conflict { epoch: MembershipEpoch },
     #[error("the new membership is not one step (begin, complete or roll back) from the old")]
     NotAStep,
+    #[error("{epoch} is out of range (1 to 2^62)")]
+    EpochOutOfRange { epoch: MembershipEpoch },
 }
 
 impl Membership {
@@ -159,6 +167,9 @@ impl Membership {
 
     /// Checks the invariants of the type (every membership from the network goes through here).
     pub fn check(&self) -> Result<(), MembershipError> {
+        if self.epoch.0 == 0 || self.epoch.0 >= EPOCH_MAX {
+            return Err(MembershipError::EpochOutOfRange { epoch: self.epoch });
+        }
         let mut sorted = self.members.clone();
         sorted.sort_unstable();
         sorted.dedup();
