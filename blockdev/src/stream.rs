@@ -47,6 +47,10 @@ struct Queue {
 pub struct AppendStream {
     requests: mpsc::Sender<AppendRequest>,
     queue: Arc<Mutex<Queue>>,
+    /// Notified (once, with a stored permit) when the reader finds the stream dead: a sender
+    /// waiting for room in `requests` stops waiting (the node no longer reads the stream, and
+    /// the reader reported every batch queued).
+    died: Arc<tokio::sync::Notify>,
     pg: PgId,
     node: NodeId,
     addr: String,
@@ -83,6 +87,7 @@ impl AppendStream {
             Ok(Ok(response)) => response.into_inner(),
         };
         let queue = Arc::new(Mutex::new(Queue::default()));
+        let died = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(read_answers(
             shared.clone(),
             pg,
@@ -90,10 +95,12 @@ impl AppendStream {
             addr.to_owned(),
             answers,
             queue.clone(),
+            died.clone(),
         ));
         Ok(AppendStream {
             requests,
             queue,
+            died,
             pg,
             node,
             addr: addr.to_owned(),
@@ -117,8 +124,12 @@ impl AppendStream {
             }
             queue.batches.push_back(batch);
         }
-        // If the stream is gone, its reader sees it end and reports this batch with the rest.
-        let _ = self.requests.send(request).await;
+        // If the stream is gone, its reader sees it end and reports this batch with the rest;
+        // a node that refused a batch stops reading the stream, so do not wait for room then.
+        tokio::select! {
+            _ = self.requests.send(request) => {}
+            () = self.died.notified() => {}
+        }
     }
 }
 
@@ -135,6 +146,7 @@ async fn read_answers(
     addr: String,
     mut answers: Streaming<AppendResponse>,
     queue: Arc<Mutex<Queue>>,
+    died: Arc<tokio::sync::Notify>,
 ) {
     let error = loop {
         match tokio::time::timeout(APPEND_TIMEOUT, answers.message()).await {
@@ -160,6 +172,7 @@ async fn read_answers(
             Ok(Ok(None)) => break "append stream closed by the node".to_owned(),
             Ok(Err(status)) if refusal::classify(&status) == Refusal::Fenced => {
                 lock(&queue).dead = true;
+                died.notify_one();
                 on_fenced(&shared, &addr, status.message());
                 return;
             }
@@ -178,6 +191,7 @@ async fn read_answers(
         queue.dead = true;
         queue.batches.drain(..).collect()
     };
+    died.notify_one();
     let records = failed.iter().map(|b| b.records).sum();
     let last = failed.iter().map(|b| b.last).max().unwrap_or(Lsn::ZERO);
     on_error(&shared, pg, node, &addr, records, last, error);

@@ -65,15 +65,7 @@ pub fn validate_volume_name(name: &str) -> Result<(), VolumeError> {
 
 /// A random id for this writer's metadata puts (see `VolumeMeta.writer`).
 pub(crate) fn writer_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish()
+    sixfold_proto::random_u64()
 }
 
 fn check_size(volume: &str, size_bytes: u64) -> Result<(), VolumeError> {

@@ -71,14 +71,31 @@ pub fn cluster_file(cluster: Option<&PathBuf>, state: Option<&PathBuf>) -> anyho
     }
 }
 
-pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    let path = cluster_file(args.cluster.as_ref(), args.state.as_ref())?;
+/// What a command that talks to the cluster's nodes needs: the cluster file (the seed), a
+/// runtime, and the clients.
+pub fn connect(
+    cluster: Option<&PathBuf>,
+    state: Option<&PathBuf>,
+) -> anyhow::Result<(
+    ClusterConfig,
+    tokio::runtime::Runtime,
+    Arc<sixfold_blockdev::Clients>,
+)> {
+    let path = cluster_file(cluster, state)?;
     let seed = ClusterConfig::load(&path).context("load the cluster file")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
-    let clients = Arc::new(sixfold_blockdev::Clients::default());
+    Ok((
+        seed,
+        runtime,
+        Arc::new(sixfold_blockdev::Clients::default()),
+    ))
+}
+
+pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    let (seed, runtime, clients) = connect(args.cluster.as_ref(), args.state.as_ref())?;
     runtime.block_on(async {
         match args.command {
             ClusterCommand::Nodes { json } => {

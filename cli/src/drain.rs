@@ -7,13 +7,11 @@
 //! segments would have nowhere to go.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use sixfold_blockdev::nodes::{self, ClusterError};
-use sixfold_blockdev::ClusterConfig;
 use sixfold_proto::wire::NodeStatusRequest;
 
 use crate::wait::{retry, WAIT_DEFAULT};
@@ -45,13 +43,8 @@ pub struct DrainArgs {
 }
 
 pub fn run(args: DrainArgs) -> anyhow::Result<()> {
-    let path = crate::cluster::cluster_file(args.cluster.as_ref(), args.state.as_ref())?;
-    let seed = ClusterConfig::load(&path).context("load the cluster file")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the tokio runtime")?;
-    let clients = Arc::new(sixfold_blockdev::Clients::default());
+    let (seed, runtime, clients) =
+        crate::cluster::connect(args.cluster.as_ref(), args.state.as_ref())?;
     runtime.block_on(async {
         let list = retry("drain", args.wait, ClusterError::is_unreachable, || {
             nodes::change(&clients, &seed, |list| {

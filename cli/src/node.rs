@@ -58,6 +58,13 @@ pub struct NodeArgs {
     /// Most replacements this node drives at once (repair, drain, rebalance).
     #[arg(long, value_name = "N", default_value_t = 8)]
     repair_concurrency: usize,
+    /// Serve Prometheus metrics on this address (GET /metrics): the node's counters and the
+    /// state of the PGs it drives.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Do not drive repairs from this node (maintenance, tests); the other nodes still do.
+    #[arg(long)]
+    no_repair: bool,
     /// How often each PG's archiver runs a retention pass.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "backup")]
     retention_pass_every: std::time::Duration,
@@ -86,6 +93,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         retention_pass_every: args.retention_pass_every,
         repair_after: args.repair_after,
         repair_concurrency: args.repair_concurrency,
+        no_repair: args.no_repair,
+        metrics_listen: args.metrics_listen,
     };
     if args.az.trim().is_empty() {
         anyhow::bail!("--az must not be empty");
@@ -125,7 +134,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         repair: sixfold_node::RepairConfig {
             repair_after: args.repair_after,
             concurrency: args.repair_concurrency.max(1),
+            enabled: !args.no_repair,
         },
+        metrics_listen: args.metrics_listen,
     };
     tracing::info!(listen = %args.listen, az = %args.az, data = %args.data_dir.display(), "starting storage node");
     runtime
@@ -147,4 +158,6 @@ struct Node {
     retention_pass_every: std::time::Duration,
     repair_after: std::time::Duration,
     repair_concurrency: usize,
+    no_repair: bool,
+    metrics_listen: Option<SocketAddr>,
 }

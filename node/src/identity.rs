@@ -38,18 +38,10 @@ pub fn load_or_create(data_dir: &Path) -> Result<NodeId, NodeError> {
     Ok(id)
 }
 
-/// A random non-zero id (the standard library's hasher keys are random per process).
+/// A random non-zero id.
 fn random_id() -> NodeId {
-    use std::hash::{BuildHasher, Hasher};
     loop {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        hasher.write_u32(std::process::id());
-        let id = hasher.finish();
+        let id = sixfold_proto::random_u64();
         if id != 0 {
             return NodeId(id);
         }

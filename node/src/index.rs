@@ -78,9 +78,32 @@ pub struct SegmentSlot {
     pub archived_time_us: u64,
     /// Why the PG cannot be repaired, as this node's repair driver found (soft state).
     pub repair_blocked: Option<String>,
+    /// What this node's repair driver saw of the PG on its last pass, if it drives it.
+    pub driven: Option<DrivenView>,
     /// Whether this node is the PG's archiver now, and its last archiving error.
     pub archiver: bool,
     pub archive_error: Option<String>,
+}
+
+/// A PG as its driver saw it on its last pass (soft state, for the metrics endpoint).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrivenView {
+    /// Of its six stable members, how many answered.
+    pub answering: usize,
+    /// Replacements under way.
+    pub changes: usize,
+}
+
+impl DrivenView {
+    /// healthy (6 answer), degraded (5), at_risk (4), unavailable (under 4).
+    pub fn state(&self) -> &'static str {
+        match self.answering {
+            n if n >= sixfold_proto::COPIES => "healthy",
+            5 => "degraded",
+            4 => "at_risk",
+            _ => "unavailable",
+        }
+    }
 }
 
 /// Most consistency points kept per segment.

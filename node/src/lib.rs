@@ -38,6 +38,7 @@ mod identity;
 pub mod index;
 mod members;
 mod meta;
+mod metrics;
 mod nodelist;
 mod pagestore;
 mod pagewrite;
@@ -98,6 +99,8 @@ pub struct NodeConfig {
     pub backup: Option<ArchiveConfig>,
     /// Automatic repair: when a lost member is replaced, and how many at once.
     pub repair: RepairConfig,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Opens (recovers) the node's state from `data_dir`, then serves gRPC on `config.listen` until
@@ -170,6 +173,18 @@ async fn serve(
     let own_addresses = vec![local.to_string(), config.listen.to_string()];
     let gossip = tokio::spawn(gossip::run(store.clone(), own_addresses));
     let repair = tokio::spawn(repair::run(store.clone(), config.repair.clone()));
+    let metrics = match config.metrics_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(tokio::spawn(metrics::serve(store.clone(), listener))),
+            Err(source) => {
+                gossip.abort();
+                repair.abort();
+                store.close().await;
+                return Err(NodeError::Bind { addr, source });
+            }
+        },
+        None => None,
+    };
     let archiver = config.backup.clone().map(|backup| {
         store.enable_backup(backup.objects.describe());
         info!(store = %backup.objects.describe(), "backup on: archiving every PG this node hosts");
@@ -195,6 +210,10 @@ async fn serve(
     let _ = gossip.await;
     repair.abort();
     let _ = repair.await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+        let _ = metrics.await;
+    }
     if let Some(archiver) = archiver {
         archiver.abort();
         let _ = archiver.await;

@@ -31,7 +31,7 @@
 //! Crash consistency: nothing of its own. Steps are durable at the segments; a driver that dies
 //! half-way leaves a step that the next driver establishes (rule 1) or overrides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use sixfold_proto::membership::{ChangeKind, Membership};
@@ -44,7 +44,7 @@ use sixfold_proto::{placement, Epoch, Lsn, MembershipEpoch, NodeId, WRITE_QUORUM
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::index::SegmentKey;
+use crate::index::{DrivenView, SegmentKey};
 use crate::peer::{self, PeerClient};
 use crate::repair_plan::{self, MemberState, MemberView, PgView, Plan};
 use crate::store::Store;
@@ -69,6 +69,8 @@ pub struct RepairConfig {
     pub repair_after: Duration,
     /// Most replacements under way at once among the PGs this node drives.
     pub concurrency: usize,
+    /// False: this node drives no repair (the others still do).
+    pub enabled: bool,
 }
 
 impl Default for RepairConfig {
@@ -76,6 +78,7 @@ impl Default for RepairConfig {
         RepairConfig {
             repair_after: REPAIR_AFTER_DEFAULT,
             concurrency: CONCURRENCY_DEFAULT,
+            enabled: true,
         }
     }
 }
@@ -118,6 +121,10 @@ struct Driver {
 
 /// Drives repairs forever (the caller aborts the task on shutdown).
 pub async fn run(store: Store, config: RepairConfig) {
+    if !config.enabled {
+        tracing::info!("repair driver off (--no-repair)");
+        return;
+    }
     let mut driver = Driver {
         store,
         config,
@@ -173,6 +180,7 @@ impl Driver {
                 .into_iter()
                 .any(|n| n != own && rank(&key, n) > mine && self.liveness.alive(n, now));
             if outranked {
+                self.store.note_driven(&key, None);
                 continue;
             }
             under_way += membership.changes.len();
@@ -270,8 +278,24 @@ impl Driver {
                 }),
             })
             .collect();
+        self.store.note_driven(
+            key,
+            Some(DrivenView {
+                answering: membership
+                    .members
+                    .iter()
+                    .filter(|n| answers.contains_key(n))
+                    .count(),
+                changes: membership.changes.len(),
+            }),
+        );
         let placement_key = placement::pg_key(&key.volume, key.pg.0);
         let empty = BTreeMap::new();
+        let live: BTreeSet<NodeId> = list
+            .voters()
+            .map(|n| n.id)
+            .filter(|n| self.liveness.alive(*n, now))
+            .collect();
         let view = PgView {
             membership,
             base,
@@ -280,6 +304,7 @@ impl Driver {
             repair_after: self.config.repair_after,
             key: &placement_key,
             targets: &empty,
+            live: &live,
         };
         let now_tail = view.recovery_tail();
         let catch_up_to = now_tail.map_or(Lsn::ZERO, |(tail, _)| tail);

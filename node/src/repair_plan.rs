@@ -24,7 +24,7 @@
 //!
 //! One step per call: each is a new membership epoch, sealed at a write quorum before the next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use sixfold_proto::membership::{ChangeKind, Membership, CHANGES_MAX};
@@ -64,6 +64,9 @@ pub struct PgView<'a> {
     /// The catch-up target the driver fixed for each joining node (see rule 2); a node
     /// without one is measured against the recovery tail of now.
     pub targets: &'a BTreeMap<NodeId, (Lsn, Epoch)>,
+    /// Nodes that answer now: only those can take a member's place (a replacement rolled back
+    /// because its node went silent is not begun again on that node).
+    pub live: &'a BTreeSet<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,7 +203,16 @@ pub fn plan(view: &PgView<'_>, load: impl Fn(NodeId) -> u64) -> Plan {
         .map(|n| (n, ChangeKind::Move));
     let mut degraded = Vec::new();
     for (from, kind) in lost.chain(leaving) {
-        match placement::replacement(view.list, &membership.nodes(), from, view.key, &load) {
+        // Nodes that do not answer are no candidates: counted as holding a segment already.
+        let mut excluded = membership.nodes();
+        excluded.extend(
+            view.list
+                .nodes
+                .iter()
+                .map(|n| n.id)
+                .filter(|n| !view.live.contains(n)),
+        );
+        match placement::replacement(view.list, &excluded, from, view.key, &load) {
             Some(to) => return Plan::Begin { from, to, kind },
             None => {
                 let az = view.list.get(from).map_or("?", |n| n.az.as_str());
@@ -282,6 +294,7 @@ mod tests {
                 repair_after: AFTER,
                 key: "v/pg/0",
                 targets: &BTreeMap::new(),
+                live: &(1..=9).map(NodeId).collect(),
             },
             |_| 0,
         )
@@ -321,6 +334,29 @@ mod tests {
             Plan::Degraded(why) => assert!(why.contains("AZ a"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A spare that does not answer is no candidate: the PG stays degraded rather than begin a
+    /// replacement that cannot finish (and roll it back, and begin it again...).
+    #[test]
+    fn a_silent_spare_is_not_chosen() {
+        let (l, m) = (list(), membership());
+        let view = members(&m, 9, &[(1, 600)]);
+        let live: BTreeSet<NodeId> = [2, 4, 5, 7, 8, 6, 9].map(NodeId).into();
+        let plan = plan(
+            &PgView {
+                membership: &m,
+                base: None,
+                members: &view,
+                list: &l,
+                repair_after: AFTER,
+                key: "v/pg/0",
+                targets: &BTreeMap::new(),
+                live: &live,
+            },
+            |_| 0,
+        );
+        assert!(matches!(plan, Plan::Degraded(_)), "{plan:?}");
     }
 
     #[test]
@@ -368,6 +404,7 @@ mod tests {
                     repair_after: AFTER,
                     key: "k",
                     targets,
+                    live: &(1..=9).map(NodeId).collect(),
                 },
                 |_| 0,
             )
@@ -455,6 +492,7 @@ mod tests {
             repair_after: AFTER,
             key: "k",
             targets: &BTreeMap::new(),
+            live: &BTreeSet::new(),
         }
         .caught_up(NodeId(3)));
     }

@@ -362,6 +362,27 @@ impl StorageNode for Service {
         })()
         .map_err(|e| status("ChangeMembership", e))?;
         let (key, base, proposed, peers) = parsed;
+        // A node joining the PG must be an active node of the cluster (as this node's copy of
+        // the node list has it); every other one must at least be known.
+        if let Some(list) = self.store.node_list() {
+            for node in proposed.nodes() {
+                let joining = !base.contains(node) && !request.catch_up;
+                let known = list.get(node).is_some_and(|n| {
+                    !joining || n.state == sixfold_proto::nodes::NodeState::Active
+                });
+                if !known {
+                    let what = if joining {
+                        "an active node of the cluster"
+                    } else {
+                        "in the cluster's node list"
+                    };
+                    return Err(status(
+                        "ChangeMembership",
+                        StoreError::InvalidArgument(format!("segment {key}: {node} is not {what}")),
+                    ));
+                }
+            }
+        }
         let scl = self
             .store
             .change_membership(

@@ -561,6 +561,21 @@ impl Store {
         }
     }
 
+    /// Records what this node's driver saw of the PG (None: it does not drive it).
+    pub fn note_driven(&self, key: &SegmentKey, view: Option<crate::index::DrivenView>) {
+        if let Some(slot) = lock(&self.shared.index).slot_mut_existing(key) {
+            slot.driven = view;
+        }
+    }
+
+    /// The PGs this node drives, as its driver last saw them.
+    pub fn driven_pgs(&self) -> Vec<(SegmentKey, crate::index::DrivenView)> {
+        lock(&self.shared.index)
+            .slots()
+            .filter_map(|(key, slot)| slot.driven.map(|view| (key.clone(), view)))
+            .collect()
+    }
+
     /// Why the PG cannot be repaired, as this node's driver found.
     pub fn repair_blocked(&self, key: &SegmentKey) -> Option<String> {
         lock(&self.shared.index)

@@ -42,6 +42,7 @@ fn crash_child_node() {
             data_dir: dir.join("data"),
             backup: None,
             repair: Default::default(),
+            metrics_listen: None,
         };
         let port_file = dir.join("port");
         let temp = dir.join("port.tmp");

@@ -68,6 +68,7 @@ impl Node {
             data_dir: data_dir.to_owned(),
             backup: None,
             repair: Default::default(),
+            metrics_listen: None,
         };
         let task = tokio::spawn(run_with_listener(config, listener, async {
             let _ = stopped.await;

@@ -85,6 +85,21 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// A random 64-bit value, different in every process and call (the standard library's hasher
+/// keys are random per process; the clock and the process id separate calls and processes).
+/// For ids that must not collide by chance, not for secrets.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 /// A storage node's identity: chosen at random at the node's first start and kept in its data
 /// directory (`node-id`), so that a segment belongs to a node, not to an address (a node may
 /// move to another address; a new node at an old address is another node). Never 0.

@@ -120,6 +120,8 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 pub struct Node {
     pub addr: SocketAddr,
+    /// Where the node serves its Prometheus metrics (`--metrics-listen`).
+    pub metrics: SocketAddr,
     pub az: String,
     pub data: PathBuf,
     pub log: PathBuf,
@@ -233,8 +235,10 @@ impl Cluster {
             let addr: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse()?;
             let az = azs[(i * azs.len()) / count].to_string();
             toml.push_str(&format!("[[node]]\naddr = \"{addr}\"\naz = \"{az}\"\n\n"));
+            let metrics: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse()?;
             nodes.push(Node {
                 addr,
+                metrics,
                 az,
                 data: dir.join(format!("node{i}")),
                 log: dir.join(format!("node{i}.log")),
@@ -266,8 +270,10 @@ impl Cluster {
         let i = self.nodes.len();
         let ip = format!("127.0.0.{}", 10 + i);
         let addr: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse()?;
+        let metrics: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse()?;
         self.nodes.push(Node {
             addr,
+            metrics,
             az: az.to_string(),
             data: self.dir.join(format!("node{i}")),
             log: self.dir.join(format!("node{i}.log")),
@@ -300,6 +306,8 @@ impl Cluster {
                 "--data",
             ])
             .arg(&node.data)
+            .arg("--metrics-listen")
+            .arg(node.metrics.to_string())
             .args(&self.node_options)
             .env(
                 "RUST_LOG",
@@ -319,6 +327,25 @@ impl Cluster {
             || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
         )
         .with_context(|| format!("node log:\n{}", log_tail(&log, 20)))
+    }
+
+    /// Node `i`'s Prometheus metrics (GET /metrics on its `--metrics-listen` address).
+    pub fn metrics(&self, i: usize) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut stream =
+            TcpStream::connect_timeout(&self.nodes[i].metrics, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.nodes[i].metrics
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            _ => bail!("node {i}'s metrics endpoint answered: {response}"),
+        }
     }
 
     /// kill -9 node `i`.
@@ -392,6 +419,50 @@ impl Cluster {
         }
     }
 
+    /// Every PG of `sixfold status --json`, as the membership tests read it.
+    pub fn pgs(&self, volume: &str) -> Result<Vec<PgSeen>> {
+        let status = self.status(volume)?;
+        status["pgs"]
+            .as_array()
+            .context("the status lists PGs")?
+            .iter()
+            .map(|pg| {
+                let segments = pg["segments"]
+                    .as_array()
+                    .context("segments")?
+                    .iter()
+                    .map(|s| SegmentSeen {
+                        node: s["node"].as_str().unwrap_or_default().to_string(),
+                        reachable: s["reachable"].as_bool().unwrap_or(false),
+                        scl: s["scl"].as_u64().unwrap_or(0),
+                    })
+                    .collect();
+                Ok(PgSeen {
+                    pg: pg["pg"].as_u64().unwrap_or(0) as u32,
+                    segments,
+                    pgcl: pg["pgcl"].as_u64().unwrap_or(0),
+                    membership_epoch: pg["membership_epoch"].as_u64().unwrap_or(0),
+                    changes: pg["changes"]
+                        .as_array()
+                        .map(|c| {
+                            c.iter()
+                                .map(|c| c.as_str().unwrap_or_default().to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// The index of the node at `addr`.
+    pub fn index_of(&self, addr: &str) -> Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.addr.to_string() == addr)
+            .with_context(|| format!("{addr} is a node of the cluster"))
+    }
+
     /// `sixfold status --json` for a volume.
     pub fn status(&self, volume: &str) -> Result<serde_json::Value> {
         let output = Command::new(sixfold_bin())
@@ -405,6 +476,42 @@ impl Cluster {
             );
         }
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+}
+
+/// A PG as `sixfold status --json` shows it.
+#[derive(Clone, Debug)]
+pub struct PgSeen {
+    pub pg: u32,
+    pub segments: Vec<SegmentSeen>,
+    pub pgcl: u64,
+    pub membership_epoch: u64,
+    /// Replacements under way, "from -> to" (node ids).
+    pub changes: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SegmentSeen {
+    pub node: String,
+    pub reachable: bool,
+    pub scl: u64,
+}
+
+impl PgSeen {
+    /// The addresses of its segments' nodes.
+    pub fn nodes(&self) -> Vec<String> {
+        self.segments.iter().map(|s| s.node.clone()).collect()
+    }
+
+    /// Six segments, all answering and caught up to the PGCL, none on `gone`, no change under
+    /// way.
+    pub fn healed_without(&self, gone: &str) -> bool {
+        self.segments.len() == 6
+            && self.changes.is_empty()
+            && self
+                .segments
+                .iter()
+                .all(|s| s.node != gone && s.reachable && s.scl >= self.pgcl)
     }
 }
 

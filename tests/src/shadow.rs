@@ -154,3 +154,22 @@ impl Shadow {
         Ok(buf)
     }
 }
+
+/// Writes `bytes` more from `writes`, fsync'ing after each write, and records every
+/// acknowledged write in `shadow` (the load of the membership-change tests).
+pub fn write_fsynced(
+    volume: &std::fs::File,
+    shadow: &mut Shadow,
+    writes: &mut RandomWrites,
+    bytes: u64,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let target = shadow.bytes_written + bytes;
+    while shadow.bytes_written < target {
+        let (offset, data) = writes.next_write();
+        volume.write_all_at(data, offset)?;
+        shadow.record(offset, data)?;
+        volume.sync_all()?;
+    }
+    Ok(())
+}

@@ -4,48 +4,22 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context, Result};
-use sixfold_tests::shadow::{RandomWrites, Shadow};
+use sixfold_tests::shadow::{write_fsynced, RandomWrites, Shadow};
 use sixfold_tests::{require_fuse, run, sixfold_bin, test_dir, Cluster, Mount};
 
 const VOLUME_BYTES: u64 = 16 << 30;
 
-fn write_load(
-    volume: &File,
-    shadow: &mut Shadow,
-    writes: &mut RandomWrites,
-    bytes: u64,
-) -> Result<()> {
-    let target = shadow.bytes_written + bytes;
-    while shadow.bytes_written < target {
-        let (offset, data) = writes.next_write();
-        volume.write_all_at(data, offset)?;
-        shadow.record(offset, data)?;
-        volume.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Per PG of the status: its segments' node addresses.
 fn placements(cluster: &Cluster) -> Result<Vec<Vec<String>>> {
-    let status = cluster.status("drained")?;
-    status["pgs"]
-        .as_array()
-        .context("pgs")?
+    Ok(cluster
+        .pgs("drained")?
         .iter()
-        .map(|pg| {
-            Ok(pg["segments"]
-                .as_array()
-                .context("segments")?
-                .iter()
-                .map(|s| s["node"].as_str().unwrap_or_default().to_string())
-                .collect())
-        })
-        .collect()
+        .map(|pg| pg.nodes())
+        .collect())
 }
 
 #[test]
@@ -60,15 +34,11 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
         .open(mount.volume_path())?;
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(21, VOLUME_BYTES, 128 << 10);
-    write_load(&volume, &mut shadow, &mut writes, 16 << 20)?;
+    write_fsynced(&volume, &mut shadow, &mut writes, 16 << 20)?;
 
     let before = placements(&cluster)?;
     let drained_addr = before[0][0].clone();
-    let drained = cluster
-        .nodes
-        .iter()
-        .position(|n| n.addr.to_string() == drained_addr)
-        .context("a cluster node")?;
+    let drained = cluster.index_of(&drained_addr)?;
     let az_of: BTreeMap<String, String> = cluster
         .nodes
         .iter()
@@ -84,7 +54,7 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
             let mut rounds = 0;
             while !stop.load(Ordering::Relaxed) {
                 let mut shadow = shadow.lock().expect("shadow");
-                write_load(&volume, &mut shadow, &mut writes, 1 << 20)?;
+                write_fsynced(&volume, &mut shadow, &mut writes, 1 << 20)?;
                 rounds += 1;
             }
             Ok(rounds)
@@ -147,7 +117,7 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
         .map_err(|_| anyhow::anyhow!("shadow still shared"))?
         .into_inner()
         .expect("shadow");
-    write_load(&volume, &mut shadow, &mut writes, 2 << 20)?;
+    write_fsynced(&volume, &mut shadow, &mut writes, 2 << 20)?;
     shadow
         .verify(&volume, 64, 9)
         .context("every acknowledged write reads back")?;
