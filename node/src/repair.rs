@@ -172,6 +172,7 @@ impl Driver {
         let mut driven = Vec::new();
         for (key, membership, base) in self.store.segment_memberships() {
             if !membership.contains(own) {
+                self.store.note_driven(&key, None);
                 continue; // a segment this node no longer belongs to
             }
             let mine = rank(&key, own);

@@ -42,8 +42,9 @@ fn addresses(cluster: &Cluster) -> Result<BTreeMap<String, String>> {
 }
 
 /// Kills one of PG 0's nodes, waits for its replacement to begin and freezes the new node so
-/// that it cannot catch up (a driver takes one step per second: the poll sees the begin before
-/// the completion). Returns (the lost node's index, the new node's index, the epoch).
+/// that it cannot catch up (a driver takes one step per second, and the new node needs a
+/// while to copy the 48 MiB written first: the poll sees the begin before the completion).
+/// Returns (the lost node's index, the new node's index, the epoch).
 fn begin_a_replacement_that_cannot_finish(
     cluster: &mut Cluster,
     volume: &str,
@@ -84,7 +85,7 @@ fn the_lost_node_coming_back_rolls_the_change_back() -> Result<()> {
         .open(mount.volume_path())?;
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(31, VOLUME_BYTES, 128 << 10);
-    write_fsynced(&volume, &mut shadow, &mut writes, 16 << 20)?;
+    write_fsynced(&volume, &mut shadow, &mut writes, 48 << 20)?;
     let (original, _, _) = pg0(&cluster, "back")?;
 
     let (lost, joining, begun) = begin_a_replacement_that_cannot_finish(&mut cluster, "back")?;
@@ -139,7 +140,7 @@ fn a_writer_killed_mid_change_recovers_with_the_quorum_set() -> Result<()> {
         .open(mount.volume_path())?;
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(41, VOLUME_BYTES, 128 << 10);
-    write_fsynced(&volume, &mut shadow, &mut writes, 16 << 20)?;
+    write_fsynced(&volume, &mut shadow, &mut writes, 48 << 20)?;
 
     let (_, joining, begun) = begin_a_replacement_that_cannot_finish(&mut cluster, "crash")?;
     // Writes acknowledged on the quorum set {old six, new six}, then the writer dies.
