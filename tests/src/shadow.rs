@@ -173,3 +173,57 @@ pub fn write_fsynced(
     }
     Ok(())
 }
+
+/// A writer thread that writes and fsyncs 1 MiB rounds of random writes, recording each
+/// acknowledged one, until stopped: the application load of the repair and drain tests.
+pub struct BackgroundLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shadow: std::sync::Arc<std::sync::Mutex<Shadow>>,
+    thread: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl BackgroundLoad {
+    /// Starts writing to `volume` (of `volume_bytes`), writes chosen by `seed`.
+    pub fn start(
+        volume: &std::fs::File,
+        shadow: Shadow,
+        seed: u64,
+        volume_bytes: u64,
+    ) -> Result<BackgroundLoad> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let shadow = Arc::new(Mutex::new(shadow));
+        let (volume, stopping, shared) = (volume.try_clone()?, stop.clone(), shadow.clone());
+        let thread = std::thread::spawn(move || -> Result<u64> {
+            let mut writes = RandomWrites::new(seed, volume_bytes, 64 << 10);
+            let mut rounds = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                let mut shadow = shared.lock().expect("the load thread owns the shadow");
+                write_fsynced(&volume, &mut shadow, &mut writes, 1 << 20)?;
+                rounds += 1;
+            }
+            Ok(rounds)
+        });
+        Ok(BackgroundLoad {
+            stop,
+            shadow,
+            thread,
+        })
+    }
+
+    /// Stops the writer: the shadow, and how many rounds it completed (an error if a write or
+    /// an fsync failed).
+    pub fn stop(self) -> Result<(Shadow, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+        let shadow = std::sync::Arc::try_unwrap(self.shadow)
+            .map_err(|_| anyhow::anyhow!("the shadow is still shared"))?
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("the shadow's lock is poisoned"))?;
+        Ok((shadow, rounds))
+    }
+}

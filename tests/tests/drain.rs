@@ -4,11 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context, Result};
-use sixfold_tests::shadow::{write_fsynced, RandomWrites, Shadow};
+use sixfold_tests::shadow::{write_fsynced, BackgroundLoad, RandomWrites, Shadow};
 use sixfold_tests::{require_fuse, run, sixfold_bin, test_dir, Cluster, Mount};
 
 const VOLUME_BYTES: u64 = 16 << 30;
@@ -45,21 +43,7 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
         .map(|n| (n.addr.to_string(), n.az.clone()))
         .collect();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let shadow = Arc::new(Mutex::new(shadow));
-    let load = {
-        let (volume, stop, shadow) = (volume.try_clone()?, stop.clone(), shadow.clone());
-        std::thread::spawn(move || -> Result<u64> {
-            let mut writes = RandomWrites::new(22, VOLUME_BYTES, 64 << 10);
-            let mut rounds = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let mut shadow = shadow.lock().expect("shadow");
-                write_fsynced(&volume, &mut shadow, &mut writes, 1 << 20)?;
-                rounds += 1;
-            }
-            Ok(rounds)
-        })
-    };
+    let load = BackgroundLoad::start(&volume, shadow, 22, VOLUME_BYTES)?;
 
     let out = run(std::process::Command::new(sixfold_bin())
         .args([
@@ -110,13 +94,8 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
 
     // The drained node can go; the writer never saw an error.
     cluster.stop_node(drained);
-    stop.store(true, Ordering::Relaxed);
-    let rounds = load.join().expect("load thread")?;
+    let (mut shadow, rounds) = load.stop()?;
     ensure!(rounds > 0, "the writer made progress during the drain");
-    let mut shadow = Arc::try_unwrap(shadow)
-        .map_err(|_| anyhow::anyhow!("shadow still shared"))?
-        .into_inner()
-        .expect("shadow");
     write_fsynced(&volume, &mut shadow, &mut writes, 2 << 20)?;
     shadow
         .verify(&volume, 64, 9)

@@ -6,12 +6,10 @@
 //! PG repaired that is still a write quorum, and writes and fsync go on.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use sixfold_tests::shadow::{write_fsynced, RandomWrites, Shadow};
+use sixfold_tests::shadow::{write_fsynced, BackgroundLoad, RandomWrites, Shadow};
 use sixfold_tests::{require_fuse, test_dir, Cluster, Mount};
 
 const VOLUME_BYTES: u64 = 16 << 30;
@@ -43,21 +41,7 @@ fn a_lost_node_is_replaced_and_every_acknowledged_write_survives() -> Result<()>
     let killed_at = Instant::now();
 
     // Writes and fsyncs go on throughout the repair.
-    let stop = Arc::new(AtomicBool::new(false));
-    let shadow = Arc::new(Mutex::new(shadow));
-    let load = {
-        let (volume, stop, shadow) = (volume.try_clone()?, stop.clone(), shadow.clone());
-        std::thread::spawn(move || -> Result<u64> {
-            let mut writes = RandomWrites::new(12, VOLUME_BYTES, 64 << 10);
-            let mut rounds = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let mut shadow = shadow.lock().expect("shadow");
-                write_fsynced(&volume, &mut shadow, &mut writes, 1 << 20)?;
-                rounds += 1;
-            }
-            Ok(rounds)
-        })
-    };
+    let load = BackgroundLoad::start(&volume, shadow, 12, VOLUME_BYTES)?;
 
     // Healed: every PG has six segments, none on the dead node, all answering and caught up,
     // no replacement under way; those the dead node held are in a newer membership epoch.
@@ -118,8 +102,7 @@ fn a_lost_node_is_replaced_and_every_acknowledged_write_survives() -> Result<()>
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    stop.store(true, Ordering::Relaxed);
-    let rounds = load.join().expect("load thread")?;
+    let (mut shadow, rounds) = load.stop()?;
     ensure!(rounds > 0, "the writer made progress during the repair");
 
     // One node in each of the two other AZs dies: every repaired PG still has a write quorum.
@@ -142,10 +125,6 @@ fn a_lost_node_is_replaced_and_every_acknowledged_write_survives() -> Result<()>
             .context("a node of the PGs in that AZ")?;
         cluster.kill_node(node);
     }
-    let mut shadow = Arc::try_unwrap(shadow)
-        .map_err(|_| anyhow::anyhow!("shadow still shared"))?
-        .into_inner()
-        .expect("shadow");
     write_fsynced(&volume, &mut shadow, &mut writes, 4 << 20)
         .context("writes and fsyncs after two more losses")?;
     shadow
