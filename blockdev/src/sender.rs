@@ -87,7 +87,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                 Some(queue) => {
                     let peers = queue.peers_of(node);
                     let truncations = &queue.truncations;
-                    let membership = Some(queue.membership.clone());
+                    let membership = &queue.membership;
                     let Some(link) = queue.segments.iter_mut().find(|l| l.node == node) else {
                         unreachable!("checked just above");
                     };
@@ -132,7 +132,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                                 truncations: truncations.clone(),
                                 writer_vdl_time_us: vdl_time_us,
                                 segment_addr: link.addr.clone(),
-                                membership: membership.clone(),
+                                membership: Some(membership.clone()),
                             };
                             match records.last() {
                                 _ if linger_left.is_some() => {

@@ -613,7 +613,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
             let mut backup_lag_ms = None;
             let mut archive_error = None;
             let mut repair_blocked = None;
-            for (index, addr) in placement.nodes.iter().enumerate() {
+            for addr in &placement.nodes {
                 let found = match answers.get(addr) {
                     Some(Ok(status)) => Some(status.segments.iter().find(|s| {
                         s.segment
@@ -638,7 +638,6 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                         repair_blocked = Some(segment.repair_blocked.clone());
                     }
                 }
-                let _ = index;
                 segments.push(SegmentReport {
                     node: addr.clone(),
                     az: az_of(addr),

@@ -170,7 +170,16 @@ impl Driver {
         let now = Instant::now();
         let mut under_way = 0;
         let mut driven = Vec::new();
-        for (key, membership, base) in self.store.segment_memberships() {
+        let memberships = self.store.segment_memberships();
+        // Segments per node, as this node's segments' memberships show them (placement
+        // prefers the least loaded): counted once per pass.
+        let mut load: HashMap<NodeId, u64> = HashMap::new();
+        for (_, membership, _) in &memberships {
+            for node in membership.nodes() {
+                *load.entry(node).or_default() += 1;
+            }
+        }
+        for (key, membership, base) in memberships {
             if !membership.contains(own) {
                 self.store.note_driven(&key, None);
                 continue; // a segment this node no longer belongs to
@@ -195,7 +204,7 @@ impl Driver {
         for (key, membership, base) in driven {
             let may_begin = under_way < self.config.concurrency;
             match self
-                .drive(&list, &key, &membership, base.as_ref(), may_begin)
+                .drive(&list, &key, &membership, base.as_ref(), may_begin, &load)
                 .await
             {
                 Ok(began) => under_way += usize::from(began),
@@ -240,6 +249,7 @@ impl Driver {
         membership: &Membership,
         base: Option<&Membership>,
         may_begin: bool,
+        load: &HashMap<NodeId, u64>,
     ) -> Result<bool, String> {
         let addrs: BTreeMap<NodeId, String> = membership
             .nodes()
@@ -327,10 +337,7 @@ impl Driver {
             targets: &targets,
             ..view
         };
-        let load = self.store.segment_memberships();
-        let plan = repair_plan::plan(&view, |node| {
-            load.iter().filter(|(_, m, _)| m.contains(node)).count() as u64
-        });
+        let plan = repair_plan::plan(&view, |node| load.get(&node).copied().unwrap_or(0));
         if established && self.recorded.get(key) != Some(&membership.epoch) {
             // Recorded right after the step, or else (a driver that died in between, metadata
             // nodes that did not answer, a PG the writer had not recorded yet) now.
