@@ -136,10 +136,8 @@ pub struct MembershipJob {
     /// The driver's view of how far the PG's chain reaches: the segment fills its gap up to
     /// here from its peers (0: none).
     pub catch_up_to: Lsn,
-    /// A driver catching the segment up with an established membership (a write quorum of
-    /// its base holds it): adopted when newer, or of the same epoch as a rival the segment
-    /// holds, without the one-step check.
-    pub catch_up: bool,
+    /// A step, a catch-up with an established membership, or a step over rivals that lost.
+    pub mode: members::ChangeMode,
     /// Answered with the segment's SCL once the membership is hardened (or already held).
     pub reply: Reply<Lsn>,
 }
@@ -240,7 +238,7 @@ impl Appender {
             return;
         }
         // 1. Decide, against the index and what earlier jobs of this group will add.
-        let plans: Vec<Result<Vec<usize>, StoreError>> = {
+        let plans: Vec<Result<Chosen, StoreError>> = {
             let index = lock(&self.shared.index);
             let mut group = GroupView::default();
             jobs.iter().map(|job| group.decide(&index, job)).collect()
@@ -252,7 +250,22 @@ impl Appender {
         'jobs: for (job, plan) in jobs.iter().zip(&plans) {
             let mut job_locations = Vec::new();
             if let Ok(chosen) = plan {
-                for &i in chosen {
+                if let Some(membership) = &chosen.membership {
+                    let frame = frame::encode(
+                        &job.key.volume,
+                        job.key.pg,
+                        &FrameBody::Membership {
+                            current: membership.clone(),
+                            base: None,
+                        },
+                    );
+                    if let Err(e) = self.writer.append(&frame) {
+                        outcome = Err(e);
+                        break 'jobs;
+                    }
+                    written += 1;
+                }
+                for &i in &chosen.records {
                     match self.writer.append(&job.records[i].frame) {
                         Ok(location) => job_locations.push(location),
                         Err(e) => {
@@ -280,13 +293,26 @@ impl Appender {
         {
             let mut index = lock(&self.shared.index);
             for ((job, plan), job_locations) in jobs.into_iter().zip(plans).zip(locations) {
-                let chosen = match plan {
+                let Chosen {
+                    records: chosen,
+                    membership,
+                } = match plan {
                     Ok(chosen) => chosen,
                     Err(e) => {
                         replies.push((job.reply, Err(e), job.key));
                         continue;
                     }
                 };
+                if let Some(current) = membership {
+                    info!(segment = %job.key, membership = %current, "segment adopted the writer's newer membership");
+                    index.apply(
+                        &job.key,
+                        Effect::Membership {
+                            current,
+                            base: None,
+                        },
+                    );
+                }
                 let repair = matches!(job.source, Source::Repair);
                 let slot = index.slot_mut(&job.key);
                 if let Source::Writer {
@@ -481,15 +507,8 @@ impl Appender {
         let adopt = {
             let index = lock(&self.shared.index);
             let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
-            if held == Some(&job.proposed) {
-                false // held already: only the peers and the catch-up target are news
-            } else if job.catch_up {
-                // The driver vouches that `proposed` is established (a write quorum of its
-                // base holds it): adopted over an older one, and over a rival of its epoch
-                // (a step that lost).
-                held.is_none_or(|held| job.proposed.epoch >= held.epoch)
-            } else {
-                Membership::decide_adopt(held, &job.base, &job.proposed).map_err(|e| match e {
+            members::adopt_change(held, &job.base, &job.proposed, &job.mode).map_err(
+                |e| match e {
                     MembershipError::Stale { current, found } => StoreError::StaleMembership {
                         volume: job.key.volume.clone(),
                         pg: job.key.pg.0,
@@ -500,8 +519,8 @@ impl Appender {
                         StoreError::Conflict(format!("segment {}: {e}", job.key))
                     }
                     other => StoreError::InvalidArgument(format!("segment {}: {other}", job.key)),
-                })?
-            }
+                },
+            )?
         };
         if adopt {
             let frame = frame::encode(
@@ -621,17 +640,27 @@ impl Appender {
     }
 }
 
-/// What the jobs of one group decided so far: epochs their records raise, LSNs they add.
+/// What the jobs of one group decided so far: epochs their records raise, LSNs they add,
+/// memberships they adopt.
 #[derive(Default)]
 struct GroupView<'a> {
     epochs: HashMap<&'a str, Epoch>,
     lsns: HashMap<&'a SegmentKey, HashSet<Lsn>>,
+    memberships: HashMap<&'a SegmentKey, &'a Membership>,
+}
+
+/// What one Append job writes: its records (indices) and, first, the writer's membership when
+/// it is newer than the segment's.
+struct Chosen {
+    records: Vec<usize>,
+    membership: Option<Membership>,
 }
 
 impl<'a> GroupView<'a> {
-    /// The records of `job` to write (indices), or why the job is refused.
-    fn decide(&mut self, index: &Index, job: &'a AppendJob) -> Result<Vec<usize>, StoreError> {
+    /// What `job` writes, or why the job is refused.
+    fn decide(&mut self, index: &Index, job: &'a AppendJob) -> Result<Chosen, StoreError> {
         let volume = job.key.volume.as_str();
+        let mut adopt = None;
         if let Source::Writer {
             epoch,
             ref membership,
@@ -644,13 +673,27 @@ impl<'a> GroupView<'a> {
             if epoch < known {
                 return Err(StoreError::fenced(volume, epoch, known));
             }
-            let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
+            let held = self
+                .memberships
+                .get(&job.key)
+                .copied()
+                .or_else(|| index.slot(&job.key).and_then(|s| s.membership.as_ref()));
             members::check(&job.key, held, membership.as_ref())?;
+            // The writer's membership comes from the volume metadata, which records only
+            // established steps: a segment that missed steps (it was away) catches up with it
+            // here, as with the writer's OpenSegment, and can fill its gaps from its peers
+            // again (they refuse an older membership's gossip).
+            adopt = membership
+                .as_ref()
+                .filter(|m| members::adopt_from_writer(held, m));
+            if let Some(m) = adopt {
+                self.memberships.insert(&job.key, m);
+            }
         }
         let segment = index.segment(&job.key);
         if matches!(job.source, Source::Repair) {
             // Only records the segment still holds, each with the length the index expects.
-            return Ok(job
+            let records = job
                 .records
                 .iter()
                 .enumerate()
@@ -660,7 +703,11 @@ impl<'a> GroupView<'a> {
                         .is_some_and(|m| m.location.len as usize == r.frame.body_len())
                 })
                 .map(|(i, _)| i)
-                .collect());
+                .collect();
+            return Ok(Chosen {
+                records,
+                membership: None,
+            });
         }
         let seen = self.lsns.entry(&job.key).or_default();
         let mut chosen = Vec::new();
@@ -674,6 +721,9 @@ impl<'a> GroupView<'a> {
             let epoch = self.epochs.entry(volume).or_default();
             *epoch = (*epoch).max(record.epoch);
         }
-        Ok(chosen)
+        Ok(Chosen {
+            records: chosen,
+            membership: adopt.cloned(),
+        })
     }
 }

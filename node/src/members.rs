@@ -12,7 +12,7 @@
 //!   OpenSegment): a writer's membership comes from the volume metadata, which records only
 //!   steps a write quorum holds.
 
-use sixfold_proto::membership::Membership;
+use sixfold_proto::membership::{Membership, MembershipError};
 
 use crate::error::StoreError;
 use crate::index::SegmentKey;
@@ -42,6 +42,40 @@ pub fn check(
         )));
     }
     Ok(())
+}
+
+/// What a repair driver's ChangeMembership is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeMode {
+    /// One step from `base` ([`Membership::decide_adopt`]).
+    Step,
+    /// Not a step: the driver vouches that `proposed` is established (a write quorum of its
+    /// base holds it) and brings a segment that lags up to it.
+    CatchUp,
+    /// A step from `base` that replaces this rival of its epoch, which its driver proved can
+    /// never be established ([`Membership::decide_supersede`]).
+    Supersede(Membership),
+}
+
+/// Whether a segment holding `held` adopts `proposed`, sent by a repair driver with `base`.
+/// `Ok(false)`: held already (only the peers and the catch-up target are news).
+pub fn adopt_change(
+    held: Option<&Membership>,
+    base: &Membership,
+    proposed: &Membership,
+    mode: &ChangeMode,
+) -> Result<bool, MembershipError> {
+    if held == Some(proposed) {
+        return Ok(false);
+    }
+    match mode {
+        // Adopted over an older one, and over a rival of its epoch (a step that lost).
+        ChangeMode::CatchUp => Ok(held.is_none_or(|held| proposed.epoch >= held.epoch)),
+        ChangeMode::Step => Membership::decide_adopt(held, base, proposed),
+        ChangeMode::Supersede(superseded) => {
+            Membership::decide_supersede(held, base, proposed, superseded)
+        }
+    }
 }
 
 /// Whether a writer's OpenSegment membership is to be adopted: the segment holds none or an

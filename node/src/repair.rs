@@ -1,11 +1,15 @@
 //! The repair driver: every node drives the membership changes of some of the PGs it holds a
-//! segment of, with or without a writer mounted. What to do is [`crate::repair_plan`]'s pure
-//! decision; this module gathers what it needs and carries it out.
+//! segment of, with or without a writer mounted. What to do is [`crate::repair_pass`]'s pure
+//! decision (itself built on [`crate::repair_plan`]); this module gathers what it needs and
+//! carries it out.
 //!
 //! **Who drives a PG.** The nodes of the PG's membership rank themselves by a hash of (volume,
 //! PG, node id). A node drives the PG when no node ranked above it answered its pings within
 //! [`PEER_ALIVE_FOR`]. So one node drives while all are up, and the next takes over when it
-//! goes down.
+//! goes down. An outranked node still makes a pass once every [`FALLBACK_EVERY`] (staggered by
+//! rank): the node that outranks it may hold a stale view of the PG (it lagged, or was
+//! replaced and no longer drives it) and otherwise nobody would drive. (Found by the
+//! simulation: after a heal, every member deferred to a stale one.)
 //!
 //! **Why two drivers never race harmfully** (a partition, a flapping node can make two believe
 //! they drive). Every step is a compare-and-set at the segments: a node adopts membership epoch
@@ -34,19 +38,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use sixfold_proto::membership::{ChangeKind, Membership};
+use sixfold_proto::membership::Membership;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::{
     ChangeMembershipRequest, NodeStatusRequest, PutPgMembershipRequest, SegmentRef,
     SegmentStateRequest,
 };
-use sixfold_proto::{placement, Epoch, Lsn, MembershipEpoch, NodeId, WRITE_QUORUM};
+use sixfold_proto::{placement, Epoch, Lsn, NodeId, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::index::{DrivenView, SegmentKey};
+use crate::members::ChangeMode;
 use crate::peer::{self, PeerClient};
-use crate::repair_plan::{self, MemberState, MemberView, PgView, Plan};
+use crate::repair_pass::{Action, Answer, PassInput, PgDriver, Send, SendKind, SendOutcome};
+use crate::repair_plan::Plan;
 use crate::store::Store;
 
 /// How often the driver looks at the PGs it drives.
@@ -60,6 +66,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const REPAIR_AFTER_DEFAULT: Duration = Duration::from_secs(300);
 /// Default bound on the replacements one driver has under way at once.
 pub const CONCURRENCY_DEFAULT: usize = 8;
+/// An outranked node drives a PG once every this many passes anyway (rank-staggered): the
+/// node that outranks it may hold a stale view and never drive it. Safe: steps are
+/// compare-and-set at the segments (module docs).
+const FALLBACK_EVERY: u64 = 10;
 /// How often a PG that stays degraded is logged again.
 const DEGRADED_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -108,15 +118,10 @@ struct Driver {
     liveness: Liveness,
     clients: HashMap<String, PeerClient>,
     degraded_logged: HashMap<SegmentKey, Instant>,
-    /// Catch-up targets of the joining nodes of the PGs this node drives (rule 2 of
-    /// [`crate::repair_plan`]), valid only while the membership epoch is the one this driver
-    /// last saw or made itself (`seen`): a target fixed for a replacement that was rolled back
-    /// and begun again by another driver meanwhile would be stale.
-    targets: HashMap<SegmentKey, BTreeMap<NodeId, (Lsn, Epoch)>>,
-    seen: HashMap<SegmentKey, MembershipEpoch>,
-    /// The newest membership epoch of each PG this driver recorded in the volume metadata
-    /// (at 4 of its 6 nodes); recording is retried every pass until it is.
-    recorded: HashMap<SegmentKey, MembershipEpoch>,
+    /// What this driver remembers of each PG it drives (catch-up targets, what it recorded).
+    pgs: HashMap<SegmentKey, PgDriver>,
+    /// Passes made so far.
+    passes: u64,
 }
 
 /// Drives repairs forever (the caller aborts the task on shutdown).
@@ -134,9 +139,8 @@ pub async fn run(store: Store, config: RepairConfig) {
         },
         clients: HashMap::new(),
         degraded_logged: HashMap::new(),
-        targets: HashMap::new(),
-        seen: HashMap::new(),
-        recorded: HashMap::new(),
+        pgs: HashMap::new(),
+        passes: 0,
     };
     let mut ticker = tokio::time::interval(DRIVE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,22 +193,33 @@ impl Driver {
                 .nodes()
                 .into_iter()
                 .any(|n| n != own && rank(&key, n) > mine && self.liveness.alive(n, now));
-            if outranked {
+            // An outranked node still looks now and then: the node that outranks it may be
+            // stuck on a stale view of the PG (it lags, or was replaced), and would never drive.
+            let fallback =
+                outranked && (self.passes.wrapping_add(u64::from(mine))) % FALLBACK_EVERY == 0;
+            if outranked && !fallback {
                 self.store.note_driven(&key, None);
                 continue;
             }
             under_way += membership.changes.len();
-            driven.push((key, membership, base));
+            driven.push((key, membership, base, fallback));
         }
+        self.passes = self.passes.wrapping_add(1);
         // What a driver knows of a PG it stopped driving is stale by the time it drives it again.
-        self.targets
-            .retain(|key, _| driven.iter().any(|(k, _, _)| k == key));
-        self.seen
-            .retain(|key, _| driven.iter().any(|(k, _, _)| k == key));
-        for (key, membership, base) in driven {
+        self.pgs
+            .retain(|key, _| driven.iter().any(|(k, _, _, _)| k == key));
+        for (key, membership, base, fallback) in driven {
             let may_begin = under_way < self.config.concurrency;
             match self
-                .drive(&list, &key, &membership, base.as_ref(), may_begin, &load)
+                .drive(
+                    &list,
+                    &key,
+                    &membership,
+                    base.as_ref(),
+                    may_begin,
+                    &load,
+                    fallback,
+                )
                 .await
             {
                 Ok(began) => under_way += usize::from(began),
@@ -241,7 +256,9 @@ impl Driver {
         }
     }
 
-    /// One step for one PG; returns whether it began a replacement.
+    /// One pass for one PG ([`crate::repair_pass`] decides); returns whether it began a
+    /// replacement. `fallback`: an outranked node's occasional pass (not reported as driven).
+    #[allow(clippy::too_many_arguments)]
     async fn drive(
         &mut self,
         list: &NodeList,
@@ -250,133 +267,60 @@ impl Driver {
         base: Option<&Membership>,
         may_begin: bool,
         load: &HashMap<NodeId, u64>,
+        fallback: bool,
     ) -> Result<bool, String> {
-        let addrs: BTreeMap<NodeId, String> = membership
+        // The nodes of the membership and of its base: a step counts by its base's nodes.
+        let mut addrs: BTreeMap<NodeId, String> = membership
             .nodes()
             .into_iter()
+            .chain(base.map(Membership::nodes).unwrap_or_default())
             .filter_map(|n| list.get(n).map(|r| (n, r.addr.clone())))
             .collect();
         let answers = self.states(key, &addrs).await;
-        // Peers on an established membership newer than this node's (or an established rival
-        // of its epoch, this node holding a step that lost): catch this node up first.
-        if let Some((newer, newer_base)) = newest_established(&answers, membership) {
-            info!(segment = %key, membership = %newer, "catching up with an established membership its peers hold");
-            self.store
-                .catch_up_membership(key.clone(), newer, newer_base)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.targets.remove(key);
-            return Ok(false);
-        }
-        if self.seen.get(key) != Some(&membership.epoch) {
-            self.targets.remove(key);
-            self.seen.insert(key.clone(), membership.epoch);
-        }
         let now = Instant::now();
-        let members: Vec<MemberView> = membership
-            .nodes()
-            .into_iter()
-            .map(|node| MemberView {
-                node,
-                silent_for: match answers.get(&node) {
-                    Some(_) => Duration::ZERO,
-                    None => self.liveness.silent_for(node, now),
-                },
-                state: answers.get(&node).map(|a| MemberState {
-                    scl: a.scl,
-                    history_epoch: a.history_epoch,
-                    holds_current: a.membership.as_ref() == Some(membership),
+        if !fallback {
+            self.store.note_driven(
+                key,
+                Some(DrivenView {
+                    answering: membership
+                        .members
+                        .iter()
+                        .filter(|n| answers.contains_key(n))
+                        .count(),
+                    changes: membership.changes.len(),
                 }),
-            })
-            .collect();
-        self.store.note_driven(
-            key,
-            Some(DrivenView {
-                answering: membership
-                    .members
-                    .iter()
-                    .filter(|n| answers.contains_key(n))
-                    .count(),
-                changes: membership.changes.len(),
-            }),
-        );
+            );
+        }
         let placement_key = placement::pg_key(&key.volume, key.pg.0);
-        let empty = BTreeMap::new();
         let live: BTreeSet<NodeId> = list
             .voters()
             .map(|n| n.id)
             .filter(|n| self.liveness.alive(*n, now))
             .collect();
-        let view = PgView {
+        let liveness = &self.liveness;
+        let silent_for = |node: NodeId| liveness.silent_for(node, now);
+        let load = |node: NodeId| load.get(&node).copied().unwrap_or(0);
+        let input = PassInput {
             membership,
             base,
-            members: &members,
+            answers: &answers,
+            silent_for: &silent_for,
             list,
             repair_after: self.config.repair_after,
             key: &placement_key,
-            targets: &empty,
             live: &live,
+            load: &load,
+            may_begin,
         };
-        let now_tail = view.recovery_tail();
-        let catch_up_to = now_tail.map_or(Lsn::ZERO, |(tail, _)| tail);
-        // Fix each joining node's target once its step is established (again after a writer's
-        // recovery changed the history).
-        let established = base.is_none_or(|base| base.is_write_quorum(|n| holds(&members, n)));
-        let targets = self.targets.entry(key.clone()).or_default();
-        targets.retain(|node, _| membership.changes.iter().any(|c| c.to == *node));
-        if let (true, Some((tail, history))) = (established, now_tail) {
-            for change in &membership.changes {
-                let fixed = targets.get(&change.to).is_some_and(|(_, h)| *h == history);
-                if !fixed {
-                    targets.insert(change.to, (tail, history));
-                }
-            }
-        }
-        let targets = targets.clone();
-        let view = PgView {
-            targets: &targets,
-            ..view
-        };
-        let plan = repair_plan::plan(&view, |node| load.get(&node).copied().unwrap_or(0));
-        if established && self.recorded.get(key) != Some(&membership.epoch) {
+        let pg = self.pgs.entry(key.clone()).or_default();
+        let pass = pg.pass(&input);
+        if let Some(established) = &pass.record {
             // Recorded right after the step, or else (a driver that died in between, metadata
             // nodes that did not answer, a PG the writer had not recorded yet) now.
-            self.record(list, key, membership, &addrs).await;
+            self.record(list, key, established, &addrs).await;
         }
-        let proposed = match &plan {
-            Plan::Wait => {
-                // Nodes that lag (away during a step) are caught up; a new member catching up
-                // needs its target and its peers (again after a restart of either side).
-                let mut lagging: Vec<NodeId> = members
-                    .iter()
-                    .filter(|m| m.state.as_ref().is_some_and(|s| !s.holds_current))
-                    .map(|m| m.node)
-                    .collect();
-                lagging.extend(membership.changes.iter().map(|c| c.to));
-                if established && !lagging.is_empty() {
-                    let base = base.unwrap_or(membership);
-                    self.send(key, base, membership, &addrs, catch_up_to, &lagging, true)
-                        .await;
-                }
-                return Ok(false);
-            }
-            Plan::Establish => {
-                let lagging: Vec<NodeId> = members
-                    .iter()
-                    .filter(|m| m.state.as_ref().is_some_and(|s| !s.holds_current))
-                    .map(|m| m.node)
-                    .collect();
-                if let Some(base) = base {
-                    let held = self
-                        .send(key, base, membership, &addrs, catch_up_to, &lagging, false)
-                        .await;
-                    if base.is_write_quorum(|n| held.contains(&n) || holds(&members, n)) {
-                        self.record(list, key, membership, &addrs).await;
-                    }
-                }
-                return Ok(false);
-            }
-            Plan::Degraded(why) => {
+        if pass.plan.is_some() {
+            if let Some(why) = &pass.degraded {
                 let due = self
                     .degraded_logged
                     .get(key)
@@ -385,52 +329,47 @@ impl Driver {
                     self.degraded_logged.insert(key.clone(), Instant::now());
                     warn!(segment = %key, "PG degraded and cannot be repaired: {why}");
                 }
-                self.store.note_degraded(key, Some(why.clone()));
+            }
+            self.store.note_degraded(key, pass.degraded.clone());
+        }
+        let send = match pass.action {
+            Action::CatchUpSelf { membership, base } => {
+                info!(segment = %key, membership = %membership, "catching up with an established membership its peers hold");
+                self.store
+                    .catch_up_membership(key.clone(), membership, base)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 return Ok(false);
             }
-            Plan::Begin { .. } if !may_begin => return Ok(false),
-            Plan::Begin { from, to, kind } => {
-                let step = match kind {
-                    ChangeKind::Repair => membership.begin(*from, *to),
-                    ChangeKind::Move => membership.begin_move(*from, *to),
-                };
-                step.map_err(|e| e.to_string())?
-            }
-            Plan::Complete { to } => membership.complete(*to).map_err(|e| e.to_string())?,
-            Plan::RollBack { to, .. } => membership.roll_back(*to).map_err(|e| e.to_string())?,
+            Action::Wait => return Ok(false),
+            Action::Send(send) => send,
         };
-        self.store.note_degraded(key, None);
-        // The new step goes to every node of the old and the new membership.
-        let mut addrs = addrs;
-        for node in proposed.nodes() {
+        // A step goes to every node of the old and the new membership.
+        for node in send.proposed.nodes() {
             if let Some(record) = list.get(node) {
                 addrs.insert(node, record.addr.clone());
             }
         }
-        let targets: Vec<NodeId> = addrs.keys().copied().collect();
-        let held = self
-            .send(
-                key,
-                membership,
-                &proposed,
-                &addrs,
-                catch_up_to,
-                &targets,
-                false,
-            )
-            .await;
-        if !membership.is_write_quorum(|n| held.contains(&n)) {
-            return Err(format!(
-                "step to {proposed} reached {} node(s), short of a write quorum of {membership}",
-                held.len()
-            ));
+        let held = self.send(key, &send, &addrs).await;
+        let outcome = self
+            .pgs
+            .entry(key.clone())
+            .or_default()
+            .sent(&send, &held, &answers);
+        match outcome {
+            SendOutcome::Record(established) => {
+                if send.kind == SendKind::Step {
+                    info!(segment = %key, step = ?pass.plan, membership = %established, "membership changed");
+                }
+                self.record(list, key, &established, &addrs).await;
+                Ok(matches!(pass.plan, Some(Plan::Begin { .. })))
+            }
+            SendOutcome::Nothing => Ok(false),
+            SendOutcome::ShortOfQuorum { held } => Err(format!(
+                "step to {} reached {held} node(s), short of a write quorum of {}",
+                send.proposed, send.base
+            )),
         }
-        info!(segment = %key, step = ?plan, membership = %proposed, "membership changed");
-        // This driver's own step: the targets it fixed stay valid (a completion or roll back
-        // removes its own; a nested begin keeps the other's).
-        self.seen.insert(key.clone(), proposed.epoch);
-        self.record(list, key, &proposed, &addrs).await;
-        Ok(matches!(plan, Plan::Begin { .. }))
     }
 
     /// SegmentState of every node (no seal, no membership check): who answers, and how.
@@ -479,40 +418,40 @@ impl Driver {
         answers
     }
 
-    /// ChangeMembership(`base` -> `proposed`) to `targets` (`catch_up`: not a step, an
-    /// established membership for nodes that lag); returns the nodes that hold `proposed`
+    /// `send`'s ChangeMembership to its nodes; returns the nodes that hold its proposal
     /// afterwards.
-    #[allow(clippy::too_many_arguments)]
     async fn send(
         &mut self,
         key: &SegmentKey,
-        base: &Membership,
-        proposed: &Membership,
+        send: &Send,
         addrs: &BTreeMap<NodeId, String>,
-        catch_up_to: Lsn,
-        targets: &[NodeId],
-        catch_up: bool,
     ) -> Vec<NodeId> {
-        let peers: Vec<String> = proposed
+        let peers: Vec<String> = send
+            .proposed
             .nodes()
             .iter()
             .filter_map(|n| addrs.get(n).cloned())
             .collect();
         let mut calls = JoinSet::new();
-        for node in targets {
+        for node in &send.to {
             let Some(addr) = addrs.get(node) else {
                 continue;
             };
             let Some(mut client) = self.client(addr) else {
                 continue;
             };
+            let mode = send.mode(*node);
             let request = ChangeMembershipRequest {
                 segment: Some(segment_ref(key)),
-                base: Some(base.to_wire()),
-                proposed: Some(proposed.to_wire()),
+                base: Some(send.base.to_wire()),
+                proposed: Some(send.proposed.to_wire()),
                 peers: peers.clone(),
-                catch_up_to: catch_up_to.0,
-                catch_up,
+                catch_up_to: send.catch_up_to.0,
+                catch_up: mode == ChangeMode::CatchUp,
+                superseded: match mode {
+                    ChangeMode::Supersede(superseded) => Some(superseded.to_wire()),
+                    ChangeMode::Step | ChangeMode::CatchUp => None,
+                },
             };
             let node = *node;
             calls.spawn(async move { (node, client.change_membership(request).await) });
@@ -568,47 +507,12 @@ impl Driver {
         if recorded < WRITE_QUORUM {
             warn!(segment = %key, recorded, membership = %membership, "the metadata holds the PG's new membership on fewer than 4 nodes; trying again next pass");
         } else {
-            self.recorded.insert(key.clone(), membership.epoch);
+            self.pgs
+                .entry(key.clone())
+                .or_default()
+                .recorded(membership.epoch);
         }
     }
-}
-
-/// A node's SegmentState answer, as the driver uses it.
-struct Answer {
-    scl: Lsn,
-    history_epoch: Epoch,
-    membership: Option<Membership>,
-    membership_base: Option<Membership>,
-}
-
-/// The newest established membership among the answers that is newer than `own`, or of its
-/// epoch with other members (`own` is then a rival step that lost). A membership counts as
-/// established when the answers holding it form a write quorum of its base (one with no base
-/// came from a writer, which takes it from the metadata: established).
-fn newest_established(
-    answers: &BTreeMap<NodeId, Answer>,
-    own: &Membership,
-) -> Option<(Membership, Option<Membership>)> {
-    answers
-        .values()
-        .filter_map(|a| a.membership.clone().map(|m| (m, a.membership_base.clone())))
-        .filter(|(m, _)| m.epoch > own.epoch || (m.epoch == own.epoch && m != own))
-        .filter(|(m, base)| {
-            let holders = |n: NodeId| {
-                answers
-                    .get(&n)
-                    .is_some_and(|a| a.membership.as_ref() == Some(m))
-            };
-            base.as_ref()
-                .is_none_or(|base| base.is_write_quorum(holders))
-        })
-        .max_by_key(|(m, _)| m.epoch)
-}
-
-fn holds(members: &[MemberView], node: NodeId) -> bool {
-    members
-        .iter()
-        .any(|m| m.node == node && m.state.as_ref().is_some_and(|s| s.holds_current))
 }
 
 fn segment_ref(key: &SegmentKey) -> SegmentRef {

@@ -56,6 +56,7 @@ pub struct PgView<'a> {
     /// The membership `membership` was a step from (None: a writer's, from the metadata:
     /// established by definition).
     pub base: Option<&'a Membership>,
+    /// The nodes of `membership` and of `base` (rule 1 counts a step by its base's nodes).
     pub members: &'a [MemberView],
     pub list: &'a NodeList,
     pub repair_after: Duration,

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::appender::Source;
 use crate::error::StoreError;
 use crate::index::Mark;
+use crate::members::ChangeMode;
 use crate::request;
 use crate::store::Store;
 
@@ -358,15 +359,26 @@ impl StorageNode for Service {
                     "a membership change names its base and its proposal".into(),
                 ));
             };
-            Ok((key, base, proposed, request::peers(&request.peers)?))
+            let superseded = request::membership(request.superseded.as_ref())?;
+            let mode = match (request.catch_up, superseded) {
+                (false, None) => ChangeMode::Step,
+                (true, None) => ChangeMode::CatchUp,
+                (false, Some(superseded)) => ChangeMode::Supersede(superseded),
+                (true, Some(_)) => {
+                    return Err(StoreError::InvalidArgument(
+                        "a membership change is a catch-up or supersedes a rival, not both".into(),
+                    ))
+                }
+            };
+            Ok((key, base, proposed, request::peers(&request.peers)?, mode))
         })()
         .map_err(|e| status("ChangeMembership", e))?;
-        let (key, base, proposed, peers) = parsed;
+        let (key, base, proposed, peers, mode) = parsed;
         // A node joining the PG must be an active node of the cluster (as this node's copy of
         // the node list has it); every other one must at least be known.
         if let Some(list) = self.store.node_list() {
             for node in proposed.nodes() {
-                let joining = !base.contains(node) && !request.catch_up;
+                let joining = !base.contains(node) && mode != ChangeMode::CatchUp;
                 let known = list.get(node).is_some_and(|n| {
                     !joining || n.state == sixfold_proto::nodes::NodeState::Active
                 });
@@ -385,14 +397,7 @@ impl StorageNode for Service {
         }
         let scl = self
             .store
-            .change_membership(
-                key,
-                base,
-                proposed,
-                peers,
-                Lsn(request.catch_up_to),
-                request.catch_up,
-            )
+            .change_membership(key, base, proposed, peers, Lsn(request.catch_up_to), mode)
             .await
             .map_err(|e| status("ChangeMembership", e))?;
         Ok(Response::new(ChangeMembershipResponse { scl: scl.0 }))

@@ -516,7 +516,7 @@ impl Store {
         proposed: Membership,
         peers: Vec<String>,
         catch_up_to: Lsn,
-        catch_up: bool,
+        mode: crate::members::ChangeMode,
     ) -> Result<Lsn, StoreError> {
         self.submit(|reply| {
             Job::Membership(MembershipJob {
@@ -525,7 +525,7 @@ impl Store {
                 proposed,
                 peers,
                 catch_up_to,
-                catch_up,
+                mode,
                 reply,
             })
         })
@@ -533,7 +533,7 @@ impl Store {
     }
 
     /// Catches the segment up with an established membership (and its base) that its driver
-    /// saw on the PG's other nodes (see [`MembershipJob::catch_up`]).
+    /// saw on the PG's other nodes (see [`crate::members::ChangeMode::CatchUp`]).
     pub async fn catch_up_membership(
         &self,
         key: SegmentKey,
@@ -547,7 +547,7 @@ impl Store {
                 proposed: current,
                 peers: Vec::new(),
                 catch_up_to: Lsn::ZERO,
-                catch_up: true,
+                mode: crate::members::ChangeMode::CatchUp,
                 reply,
             })
         })

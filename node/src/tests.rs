@@ -1,5 +1,6 @@
 //! Store-level tests: the real hot log on disk, the appender thread, recovery after restart.
 
+use crate::members::ChangeMode;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -280,7 +281,7 @@ async fn membership_steps_fence_old_members_across_restarts() {
             begun.clone(),
             vec!["a:1".into()],
             Lsn(0),
-            false,
+            ChangeMode::Step,
         )
         .await
         .expect("adopted");
@@ -309,7 +310,14 @@ async fn membership_steps_fence_old_members_across_restarts() {
     let rival = base.begin(NodeId(6), NodeId(8)).expect("rival");
     assert!(matches!(
         store
-            .change_membership(k.clone(), base.clone(), rival, vec![], Lsn(0), false)
+            .change_membership(
+                k.clone(),
+                base.clone(),
+                rival,
+                vec![],
+                Lsn(0),
+                ChangeMode::Step
+            )
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -320,18 +328,34 @@ async fn membership_steps_fence_old_members_across_restarts() {
     assert!(
         matches!(
             store
-                .change_membership(k.clone(), base.clone(), skipped, vec![], Lsn(0), false)
+                .change_membership(
+                    k.clone(),
+                    base.clone(),
+                    skipped,
+                    vec![],
+                    Lsn(0),
+                    ChangeMode::Step
+                )
                 .await,
             Err(StoreError::InvalidArgument(_))
         ),
         "a proposal that is not one step from its base"
     );
     assert_eq!(writer(&begun, 2).await.expect("the new membership"), Lsn(2));
+    // A writer on a newer membership (the metadata's: established) brings a segment that
+    // missed the step up to it.
+    let done = begun.complete(NodeId(7)).expect("complete");
+    assert_eq!(writer(&done, 3).await.expect("a newer membership"), Lsn(3));
+    assert_eq!(store.membership(&k), Some(done.clone()));
+    assert!(
+        writer(&begun, 4).await.is_err(),
+        "the older one is refused from then on"
+    );
     store.close().await;
     let store = open(temp.path());
     assert_eq!(
         store.membership(&k),
-        Some(begun.clone()),
+        Some(done.clone()),
         "replayed from the hot log"
     );
     store.close().await;

@@ -47,6 +47,23 @@
 //! A writer that still uses membership epoch m after m+1 was sealed at a write quorum of m's
 //! configurations can no longer gather a write quorum of any of them: nodes refuse a request
 //! carrying an older membership epoch than theirs, gossip included.
+//!
+//! **Rival steps.** Two drivers (a partition, a flapping node) may each send a different step
+//! from the same established membership m, and split m's nodes so that neither reaches a
+//! write quorum: three hold one, three the other, and each refuses the other's as a conflict.
+//! Nodes on either refuse writers on m, so the PG stalled for good (found by the simulation).
+//! Rivals of one epoch are therefore ordered ([`Membership::outranks`]), and a segment may give
+//! up the one it holds, X, for one that outranks it, but only when its driver proves that X
+//! can never be established ([`Membership::decide_supersede`]): some configuration of m has 3
+//! nodes holding memberships of X's epoch that outrank X. Segments only ever move up that
+//! order, so those 3 never hold X again, and X never reaches 4 of that configuration.
+//!
+//! Why no established membership is ever given up this way: suppose X was established (4 of
+//! every configuration held it at some moment) and later one of its holders gave it up, the
+//! first to. The proof it was given says 3 nodes of some configuration held rivals that
+//! outrank X; none of them had held X (nobody had given X up yet), so that configuration
+//! never had more than 3 holders of X: X was never established, a contradiction. A driver
+//! pushes the highest rival it sees, so the nodes of a split converge on one step.
 
 use std::fmt;
 
@@ -149,6 +166,10 @@ pub enum MembershipError {
     Conflict { epoch: MembershipEpoch },
     #[error("the new membership is not one step (begin, complete or roll back) from the old")]
     NotAStep,
+    #[error("the segment no longer holds the membership the change was to supersede")]
+    NotSuperseded,
+    #[error("a membership may only be superseded by a rival of its epoch that outranks it")]
+    Outranked,
     #[error("{epoch} is out of range (1 to 2^62)")]
     EpochOutOfRange { epoch: MembershipEpoch },
 }
@@ -402,6 +423,50 @@ impl Membership {
 }
 
 impl Membership {
+    /// Whether `self` outranks `other`, a rival of its epoch: rivals are ordered by their
+    /// members, then their replacements (a total order on distinct memberships). A segment may
+    /// only move up this order within an epoch (module docs, "Rival steps").
+    pub fn outranks(&self, other: &Membership) -> bool {
+        self.rank_key() > other.rank_key()
+    }
+
+    fn rank_key(&self) -> Vec<u64> {
+        let mut key: Vec<u64> = self.members.iter().map(|n| n.0).collect();
+        for change in &self.changes {
+            let kind = match change.kind {
+                ChangeKind::Repair => 0,
+                ChangeKind::Move => 1,
+            };
+            key.extend([change.from.0, change.to.0, kind]);
+        }
+        key
+    }
+
+    /// What a node holding `current` does with `proposed`, a step from `base` sent to replace
+    /// `superseded`, a rival of `proposed`'s epoch its driver proved can never be established
+    /// (module docs, "Rival steps"): adopt it if the node still holds exactly `superseded` and
+    /// `proposed` outranks it (`Ok(false)`: holds `proposed` already).
+    pub fn decide_supersede(
+        current: Option<&Membership>,
+        base: &Membership,
+        proposed: &Membership,
+        superseded: &Membership,
+    ) -> Result<bool, MembershipError> {
+        base.check()?;
+        base.step_to(proposed)?;
+        superseded.check()?;
+        if current == Some(proposed) {
+            return Ok(false);
+        }
+        if current != Some(superseded) {
+            return Err(MembershipError::NotSuperseded);
+        }
+        if superseded.epoch != proposed.epoch || !proposed.outranks(superseded) {
+            return Err(MembershipError::Outranked);
+        }
+        Ok(true)
+    }
+
     /// The membership from its wire form, checked ([`Membership::check`]).
     pub fn from_wire(wire: &wire::Membership) -> Result<Membership, MembershipError> {
         if wire.members.len() > COPIES || wire.changes.len() > CHANGES_MAX {
@@ -461,6 +526,13 @@ impl fmt::Display for Membership {
             }
             let names: Vec<String> = config.iter().map(NodeId::to_string).collect();
             write!(f, "[{}]", names.join(" "))?;
+        }
+        for change in &self.changes {
+            let what = match change.kind {
+                ChangeKind::Repair => "repairing",
+                ChangeKind::Move => "moving",
+            };
+            write!(f, "; {what} {} -> {}", change.from, change.to)?;
         }
         Ok(())
     }
@@ -670,6 +742,34 @@ mod tests {
         let mut forged = begun.clone();
         forged.members[0] = H; // not a step: swaps a member silently
         assert_eq!(m.step_to(&forged), Err(MembershipError::NotAStep));
+    }
+
+    #[test]
+    fn a_rival_is_superseded_only_by_one_that_outranks_it() {
+        let base = abcdef();
+        let g = base.begin(F, G).expect("begin");
+        let h = base.begin(F, H).expect("a rival driver's step");
+        let (low, high) = if h.outranks(&g) { (g, h) } else { (h, g) };
+        assert!(!low.outranks(&high) && !low.outranks(&low));
+        assert_eq!(
+            Membership::decide_supersede(Some(&low), &base, &high, &low),
+            Ok(true)
+        );
+        assert_eq!(
+            Membership::decide_supersede(Some(&high), &base, &high, &low),
+            Ok(false),
+            "held already"
+        );
+        assert_eq!(
+            Membership::decide_supersede(Some(&high), &base, &low, &high),
+            Err(MembershipError::Outranked),
+            "never down the order"
+        );
+        assert_eq!(
+            Membership::decide_supersede(Some(&base), &base, &high, &low),
+            Err(MembershipError::NotSuperseded),
+            "the node no longer (or never) held what the proof was about"
+        );
     }
 
     #[test]

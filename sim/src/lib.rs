@@ -6,11 +6,13 @@
 //! what they otherwise get from the network and the disk: messages that are dropped, duplicated,
 //! delayed and reordered, nodes that crash and restart, AZs cut off, writers that crash or are
 //! taken over, all chosen by one seeded random generator, so that a failing seed replays exactly
-//! (`SIXFOLD_SIM_SEED=N cargo test -p sixfold-sim`). See [`world`] for the invariants.
+//! (`SIXFOLD_SIM_SEED=N cargo test -p sixfold-sim`; add `SIXFOLD_SIM_TRACE=1` for what the
+//! repair drivers decided, step by step). See [`world`] for the invariants.
 //!
 //! The message handling in [`node`] and [`writer`] mirrors `node/src/service.rs` and
 //! `blockdev/src/open.rs`/`sender.rs` step for step; when those change, these must follow.
 
+pub mod driver;
 pub mod msg;
 pub mod node;
 pub mod world;
@@ -28,4 +30,15 @@ pub enum Variant {
     /// Segments ignore the truncations that Appends, peers and OpenSegment carry: a segment away
     /// during a recovery keeps the records it truncated.
     NoTruncationLearning,
+    /// The writer counts a write durable once 4 of the PG's stable configuration (ABCDEF) hold
+    /// it, ignoring the replacement under way (4 of ABCDEG too).
+    WriteQuorumOfStableConfig,
+}
+
+/// Prints a line of the schedule's trace when `SIXFOLD_SIM_TRACE` is set (to replay a seed).
+pub(crate) fn trace(step: u64, line: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("SIXFOLD_SIM_TRACE").is_some()) {
+        eprintln!("{step}: {}", line());
+    }
 }

@@ -1,7 +1,10 @@
 //! What the simulated writer and nodes say to each other: the protocol messages of
 //! `proto/sixfold.proto` reduced to the fields the protocol logic reads.
 
+use sixfold_node::members::ChangeMode;
+use sixfold_node::repair_pass::Answer;
 use sixfold_node::segment::Truncation;
+use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn};
 
 /// A redo record: every record rewrites one whole page with `value` (enough to tell versions
@@ -21,6 +24,7 @@ pub enum Msg {
     /// knows.
     Append {
         epoch: Epoch,
+        membership: Membership,
         records: Vec<Rec>,
         truncations: Vec<Truncation>,
     },
@@ -31,10 +35,13 @@ pub enum Msg {
     Fenced {
         epoch: Epoch,
     },
+    /// The node holds a newer membership than the request's (or a rival of its epoch).
+    StaleMembership,
     /// Recovery, step 1: adopt the epoch, apply `learn` (truncations other answers showed),
     /// then answer the segment's state.
     Seal {
         epoch: Epoch,
+        membership: Membership,
         learn: Vec<Truncation>,
     },
     SealAck {
@@ -45,6 +52,7 @@ pub enum Msg {
     /// Recovery, step 2: apply the history, adopt the epoch, truncate after `tail`.
     Open {
         epoch: Epoch,
+        membership: Membership,
         tail: Lsn,
         history: Vec<Truncation>,
     },
@@ -54,17 +62,36 @@ pub enum Msg {
     /// Gossip gap-fill between segments.
     Fetch {
         after: Lsn,
+        membership: Membership,
     },
     FetchReply {
         records: Vec<Rec>,
         truncations: Vec<Truncation>,
     },
+    /// Repair driver -> node: its state (no checks).
+    Probe,
+    /// Node -> driver (None: the node holds no segment of the PG).
+    ProbeReply {
+        answer: Option<Answer>,
+    },
+    /// Repair driver -> node: a membership step, a catch-up with an established membership,
+    /// or a step over lost rivals.
+    Change {
+        base: Membership,
+        proposed: Membership,
+        mode: ChangeMode,
+    },
+    /// Node -> driver: whether it holds the proposed membership now.
+    ChangeAck {
+        holds: bool,
+    },
 }
 
-/// Who sends and receives: node `i` hosts segment `i` of the PG; writers are numbered in the
-/// order they started.
+/// Who sends and receives: node `i` (which may host a segment of the PG), the repair driver
+/// running on node `i`, writers numbered in the order they started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Addr {
     Node(usize),
+    Driver(usize),
     Writer(usize),
 }

@@ -1,7 +1,9 @@
-//! A simulated storage node hosting one segment of the simulated PG. Its protocol logic is the
-//! real node's: the segment is `sixfold_node::segment::Segment` (chain, SCL, admission, dedup,
-//! truncation), and each message is handled the way `service.rs`/`appender.rs` handle it, in the
-//! same order (learn truncations, then fence by epoch, then admit records).
+//! A simulated storage node that may host a segment of the simulated PG. Its protocol logic is
+//! the real node's: the segment is `sixfold_node::segment::Segment` (chain, SCL, admission,
+//! dedup, truncation), memberships are checked and adopted by `sixfold_node::members` (the
+//! rules the appender applies), and each message is handled the way `service.rs`/`appender.rs`
+//! handle it, in the same order (learn truncations, then fence by epoch and membership, then
+//! admit records).
 //!
 //! Durability model: handling a message is atomic and durable (the real appender fsyncs before it
 //! answers), so a crash loses only what was never handled: messages in flight or delivered while
@@ -9,8 +11,12 @@
 
 use std::collections::HashMap;
 
+use sixfold_node::index::SegmentKey;
+use sixfold_node::members::{self, ChangeMode};
+use sixfold_node::repair_pass::Answer;
 use sixfold_node::segment::{history_epoch, Location, RecordMeta, Segment, Truncation};
-use sixfold_proto::{Epoch, Lsn, PageId};
+use sixfold_proto::membership::Membership;
+use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 
 use crate::msg::{Msg, Rec};
 use crate::Variant;
@@ -23,6 +29,17 @@ pub struct SimNode {
     pub segment: Segment,
     /// Payloads of the records the segment holds (the real node keeps them in its hot log).
     pub payloads: HashMap<Lsn, Rec>,
+    /// The PG's membership as this segment holds it, and the one it was a step from (None: a
+    /// writer's).
+    pub membership: Option<Membership>,
+    pub membership_base: Option<Membership>,
+}
+
+fn key() -> SegmentKey {
+    SegmentKey {
+        volume: "sim".into(),
+        pg: PgId(0),
+    }
 }
 
 impl SimNode {
@@ -38,6 +55,7 @@ impl SimNode {
         match msg {
             Msg::Append {
                 epoch,
+                membership,
                 records,
                 truncations,
             } => {
@@ -47,15 +65,25 @@ impl SimNode {
                 if epoch < self.epoch {
                     return Some(Msg::Fenced { epoch: self.epoch });
                 }
+                if !self.writer_membership(&membership) {
+                    return Some(Msg::StaleMembership);
+                }
                 self.epoch = epoch;
                 self.admit(&records);
                 Some(Msg::AppendAck {
                     scl: self.segment.scl(),
                 })
             }
-            Msg::Seal { epoch, learn } => {
+            Msg::Seal {
+                epoch,
+                membership,
+                learn,
+            } => {
                 if epoch < self.epoch {
                     return Some(Msg::Fenced { epoch: self.epoch });
+                }
+                if !self.writer_membership(&membership) {
+                    return Some(Msg::StaleMembership);
                 }
                 self.epoch = epoch;
                 if variant != Variant::NoTruncationLearning {
@@ -69,11 +97,15 @@ impl SimNode {
             }
             Msg::Open {
                 epoch,
+                membership,
                 tail,
                 history,
             } => {
                 if epoch < self.epoch {
                     return Some(Msg::Fenced { epoch: self.epoch });
+                }
+                if !self.writer_membership(&membership) {
+                    return Some(Msg::StaleMembership);
                 }
                 let own = Truncation { epoch, after: tail };
                 if variant == Variant::NoTruncationLearning {
@@ -89,7 +121,12 @@ impl SimNode {
                     scl: self.segment.scl(),
                 })
             }
-            Msg::Fetch { after } => {
+            Msg::Fetch { after, membership } => {
+                if self.membership.is_none()
+                    || members::check(&key(), self.membership.as_ref(), Some(&membership)).is_err()
+                {
+                    return None;
+                }
                 let records = self
                     .segment
                     .complete_records(after, u64::MAX)
@@ -111,10 +148,64 @@ impl SimNode {
                 self.admit(&records);
                 None
             }
+            Msg::Probe => Some(Msg::ProbeReply {
+                answer: self.membership.as_ref().map(|m| Answer {
+                    scl: self.segment.scl(),
+                    history_epoch: history_epoch(self.segment.truncations()),
+                    membership: Some(m.clone()),
+                    membership_base: self.membership_base.clone(),
+                }),
+            }),
+            Msg::Change {
+                base,
+                proposed,
+                mode,
+            } => {
+                if let Ok(true) =
+                    members::adopt_change(self.membership.as_ref(), &base, &proposed, &mode)
+                {
+                    self.membership = Some(proposed.clone());
+                    self.membership_base = Some(base);
+                }
+                Some(Msg::ChangeAck {
+                    holds: self.membership.as_ref() == Some(&proposed),
+                })
+            }
             Msg::AppendAck { .. }
             | Msg::SealAck { .. }
             | Msg::OpenAck { .. }
-            | Msg::Fenced { .. } => None,
+            | Msg::Fenced { .. }
+            | Msg::StaleMembership
+            | Msg::ProbeReply { .. }
+            | Msg::ChangeAck { .. } => None,
+        }
+    }
+
+    /// A recovering writer's SegmentState/OpenSegment membership: refused when stale, adopted
+    /// when newer (it comes from the volume metadata). Returns whether the request is served.
+    fn writer_membership(&mut self, membership: &Membership) -> bool {
+        if members::check(&key(), self.membership.as_ref(), Some(membership)).is_err() {
+            return false;
+        }
+        if members::adopt_from_writer(self.membership.as_ref(), membership) {
+            self.membership = Some(membership.clone());
+            self.membership_base = None;
+        }
+        true
+    }
+
+    /// Adopts an established membership its driver saw on its peers (the driver's catch-up of
+    /// its own node).
+    pub fn catch_up(&mut self, membership: Membership, base: Option<Membership>) {
+        let base_or_self = base.clone().unwrap_or_else(|| membership.clone());
+        if let Ok(true) = members::adopt_change(
+            self.membership.as_ref(),
+            &base_or_self,
+            &membership,
+            &ChangeMode::CatchUp,
+        ) {
+            self.membership = Some(membership);
+            self.membership_base = Some(base_or_self);
         }
     }
 

@@ -16,6 +16,10 @@
 //!   truncation it applied and above that truncation's point.
 //! - I4 fencing: a flush that returns for a writer covers only records that every newer writer's
 //!   recovery kept, and at most one writer (one epoch) completes flushes after a newer one opened.
+//! - I5 memberships: at most one membership is established per membership epoch, and the
+//!   volume metadata records only established ones.
+//! - I6 durability across membership changes: every flushed record lies on a write quorum of
+//!   some configuration of the newest established membership.
 //! - the real state machines' own invariants (`Segment::check_invariants`,
 //!   `Ledger::check_invariants`).
 //! - liveness: after the network heals and all but up to 2 nodes are back, the newest writer
@@ -29,13 +33,18 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::time::Duration;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sixfold_proto::{Epoch, Lsn, COPIES};
+use sixfold_proto::membership::Membership;
+use sixfold_proto::nodes::{NodeList, NodeRecord, NodeState};
+use sixfold_proto::{Epoch, Lsn, MembershipEpoch, NodeId, WRITE_QUORUM};
 
+use crate::driver::{Effect, SimDriver, STEP};
 use crate::msg::{Addr, Msg, Rec};
 use crate::node::SimNode;
-use crate::writer::{Event, Phase, SimWriter};
+use crate::writer::{first_membership, index_of, node_id, Event, Phase, SimWriter, NODES};
 use crate::Variant;
 
 #[derive(Clone, Debug)]
@@ -45,6 +54,8 @@ pub struct Config {
     pub variant: Variant,
     pub pages: u64,
     pub lal: u64,
+    /// A member silent this long is replaced (`--repair-after`).
+    pub repair_after: Duration,
 }
 
 impl Config {
@@ -55,6 +66,7 @@ impl Config {
             variant,
             pages: 6,
             lal: 24,
+            repair_after: STEP * 200,
         }
     }
 }
@@ -66,6 +78,8 @@ pub struct Stats {
     pub flushes: usize,
     pub node_crashes: usize,
     pub messages: usize,
+    /// Membership epochs the volume metadata went through (steps recorded).
+    pub membership_steps: u64,
 }
 
 struct Envelope {
@@ -80,6 +94,14 @@ struct World {
     rng: StdRng,
     now: u64,
     nodes: Vec<SimNode>,
+    /// When each node that is down comes back (None: up, or lost until the end).
+    down_until: Vec<Option<u64>>,
+    drivers: Vec<SimDriver>,
+    list: NodeList,
+    /// The PG's membership as the volume metadata records it.
+    meta: Membership,
+    /// Every membership seen established (a write quorum of its base held it), by epoch (I5).
+    established: HashMap<MembershipEpoch, Membership>,
     writers: Vec<SimWriter>,
     net: Vec<Envelope>,
     cut: HashSet<usize>,
@@ -92,6 +114,8 @@ struct World {
     last_flush: Option<(usize, Lsn)>,
     /// Per writer that sealed: the (LSN, epoch) of every record its recovery kept.
     kept: HashMap<usize, HashSet<(Lsn, Epoch)>>,
+    /// Every record a returned flush covered (I6).
+    durable: HashSet<(Lsn, Epoch)>,
     next_value: u64,
     stats: Stats,
 }
@@ -102,7 +126,22 @@ pub fn run(config: Config) -> Result<Stats, String> {
         rng: StdRng::seed_from_u64(config.seed),
         config,
         now: 0,
-        nodes: (0..COPIES).map(|_| SimNode::new()).collect(),
+        nodes: (0..NODES).map(|_| SimNode::new()).collect(),
+        down_until: vec![None; NODES],
+        drivers: (0..NODES).map(|i| SimDriver::new(i, 0)).collect(),
+        list: NodeList {
+            version: 1,
+            nodes: (0..NODES)
+                .map(|i| NodeRecord {
+                    id: node_id(i),
+                    addr: format!("node-{i}"),
+                    az: ["a", "b", "c"][i / 3].to_string(),
+                    state: NodeState::Active,
+                })
+                .collect(),
+        },
+        meta: first_membership(),
+        established: HashMap::from([(MembershipEpoch(1), first_membership())]),
         writers: Vec::new(),
         net: Vec::new(),
         cut: HashSet::new(),
@@ -111,6 +150,7 @@ pub fn run(config: Config) -> Result<Stats, String> {
         allowed_epoch: Epoch(0),
         last_flush: None,
         kept: HashMap::new(),
+        durable: HashSet::new(),
         next_value: 1,
         stats: Stats::default(),
     };
@@ -132,7 +172,8 @@ impl World {
 
     fn start_writer(&mut self) {
         let epoch = Epoch(self.writers.len() as u64 + 1);
-        self.writers.push(SimWriter::new(epoch, self.config.lal));
+        self.writers
+            .push(SimWriter::new(epoch, self.config.lal, self.meta.clone()));
         self.stats.writers += 1;
     }
 
@@ -163,7 +204,7 @@ impl World {
 
     fn reachable(&self, addr: Addr) -> bool {
         match addr {
-            Addr::Node(i) => self.nodes[i].up && !self.cut.contains(&i),
+            Addr::Node(i) | Addr::Driver(i) => self.nodes[i].up && !self.cut.contains(&i),
             Addr::Writer(w) => self.writers[w].is_live(),
         }
     }
@@ -171,9 +212,11 @@ impl World {
     /// One step: a random event, then the writers' timers, then every check.
     fn step(&mut self, faults: bool) -> Result<(), String> {
         self.now += 1;
-        // The network delivers a few messages per step (in random order among those due), so
-        // that it keeps up with what the writers and gossip send.
-        for _ in 0..self.rng.random_range(0..=4) {
+        // The network delivers a few messages per step (in random order among those due), and
+        // more when many are due, so that it keeps up with what the writers, drivers and
+        // gossip send.
+        let backlog = self.net.iter().filter(|e| e.at <= self.now).count() / 4;
+        for _ in 0..self.rng.random_range(0..=4) + backlog {
             self.deliver_one()?;
         }
         let roll = self.rng.random_range(0..1000);
@@ -181,16 +224,20 @@ impl World {
             0..=399 => self.deliver_one()?,
             400..=549 => self.write(),
             550..=619 => self.flush()?,
-            620..=749 => self.gossip(),
+            620..=709 => self.gossip(),
+            710..=749 => self.drive(),
             750..=769 if faults => self.crash_node(),
-            770..=809 if faults => self.restart_node(),
+            770..=774 if faults => self.restart_node(),
+            775..=784 if faults => self.drain_or_activate(),
             810..=817 if faults => self.crash_writer(),
             818..=821 if faults => self.start_writer(),
             822..=841 if faults => self.cut_off(),
             842..=889 if faults => self.cut.clear(),
             _ => self.deliver_one()?,
         }
-        self.tick_writers();
+        self.restart_due();
+        self.tick_writers()?;
+        self.tick_drivers();
         // A mount that failed (gave up waiting) is mounted again: a new recovery.
         if !self.writers[self.newest()].is_live() {
             self.start_writer();
@@ -215,6 +262,11 @@ impl World {
                 let variant = self.config.variant;
                 if let Some(answer) = self.nodes[i].handle(envelope.msg, variant) {
                     self.send(envelope.to, envelope.from, answer);
+                }
+            }
+            Addr::Driver(d) => {
+                if let Addr::Node(i) = envelope.from {
+                    self.drivers[d].on_msg(i, envelope.msg, self.now);
                 }
             }
             Addr::Writer(w) => {
@@ -259,29 +311,151 @@ impl World {
         self.on_events(w, events)
     }
 
+    /// A segment asks a peer of its membership for what it misses.
     fn gossip(&mut self) {
-        let i = self.rng.random_range(0..COPIES);
-        let peer = (i + self.rng.random_range(1..COPIES)) % COPIES;
-        if self.reachable(Addr::Node(i)) {
-            let after = self.nodes[i].segment.scl();
-            self.send(Addr::Node(i), Addr::Node(peer), Msg::Fetch { after });
+        let i = self.rng.random_range(0..NODES);
+        let Some(membership) = self.nodes[i].membership.clone() else {
+            return;
+        };
+        let peers: Vec<usize> = membership
+            .nodes()
+            .into_iter()
+            .map(index_of)
+            .filter(|p| *p != i)
+            .collect();
+        if peers.is_empty() || !self.reachable(Addr::Node(i)) {
+            return;
+        }
+        let peer = peers[self.rng.random_range(0..peers.len())];
+        let after = self.nodes[i].segment.scl();
+        self.send(
+            Addr::Node(i),
+            Addr::Node(peer),
+            Msg::Fetch { after, membership },
+        );
+    }
+
+    /// A repair driver on a node holding a segment starts a pass (several may run at once).
+    /// While faults run, any node may drive (rival drivers, as a partition makes them); once
+    /// healed, a node that no member of its membership outranks among those up (the real
+    /// nodes' election by rank, `node/src/repair.rs`), and now and then an outranked one.
+    fn drive(&mut self) {
+        let i = self.rng.random_range(0..NODES);
+        if !self.drops {
+            let rank = |n: usize| (node_id(n).0.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32;
+            let Some(membership) = &self.nodes[i].membership else {
+                return;
+            };
+            let outranked = membership
+                .nodes()
+                .into_iter()
+                .map(index_of)
+                .any(|j| j != i && rank(j) > rank(i) && self.reachable(Addr::Node(j)));
+            // An outranked node still looks now and then (`FALLBACK_EVERY` in the node).
+            if (outranked && !self.rng.random_bool(0.1)) || !membership.contains(node_id(i)) {
+                return;
+            }
+        }
+        if self.reachable(Addr::Driver(i)) && self.nodes[i].membership.is_some() {
+            let mut out = Vec::new();
+            self.drivers[i].start(self.now, &mut out);
+            self.apply_effects(i, out);
         }
     }
 
+    fn tick_drivers(&mut self) {
+        for i in 0..NODES {
+            if !self.reachable(Addr::Driver(i)) || self.drivers[i].is_idle() {
+                continue;
+            }
+            let own = self.nodes[i].membership.clone();
+            let base = self.nodes[i].membership_base.clone();
+            let mut out = Vec::new();
+            self.drivers[i].tick(
+                self.now,
+                own.as_ref().map(|m| (m, base.as_ref())),
+                &self.list,
+                self.config.repair_after,
+                &mut out,
+            );
+            self.apply_effects(i, out);
+        }
+    }
+
+    fn apply_effects(&mut self, i: usize, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(to, msg) => self.send(Addr::Driver(i), Addr::Node(to), msg),
+                Effect::CatchUpSelf { membership, base } => {
+                    self.nodes[i].catch_up(membership, base)
+                }
+                // Recording reaches 4 of the metadata's 6 nodes, or not this time.
+                Effect::Record(membership) => {
+                    crate::trace(self.now, || format!("driver {i} records {membership}"));
+                    if self.rng.random_bool(0.8) {
+                        if membership.epoch > self.meta.epoch {
+                            self.stats.membership_steps += 1;
+                            self.meta = membership.clone();
+                        }
+                        self.drivers[i].recorded(&membership);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A node crashes: back soon, back after long (its segment may have been replaced
+    /// meanwhile: a returning F), or lost until the end. At most 3 of the 9 are down at once.
     fn crash_node(&mut self) {
-        let up: Vec<usize> = (0..COPIES).filter(|i| self.nodes[*i].up).collect();
-        if up.len() > 3 {
+        let up: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].up).collect();
+        if up.len() > NODES - 3 {
             let i = up[self.rng.random_range(0..up.len())];
             self.nodes[i].up = false;
+            self.drivers[i] = SimDriver::new(i, self.now);
+            let roll = self.rng.random_range(0..100);
+            self.down_until[i] = match roll {
+                0..50 => Some(self.now + self.rng.random_range(5..60)),
+                50..85 => Some(self.now + self.rng.random_range(100..1000)),
+                _ => None,
+            };
             self.stats.node_crashes += 1;
         }
     }
 
+    /// A node that is down comes back early (an operator restarts it).
     fn restart_node(&mut self) {
-        let down: Vec<usize> = (0..COPIES).filter(|i| !self.nodes[*i].up).collect();
+        let down: Vec<usize> = (0..NODES).filter(|i| !self.nodes[*i].up).collect();
         if !down.is_empty() {
             let i = down[self.rng.random_range(0..down.len())];
-            self.nodes[i].up = true;
+            self.bring_up(i);
+        }
+    }
+
+    fn restart_due(&mut self) {
+        for i in 0..NODES {
+            if !self.nodes[i].up && self.down_until[i].is_some_and(|at| at <= self.now) {
+                self.bring_up(i);
+            }
+        }
+    }
+
+    fn bring_up(&mut self, i: usize) {
+        self.nodes[i].up = true;
+        self.down_until[i] = None;
+        self.drivers[i] = SimDriver::new(i, self.now);
+    }
+
+    /// An operator drains a node (its segments move off), or makes a draining one active
+    /// again. The node list refuses to drain the last but two of an AZ.
+    fn drain_or_activate(&mut self) {
+        let i = self.rng.random_range(0..NODES);
+        let id = node_id(i);
+        let changed = match self.list.get(id).map(|n| n.state) {
+            Some(NodeState::Active) => self.list.drain(id),
+            _ => self.list.activate(id),
+        };
+        if let Ok(list) = changed {
+            self.list = list;
         }
     }
 
@@ -291,21 +465,27 @@ impl World {
         self.start_writer();
     }
 
-    /// Cuts off one node, or a whole AZ (nodes 2k and 2k+1).
+    /// Cuts off one node, or a whole AZ (nodes 3k to 3k+2).
     fn cut_off(&mut self) {
         if self.rng.random_bool(0.5) {
-            self.cut.insert(self.rng.random_range(0..COPIES));
+            self.cut.insert(self.rng.random_range(0..NODES));
         } else {
             let az = self.rng.random_range(0..3);
-            self.cut.insert(2 * az);
-            self.cut.insert(2 * az + 1);
+            self.cut.extend(3 * az..3 * az + 3);
         }
     }
 
-    fn tick_writers(&mut self) {
+    fn tick_writers(&mut self) -> Result<(), String> {
         for w in 0..self.writers.len() {
             if !self.writers[w].is_live() {
                 continue;
+            }
+            if self.writers[w].stale {
+                // It reads the metadata again (and again, until it shows a newer membership).
+                let mut events = Vec::new();
+                let meta = self.meta.clone();
+                self.writers[w].follow(&meta, self.config.variant, &mut events);
+                self.on_events(w, events)?;
             }
             let mut out = Vec::new();
             self.writers[w].tick(self.now, &mut out);
@@ -313,6 +493,7 @@ impl World {
                 self.send(Addr::Writer(w), Addr::Node(i), msg);
             }
         }
+        Ok(())
     }
 
     fn on_events(&mut self, w: usize, events: Vec<Event>) -> Result<(), String> {
@@ -373,6 +554,7 @@ impl World {
         self.stats.flushes += 1;
         let writer = &self.writers[w];
         let own = writer.own(target);
+        self.durable.extend(own.iter().copied());
         for (newer, kept) in &self.kept {
             if *newer > w {
                 if let Some(lost) = own.iter().find(|r| !kept.contains(r)) {
@@ -405,7 +587,7 @@ impl World {
         Ok(())
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&mut self) -> Result<(), String> {
         for (i, node) in self.nodes.iter().enumerate() {
             node.segment.check_invariants();
             // I3: nothing truncated on the chain.
@@ -422,22 +604,23 @@ impl World {
                 }
             }
         }
-        // I2: what the newest open writer may read.
+        self.check_memberships()?;
+        self.check_durable()?;
+        // I2: what the newest open writer may read: every member whose SCL (as the writer
+        // knows it, and as the node has it) reaches the VDL.
         let w = self.newest();
         let writer = &self.writers[w];
         if writer.phase == Phase::Active {
             let ledger = writer.ledger.as_ref().expect("an open writer has a ledger");
             ledger.check_invariants();
             let vdl = ledger.vdl();
-            let scls: Vec<Lsn> = (0..COPIES)
-                .map(|i| {
-                    ledger
-                        .pg(crate::writer::PG)
-                        .map_or(Lsn::ZERO, |c| c.scl(crate::writer::node_id(i)))
-                })
-                .collect();
-            for (i, node) in self.nodes.iter().enumerate() {
-                if scls[i] < vdl || node.segment.scl() < vdl || node.epoch > writer.epoch {
+            for member in writer.membership.nodes() {
+                let i = index_of(member);
+                let node = &self.nodes[i];
+                let scl = ledger
+                    .pg(crate::writer::PG)
+                    .map_or(Lsn::ZERO, |c| c.scl(member));
+                if scl < vdl || node.segment.scl() < vdl || node.epoch > writer.epoch {
                     continue;
                 }
                 for page in 0..self.config.pages {
@@ -451,6 +634,85 @@ impl World {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// I6: every record a returned flush covered lies on a write quorum of some configuration
+    /// of the newest established membership (module docs of `sixfold_proto::membership`: the
+    /// invariant that membership steps keep). Down nodes count: their hot logs are durable.
+    fn check_durable(&self) -> Result<(), String> {
+        let Some(membership) = self.established.values().max_by_key(|m| m.epoch) else {
+            return Ok(());
+        };
+        for (lsn, epoch) in &self.durable {
+            let holds = |n: &NodeId| {
+                self.nodes[index_of(*n)]
+                    .payloads
+                    .get(lsn)
+                    .is_some_and(|r| r.epoch == *epoch)
+            };
+            let on_quorum = membership
+                .configs()
+                .iter()
+                .any(|config| config.iter().filter(|n| holds(n)).count() >= WRITE_QUORUM);
+            if !on_quorum {
+                let holders: Vec<String> = (0..NODES)
+                    .map(node_id)
+                    .filter(holds)
+                    .map(|n| n.to_string())
+                    .collect();
+                return Err(self.fail(format!(
+                    "I6: flushed LSN {lsn} (epoch {}) is on {} only, a write quorum of no \
+                     configuration of {membership}",
+                    epoch.0,
+                    holders.join(" ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// I5: at most one membership is established per membership epoch (a write quorum of its
+    /// base holds it; a writer's, without a base, comes from the metadata), and the metadata
+    /// records only established memberships.
+    fn check_memberships(&mut self) -> Result<(), String> {
+        let mut held: Vec<(&Membership, Option<&Membership>)> = Vec::new();
+        for node in &self.nodes {
+            if let Some(m) = &node.membership {
+                let base = node.membership_base.as_ref();
+                if !held.iter().any(|(h, b)| *h == m && *b == base) {
+                    held.push((m, base));
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for (m, base) in held {
+            let holders =
+                |n: sixfold_proto::NodeId| self.nodes[index_of(n)].membership.as_ref() == Some(m);
+            if base.is_some_and(|base| base.is_write_quorum(holders)) {
+                found.push(m.clone());
+            }
+        }
+        for m in found {
+            match self.established.get(&m.epoch) {
+                Some(other) if *other != m => {
+                    return Err(self.fail(format!(
+                        "I5: two memberships established in {}: {other} and {m}",
+                        m.epoch
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    self.established.insert(m.epoch, m);
+                }
+            }
+        }
+        if self.established.get(&self.meta.epoch) != Some(&self.meta) {
+            return Err(self.fail(format!(
+                "I5: the metadata records {}, which was never established",
+                self.meta
+            )));
         }
         Ok(())
     }
@@ -472,8 +734,8 @@ impl World {
     fn describe(&self, w: usize) -> String {
         let writer = &self.writers[w];
         let mut out = format!(
-            "writer {w}: epoch {} tail {} truncations {:?}",
-            writer.epoch.0, writer.tail.0, writer.truncations
+            "metadata {}; writer {w}: epoch {} membership {} tail {} truncations {:?}",
+            self.meta, writer.epoch.0, writer.membership, writer.tail.0, writer.truncations
         );
         if let Some(ledger) = &writer.ledger {
             out += &format!(
@@ -486,8 +748,11 @@ impl World {
         }
         for (i, node) in self.nodes.iter().enumerate() {
             out += &format!(
-                "; node {i}: up {} epoch {} scl {} max {} gap {} truncations {:?}",
+                "; node {i}: up {} membership {} epoch {} scl {} max {} gap {} truncations {:?}",
                 node.up,
+                node.membership
+                    .as_ref()
+                    .map_or("none".to_string(), |m| m.to_string()),
                 node.epoch.0,
                 node.segment.scl().0,
                 node.segment.max_lsn().0,
@@ -498,17 +763,41 @@ impl World {
         out
     }
 
+    /// Whether rival steps of one epoch split the PG's nodes. A node that is down may then be
+    /// the one whose answer tells which step a write quorum took, or whose adoption decides it
+    /// (see "Rival steps" in `sixfold_proto::membership`): the PG waits for it, so liveness is
+    /// only required with every node back.
+    fn contested(&self) -> bool {
+        let mut held: Vec<&Membership> = Vec::new();
+        for m in self.nodes.iter().filter_map(|n| n.membership.as_ref()) {
+            if !held.contains(&m) {
+                held.push(m);
+            }
+        }
+        held.iter()
+            .any(|m| held.iter().any(|o| o.epoch == m.epoch && o != m))
+    }
+
     /// Heals the network and brings back all but up to 2 nodes; then the newest writer must
     /// open and a flush must return.
     fn heal_and_finish(&mut self) -> Result<(), String> {
         self.drops = false;
         self.cut.clear();
-        for node in &mut self.nodes {
-            node.up = true;
+        for i in 0..NODES {
+            if !self.nodes[i].up {
+                self.bring_up(i);
+            }
         }
-        // Writes must progress with up to 2 segments down: keep some down to the end.
-        for _ in 0..self.rng.random_range(0..=2) {
-            let i = self.rng.random_range(0..COPIES);
+        // Writes must progress with up to 2 segments down: keep some down to the end, unless
+        // rival steps split the PG (see `contested`).
+        let keep_down: Vec<usize> = if self.contested() {
+            Vec::new()
+        } else {
+            (0..self.rng.random_range(0..=2))
+                .map(|_| self.rng.random_range(0..NODES))
+                .collect()
+        };
+        for i in keep_down {
             self.nodes[i].up = false;
         }
         if !self.writers[self.newest()].is_live() {
@@ -535,6 +824,13 @@ impl World {
                 return Ok(());
             }
             self.step(false)?;
+            if self.contested() {
+                for i in 0..NODES {
+                    if !self.nodes[i].up {
+                        self.bring_up(i);
+                    }
+                }
+            }
         }
         let w = self.newest();
         Err(self.fail(format!(

@@ -1,8 +1,12 @@
 //! A simulated writer: the mount's protocol logic with the network replaced by messages. Its
 //! bookkeeping is the real writer's: `sixfold_blockdev::ledger::Ledger` (LSN allocation, chains,
-//! PGCL/VCL/VDL, LAL) and `sixfold_blockdev::recovery` (the chain tail recovery keeps, where new
-//! LSNs start). Recovery follows `blockdev/src/open.rs`: seal at 4 of 6, keep the chain tail
-//! of the answers, open at 4 of 6 with the history of truncations, then write.
+//! PGCL/VCL/VDL, LAL), `sixfold_blockdev::recovery` (the chain tail recovery keeps, where new
+//! LSNs start) and the PG's `Membership` (what a write quorum and a read quorum are). Recovery
+//! follows `blockdev/src/open.rs`: seal at a write quorum of the membership the volume metadata
+//! shows, keep the chain tail of a read quorum of complete answers, open at a write quorum with
+//! the history of truncations, then write. A node refusing the membership as stale makes a
+//! recovering writer give up (the mount is tried again, reading the metadata again), and an
+//! open writer follow the metadata's newer membership (`blockdev/src/membership.rs`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,7 +15,7 @@ use sixfold_blockdev::recovery::{chain_tail, new_start};
 use sixfold_node::segment::Truncation;
 use sixfold_proto::membership::Membership;
 use sixfold_proto::wire;
-use sixfold_proto::{Epoch, Lsn, NodeId, PgId, COPIES, READ_QUORUM, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId};
 
 use crate::msg::{Msg, Rec};
 use crate::Variant;
@@ -19,15 +23,37 @@ use crate::Variant;
 /// The simulated volume has one PG.
 pub const PG: PgId = PgId(0);
 
+/// Nodes of the simulated cluster: three per AZ (node `i` is in AZ `i / 3`), so that each AZ
+/// has a spare to replace a lost member with.
+pub const NODES: usize = 9;
+
 /// The node id of simulated node `i` (ids are never 0).
 pub fn node_id(i: usize) -> NodeId {
     NodeId(i as u64 + 1)
 }
 
-/// The PG's membership: nodes 0..6.
-pub fn membership() -> Membership {
-    Membership::new((0..COPIES).map(node_id).collect()).expect("six distinct nodes")
+/// The simulated node with id `node`.
+pub fn index_of(node: NodeId) -> usize {
+    (node.0 - 1) as usize
 }
+
+/// The PG's first membership: two nodes of each AZ (nodes 0, 1, 3, 4, 6, 7).
+pub fn first_membership() -> Membership {
+    Membership::new([0, 1, 3, 4, 6, 7].map(node_id).to_vec()).expect("six distinct nodes")
+}
+/// The membership the ledger counts quorums by: the PG's, or (the deliberate bug) only its
+/// stable configuration, as if no replacement were under way.
+fn counted(membership: &Membership, variant: Variant) -> Membership {
+    if variant == Variant::WriteQuorumOfStableConfig {
+        Membership {
+            changes: Vec::new(),
+            ..membership.clone()
+        }
+    } else {
+        membership.clone()
+    }
+}
+
 /// Steps without an answer before a request is sent again.
 const RESEND_STEPS: u64 = 12;
 /// Records per Append.
@@ -66,6 +92,10 @@ pub enum Event {
 
 pub struct SimWriter {
     pub epoch: Epoch,
+    /// The PG's membership this writer uses (from the volume metadata).
+    pub membership: Membership,
+    /// A node refused the membership as stale: the writer wants the metadata's newer one.
+    pub stale: bool,
     pub phase: Phase,
     pub lal: u64,
     seal_answers: HashMap<usize, (Lsn, Lsn, Vec<Truncation>)>,
@@ -83,9 +113,9 @@ pub struct SimWriter {
     /// This writer's own records, in LSN order.
     pub records: Vec<Rec>,
     pending_flushes: Vec<Lsn>,
-    /// Per segment: highest LSN sent, and when the request last went out.
-    sent: [Lsn; COPIES],
-    sent_at: [u64; COPIES],
+    /// Per node: highest LSN sent, and when the request last went out.
+    sent: [Lsn; NODES],
+    sent_at: [u64; NODES],
     /// When opening began (for the settle timeout).
     opening_since: Option<u64>,
 }
@@ -105,9 +135,11 @@ fn from_wire(t: &wire::Truncation) -> Truncation {
 }
 
 impl SimWriter {
-    pub fn new(epoch: Epoch, lal: u64) -> SimWriter {
+    pub fn new(epoch: Epoch, lal: u64, membership: Membership) -> SimWriter {
         SimWriter {
             epoch,
+            membership,
+            stale: false,
             phase: Phase::Sealing,
             lal,
             seal_answers: HashMap::new(),
@@ -121,8 +153,8 @@ impl SimWriter {
             base: HashMap::new(),
             records: Vec::new(),
             pending_flushes: Vec::new(),
-            sent: [Lsn::ZERO; COPIES],
-            sent_at: [0; COPIES],
+            sent: [Lsn::ZERO; NODES],
+            sent_at: [0; NODES],
             opening_since: None,
         }
     }
@@ -141,7 +173,7 @@ impl SimWriter {
                 return;
             }
         }
-        for i in 0..COPIES {
+        for i in self.membership.nodes().into_iter().map(index_of) {
             let due = now >= self.sent_at[i] + RESEND_STEPS || self.sent_at[i] == 0;
             match self.phase {
                 Phase::Sealing if due && !self.seal_answers.contains_key(&i) => {
@@ -149,6 +181,7 @@ impl SimWriter {
                         i,
                         Msg::Seal {
                             epoch: self.epoch,
+                            membership: self.membership.clone(),
                             learn: self.learn.clone(),
                         },
                     ));
@@ -163,6 +196,7 @@ impl SimWriter {
                         i,
                         Msg::Open {
                             epoch: self.epoch,
+                            membership: self.membership.clone(),
                             tail: self.tail,
                             history: self.truncations[..self.truncations.len() - 1].to_vec(),
                         },
@@ -200,6 +234,7 @@ impl SimWriter {
             i,
             Msg::Append {
                 epoch: self.epoch,
+                membership: self.membership.clone(),
                 records: batch,
                 truncations: self.truncations.clone(),
             },
@@ -224,6 +259,12 @@ impl SimWriter {
                 self.pending_flushes.clear();
                 events.push(Event::Fenced);
             }
+            // A newer membership is in force: a recovery gives up (the mount is tried again
+            // with the metadata's), an open writer follows the metadata's.
+            (Phase::Sealing | Phase::Opening, Msg::StaleMembership) => {
+                self.phase = Phase::Dead;
+            }
+            (Phase::Active, Msg::StaleMembership) => self.stale = true,
             (
                 Phase::Sealing,
                 Msg::SealAck {
@@ -234,7 +275,11 @@ impl SimWriter {
             ) => {
                 self.seal_answers.insert(i, (scl, max_lsn, truncations));
                 self.sealed_by.insert(i);
-                if self.sealed_by.len() >= WRITE_QUORUM {
+                let sealed_by = &self.sealed_by;
+                if self
+                    .membership
+                    .is_write_quorum(|n| sealed_by.contains(&index_of(n)))
+                {
                     if let Some(holder) = self.sealed(variant) {
                         events.push(Event::Sealed {
                             tail: self.tail,
@@ -245,25 +290,33 @@ impl SimWriter {
             }
             (Phase::Opening, Msg::OpenAck { scl }) => {
                 self.open_scls.insert(i, scl.min(self.tail));
-                let holding = self.open_scls.values().filter(|s| **s >= self.tail).count();
-                if holding >= WRITE_QUORUM {
-                    let mut scls = [Lsn::ZERO; COPIES];
+                let (open_scls, tail) = (&self.open_scls, self.tail);
+                let holding = |n: NodeId| open_scls.get(&index_of(n)).is_some_and(|s| *s >= tail);
+                if self.membership.is_write_quorum(holding) {
+                    let mut scls = [Lsn::ZERO; NODES];
                     for (i, scl) in &self.open_scls {
                         scls[*i] = *scl;
                     }
                     let mut ledger = Ledger::new(self.start, self.lal);
-                    let acked = (0..COPIES).map(|i| (node_id(i), scls[i])).collect();
-                    ledger.add_pg(PG, self.tail, membership(), acked);
+                    let acked = self
+                        .membership
+                        .nodes()
+                        .into_iter()
+                        .map(|n| (n, scls[index_of(n)]))
+                        .collect();
+                    ledger.add_pg(PG, self.tail, counted(&self.membership, variant), acked);
                     self.ledger = Some(ledger);
                     self.sent = scls;
-                    self.sent_at = [0; COPIES];
+                    self.sent_at = [0; NODES];
                     self.phase = Phase::Active;
                     events.push(Event::Opened);
                 }
             }
             (Phase::Active, Msg::AppendAck { scl }) => {
                 if let Some(ledger) = &mut self.ledger {
-                    ledger.handle_ack(PG, node_id(i), scl);
+                    if self.membership.contains(node_id(i)) {
+                        ledger.handle_ack(PG, node_id(i), scl);
+                    }
                 }
                 self.complete_flushes(variant, events);
             }
@@ -283,7 +336,16 @@ impl SimWriter {
         let states: Vec<(Lsn, Vec<wire::Truncation>)> =
             answers.iter().map(|(_, state)| state.clone()).collect();
         let sealed = chain_tail(&states);
-        if states.len() - sealed.incomplete.len() < READ_QUORUM {
+        let complete: HashSet<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(position, _)| !sealed.incomplete.contains(position))
+            .map(|(_, (i, _))| *i)
+            .collect();
+        if !self
+            .membership
+            .is_read_quorum(|n| complete.contains(&index_of(n)))
+        {
             self.learn = sealed.history.iter().map(from_wire).collect();
             for position in &sealed.incomplete {
                 let i = answers[*position].0;
@@ -308,23 +370,43 @@ impl SimWriter {
         self.tail = tail;
         self.start = new_start(max_seen, self.lal);
         // All six hold every earlier truncation: this recovery's own is the whole history.
-        self.truncations = if states.len() == COPIES && sealed.incomplete.is_empty() {
-            Vec::new()
-        } else {
-            sealed
-                .history
-                .iter()
-                .map(from_wire)
-                .filter(|t| t.epoch < self.epoch)
-                .collect()
-        };
+        self.truncations =
+            if states.len() == self.membership.nodes().len() && sealed.incomplete.is_empty() {
+                Vec::new()
+            } else {
+                sealed
+                    .history
+                    .iter()
+                    .map(from_wire)
+                    .filter(|t| t.epoch < self.epoch)
+                    .collect()
+            };
         self.truncations.push(Truncation {
             epoch: self.epoch,
             after: tail,
         });
         self.phase = Phase::Opening;
-        self.sent_at = [0; COPIES];
+        self.sent_at = [0; NODES];
         Some(holder)
+    }
+
+    /// Follows `newer`, the metadata's membership, when it is newer than this writer's: the
+    /// ledger counts quorums by it, new nodes are sent what the writer holds from their ack on.
+    pub fn follow(&mut self, newer: &Membership, variant: Variant, events: &mut Vec<Event>) {
+        if newer.epoch <= self.membership.epoch {
+            return;
+        }
+        self.stale = false;
+        self.membership = newer.clone();
+        if let Some(ledger) = &mut self.ledger {
+            ledger.set_membership(PG, counted(newer, variant));
+            for n in newer.nodes() {
+                let i = index_of(n);
+                self.sent[i] = ledger.pg(PG).map_or(Lsn::ZERO, |c| c.scl(n));
+                self.sent_at[i] = 0;
+            }
+        }
+        self.complete_flushes(variant, events);
     }
 
     /// Writes `value` over `page`; None while the writer cannot write (not open, or held back
@@ -360,8 +442,11 @@ impl SimWriter {
         let Some(ledger) = &self.ledger else {
             return;
         };
-        let scls: Vec<Lsn> = (0..COPIES)
-            .map(|i| ledger.pg(PG).map_or(Lsn::ZERO, |c| c.scl(node_id(i))))
+        let scls: Vec<Lsn> = self
+            .membership
+            .nodes()
+            .into_iter()
+            .map(|n| ledger.pg(PG).map_or(Lsn::ZERO, |c| c.scl(n)))
             .collect();
         let vdl = ledger.vdl();
         self.pending_flushes.retain(|target| {

@@ -24,6 +24,7 @@ fn step(base: &Membership, proposed: &Membership) -> ChangeMembershipRequest {
         peers: vec![],
         catch_up_to: 0,
         catch_up: false,
+        superseded: None,
     }
 }
 

@@ -1,0 +1,478 @@
+//! One pass of a PG's repair driver, as a pure decision: from what the PG's nodes answered to
+//! what to send them. [`crate::repair`] gathers the answers and carries the decision out; the
+//! simulation drives this same code through crashes, partitions and rival drivers.
+//!
+//! A pass, in order (each rule with why):
+//! 1. **Follow an established membership newer than this node's** (or an established rival of
+//!    its epoch: this node holds a step that lost). Nothing else this pass: the view was built
+//!    on a membership that is no longer in force.
+//! 2. **Record the membership in the volume metadata** once it is established and this driver
+//!    has not recorded it yet (a driver that died between a step and its record, metadata nodes
+//!    that did not answer): writers follow the metadata, never a node's unestablished view.
+//! 3. **Fix each joining node's catch-up target** once its step is established (again when a
+//!    writer's recovery changes the truncation history): see [`crate::repair_plan`], rule 2.
+//! 4. **Plan** ([`crate::repair_plan::plan`]) and turn the plan into one [`Send`]: push the
+//!    established membership to nodes that lag; push an unestablished step to the nodes that
+//!    lag; or send a new step to every node of the old and the new membership.
+//!
+//! After the send, [`PgDriver::sent`] says what counts: a new step only once a write quorum of
+//! the membership it was built on holds it (two rival steps from one base cannot both get
+//! there: two write quorums of a configuration meet).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sixfold_proto::membership::{ChangeKind, Membership, MembershipError};
+use sixfold_proto::nodes::NodeList;
+use sixfold_proto::{Epoch, Lsn, MembershipEpoch, NodeId, COPIES, WRITE_QUORUM};
+
+use crate::members::ChangeMode;
+use crate::repair_plan::{self, MemberState, MemberView, PgView, Plan};
+
+/// A node's answer to the driver's state question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub scl: Lsn,
+    /// The epoch of its truncation history.
+    pub history_epoch: Epoch,
+    pub membership: Option<Membership>,
+    /// The membership its own was a step from.
+    pub membership_base: Option<Membership>,
+}
+
+/// What a pass sees: the PG as this node holds it, and the answers of its nodes.
+pub struct PassInput<'a> {
+    pub membership: &'a Membership,
+    pub base: Option<&'a Membership>,
+    pub answers: &'a BTreeMap<NodeId, Answer>,
+    /// How long each node that did not answer has been silent.
+    pub silent_for: &'a (dyn Fn(NodeId) -> Duration + Sync),
+    pub list: &'a NodeList,
+    pub repair_after: Duration,
+    /// The PG's placement key.
+    pub key: &'a str,
+    /// Nodes that answer now.
+    pub live: &'a BTreeSet<NodeId>,
+    /// Segments per node (placement prefers the least loaded).
+    pub load: &'a (dyn Fn(NodeId) -> u64 + Sync),
+    /// Whether a new replacement may begin (the driver's concurrency bound).
+    pub may_begin: bool,
+}
+
+/// What a pass decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// This node adopts an established membership its peers hold (rule 1).
+    CatchUpSelf {
+        membership: Membership,
+        base: Option<Membership>,
+    },
+    /// A ChangeMembership to some nodes.
+    Send(Send),
+    /// Nothing to send.
+    Wait,
+}
+
+/// Which kind of send: what its answers mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendKind {
+    /// The established membership, to nodes that lag or join (`catch_up` on the wire).
+    CatchUp,
+    /// An unestablished step, to the nodes of its base that lag.
+    Establish,
+    /// A new step (the plan's begin, complete or roll back).
+    Step,
+}
+
+/// ChangeMembership(`base` -> `proposed`) to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Send {
+    pub kind: SendKind,
+    pub base: Membership,
+    pub proposed: Membership,
+    pub to: Vec<NodeId>,
+    /// Nodes of `to` that hold a rival of `proposed` this driver proved can never be
+    /// established, which `proposed` outranks: they are asked to supersede it.
+    pub over: BTreeMap<NodeId, Membership>,
+    /// How far the PG's chain reaches as of now: joining nodes fill their gap up to here.
+    pub catch_up_to: Lsn,
+}
+
+impl Send {
+    /// How `node` is to take it.
+    pub fn mode(&self, node: NodeId) -> ChangeMode {
+        match (self.kind, self.over.get(&node)) {
+            (SendKind::CatchUp, _) => ChangeMode::CatchUp,
+            (_, Some(superseded)) => ChangeMode::Supersede(superseded.clone()),
+            (SendKind::Step | SendKind::Establish, None) => ChangeMode::Step,
+        }
+    }
+}
+
+/// The pass's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// Record `membership` (the current one, established) in the volume metadata first.
+    pub record: Option<Membership>,
+    pub action: Action,
+    /// The plan behind the action (None: rule 1 came first).
+    pub plan: Option<Plan>,
+    /// Why the PG cannot be repaired further, if it cannot.
+    pub degraded: Option<String>,
+}
+
+/// What a send's answers amount to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Record this established membership in the volume metadata.
+    Record(Membership),
+    /// Nothing new counts yet.
+    Nothing,
+    /// A new step short of a write quorum of its base: it does not count (yet).
+    ShortOfQuorum { held: usize },
+}
+
+/// What the driver remembers of one PG between passes. Lost with the driver: all of it can be
+/// measured again.
+#[derive(Clone, Debug, Default)]
+pub struct PgDriver {
+    /// The catch-up target fixed for each joining node, valid while the membership epoch is
+    /// `seen` (the one this driver last saw or made): a target fixed for a replacement that
+    /// was rolled back and begun again by another driver meanwhile would be stale.
+    targets: BTreeMap<NodeId, (Lsn, Epoch)>,
+    seen: Option<MembershipEpoch>,
+    /// The newest membership epoch recorded in the volume metadata by this driver.
+    recorded: Option<MembershipEpoch>,
+}
+
+impl PgDriver {
+    /// One pass.
+    pub fn pass(&mut self, input: &PassInput<'_>) -> Pass {
+        let membership = input.membership;
+        if let Some((newer, base)) = newest_established(input.answers, membership) {
+            self.targets.clear();
+            return Pass {
+                record: None,
+                action: Action::CatchUpSelf {
+                    membership: newer,
+                    base,
+                },
+                plan: None,
+                degraded: None,
+            };
+        }
+        if self.seen != Some(membership.epoch) {
+            self.targets.clear();
+            self.seen = Some(membership.epoch);
+        }
+        let members = views(input, membership);
+        // Any node of the base counts, a member of `membership` or not (the new node of a
+        // replacement rolled back, the old one of a completed one).
+        let holds = |node: NodeId| {
+            input
+                .answers
+                .get(&node)
+                .is_some_and(|a| a.membership.as_ref() == Some(membership))
+        };
+        let established = input.base.is_none_or(|base| base.is_write_quorum(holds));
+        let empty = BTreeMap::new();
+        let view = PgView {
+            membership,
+            base: input.base,
+            members: &members,
+            list: input.list,
+            repair_after: input.repair_after,
+            key: input.key,
+            targets: &empty,
+            live: input.live,
+        };
+        let now_tail = view.recovery_tail();
+        let catch_up_to = now_tail.map_or(Lsn::ZERO, |(tail, _)| tail);
+        // Another driver began a step from this node's membership: push it on (to this node
+        // too) rather than plan a rival one. Its own driver may be gone.
+        let next = input
+            .answers
+            .values()
+            .filter(|a| a.membership_base.as_ref() == Some(membership))
+            .filter_map(|a| a.membership.as_ref())
+            .filter(|m| m.epoch > membership.epoch)
+            .reduce(|top, m| if m.outranks(top) { m } else { top });
+        if let Some(next) = next {
+            return Pass {
+                record: None,
+                action: Action::Send(establish(input.answers, next, membership, catch_up_to)),
+                plan: Some(Plan::Establish),
+                degraded: None,
+            };
+        }
+        self.targets
+            .retain(|node, _| membership.changes.iter().any(|c| c.to == *node));
+        if let (true, Some((tail, history))) = (established, now_tail) {
+            for change in &membership.changes {
+                let fixed = self
+                    .targets
+                    .get(&change.to)
+                    .is_some_and(|(_, h)| *h == history);
+                if !fixed {
+                    self.targets.insert(change.to, (tail, history));
+                }
+            }
+        }
+        let view = PgView {
+            targets: &self.targets,
+            ..view
+        };
+        let plan = repair_plan::plan(&view, input.load);
+        let record =
+            (established && self.recorded != Some(membership.epoch)).then(|| membership.clone());
+        // Nodes of the membership or of its base that answered on another membership.
+        let lagging: Vec<NodeId> = input
+            .answers
+            .iter()
+            .filter(|(node, a)| {
+                (membership.contains(**node) || input.base.is_some_and(|b| b.contains(**node)))
+                    && a.membership.as_ref() != Some(membership)
+            })
+            .map(|(node, _)| *node)
+            .collect();
+        let send = |kind, base: &Membership, proposed: Membership, to: Vec<NodeId>| {
+            Action::Send(Send {
+                kind,
+                base: base.clone(),
+                proposed,
+                to,
+                over: BTreeMap::new(),
+                catch_up_to,
+            })
+        };
+        // Nodes that lag (away during a step) are caught up; a new member catching up needs
+        // its target and its peers (again after a restart of either side). Whatever else the
+        // plan says, short of a new step: a PG that cannot be repaired further still finishes
+        // the replacement under way.
+        let catch_up = || {
+            let mut to = lagging.clone();
+            to.extend(membership.changes.iter().map(|c| c.to));
+            to.sort_unstable();
+            to.dedup();
+            if established && !to.is_empty() {
+                let base = input.base.unwrap_or(membership);
+                send(SendKind::CatchUp, base, membership.clone(), to)
+            } else {
+                Action::Wait
+            }
+        };
+        let mut degraded = None;
+        let action = match &plan {
+            Plan::Wait => catch_up(),
+            Plan::Establish => match input.base {
+                Some(base) => Action::Send(establish(input.answers, membership, base, catch_up_to)),
+                None => Action::Wait,
+            },
+            Plan::Degraded(why) => {
+                degraded = Some(why.clone());
+                catch_up()
+            }
+            Plan::Begin { .. } if !input.may_begin => catch_up(),
+            Plan::Begin { .. } | Plan::Complete { .. } | Plan::RollBack { .. } => {
+                match step(membership, &plan) {
+                    Ok(proposed) => {
+                        let to = union(&[membership, &proposed]);
+                        send(SendKind::Step, membership, proposed, to)
+                    }
+                    // The plan only proposes steps the membership allows; a refusal here is a
+                    // bug of the plan, reported rather than acted on.
+                    Err(e) => {
+                        degraded = Some(format!("the planned step is not valid: {e}"));
+                        Action::Wait
+                    }
+                }
+            }
+        };
+        Pass {
+            record,
+            action,
+            plan: Some(plan),
+            degraded,
+        }
+    }
+
+    /// What the nodes that took `send` (`held`: those that hold its proposal now) amount to,
+    /// given the answers of the pass (`answers`).
+    pub fn sent(
+        &mut self,
+        send: &Send,
+        held: &[NodeId],
+        answers: &BTreeMap<NodeId, Answer>,
+    ) -> SendOutcome {
+        let holds = |node: NodeId| {
+            held.contains(&node)
+                || answers
+                    .get(&node)
+                    .is_some_and(|a| a.membership.as_ref() == Some(&send.proposed))
+        };
+        match send.kind {
+            SendKind::CatchUp => SendOutcome::Nothing,
+            SendKind::Establish => {
+                if send.base.is_write_quorum(holds) {
+                    SendOutcome::Record(send.proposed.clone())
+                } else {
+                    SendOutcome::Nothing
+                }
+            }
+            SendKind::Step => {
+                if send.base.is_write_quorum(|n| held.contains(&n)) {
+                    // This driver's own step: the targets it fixed stay valid (a completion
+                    // or roll back removes its own; a nested begin keeps the other's).
+                    self.seen = Some(send.proposed.epoch);
+                    SendOutcome::Record(send.proposed.clone())
+                } else {
+                    SendOutcome::ShortOfQuorum { held: held.len() }
+                }
+            }
+        }
+    }
+
+    /// `epoch` is recorded in the volume metadata (at a write quorum of its nodes).
+    pub fn recorded(&mut self, epoch: MembershipEpoch) {
+        self.recorded = Some(self.recorded.map_or(epoch, |r| r.max(epoch)));
+    }
+}
+
+/// What the driver saw of each node of `membership` and of its base (a step counts by its
+/// base's nodes, members of `membership` or not: the new node of a replacement rolled back,
+/// the old one of a completed one).
+fn views(input: &PassInput<'_>, membership: &Membership) -> Vec<MemberView> {
+    let mut nodes = membership.nodes();
+    if let Some(base) = input.base.filter(|b| *b != membership) {
+        nodes.extend(base.nodes());
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+        .into_iter()
+        .map(|node| {
+            let answer = input.answers.get(&node);
+            MemberView {
+                node,
+                silent_for: match answer {
+                    Some(_) => Duration::ZERO,
+                    None => (input.silent_for)(node),
+                },
+                state: answer.map(|a| MemberState {
+                    scl: a.scl,
+                    history_epoch: a.history_epoch,
+                    holds_current: a.membership.as_ref() == Some(membership),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The push of an unestablished step: the highest step of its epoch from `base` that the
+/// answers show (this node's, `own`, or a rival's; see "Rival steps" in
+/// `sixfold_proto::membership`), to the nodes of `base` and of that step that are behind it,
+/// and to those that hold a rival it outranks which can never be established (some
+/// configuration of `base` has 3 answers holding rivals that outrank it): those supersede it.
+/// This node's own step is superseded the same way when a rival outranks it.
+pub fn establish(
+    answers: &BTreeMap<NodeId, Answer>,
+    own: &Membership,
+    base: &Membership,
+    catch_up_to: Lsn,
+) -> Send {
+    let epoch = own.epoch;
+    let top = answers
+        .values()
+        .filter(|a| a.membership_base.as_ref() == Some(base))
+        .filter_map(|a| a.membership.as_ref())
+        .filter(|m| m.epoch == epoch)
+        .fold(own, |top, m| if m.outranks(top) { m } else { top });
+    let outranks = |node: &NodeId, rival: &Membership| {
+        answers
+            .get(node)
+            .and_then(|a| a.membership.as_ref())
+            .is_some_and(|m| m.epoch == epoch && m.outranks(rival))
+    };
+    let dead = |rival: &Membership| {
+        base.configs().iter().any(|config| {
+            config.iter().filter(|n| outranks(n, rival)).count() > COPIES - WRITE_QUORUM
+        })
+    };
+    let mut to = Vec::new();
+    let mut over = BTreeMap::new();
+    for (node, answer) in answers {
+        if !base.contains(*node) && !top.contains(*node) {
+            continue;
+        }
+        match &answer.membership {
+            Some(held) if held == top || held.epoch > epoch => {}
+            Some(held) if held.epoch == epoch => {
+                if top.outranks(held) && dead(held) {
+                    to.push(*node);
+                    over.insert(*node, held.clone());
+                }
+            }
+            // Behind (or holds none yet: a joining node).
+            _ => to.push(*node),
+        }
+    }
+    Send {
+        kind: SendKind::Establish,
+        base: base.clone(),
+        proposed: top.clone(),
+        to,
+        over,
+        catch_up_to,
+    }
+}
+
+/// The nodes of all of `memberships`, sorted, once each.
+fn union(memberships: &[&Membership]) -> Vec<NodeId> {
+    let mut nodes: Vec<NodeId> = memberships.iter().flat_map(|m| m.nodes()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+}
+
+/// The membership a begin, complete or roll back plan leads to.
+fn step(membership: &Membership, plan: &Plan) -> Result<Membership, MembershipError> {
+    match plan {
+        Plan::Begin {
+            from,
+            to,
+            kind: ChangeKind::Repair,
+        } => membership.begin(*from, *to),
+        Plan::Begin {
+            from,
+            to,
+            kind: ChangeKind::Move,
+        } => membership.begin_move(*from, *to),
+        Plan::Complete { to } => membership.complete(*to),
+        Plan::RollBack { to, .. } => membership.roll_back(*to),
+        _ => Err(MembershipError::NotAStep),
+    }
+}
+
+/// The newest established membership among the answers that is newer than `own`, or of its
+/// epoch with other members (`own` is then a rival step that lost). A membership counts as
+/// established when the answers holding it form a write quorum of its base (one with no base
+/// came from a writer, which takes it from the metadata: established).
+pub fn newest_established(
+    answers: &BTreeMap<NodeId, Answer>,
+    own: &Membership,
+) -> Option<(Membership, Option<Membership>)> {
+    answers
+        .values()
+        .filter_map(|a| a.membership.clone().map(|m| (m, a.membership_base.clone())))
+        .filter(|(m, _)| m.epoch > own.epoch || (m.epoch == own.epoch && m != own))
+        .filter(|(m, base)| {
+            let holders = |n: NodeId| {
+                answers
+                    .get(&n)
+                    .is_some_and(|a| a.membership.as_ref() == Some(m))
+            };
+            base.as_ref()
+                .is_none_or(|base| base.is_write_quorum(holders))
+        })
+        .max_by_key(|(m, _)| m.epoch)
+}
