@@ -21,6 +21,7 @@ mod grow;
 mod laptop;
 mod mount;
 mod node;
+mod rebalance;
 mod signals;
 mod size;
 mod status;
@@ -64,6 +65,7 @@ enum Command {
     Snapshot(backup::snapshot::SnapshotArgs),
     Restore(backup::restore::RestoreArgs),
     Cluster(cluster::ClusterArgs),
+    Rebalance(rebalance::RebalanceArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => backup::snapshot::run(args),
         Command::Restore(args) => backup::restore::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Rebalance(args) => rebalance::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod geometry;
 pub mod membership;
 pub mod nodes;
 pub mod placement;
+pub mod rebalance;
 pub mod record;
 pub mod types;
 
