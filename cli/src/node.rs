@@ -58,6 +58,11 @@ pub struct NodeArgs {
     /// Most replacements this node drives at once (repair, drain, rebalance).
     #[arg(long, value_name = "N", default_value_t = 8)]
     repair_concurrency: usize,
+    /// Bytes per second this node spends copying data from its peers to catch segments up (a
+    /// replacement, a node back from an absence), so that foreground I/O keeps its rate
+    /// (256MiB, 1G...; 0: unbounded). Writes and reads are never held back.
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = crate::size::parse_bytes)]
+    repair_bandwidth: u64,
     /// Serve Prometheus metrics on this address (GET /metrics): the node's counters and the
     /// state of the PGs it drives.
     #[arg(long, value_name = "ADDR")]
@@ -93,6 +98,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         retention_pass_every: args.retention_pass_every,
         repair_after: args.repair_after,
         repair_concurrency: args.repair_concurrency,
+        repair_bandwidth: args.repair_bandwidth,
         no_repair: args.no_repair,
         metrics_listen: args.metrics_listen,
     };
@@ -135,6 +141,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             repair_after: args.repair_after,
             concurrency: args.repair_concurrency.max(1),
             enabled: !args.no_repair,
+            bandwidth: args.repair_bandwidth,
         },
         metrics_listen: args.metrics_listen,
     };
@@ -158,6 +165,7 @@ struct Node {
     retention_pass_every: std::time::Duration,
     repair_after: std::time::Duration,
     repair_concurrency: usize,
+    repair_bandwidth: u64,
     no_repair: bool,
     metrics_listen: Option<SocketAddr>,
 }

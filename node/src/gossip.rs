@@ -24,6 +24,7 @@
 //! crash mid-round only loses work the next round redoes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
@@ -34,6 +35,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::appender::Source;
+use crate::bandwidth::RepairBandwidth;
 use crate::hydrate;
 use crate::index::SegmentKey;
 use crate::request;
@@ -62,10 +64,11 @@ pub const PEER_CLIENTS_MAX: usize = 256;
 
 /// Runs gap-fill rounds forever (the caller aborts the task on shutdown). `own_addresses` are
 /// this node's addresses, skipped when they appear among a segment's peers.
-pub async fn run(store: Store, own_addresses: Vec<String>) {
+pub async fn run(store: Store, own_addresses: Vec<String>, bandwidth: Arc<RepairBandwidth>) {
     let mut gossip = Gossip {
         store,
         own_addresses,
+        bandwidth,
         clients: HashMap::new(),
         cursor: None,
     };
@@ -80,6 +83,8 @@ pub async fn run(store: Store, own_addresses: Vec<String>) {
 struct Gossip {
     store: Store,
     own_addresses: Vec<String>,
+    /// The bound on what gap-fill and hydration fetch (`--repair-bandwidth`).
+    bandwidth: Arc<RepairBandwidth>,
     clients: HashMap<String, StorageNodeClient<Channel>>,
     /// The last segment looked at: the next round starts after it.
     cursor: Option<SegmentKey>,
@@ -245,7 +250,13 @@ impl Gossip {
                 fetches: FETCHES_PER_ROUND_MAX / PARALLEL_FILLS_MAX,
                 bytes: ROUND_BYTES_MAX / PARALLEL_FILLS_MAX as u64,
             };
-            fills.spawn(fill(self.store.clone(), candidate, peers, budget));
+            fills.spawn(fill(
+                self.store.clone(),
+                candidate,
+                peers,
+                budget,
+                self.bandwidth.clone(),
+            ));
             if fills.len() >= PARALLEL_FILLS_MAX {
                 if let Some(Ok(spent)) = fills.join_next().await {
                     exhausted |= spent;
@@ -266,6 +277,7 @@ async fn fill(
     candidate: GapCandidate,
     peers: Vec<(String, StorageNodeClient<Channel>)>,
     mut budget: Budget,
+    bandwidth: Arc<RepairBandwidth>,
 ) -> bool {
     let budget = &mut budget;
     {
@@ -315,6 +327,7 @@ async fn fill(
                     .map(|r| sixfold_proto::record::canonical_len(r) as u64)
                     .sum();
                 budget.bytes = budget.bytes.saturating_sub(bytes);
+                bandwidth.spend(bytes).await;
                 let count = records.len() as u64;
                 let prepared = match request::prepare_records(&key, None, &records) {
                     Ok(prepared) => prepared,
@@ -357,7 +370,7 @@ async fn fill(
         if scl > scl_before {
             info!(segment = %key, from = scl_before.0, to = scl.0, "gap partly filled from peers");
         } else if let Some((peer, client)) = folded_at {
-            match hydrate::hydrate(&store, &key, &peer, client).await {
+            match hydrate::hydrate(&store, &key, &peer, client, &bandwidth).await {
                 Ok(scl_new) if scl_new > scl => return true, // go on from the peers' logs at once
                 Ok(_) => {}
                 Err(e) => warn!(segment = %key, peer, "hydration failed: {e}"),

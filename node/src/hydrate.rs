@@ -20,11 +20,12 @@
 use std::time::{Duration, Instant};
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{FetchPagesRequest, SegmentRef};
+use sixfold_proto::wire::{FetchPagesRequest, FetchRecordsRequest, SegmentRef};
 use sixfold_proto::{Lsn, PG_PAGES};
 use tonic::transport::Channel;
 use tracing::info;
 
+use crate::bandwidth::RepairBandwidth;
 use crate::index::SegmentKey;
 use crate::pagestore::PageImage;
 use crate::store::Store;
@@ -42,6 +43,7 @@ pub async fn hydrate(
     key: &SegmentKey,
     peer: &str,
     client: StorageNodeClient<Channel>,
+    bandwidth: &RepairBandwidth,
 ) -> Result<Lsn, String> {
     let started = Instant::now();
     let scl = store.fold_to_scl(key).await.map_err(|e| e.to_string())?;
@@ -57,6 +59,9 @@ pub async fn hydrate(
             first.get_or_insert(folded);
             last = folded;
             let images = validate(key, peer, folded, response.pages)?;
+            bandwidth
+                .spend((images.len() * sixfold_proto::PAGE_SIZE) as u64)
+                .await;
             let more = response.next_cursor > response.cursor && response.next_cursor < PG_PAGES;
             let next = async {
                 if more {
@@ -91,6 +96,7 @@ pub async fn hydrate(
                 .finish_hydration(key, last)
                 .await
                 .map_err(|e| e.to_string())?;
+            learn_history(store, key, peer, &client, scl_new).await;
             info!(
                 segment = %key, peer, from = %scl, to = %scl_new, pages = copied,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -104,6 +110,43 @@ pub async fn hydrate(
     Err(format!(
         "{peer}'s fold point kept moving during {PASSES_MAX} passes"
     ))
+}
+
+/// Pages carry no truncation history: take the peer's (a FetchRecords answer carries it), so
+/// that a segment hydrated in a PG nobody writes to any more still shows the history its
+/// repair driver compares to decide it caught up. (Found when a replacement of such a PG
+/// never completed.) Best effort: gap-fill and the writer's Appends carry it too.
+async fn learn_history(
+    store: &Store,
+    key: &SegmentKey,
+    peer: &str,
+    client: &StorageNodeClient<Channel>,
+    after: Lsn,
+) {
+    let request = FetchRecordsRequest {
+        segment: Some(SegmentRef {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+        }),
+        after_lsn: after.0,
+        max_bytes: 1,
+        membership: None,
+    };
+    let answer = tokio::time::timeout(CALL_TIMEOUT, client.clone().fetch_records(request)).await;
+    let learned = match answer {
+        Ok(Ok(response)) => match crate::request::truncations(&response.into_inner().truncations) {
+            Ok(history) => store
+                .learn_truncations(key, &history, None)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("invalid truncations: {e}")),
+        },
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(_) => Err("no answer".to_string()),
+    };
+    if let Err(e) = learned {
+        tracing::debug!(segment = %key, peer, "hydrated segment did not learn the peer's history: {e}");
+    }
 }
 
 /// One FetchPages call: the peer's pages newer than `after` from page `cursor` on.

@@ -26,6 +26,7 @@
 
 mod appender;
 mod archiver;
+pub mod bandwidth;
 mod checkpoint;
 mod durable;
 pub mod error;
@@ -172,7 +173,8 @@ async fn serve(
 ) -> Result<(), NodeError> {
     let local = listener.local_addr().unwrap_or(config.listen);
     let own_addresses = vec![local.to_string(), config.listen.to_string()];
-    let gossip = tokio::spawn(gossip::run(store.clone(), own_addresses));
+    let bandwidth = std::sync::Arc::new(bandwidth::RepairBandwidth::new(config.repair.bandwidth));
+    let gossip = tokio::spawn(gossip::run(store.clone(), own_addresses, bandwidth));
     let repair = tokio::spawn(repair::run(store.clone(), config.repair.clone()));
     let metrics = match config.metrics_listen {
         Some(addr) => match TcpListener::bind(addr).await {

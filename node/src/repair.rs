@@ -81,6 +81,9 @@ pub struct RepairConfig {
     pub concurrency: usize,
     /// False: this node drives no repair (the others still do).
     pub enabled: bool,
+    /// Bytes per second this node spends catching segments up (gap-fill, hydration): see
+    /// [`crate::bandwidth`]. 0: unbounded.
+    pub bandwidth: u64,
 }
 
 impl Default for RepairConfig {
@@ -89,6 +92,7 @@ impl Default for RepairConfig {
             repair_after: REPAIR_AFTER_DEFAULT,
             concurrency: CONCURRENCY_DEFAULT,
             enabled: true,
+            bandwidth: crate::bandwidth::REPAIR_BANDWIDTH_DEFAULT,
         }
     }
 }

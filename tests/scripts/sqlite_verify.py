@@ -2,7 +2,7 @@
 """Checks a database after a crash: PRAGMA integrity_check is ok and every id the load recorded as
 committed is present. Prints what it found; exits non-zero on any problem.
 
-Usage: sqlite_verify.py DB LOG
+Usage: sqlite_verify.py DB LOG   (LOG: one committed id per line, optionally followed by a time)
 """
 import os
 import sqlite3
@@ -14,7 +14,7 @@ def main():
     recorded = set()
     if os.path.exists(log):
         with open(log) as f:
-            recorded = {int(line) for line in f if line.strip()}
+            recorded = {int(line.split()[0]) for line in f if line.strip()}
     if not os.path.exists(path):
         if recorded:
             print("%s is missing but %d commits were recorded" % (path, len(recorded)))
