@@ -23,8 +23,9 @@ use crate::open::PgNodes;
 use crate::shared::Shared;
 use crate::{meta, nodes, sender};
 
-/// How often the metadata is read again while it does not show the newer membership yet.
-const REFRESH_EVERY: Duration = Duration::from_millis(500);
+/// How often the metadata is read again while it does not show the newer membership yet (a
+/// driver records a step right after a write quorum took it: usually the first read shows it).
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
 /// How often a refresh that keeps waiting says so.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 

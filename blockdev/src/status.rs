@@ -106,6 +106,8 @@ pub struct PgReport {
     /// The PG's membership epoch, and the replacements under way ("from -> to").
     pub membership_epoch: u64,
     pub changes: Vec<String>,
+    /// Each replacement's copy so far, as its new node reports it.
+    pub repairs: Vec<RepairProgress>,
     /// Why the PG cannot be repaired, as its repair driver found (None: it can, or needs not).
     pub repair_blocked: Option<String>,
     pub segments: Vec<SegmentReport>,
@@ -118,6 +120,71 @@ pub struct PgReport {
     pub backup_lag_lsns: Option<u64>,
     pub backup_lag_ms: Option<u64>,
     pub archive_error: Option<String>,
+}
+
+/// A replacement's new segment copying its PG from the PG's other segments.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairProgress {
+    /// "from -> to" (node ids).
+    pub change: String,
+    /// Whether the new node answered (the rest is known only then).
+    pub reporting: bool,
+    pub copied_bytes: u64,
+    /// 0.0 to 1.0: the page scan's position while it hydrates, then the log tail's.
+    pub done: f64,
+    /// Bytes per second since it began copying.
+    pub rate: u64,
+    /// Seconds left at the pace so far (None: not started).
+    pub left_s: Option<f64>,
+}
+
+impl RepairProgress {
+    fn of(change: String, status: Option<&sixfold_proto::wire::SegmentStatus>) -> RepairProgress {
+        let Some(s) = status else {
+            return RepairProgress {
+                change,
+                reporting: false,
+                copied_bytes: 0,
+                done: 0.0,
+                rate: 0,
+                left_s: None,
+            };
+        };
+        let done = f64::from(s.catch_up_done_ppm.min(1_000_000)) / 1e6;
+        let seconds = s.catch_up_ms as f64 / 1000.0;
+        RepairProgress {
+            change,
+            reporting: true,
+            copied_bytes: s.catch_up_bytes,
+            done,
+            rate: if seconds > 0.0 {
+                (s.catch_up_bytes as f64 / seconds) as u64
+            } else {
+                0
+            },
+            left_s: (done > 0.0).then(|| seconds * (1.0 - done) / done),
+        }
+    }
+
+    fn render(&self) -> String {
+        if !self.reporting {
+            return format!("{}: the new node does not answer", self.change);
+        }
+        if self.copied_bytes == 0 {
+            return format!("{}: starting", self.change);
+        }
+        let left = match self.left_s {
+            Some(s) if self.done < 1.0 => format!(", about {s:.0} s left"),
+            _ => ", finishing".to_string(),
+        };
+        format!(
+            "{}: {} copied ({:.0}%), {}/s{left}",
+            self.change,
+            human_bytes(self.copied_bytes),
+            self.done * 100.0,
+            human_bytes(self.rate)
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -227,12 +294,13 @@ impl StatusReport {
             states.healthy, states.degraded, states.at_risk, states.unavailable
         );
         for pg in self.pgs.iter().filter(|p| !p.changes.is_empty()) {
+            let progress: Vec<String> = pg.repairs.iter().map(RepairProgress::render).collect();
             let _ = writeln!(
                 out,
                 "  repair: PG {} (membership epoch {}): {}",
                 pg.pg,
                 pg.membership_epoch,
-                pg.changes.join(", ")
+                progress.join("; ")
             );
         }
         for pg in self.pgs.iter().filter(|p| p.repair_blocked.is_some()) {
@@ -613,6 +681,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
             let mut backup_lag_ms = None;
             let mut archive_error = None;
             let mut repair_blocked = None;
+            let mut statuses = Vec::new();
             for addr in &placement.nodes {
                 let found = match answers.get(addr) {
                     Some(Ok(status)) => Some(status.segments.iter().find(|s| {
@@ -623,6 +692,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     _ => None,
                 };
                 let segment = found.flatten();
+                statuses.push(segment);
                 if let Some(segment) = segment.filter(|s| s.archiver) {
                     archiver = Some(addr.clone());
                     archived_lsn = archived_lsn.max(Some(segment.archived_lsn));
@@ -698,6 +768,20 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     .iter()
                     .flat_map(|m| m.changes.iter())
                     .map(|c| format!("{} -> {}", c.from, c.to))
+                    .collect(),
+                repairs: membership
+                    .iter()
+                    .flat_map(|m| {
+                        let nodes = m.nodes();
+                        let statuses = &statuses;
+                        m.changes.iter().map(move |c| {
+                            let status = nodes
+                                .iter()
+                                .position(|n| *n == c.to)
+                                .and_then(|i| statuses.get(i).copied().flatten());
+                            RepairProgress::of(format!("{} -> {}", c.from, c.to), status)
+                        })
+                    })
                     .collect(),
                 repair_blocked,
                 segments,

@@ -353,6 +353,11 @@ async fn fill(
                     }
                 };
                 store.count_gap_fill(count, bytes);
+                if target > scl_before {
+                    let done = (scl_new.0.saturating_sub(scl_before.0)) as f64
+                        / (target.0 - scl_before.0) as f64;
+                    store.note_catch_up(&key, bytes, done);
+                }
                 if scl_new <= scl {
                     break;
                 }

@@ -70,6 +70,14 @@ pub async fn hydrate(
                     None
                 }
             };
+            // The scan's position in the PG's page range: how far the copy got (the log tail
+            // that follows is short).
+            let position = response.next_cursor.max(response.cursor) as f64 / PG_PAGES as f64;
+            store.note_catch_up(
+                key,
+                (images.len() * sixfold_proto::PAGE_SIZE) as u64,
+                position.min(0.99),
+            );
             let stored = async {
                 copied += images.len() as u64;
                 if images.is_empty() {

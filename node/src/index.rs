@@ -83,6 +83,19 @@ pub struct SegmentSlot {
     /// Whether this node is the PG's archiver now, and its last archiving error.
     pub archiver: bool,
     pub archive_error: Option<String>,
+    /// This segment joins the PG (a replacement's new member) and is copying it from its
+    /// peers: progress for status (soft state).
+    pub catch_up: Option<CatchUp>,
+}
+
+/// A joining segment's copy of its PG, as far as it got (soft state, for status).
+#[derive(Clone, Copy, Debug)]
+pub struct CatchUp {
+    pub since: std::time::Instant,
+    pub bytes: u64,
+    /// 0.0 to 1.0: the page scan's position while hydrating, then the log tail's; never
+    /// decreases.
+    pub done: f64,
 }
 
 /// A PG as its driver saw it on its last pass (soft state, for the metrics endpoint).

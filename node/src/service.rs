@@ -514,6 +514,7 @@ impl StorageNode for Service {
                         .store
                         .membership(&key)
                         .is_none_or(|m| m.contains(self.store.node_id()));
+                    let catch_up = self.store.catch_up(&key);
                     SegmentStatus {
                         writer_vdl: writer_vdls.get(&key.volume).copied().unwrap_or(0),
                         segment: Some(SegmentRef {
@@ -530,6 +531,9 @@ impl StorageNode for Service {
                         archive_error: archive.error.unwrap_or_default(),
                         repair_blocked,
                         member,
+                        catch_up_bytes: catch_up.map_or(0, |c| c.bytes),
+                        catch_up_done_ppm: catch_up.map_or(0, |c| (c.done * 1e6) as u32),
+                        catch_up_ms: catch_up.map_or(0, |c| c.since.elapsed().as_millis() as u64),
                     }
                 })
                 .collect(),

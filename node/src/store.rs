@@ -561,6 +561,43 @@ impl Store {
         }
     }
 
+    /// Counts `bytes` copied from peers into the segment and how far its copy got (`done`,
+    /// 0.0 to 1.0), when the segment is joining its PG (a replacement's new member).
+    pub fn note_catch_up(&self, key: &SegmentKey, bytes: u64, done: f64) {
+        let own = self.node_id();
+        let mut index = lock(&self.shared.index);
+        let Some(slot) = index.slot_mut_existing(key) else {
+            return;
+        };
+        let joining = slot
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.changes.iter().any(|c| c.to == own));
+        if !joining {
+            slot.catch_up = None;
+            return;
+        }
+        let progress = slot.catch_up.get_or_insert(crate::index::CatchUp {
+            since: std::time::Instant::now(),
+            bytes: 0,
+            done: 0.0,
+        });
+        progress.bytes = progress.bytes.saturating_add(bytes);
+        progress.done = progress.done.max(done.clamp(0.0, 1.0));
+    }
+
+    /// A joining segment's copy so far (None: not joining, or not copying yet).
+    pub fn catch_up(&self, key: &SegmentKey) -> Option<crate::index::CatchUp> {
+        let own = self.node_id();
+        let index = lock(&self.shared.index);
+        let slot = index.slot(key)?;
+        let joining = slot
+            .membership
+            .as_ref()
+            .is_some_and(|m| m.changes.iter().any(|c| c.to == own));
+        slot.catch_up.filter(|_| joining)
+    }
+
     /// Records what this node's driver saw of the PG (None: it does not drive it).
     pub fn note_driven(&self, key: &SegmentKey, view: Option<crate::index::DrivenView>) {
         if let Some(slot) = lock(&self.shared.index).slot_mut_existing(key) {

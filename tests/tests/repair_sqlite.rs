@@ -1,7 +1,8 @@
 //! SQLite through a repair: nine nodes (three per AZ), SQLite (WAL, synchronous=FULL) on ext4
 //! on the volume, committing throughout. One node that holds segments of every PG is killed
 //! for good. Within `--repair-after` plus the copy time every PG has six caught-up segments on
-//! live nodes and `sixfold status` says the data is safe. While the repair copies (bounded by
+//! live nodes and `sixfold status` says the data is safe (and showed each repair's progress
+//! while it copied). While the repair copies (bounded by
 //! `--repair-bandwidth`), SQLite commits at no less than its rate without a repair (the issue
 //! asks 70%; the test allows noise down to 60% and prints the ratio; `scripts/bench-repair.sh`
 //! measures it exactly). Then one node in each of the two other AZs dies: commits go on, and
@@ -163,11 +164,19 @@ fn sqlite_commits_through_a_repair_at_its_rate_and_loses_nothing() -> Result<()>
         std::thread::sleep(Duration::from_millis(200));
     };
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut progress = None;
     let (healed, healed_us) = loop {
         let pgs = cluster.pgs("sql")?;
         let whole = pgs.iter().all(|pg| pg.healed_without(&victim_addr));
         if whole {
             break (pgs, now_us());
+        }
+        // Status shows each repair's progress: bytes copied, how far, rate, time left.
+        if progress.is_none() {
+            let text = cluster.status_text("sql")?;
+            if let Some(line) = text.lines().find(|l| l.contains(" copied (")) {
+                progress = Some(line.trim().to_string());
+            }
         }
         if Instant::now() > deadline {
             bail!(
@@ -201,6 +210,12 @@ fn sqlite_commits_through_a_repair_at_its_rate_and_loses_nothing() -> Result<()>
             ensure!(*az == victim_az, "PG {} replaced in AZ {az}", now.pg);
         }
     }
+    let progress = progress.context("status showed no repair's progress while it copied")?;
+    eprintln!("status during the repair: {progress}");
+    ensure!(
+        progress.contains("/s") && (progress.contains(" left") || progress.contains("finishing")),
+        "{progress}"
+    );
     let status = cluster.status_text("sql")?;
     ensure!(status.contains("SAFE"), "status after the repair: {status}");
 
