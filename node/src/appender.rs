@@ -126,7 +126,7 @@ pub struct OpenJob {
     pub reply: Reply<Lsn>,
 }
 
-/// A membership change step of the segment's PG ([`Membership::decide_adopt`]).
+/// A repair driver's membership change of the segment's PG ([`members::adopt_change`]).
 pub struct MembershipJob {
     pub key: SegmentKey,
     pub base: Membership,
@@ -498,8 +498,8 @@ impl Appender {
         Ok(scl)
     }
 
-    /// A membership change step: adopted durably when [`Membership::decide_adopt`] says so;
-    /// the proposed membership's peers become the segment's gossip peers.
+    /// A repair driver's membership change: adopted durably when [`members::adopt_change`]
+    /// says so; the proposed membership's peers become the segment's gossip peers.
     fn change_membership(&mut self, job: &MembershipJob) -> Result<Lsn, StoreError> {
         if self.failed {
             return Err(StoreError::LogFailed);
@@ -522,13 +522,16 @@ impl Appender {
                 },
             )?
         };
+        // A catch-up may name the membership as its own base: store none (it is established,
+        // like a writer's), else its driver would wait for a step from itself to itself.
+        let stored_base = (job.base != job.proposed).then(|| job.base.clone());
         if adopt {
             let frame = frame::encode(
                 &job.key.volume,
                 job.key.pg,
                 &FrameBody::Membership {
                     current: job.proposed.clone(),
-                    base: Some(job.base.clone()),
+                    base: stored_base.clone(),
                 },
             );
             let hardened = self
@@ -546,7 +549,7 @@ impl Appender {
                 &job.key,
                 Effect::Membership {
                     current: job.proposed.clone(),
-                    base: Some(job.base.clone()),
+                    base: stored_base.clone(),
                 },
             );
             info!(segment = %job.key, membership = %job.proposed, "segment adopted a membership change");

@@ -7,10 +7,12 @@
 //! - One of the same epoch with other members is refused too (a rival step that lost).
 //! - A newer one is served: the segment missed a step (it was away); the PG's driver catches
 //!   it up (it pushes the established membership to the nodes that lag, every pass).
-//! - A segment adopts a membership durably only from a membership change step
-//!   ([`Membership::decide_adopt`]) or from the writer that creates or recovers the PG (its
-//!   OpenSegment): a writer's membership comes from the volume metadata, which records only
-//!   steps a write quorum holds.
+//! - A segment adopts a membership durably from a repair driver ([`adopt_change`]: one step
+//!   from its base, [`Membership::decide_adopt`]; a catch-up with an established membership;
+//!   or a supersede of a rival proved lost, [`Membership::decide_supersede`]), or from a
+//!   writer when newer ([`adopt_from_writer`]: its OpenSegment, SegmentState seal and
+//!   Appends): a writer's membership comes from the volume metadata, which records only
+//!   established steps.
 
 use sixfold_proto::membership::{Membership, MembershipError};
 

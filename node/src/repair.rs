@@ -7,8 +7,9 @@
 //! PG, node id). A node drives the PG when no node ranked above it answered its pings within
 //! [`PEER_ALIVE_FOR`]. So one node drives while all are up, and the next takes over when it
 //! goes down. An outranked node still makes a pass once every [`FALLBACK_EVERY`] (staggered by
-//! rank): the node that outranks it may hold a stale view of the PG (it lagged, or was
-//! replaced and no longer drives it) and otherwise nobody would drive. (Found by the
+//! rank) that takes no new step (it follows, records, establishes and catches up): the node
+//! that outranks it may hold a stale view of the PG (it lagged, or was replaced and no longer
+//! drives it) and otherwise nobody would. (Found by the
 //! simulation: after a heal, every member deferred to a stale one.)
 //!
 //! **Why two drivers never race harmfully** (a partition, a flapping node can make two believe
@@ -66,9 +67,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const REPAIR_AFTER_DEFAULT: Duration = Duration::from_secs(300);
 /// Default bound on the replacements one driver has under way at once.
 pub const CONCURRENCY_DEFAULT: usize = 8;
-/// An outranked node drives a PG once every this many passes anyway (rank-staggered): the
-/// node that outranks it may hold a stale view and never drive it. Safe: steps are
-/// compare-and-set at the segments (module docs).
+/// An outranked node looks at a PG once every this many passes anyway (rank-staggered): the
+/// node that outranks it may hold a stale view and never drive it. Such a pass only follows,
+/// records, establishes and catches up (`PassInput::may_step`): a new step from it could be a
+/// rival of the ranked driver's, and rival steps can split a PG (see "Rival steps" in
+/// `sixfold_proto::membership`).
 const FALLBACK_EVERY: u64 = 10;
 /// How often a PG that stays degraded is logged again.
 const DEGRADED_REPORT_EVERY: Duration = Duration::from_secs(60);
@@ -187,7 +190,11 @@ impl Driver {
                 *load.entry(node).or_default() += 1;
             }
         }
+        let mut member_of = std::collections::HashSet::new();
         for (key, membership, base) in memberships {
+            if membership.contains(own) {
+                member_of.insert(key.clone());
+            }
             if !membership.contains(own) {
                 self.store.note_driven(&key, None);
                 continue; // a segment this node no longer belongs to
@@ -209,9 +216,9 @@ impl Driver {
             driven.push((key, membership, base, fallback));
         }
         self.passes = self.passes.wrapping_add(1);
-        // What a driver knows of a PG it stopped driving is stale by the time it drives it again.
-        self.pgs
-            .retain(|key, _| driven.iter().any(|(k, _, _, _)| k == key));
+        // What a driver knows of a PG it no longer belongs to is of no use; it keeps what it
+        // knows of the others while outranked (its occasional passes need what it recorded).
+        self.pgs.retain(|key, _| member_of.contains(key));
         for (key, membership, base, fallback) in driven {
             let may_begin = under_way < self.config.concurrency;
             match self
@@ -315,6 +322,7 @@ impl Driver {
             live: &live,
             load: &load,
             may_begin,
+            may_step: !fallback,
         };
         let pg = self.pgs.entry(key.clone()).or_default();
         let pass = pg.pass(&input);

@@ -41,6 +41,7 @@ pub struct Answer {
 }
 
 /// What a pass sees: the PG as this node holds it, and the answers of its nodes.
+#[derive(Clone, Copy)]
 pub struct PassInput<'a> {
     pub membership: &'a Membership,
     pub base: Option<&'a Membership>,
@@ -57,6 +58,11 @@ pub struct PassInput<'a> {
     pub load: &'a (dyn Fn(NodeId) -> u64 + Sync),
     /// Whether a new replacement may begin (the driver's concurrency bound).
     pub may_begin: bool,
+    /// Whether this pass may take new steps at all (begin, complete, roll back). False for an
+    /// outranked node's occasional pass (`FALLBACK_EVERY` in the driver): it only follows,
+    /// records, establishes and catches up, so that it never makes a rival of the ranked
+    /// driver's steps.
+    pub may_step: bool,
 }
 
 /// What a pass decided.
@@ -149,6 +155,11 @@ impl PgDriver {
     /// One pass.
     pub fn pass(&mut self, input: &PassInput<'_>) -> Pass {
         let membership = input.membership;
+        // A base equal to the membership is no step (a catch-up stored that way): none.
+        let input = &PassInput {
+            base: input.base.filter(|b| *b != membership),
+            ..*input
+        };
         if let Some((newer, base)) = newest_established(input.answers, membership) {
             self.targets.clear();
             return Pass {
@@ -272,7 +283,8 @@ impl PgDriver {
                 degraded = Some(why.clone());
                 catch_up()
             }
-            Plan::Begin { .. } if !input.may_begin => catch_up(),
+            Plan::Begin { .. } if !input.may_begin || !input.may_step => catch_up(),
+            Plan::Complete { .. } | Plan::RollBack { .. } if !input.may_step => catch_up(),
             Plan::Begin { .. } | Plan::Complete { .. } | Plan::RollBack { .. } => {
                 match step(membership, &plan) {
                     Ok(proposed) => {

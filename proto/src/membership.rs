@@ -50,20 +50,32 @@
 //!
 //! **Rival steps.** Two drivers (a partition, a flapping node) may each send a different step
 //! from the same established membership m, and split m's nodes so that neither reaches a
-//! write quorum: three hold one, three the other, and each refuses the other's as a conflict.
-//! Nodes on either refuse writers on m, so the PG stalled for good (found by the simulation).
-//! Rivals of one epoch are therefore ordered ([`Membership::outranks`]), and a segment may give
-//! up the one it holds, X, for one that outranks it, but only when its driver proves that X
-//! can never be established ([`Membership::decide_supersede`]): some configuration of m has 3
-//! nodes holding memberships of X's epoch that outrank X. Segments only ever move up that
-//! order, so those 3 never hold X again, and X never reaches 4 of that configuration.
+//! write quorum (three hold one, three the other; or three and two with one node silent), and
+//! each refuses the other's as a conflict. Nodes on either refuse writers on m, so the PG
+//! stalled for good (found by the simulation). Rivals of one epoch are therefore ordered
+//! ([`Membership::outranks`]), and a segment may give up the one it holds, X, for one that
+//! outranks it, but only when its driver proves that X can never be established
+//! ([`Membership::decide_supersede`]): some configuration of m has 3 nodes holding memberships
+//! of X's epoch that outrank X.
 //!
-//! Why no established membership is ever given up this way: suppose X was established (4 of
-//! every configuration held it at some moment) and later one of its holders gave it up, the
-//! first to. The proof it was given says 3 nodes of some configuration held rivals that
-//! outrank X; none of them had held X (nobody had given X up yet), so that configuration
-//! never had more than 3 holders of X: X was never established, a contradiction. A driver
-//! pushes the highest rival it sees, so the nodes of a split converge on one step.
+//! Within an epoch a segment moves only up that order (supersede), or onto a rival a driver
+//! saw established (a catch-up). Why no established membership is ever given up: before the
+//! first time any driver sees a membership X established, nobody has moved onto X by a
+//! catch-up, so X's holders are nodes that took X as a step (or moved up onto it). Suppose a
+//! holder of X is the first to give X up by supersede: its proof says 3 nodes of a
+//! configuration held rivals that outrank X, none of which ever held X (no one had given X up
+//! yet, and one moves down only onto an established membership, which X then was not), so
+//! that configuration never had more than 3 holders of X: X was never established. And once X
+//! is established no holder leaves it within the epoch (no proof of its death can exist, and
+//! a catch-up moves only onto an established rival, of which an epoch has one). Drivers push
+//! the highest rival they see, so the nodes of a split converge on one step.
+//!
+//! Liveness limit: a split whose outranked side may still win by the vote of a node that does
+//! not answer (the 3/2 split with the lost node F silent: F might hold the lower rival, which
+//! is then established) cannot be decided until that node answers or is removed. Drivers make
+//! rivals rare: only the ranked driver of a PG takes new steps (an outranked node's occasional
+//! pass only follows and catches up), so they need two drivers that each think they rank
+//! first (a partition).
 
 use std::fmt;
 

@@ -63,6 +63,8 @@ pub struct SimDriver {
     phase: Phase,
     started: u64,
     answered: HashMap<NodeId, u64>,
+    /// This pass may take new steps (false: an outranked node's occasional pass).
+    may_step: bool,
 }
 
 impl SimDriver {
@@ -74,6 +76,7 @@ impl SimDriver {
             phase: Phase::Idle,
             started: now,
             answered: HashMap::new(),
+            may_step: true,
         }
     }
 
@@ -83,10 +86,11 @@ impl SimDriver {
 
     /// Starts a pass: asks every node (the PG's answer with their state; the others only show
     /// they are alive, as the real driver's pings do).
-    pub fn start(&mut self, now: u64, out: &mut Vec<Effect>) {
+    pub fn start(&mut self, now: u64, may_step: bool, out: &mut Vec<Effect>) {
         if !self.is_idle() {
             return;
         }
+        self.may_step = may_step;
         self.phase = Phase::Asking {
             since: now,
             answers: BTreeMap::new(),
@@ -203,6 +207,7 @@ impl SimDriver {
             live: &live,
             load: &load,
             may_begin: true,
+            may_step: self.may_step,
         };
         let pass = self.pg.pass(&input);
         crate::trace(now, || {

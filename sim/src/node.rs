@@ -164,8 +164,9 @@ impl SimNode {
                 if let Ok(true) =
                     members::adopt_change(self.membership.as_ref(), &base, &proposed, &mode)
                 {
+                    // As the appender stores it: a catch-up naming itself as base has none.
+                    self.membership_base = (base != proposed).then_some(base);
                     self.membership = Some(proposed.clone());
-                    self.membership_base = Some(base);
                 }
                 Some(Msg::ChangeAck {
                     holds: self.membership.as_ref() == Some(&proposed),
@@ -204,8 +205,8 @@ impl SimNode {
             &membership,
             &ChangeMode::CatchUp,
         ) {
+            self.membership_base = (base_or_self != membership).then_some(base_or_self);
             self.membership = Some(membership);
-            self.membership_base = Some(base_or_self);
         }
     }
 

@@ -341,6 +341,7 @@ impl World {
     /// nodes' election by rank, `node/src/repair.rs`), and now and then an outranked one.
     fn drive(&mut self) {
         let i = self.rng.random_range(0..NODES);
+        let mut may_step = true;
         if !self.drops {
             let rank = |n: usize| (node_id(n).0.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32;
             let Some(membership) = &self.nodes[i].membership else {
@@ -351,14 +352,16 @@ impl World {
                 .into_iter()
                 .map(index_of)
                 .any(|j| j != i && rank(j) > rank(i) && self.reachable(Addr::Node(j)));
-            // An outranked node still looks now and then (`FALLBACK_EVERY` in the node).
+            // An outranked node still looks now and then (`FALLBACK_EVERY` in the node), and
+            // then only follows, establishes and catches up: no new step.
             if (outranked && !self.rng.random_bool(0.1)) || !membership.contains(node_id(i)) {
                 return;
             }
+            may_step = !outranked;
         }
         if self.reachable(Addr::Driver(i)) && self.nodes[i].membership.is_some() {
             let mut out = Vec::new();
-            self.drivers[i].start(self.now, &mut out);
+            self.drivers[i].start(self.now, may_step, &mut out);
             self.apply_effects(i, out);
         }
     }
