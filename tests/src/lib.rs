@@ -11,6 +11,7 @@ pub mod mariadb;
 pub mod probe;
 pub mod shadow;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -282,6 +283,19 @@ impl Cluster {
         Ok(i)
     }
 
+    /// Each node's AZ, by address.
+    pub fn az_of(&self) -> BTreeMap<String, String> {
+        self.nodes
+            .iter()
+            .map(|n| (n.addr.to_string(), n.az.clone()))
+            .collect()
+    }
+
+    /// Per PG of `volume`'s status: its segments' node addresses.
+    pub fn placements(&self, volume: &str) -> Result<Vec<Vec<String>>> {
+        Ok(self.pgs(volume)?.iter().map(PgSeen::nodes).collect())
+    }
+
     /// `sixfold cluster ARGS... --cluster FILE`: its stdout, or an error with its stderr.
     pub fn cluster_command(&self, args: &[&str]) -> Result<String> {
         run(Command::new(sixfold_bin())
@@ -501,6 +515,22 @@ impl PgSeen {
     /// The addresses of its segments' nodes.
     pub fn nodes(&self) -> Vec<String> {
         self.segments.iter().map(|s| s.node.clone()).collect()
+    }
+
+    /// Its segments' nodes per AZ (`az_of`: node address -> AZ; "?" for an unknown node).
+    pub fn per_az(&self, az_of: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+        let mut per_az = BTreeMap::new();
+        for node in self.nodes() {
+            let az = az_of.get(&node).map_or("?", String::as_str).to_string();
+            *per_az.entry(az).or_default() += 1;
+        }
+        per_az
+    }
+
+    /// Six segments, two in each of three AZs (the placement rule every move keeps).
+    pub fn two_per_az(&self, az_of: &BTreeMap<String, String>) -> bool {
+        let per_az = self.per_az(az_of);
+        self.segments.len() == 6 && per_az.len() == 3 && per_az.values().all(|c| *c == 2)
     }
 
     /// Six segments, all answering and caught up to the PGCL, none on `gone`, no change under

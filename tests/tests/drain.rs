@@ -2,7 +2,6 @@
 //! error, every PG keeps two segments per AZ; the drained node can then be stopped and the
 //! data reads back. Draining the last spare of an AZ is refused and changes nothing.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 
 use anyhow::{ensure, Context, Result};
@@ -10,15 +9,6 @@ use sixfold_tests::shadow::{write_fsynced, BackgroundLoad, RandomWrites, Shadow}
 use sixfold_tests::{require_fuse, run, sixfold_bin, test_dir, Cluster, Mount};
 
 const VOLUME_BYTES: u64 = 16 << 30;
-
-/// Per PG of the status: its segments' node addresses.
-fn placements(cluster: &Cluster) -> Result<Vec<Vec<String>>> {
-    Ok(cluster
-        .pgs("drained")?
-        .iter()
-        .map(|pg| pg.nodes())
-        .collect())
-}
 
 #[test]
 fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> {
@@ -34,14 +24,10 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
     let mut writes = RandomWrites::new(21, VOLUME_BYTES, 128 << 10);
     write_fsynced(&volume, &mut shadow, &mut writes, 16 << 20)?;
 
-    let before = placements(&cluster)?;
+    let before = cluster.placements("drained")?;
     let drained_addr = before[0][0].clone();
     let drained = cluster.index_of(&drained_addr)?;
-    let az_of: BTreeMap<String, String> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.addr.to_string(), n.az.clone()))
-        .collect();
+    let az_of = cluster.az_of();
 
     let load = BackgroundLoad::start(&volume, shadow, 22, VOLUME_BYTES)?;
 
@@ -59,22 +45,18 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
     ensure!(out.contains("holds no segment any more"), "{out}");
 
     // Every PG: six segments, none on the drained node, two per AZ.
-    let after = placements(&cluster)?;
-    for (pg, nodes) in after.iter().enumerate() {
-        ensure!(nodes.len() == 6, "PG {pg}: {nodes:?}");
+    for pg in cluster.pgs("drained")? {
         ensure!(
-            !nodes.contains(&drained_addr),
-            "PG {pg} still on the drained node: {nodes:?}"
+            !pg.nodes().contains(&drained_addr),
+            "PG {} still on the drained node: {:?}",
+            pg.pg,
+            pg.nodes()
         );
-        let mut per_az: BTreeMap<&str, usize> = BTreeMap::new();
-        for node in nodes {
-            *per_az
-                .entry(az_of.get(node).map_or("?", |a| a.as_str()))
-                .or_default() += 1;
-        }
         ensure!(
-            per_az.values().all(|count| *count == 2) && per_az.len() == 3,
-            "PG {pg}: two per AZ: {per_az:?}"
+            pg.two_per_az(&az_of),
+            "PG {}: two per AZ: {:?}",
+            pg.pg,
+            pg.per_az(&az_of)
         );
     }
 

@@ -22,11 +22,6 @@ fn rebalance(cluster: &Cluster, args: &[&str]) -> Result<String> {
         .arg(&cluster.cluster_file))
 }
 
-/// Per PG of the status: its segments' node addresses.
-fn placements(cluster: &Cluster) -> Result<Vec<Vec<String>>> {
-    Ok(cluster.pgs("spread")?.iter().map(|pg| pg.nodes()).collect())
-}
-
 #[test]
 fn rebalance_spreads_segments_onto_added_nodes_while_the_writer_goes_on() -> Result<()> {
     require_fuse();
@@ -40,7 +35,7 @@ fn rebalance_spreads_segments_onto_added_nodes_while_the_writer_goes_on() -> Res
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(31, VOLUME_BYTES, 128 << 10);
     write_fsynced(&volume, &mut shadow, &mut writes, 16 << 20)?;
-    let before = placements(&cluster)?;
+    let before = cluster.placements("spread")?;
     ensure!(before.len() == 4, "four PGs: {before:?}");
 
     // Three nodes join, one per AZ.
@@ -60,7 +55,10 @@ fn rebalance_spreads_segments_onto_added_nodes_while_the_writer_goes_on() -> Res
         dry.contains("move(s) planned") && dry.contains("dry run") && !dry.contains(" 0 move(s)"),
         "{dry}"
     );
-    ensure!(placements(&cluster)? == before, "a dry run changes nothing");
+    ensure!(
+        cluster.placements("spread")? == before,
+        "a dry run changes nothing"
+    );
 
     let load = BackgroundLoad::start(&volume, shadow, 32, VOLUME_BYTES)?;
     let out = rebalance(
@@ -71,26 +69,19 @@ fn rebalance_spreads_segments_onto_added_nodes_while_the_writer_goes_on() -> Res
     eprintln!("{out}");
     ensure!(out.contains("done:"), "{out}");
 
-    let az_of: BTreeMap<String, String> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.addr.to_string(), n.az.clone()))
-        .collect();
-    let after = placements(&cluster)?;
+    let az_of = cluster.az_of();
+    let after = cluster.pgs("spread")?;
     let mut per_node: BTreeMap<&str, usize> = az_of.keys().map(|a| (a.as_str(), 0)).collect();
-    for (pg, nodes) in after.iter().enumerate() {
-        ensure!(nodes.len() == 6, "PG {pg}: {nodes:?}");
-        let mut per_az: BTreeMap<&str, usize> = BTreeMap::new();
-        for node in nodes {
-            *per_az
-                .entry(az_of.get(node).map_or("?", |a| a.as_str()))
-                .or_default() += 1;
-            *per_node.entry(node.as_str()).or_default() += 1;
-        }
+    for pg in &after {
         ensure!(
-            per_az.values().all(|count| *count == 2) && per_az.len() == 3,
-            "PG {pg}: two per AZ: {per_az:?}"
+            pg.two_per_az(&az_of),
+            "PG {}: two per AZ: {:?}",
+            pg.pg,
+            pg.per_az(&az_of)
         );
+        for segment in &pg.segments {
+            *per_node.entry(segment.node.as_str()).or_default() += 1;
+        }
     }
     for addr in &added {
         ensure!(
