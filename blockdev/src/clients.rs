@@ -10,6 +10,8 @@ use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::refusal::{classify, Refusal};
+
 /// Largest gRPC message either side accepts.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// HTTP/2 flow-control windows (limits, not allocations): a whole batch or a run of pages goes
@@ -58,6 +60,8 @@ pub struct Answer<T> {
     pub index: usize,
     pub addr: String,
     pub result: Result<T, String>,
+    /// What a failed answer's gRPC status says the node refused (`Other` for link errors).
+    pub refusal: Refusal,
 }
 
 /// Sends one request to every node of `addrs` in parallel, each bounded by `timeout`, and
@@ -78,11 +82,15 @@ where
         let request = clients.get(addr).map(&call);
         let addr = addr.clone();
         tasks.spawn(async move {
+            let mut refusal = Refusal::Other;
             let result = match request {
                 Err(error) => Err(error),
                 Ok(request) => match tokio::time::timeout(timeout, request).await {
                     Err(_) => Err("timed out".to_string()),
-                    Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                    Ok(Err(status)) => {
+                        refusal = classify(&status);
+                        Err(format!("{:?}: {}", status.code(), status.message()))
+                    }
                     Ok(Ok(response)) => Ok(response.into_inner()),
                 },
             };
@@ -90,6 +98,7 @@ where
                 index,
                 addr,
                 result,
+                refusal,
             }
         });
     }

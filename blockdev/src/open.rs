@@ -8,7 +8,8 @@
 //!    node refuses a version it holds with other contents, so of two mounts racing for the same
 //!    epoch at most one wins it (before, both did, and both flushed: `writer_recovery.rs` races
 //!    them). From here on, nodes that learned the new epoch refuse the previous writer.
-//! 3. For each PG: seal its segments in the new epoch (`SegmentState` with `seal_epoch`: each
+//! 3. For each PG ([`recover_pg`], whose decisions are [`crate::recovery::PgRecovery`]'s, the
+//!    same code the simulation drives): seal its segments in the new epoch (`SegmentState` with `seal_epoch`: each
 //!    adopts the epoch durably, refusing the old writer from then on, and then answers its SCL
 //!    and the truncations it has applied, one per earlier writer recovery). The metadata's epoch
 //!    bump alone does not fence a PG: in a cluster of more than six nodes its segments sit on
@@ -62,13 +63,13 @@ use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::{
     OpenSegmentRequest, SegmentRef, SegmentStateRequest, Truncation, VolumeMeta,
 };
-use sixfold_proto::{Epoch, Lsn, NodeId, PgId, READ_QUORUM, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
 
 use crate::clients::{ask_all, Answer, Clients};
 use crate::error::VolumeError;
-use crate::recovery::{chain_tail, ChainTail};
+use crate::recovery::{OpenDecision, PgRecovery, RecoveryError, Refusal, SealAnswer, SealDecision};
 
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long recovery waits for the kept chain to reach a write quorum, and how often it looks.
@@ -142,9 +143,6 @@ impl PgNodes {
     }
 }
 
-/// A sealed segment's answer: its node, address, SCL and truncation history.
-type Sealed = (NodeId, String, (Lsn, Vec<Truncation>));
-
 /// What recovery learned about one PG.
 #[derive(Debug, Clone)]
 pub struct RecoveredPg {
@@ -158,7 +156,48 @@ pub struct RecoveredPg {
     pub truncations: Vec<Truncation>,
 }
 
-/// Recovers one PG (steps 3 of the module docs).
+/// How a node's failed answer reaches the recovery machine.
+fn refusal(answer_refusal: crate::refusal::Refusal, addr: &str, error: &str) -> Refusal {
+    match answer_refusal {
+        crate::refusal::Refusal::Fenced => Refusal::Fenced,
+        crate::refusal::Refusal::StaleMembership => Refusal::StaleMembership,
+        crate::refusal::Refusal::Other => Refusal::Failed(format!("{addr}: {error}")),
+    }
+}
+
+/// Asks `nodes` (of `pg_nodes`) one request each, and hands each answer (or failure) to
+/// `on_answer` with the node it came from.
+async fn ask_nodes<T, F, Fut>(
+    clients: &Arc<Clients>,
+    pg_nodes: &PgNodes,
+    nodes: &[NodeId],
+    call: F,
+    mut on_answer: impl FnMut(NodeId, Result<T, Refusal>),
+) where
+    T: Send + 'static,
+    F: Fn(crate::clients::NodeClient) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+{
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| pg_nodes.addrs.get(n).cloned().unwrap_or_default())
+        .collect();
+    for Answer {
+        index,
+        addr,
+        result,
+        refusal: refused,
+    } in ask_all(clients, &addrs, RECOVERY_TIMEOUT, call).await
+    {
+        on_answer(
+            nodes[index],
+            result.map_err(|error| refusal(refused, &addr, &error)),
+        );
+    }
+}
+
+/// Recovers one PG (step 3 of the module docs), driving [`PgRecovery`] over the network: one
+/// round of requests at a time, a timeout counting as a failed answer.
 pub async fn recover_pg(
     clients: &Arc<Clients>,
     volume: &str,
@@ -167,223 +206,124 @@ pub async fn recover_pg(
     epoch: Epoch,
     read_only: bool,
 ) -> Result<RecoveredPg, VolumeError> {
-    // A reader seals nothing: it must not fence the writer.
-    let seal_epoch = if read_only { 0 } else { epoch.0 };
     let segment = SegmentRef {
         volume: volume.to_owned(),
         pg: pg.0,
     };
     let membership = nodes.membership.clone();
     let wire_membership = Some(membership.to_wire());
-    let members = nodes.list();
-    let addrs = nodes.addresses();
-    let node_at = |index: usize| members[index].0;
-    // Segment states from every node.
-    let answers = ask_all(clients, &addrs, RECOVERY_TIMEOUT, |mut client| {
-        let request = SegmentStateRequest {
-            segment: Some(segment.clone()),
-            seal_epoch,
-            learn: Vec::new(),
-            membership: wire_membership.clone(),
-        };
-        async move { client.segment_state(request).await }
-    })
-    .await;
-    let mut states: Vec<Sealed> = Vec::new();
-    let mut max_lsn_seen = Lsn::ZERO;
-    let mut failures = Vec::new();
-    let mut stale = false;
-    for Answer {
-        index,
-        addr,
-        result,
-    } in answers
-    {
-        match result {
-            Ok(state) => {
-                states.push((node_at(index), addr, (Lsn(state.scl), state.truncations)));
-                max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
-                if state.epoch > epoch.0 && !read_only {
-                    return Err(VolumeError::Fenced {
-                        volume: volume.to_owned(),
-                        epoch,
-                    });
-                }
-            }
-            Err(error) => {
-                stale |= error.contains("stale membership");
-                failures.push(format!("{addr}: {error}"))
-            }
-        }
-    }
-    let answered = |states: &[Sealed]| {
-        let set: Vec<NodeId> = states.iter().map(|(n, _, _)| *n).collect();
-        move |node: NodeId| set.contains(&node)
-    };
-    // Sealed at a write quorum: the old writer can no longer gather a write quorum, and every
-    // record it did gather one for is held by one of these answers (4 + 4 > 6, in every
-    // configuration; 3 would do for that alone).
-    let sealed = if read_only {
-        membership.is_read_quorum(answered(&states))
-    } else {
-        membership.is_write_quorum(answered(&states))
-    };
-    if !sealed && stale {
-        return Err(VolumeError::MembershipChanged {
-            volume: volume.to_owned(),
-            pg,
-            detail: failures.join("; "),
-        });
-    }
-    if !read_only && !sealed && failures.iter().any(|f| f.contains("fenced")) {
-        // A newer writer sealed these segments first.
-        return Err(VolumeError::Fenced {
+    let failed = |error: RecoveryError| match error {
+        RecoveryError::Fenced => VolumeError::Fenced {
             volume: volume.to_owned(),
             epoch,
-        });
-    }
-    if !sealed {
-        let (needed, detail) = if read_only {
-            (
-                READ_QUORUM,
-                format!("reading the PG's state: {}", failures.join("; ")),
-            )
-        } else {
-            (
-                WRITE_QUORUM,
-                format!(
-                    "sealing the PG in the new epoch; with 3 reachable, `sixfold mount \
-                     --read-only` can still read the volume: {}",
-                    failures.join("; ")
-                ),
-            )
-        };
-        return Err(VolumeError::QuorumLost {
+        },
+        RecoveryError::MembershipChanged(detail) => VolumeError::MembershipChanged {
             volume: volume.to_owned(),
             pg,
-            reachable: states.len(),
-            needed,
             detail,
-        });
-    }
-    // Answers that missed a truncation another one shows learn it and answer again.
-    let view = |states: &[Sealed]| -> Vec<(Lsn, Vec<Truncation>)> {
-        states.iter().map(|(_, _, state)| state.clone()).collect()
-    };
-    for _ in 0..3 {
-        let sealed = chain_tail(&view(&states));
-        if sealed.incomplete.is_empty() {
-            break;
-        }
-        for position in sealed.incomplete.into_iter().rev() {
-            let addr = states[position].1.clone();
-            let request = SegmentStateRequest {
-                segment: Some(segment.clone()),
-                seal_epoch,
-                learn: sealed.history.clone(),
-                membership: wire_membership.clone(),
+        },
+        RecoveryError::QuorumLost {
+            reachable,
+            needed,
+            what,
+            detail,
+        } => {
+            let advice = if read_only || needed != WRITE_QUORUM {
+                ""
+            } else {
+                "; with 3 reachable, `sixfold mount --read-only` can still read the volume"
             };
-            let answer = match clients.get(&addr) {
-                Ok(mut client) => {
-                    tokio::time::timeout(RECOVERY_TIMEOUT, client.segment_state(request))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                }
-                Err(_) => None,
-            };
-            match answer {
-                Some(state) => {
-                    let state = state.into_inner();
-                    max_lsn_seen = max_lsn_seen.max(Lsn(state.max_lsn));
-                    states[position].2 = (Lsn(state.scl), state.truncations);
-                }
-                None => {
-                    states.remove(position);
-                }
+            VolumeError::QuorumLost {
+                volume: volume.to_owned(),
+                pg,
+                reachable,
+                needed,
+                detail: format!("{what}{advice}: {detail}"),
             }
         }
-    }
-    let ChainTail {
-        tail,
-        mut history,
-        incomplete,
-    } = chain_tail(&view(&states));
-    if !read_only && states.len() == members.len() && incomplete.is_empty() {
-        // Every segment applied every earlier truncation: none can still hold what those
-        // dropped, so this recovery's own truncation is the whole history from now on. (Lists
-        // would otherwise grow by one entry per mount and travel with every Append.)
-        history.clear();
-    }
-    let complete: Vec<(NodeId, Lsn)> = states
-        .iter()
-        .enumerate()
-        .filter(|(position, _)| !incomplete.contains(position))
-        .map(|(_, (node, _, (scl, _)))| (*node, *scl))
-        .collect();
-    if !membership.is_read_quorum(|n| complete.iter().any(|(c, _)| *c == n)) {
-        return Err(VolumeError::QuorumLost {
-            volume: volume.to_owned(),
-            pg,
-            reachable: complete.len(),
-            needed: READ_QUORUM,
-            detail: "sealed segments that applied every earlier truncation, 3 in every \
-                     configuration of the PG's membership"
-                .into(),
-        });
-    }
+    };
+    let mut recovery = PgRecovery::new(epoch, membership.clone(), read_only);
+    // Seal (a reader only asks), and ask again answers that missed a truncation.
+    let mut ask: Vec<NodeId> = membership.nodes();
+    let kept = loop {
+        let seal_epoch = recovery.seal_epoch().0;
+        let learn = recovery.learn().to_vec();
+        ask_nodes(
+            clients,
+            &nodes,
+            &ask,
+            |mut client| {
+                let request = SegmentStateRequest {
+                    segment: Some(segment.clone()),
+                    seal_epoch,
+                    learn: learn.clone(),
+                    membership: wire_membership.clone(),
+                };
+                async move { client.segment_state(request).await }
+            },
+            |node, answer| {
+                let answer = answer.map(|state| SealAnswer {
+                    epoch: Epoch(state.epoch),
+                    scl: Lsn(state.scl),
+                    max_lsn: Lsn(state.max_lsn),
+                    truncations: state.truncations,
+                });
+                recovery.on_seal(node, answer);
+            },
+        )
+        .await;
+        match recovery.decide_seal() {
+            SealDecision::Keep(kept) => break kept,
+            SealDecision::AskAgain { nodes, .. } => ask = nodes,
+            SealDecision::Fail(error) => return Err(failed(error)),
+            SealDecision::Wait => {
+                return Err(VolumeError::Invalid(format!(
+                    "recovery of {pg} waits for answers after a whole round (a bug)"
+                )))
+            }
+        }
+    };
     if read_only {
         // The read point is the tail; the complete answers at it can serve reads.
-        let scls = complete
-            .iter()
-            .map(|(node, scl)| (*node, (*scl).min(tail)))
-            .collect();
-        info!(volume, %pg, %tail, answered = states.len(), complete = complete.len(), "recovered PG for reading");
+        info!(volume, %pg, tail = %kept.tail, complete = kept.complete.len(), "recovered PG for reading");
         return Ok(RecoveredPg {
             pg,
             nodes,
-            tail,
-            scls,
-            max_lsn_seen,
-            truncations: history,
+            tail: kept.tail,
+            scls: kept.complete.clone(),
+            max_lsn_seen: kept.max_lsn_seen,
+            truncations: kept.history.clone(),
         });
     }
     // Apply the history, adopt the epoch and truncate beyond the tail at a write quorum.
-    let answers = ask_all(clients, &addrs, RECOVERY_TIMEOUT, |mut client| {
-        let request = OpenSegmentRequest {
-            segment: Some(segment.clone()),
-            epoch: epoch.0,
-            truncate_after: tail.0,
-            history: history.clone(),
-            peers: addrs.clone(),
-            membership: wire_membership.clone(),
-        };
-        async move { client.open_segment(request).await }
-    })
+    let all = membership.nodes();
+    let peers = nodes.addresses();
+    ask_nodes(
+        clients,
+        &nodes,
+        &all,
+        |mut client| {
+            let request = OpenSegmentRequest {
+                segment: Some(segment.clone()),
+                epoch: epoch.0,
+                truncate_after: kept.tail.0,
+                history: kept.history.clone(),
+                peers: peers.clone(),
+                membership: wire_membership.clone(),
+            };
+            async move { client.open_segment(request).await }
+        },
+        |node, answer| recovery.on_open(node, answer.map(|r| Lsn(r.scl))),
+    )
     .await;
-    let mut scls: BTreeMap<NodeId, Lsn> = BTreeMap::new();
-    let mut failures = Vec::new();
-    for Answer {
-        index,
-        addr,
-        result,
-    } in answers
-    {
-        match result {
-            Ok(response) => {
-                scls.insert(node_at(index), Lsn(response.scl).min(tail));
-            }
-            Err(error) => failures.push(format!("{addr}: {error}")),
+    match recovery.decide_open() {
+        OpenDecision::Settle => {}
+        OpenDecision::Fail(error) => return Err(failed(error)),
+        OpenDecision::Wait => {
+            return Err(VolumeError::Invalid(format!(
+                "opening {pg} waits for answers after a whole round (a bug)"
+            )))
         }
-    }
-    if !membership.is_write_quorum(|n| scls.contains_key(&n)) {
-        return Err(VolumeError::QuorumLost {
-            volume: volume.to_owned(),
-            pg,
-            reachable: scls.len(),
-            needed: WRITE_QUORUM,
-            detail: format!("opening segments in the new epoch: {}", failures.join("; ")),
-        });
     }
     // The kept chain may sit whole on one segment only (records no flush covered, that reached
     // few segments before the old writer died). This writer treats it as durable from the start
@@ -391,79 +331,55 @@ pub async fn recover_pg(
     // the holder, told the tail by OpenSegment. Found by the simulation: a flush returning right
     // after recovery, then a second recovery that did not hear from the holder, lost it.
     let settle_started = Instant::now();
-    let holding = |scls: &BTreeMap<NodeId, Lsn>| {
-        let holders: Vec<NodeId> = scls
-            .iter()
-            .filter(|(_, scl)| **scl >= tail)
-            .map(|(n, _)| *n)
-            .collect();
-        (
-            membership.is_write_quorum(|n| holders.contains(&n)),
-            holders.len(),
-        )
-    };
-    loop {
-        let (quorum, held_by) = holding(&scls);
-        if quorum {
-            break;
-        }
+    while !recovery.settled() {
         if settle_started.elapsed() > SETTLE_TIMEOUT {
             return Err(VolumeError::QuorumLost {
                 volume: volume.to_owned(),
                 pg,
-                reachable: held_by,
+                reachable: recovery.holders().len(),
                 needed: WRITE_QUORUM,
                 detail: format!(
-                    "segments holding the recovered chain up to {tail} after {SETTLE_TIMEOUT:?} \
-                     (the others could not fill it from their peers)"
+                    "segments holding the recovered chain up to {} after {SETTLE_TIMEOUT:?} \
+                     (the others could not fill it from their peers)",
+                    kept.tail
                 ),
             });
         }
         tokio::time::sleep(SETTLE_POLL).await;
         // A plain question (no seal: nothing to harden on the nodes at every poll).
-        let answers = ask_all(clients, &addrs, RECOVERY_TIMEOUT, |mut client| {
-            let request = SegmentStateRequest {
-                segment: Some(segment.clone()),
-                seal_epoch: 0,
-                learn: Vec::new(),
-                membership: wire_membership.clone(),
-            };
-            async move { client.segment_state(request).await }
-        })
-        .await;
-        for Answer { index, result, .. } in answers {
-            // Only a segment that applied this recovery's truncation holds the kept chain: a
-            // stale one may be complete to the tail on another history.
-            if let Ok(state) = result.as_ref() {
-                if state
-                    .truncations
-                    .iter()
-                    .any(|t| t.epoch == epoch.0 && t.truncate_after == tail.0)
-                {
-                    let scl = scls.entry(node_at(index)).or_default();
-                    *scl = (*scl).max(Lsn(state.scl).min(tail));
+        ask_nodes(
+            clients,
+            &nodes,
+            &all,
+            |mut client| {
+                let request = SegmentStateRequest {
+                    segment: Some(segment.clone()),
+                    seal_epoch: 0,
+                    learn: Vec::new(),
+                    membership: wire_membership.clone(),
+                };
+                async move { client.segment_state(request).await }
+            },
+            |node, answer| {
+                if let Ok(state) = answer {
+                    recovery.on_state(node, Lsn(state.scl), &state.truncations);
                 }
-            }
-        }
+            },
+        )
+        .await;
     }
     info!(
-        volume, %pg, %tail, answered = states.len(), opened = scls.len(),
-        earlier_truncations = history.len(),
+        volume, %pg, tail = %kept.tail, opened = recovery.opened().len(),
+        earlier_truncations = kept.history.len(),
         settle_ms = settle_started.elapsed().as_millis() as u64, "recovered PG"
     );
-    let mut truncations = history;
-    truncations.retain(|t| t.epoch < epoch.0);
-    truncations.push(Truncation {
-        epoch: epoch.0,
-        truncate_after: tail.0,
-    });
     Ok(RecoveredPg {
         pg,
         nodes,
-        tail,
-        scls,
-        max_lsn_seen,
-        truncations,
+        tail: kept.tail,
+        scls: recovery.opened().clone(),
+        max_lsn_seen: kept.max_lsn_seen,
+        truncations: recovery.truncations(),
     })
 }
 

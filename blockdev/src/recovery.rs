@@ -1,6 +1,13 @@
 //! Recovery decisions, pure: which chain tail a new writer keeps for a PG from the sealed
-//! segments' answers, and where its LSNs start. `open` drives them over the network; the
-//! simulation (`sim/`) drives them under faults.
+//! segments' answers, where its LSNs start, and the whole sequence of a PG's recovery as a
+//! state machine ([`PgRecovery`]). `open` drives them over the network; the simulation
+//! (`sim/`) drives the same code under faults.
+
+mod machine;
+
+pub use machine::{
+    Kept, OpenDecision, PgRecovery, RecoveryError, Refusal, SealAnswer, SealDecision, MAX_ASK_AGAIN,
+};
 
 use sixfold_proto::wire::Truncation;
 use sixfold_proto::Lsn;

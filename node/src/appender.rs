@@ -406,12 +406,13 @@ impl Appender {
             let own = index
                 .segment(&job.key)
                 .map_or(Epoch::default(), |s| s.history_epoch());
-            let known = index.epoch(&job.key.volume);
-            let list = crate::segment::history_epoch(&job.history);
-            list > own
-                && (job.epoch.is_some()
-                    || list >= known
-                    || job.authority.is_some_and(|writer| writer >= known))
+            crate::segment::adopts_history(
+                own,
+                index.epoch(&job.key.volume),
+                crate::segment::history_epoch(&job.history),
+                job.epoch.is_some(),
+                job.authority,
+            )
         };
         let mut frames = Vec::with_capacity(2);
         if let Some(epoch) = job.epoch {

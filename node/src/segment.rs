@@ -85,6 +85,25 @@ pub fn history_epoch(list: &[Truncation]) -> Epoch {
     list.iter().map(|t| t.epoch).max().unwrap_or_default()
 }
 
+/// Whether a segment adopts a truncation history whose newest epoch is `list`, holding a history
+/// of epoch `own` and knowing volume epoch `known`. `sealing`: the history comes with a
+/// recovering writer's epoch (its OpenSegment); `authority`: the epoch of the writer that handed
+/// it over in an Append or a seal's `learn` (None: a peer's gossip).
+///
+/// Only a newer history is adopted. And a segment sealed by a recovering writer (`known` newer
+/// than the list) keeps the state that writer read until the history comes from that writer or a
+/// newer one: a peer's intermediate list could drop records that writer decided to keep. The
+/// appender decides with this, and so does the simulation.
+pub fn adopts_history(
+    own: Epoch,
+    known: Epoch,
+    list: Epoch,
+    sealing: bool,
+    authority: Option<Epoch>,
+) -> bool {
+    list > own && (sealing || list >= known || authority.is_some_and(|writer| writer >= known))
+}
+
 impl Truncation {
     /// Whether applying `self` drops everything `other` drops.
     pub fn implies(&self, other: &Truncation) -> bool {

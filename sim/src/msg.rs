@@ -45,6 +45,8 @@ pub enum Msg {
         learn: Vec<Truncation>,
     },
     SealAck {
+        /// The epoch the segment holds after the seal.
+        epoch: Epoch,
         scl: Lsn,
         max_lsn: Lsn,
         truncations: Vec<Truncation>,

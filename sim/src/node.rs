@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use sixfold_node::index::SegmentKey;
 use sixfold_node::members::{self, ChangeMode};
 use sixfold_node::repair_pass::Answer;
-use sixfold_node::segment::{history_epoch, Location, RecordMeta, Segment, Truncation};
+use sixfold_node::segment::{
+    adopts_history, history_epoch, Location, RecordMeta, Segment, Truncation,
+};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 
@@ -86,10 +88,9 @@ impl SimNode {
                     return Some(Msg::StaleMembership);
                 }
                 self.epoch = epoch;
-                if variant != Variant::NoTruncationLearning {
-                    self.learn(&learn, Some(epoch));
-                }
+                self.learn(&learn, Some(epoch));
                 Some(Msg::SealAck {
+                    epoch: self.epoch,
                     scl: self.segment.scl(),
                     max_lsn: self.segment.max_lsn(),
                     truncations: self.segment.truncations().to_vec(),
@@ -211,13 +212,13 @@ impl SimNode {
     }
 
     /// Adopts a newer recovery's truncation history (voiding what it does not list, applying
-    /// what the segment missed), as the real node does.
-    /// `authority`: the epoch of the writer handing the history over (None: a peer). A
-    /// sealed segment keeps what its sealing writer read until the history comes from that
-    /// writer or a newer one (see `OpenJob::authority` in the node).
+    /// what the segment missed) when the node's rule says so (`segment::adopts_history`).
+    /// `authority`: the epoch of the writer handing the history over (None: a peer). Seals and
+    /// opens set the node's epoch to the writer's first, so their writer is the authority.
     fn learn(&mut self, history: &[Truncation], authority: Option<Epoch>) {
+        let own = self.segment.history_epoch();
         let list = history_epoch(history);
-        if list < self.epoch && authority.is_none_or(|writer| writer < self.epoch) {
+        if !adopts_history(own, self.epoch, list, false, authority) {
             return;
         }
         if self.segment.adopt(history).is_some() {

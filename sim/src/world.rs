@@ -490,8 +490,9 @@ impl World {
                 self.writers[w].follow(&meta, self.config.variant, &mut events);
                 self.on_events(w, events)?;
             }
-            let mut out = Vec::new();
-            self.writers[w].tick(self.now, &mut out);
+            let (mut out, mut events) = (Vec::new(), Vec::new());
+            self.writers[w].tick(self.now, self.config.variant, &mut out, &mut events);
+            self.on_events(w, events)?;
             for (i, msg) in out {
                 self.send(Addr::Writer(w), Addr::Node(i), msg);
             }

@@ -1,17 +1,21 @@
 //! A simulated writer: the mount's protocol logic with the network replaced by messages. Its
-//! bookkeeping is the real writer's: `sixfold_blockdev::ledger::Ledger` (LSN allocation, chains,
-//! PGCL/VCL/VDL, LAL), `sixfold_blockdev::recovery` (the chain tail recovery keeps, where new
-//! LSNs start) and the PG's `Membership` (what a write quorum and a read quorum are). Recovery
-//! follows `blockdev/src/open.rs`: seal at a write quorum of the membership the volume metadata
-//! shows, keep the chain tail of a read quorum of complete answers, open at a write quorum with
-//! the history of truncations, then write. A node refusing the membership as stale makes a
-//! recovering writer give up (the mount is tried again, reading the metadata again), and an
-//! open writer follow the metadata's newer membership (`blockdev/src/membership.rs`).
+//! decisions are the real writer's: `sixfold_blockdev::ledger::Ledger` (LSN allocation, chains,
+//! PGCL/VCL/VDL, LAL), `sixfold_blockdev::recovery::PgRecovery` (the whole recovery of a PG:
+//! seal, ask again, keep a chain tail, open, settle; `blockdev/src/open.rs` drives the same
+//! machine over gRPC), `recovery::new_start` (where new LSNs start) and the PG's `Membership`
+//! (what a write quorum and a read quorum are). What this file adds is the driving: a request
+//! is sent again every `RESEND_STEPS` (the transport's retransmission) and counts as failed
+//! after `TIMEOUT_STEPS` (the real recovery's timeout); a recovery that fails makes this writer
+//! give up (the mount is tried again by a new writer, reading the metadata again). An open
+//! writer refused as stale follows the metadata's newer membership
+//! (`blockdev/src/membership.rs`).
 
 use std::collections::{HashMap, HashSet};
 
 use sixfold_blockdev::ledger::Ledger;
-use sixfold_blockdev::recovery::{chain_tail, new_start};
+use sixfold_blockdev::recovery::{
+    new_start, OpenDecision, PgRecovery, RecoveryError, Refusal, SealAnswer, SealDecision,
+};
 use sixfold_node::segment::Truncation;
 use sixfold_proto::membership::Membership;
 use sixfold_proto::wire;
@@ -56,6 +60,9 @@ fn counted(membership: &Membership, variant: Variant) -> Membership {
 
 /// Steps without an answer before a request is sent again.
 const RESEND_STEPS: u64 = 12;
+/// Steps without an answer before a recovery request counts as failed (the real recovery's
+/// per-request timeout).
+const TIMEOUT_STEPS: u64 = 4 * RESEND_STEPS;
 /// Records per Append.
 const BATCH_MAX: usize = 8;
 /// Steps a writer waits for 4 segments to hold its kept chain before it gives up (the real
@@ -98,11 +105,10 @@ pub struct SimWriter {
     pub stale: bool,
     pub phase: Phase,
     pub lal: u64,
-    seal_answers: HashMap<usize, (Lsn, Lsn, Vec<Truncation>)>,
-    /// Segments that sealed (answered at least once), and what to hand those asked again.
-    sealed_by: HashSet<usize>,
-    learn: Vec<Truncation>,
-    open_scls: HashMap<usize, Lsn>,
+    /// The recovery of the PG: the real writer's decisions.
+    recovery: PgRecovery,
+    /// Per node: when the current recovery request was first sent (for its timeout).
+    asked_at: [Option<u64>; NODES],
     /// Recovery's chain tail, and every truncation (its own last) sent with every Append.
     pub tail: Lsn,
     start: Lsn,
@@ -120,6 +126,13 @@ pub struct SimWriter {
     opening_since: Option<u64>,
 }
 
+fn truncation(t: &wire::Truncation) -> Truncation {
+    Truncation {
+        epoch: Epoch(t.epoch),
+        after: Lsn(t.truncate_after),
+    }
+}
+
 fn to_wire(t: &Truncation) -> wire::Truncation {
     wire::Truncation {
         epoch: t.epoch.0,
@@ -127,25 +140,17 @@ fn to_wire(t: &Truncation) -> wire::Truncation {
     }
 }
 
-fn from_wire(t: &wire::Truncation) -> Truncation {
-    Truncation {
-        epoch: Epoch(t.epoch),
-        after: Lsn(t.truncate_after),
-    }
-}
-
 impl SimWriter {
     pub fn new(epoch: Epoch, lal: u64, membership: Membership) -> SimWriter {
+        let recovery = PgRecovery::new(epoch, membership.clone(), false);
         SimWriter {
             epoch,
             membership,
             stale: false,
             phase: Phase::Sealing,
             lal,
-            seal_answers: HashMap::new(),
-            sealed_by: HashSet::new(),
-            learn: Vec::new(),
-            open_scls: HashMap::new(),
+            recovery,
+            asked_at: [None; NODES],
             tail: Lsn::ZERO,
             start: Lsn::ZERO,
             truncations: Vec::new(),
@@ -163,8 +168,15 @@ impl SimWriter {
         matches!(self.phase, Phase::Sealing | Phase::Opening | Phase::Active)
     }
 
-    /// Requests due at step `now`: (segment, message).
-    pub fn tick(&mut self, now: u64, out: &mut Vec<(usize, Msg)>) {
+    /// Requests due at step `now`: (segment, message). During recovery, a request unanswered
+    /// for `TIMEOUT_STEPS` counts as failed (`events` gets what that made happen).
+    pub fn tick(
+        &mut self,
+        now: u64,
+        variant: Variant,
+        out: &mut Vec<(usize, Msg)>,
+        events: &mut Vec<Event>,
+    ) {
         if self.phase == Phase::Opening {
             let since = *self.opening_since.get_or_insert(now);
             if now > since + SETTLE_STEPS {
@@ -173,31 +185,46 @@ impl SimWriter {
                 return;
             }
         }
+        if matches!(self.phase, Phase::Sealing | Phase::Opening) {
+            let waiting: Vec<NodeId> = self.recovery.waiting().iter().copied().collect();
+            for node in waiting {
+                let i = index_of(node);
+                let asked = *self.asked_at[i].get_or_insert(now);
+                if now >= asked + TIMEOUT_STEPS {
+                    let failed = Refusal::Failed(format!("node {i}: timed out"));
+                    match self.phase {
+                        Phase::Sealing => self.recovery.on_seal(node, Err(failed)),
+                        _ => self.recovery.on_open(node, Err(failed)),
+                    }
+                    self.advance(variant, events);
+                }
+            }
+        }
+        let tail = self.tail;
         for i in self.membership.nodes().into_iter().map(index_of) {
             let due = now >= self.sent_at[i] + RESEND_STEPS || self.sent_at[i] == 0;
+            let waiting = self.recovery.waiting().contains(&node_id(i));
             match self.phase {
-                Phase::Sealing if due && !self.seal_answers.contains_key(&i) => {
+                Phase::Sealing if due && waiting => {
                     out.push((
                         i,
                         Msg::Seal {
                             epoch: self.epoch,
                             membership: self.membership.clone(),
-                            learn: self.learn.clone(),
+                            learn: self.recovery.learn().iter().map(truncation).collect(),
                         },
                     ));
                     self.sent_at[i] = now;
                 }
-                // Until 4 segments hold the kept chain, ask again (OpenSegment is idempotent):
-                // they gap-fill it from the holder meanwhile.
-                Phase::Opening
-                    if due && self.open_scls.get(&i).is_none_or(|scl| *scl < self.tail) =>
-                {
+                // Opening, then until 4 segments hold the kept chain, ask again (OpenSegment is
+                // idempotent): they gap-fill it from the holder meanwhile.
+                Phase::Opening if due && !self.recovery.holders().contains(&node_id(i)) => {
                     out.push((
                         i,
                         Msg::Open {
                             epoch: self.epoch,
                             membership: self.membership.clone(),
-                            tail: self.tail,
+                            tail,
                             history: self.truncations[..self.truncations.len() - 1].to_vec(),
                         },
                     ));
@@ -251,71 +278,57 @@ impl SimWriter {
 
     /// Handles an answer from segment `i`.
     pub fn on_msg(&mut self, i: usize, msg: Msg, variant: Variant, events: &mut Vec<Event>) {
+        let node = node_id(i);
         match (self.phase, msg) {
-            (Phase::Sealing | Phase::Opening | Phase::Active, Msg::Fenced { epoch })
-                if epoch > self.epoch =>
-            {
+            (Phase::Sealing, Msg::Fenced { .. }) => {
+                self.recovery.on_seal(node, Err(Refusal::Fenced));
+                self.advance(variant, events);
+            }
+            (Phase::Opening, Msg::Fenced { .. }) => {
+                self.recovery.on_open(node, Err(Refusal::Fenced));
+                self.advance(variant, events);
+            }
+            (Phase::Active, Msg::Fenced { epoch }) if epoch > self.epoch => {
                 self.phase = Phase::Fenced;
                 self.pending_flushes.clear();
                 events.push(Event::Fenced);
             }
-            // A newer membership is in force: a recovery gives up (the mount is tried again
-            // with the metadata's), an open writer follows the metadata's.
-            (Phase::Sealing | Phase::Opening, Msg::StaleMembership) => {
-                self.phase = Phase::Dead;
+            (Phase::Sealing, Msg::StaleMembership) => {
+                self.recovery.on_seal(node, Err(Refusal::StaleMembership));
+                self.advance(variant, events);
             }
+            (Phase::Opening, Msg::StaleMembership) => {
+                self.recovery.on_open(node, Err(Refusal::StaleMembership));
+                self.advance(variant, events);
+            }
+            // A newer membership is in force: an open writer follows the metadata's.
             (Phase::Active, Msg::StaleMembership) => self.stale = true,
             (
                 Phase::Sealing,
                 Msg::SealAck {
+                    epoch,
                     scl,
                     max_lsn,
                     truncations,
                 },
             ) => {
-                self.seal_answers.insert(i, (scl, max_lsn, truncations));
-                self.sealed_by.insert(i);
-                let sealed_by = &self.sealed_by;
-                if self
-                    .membership
-                    .is_write_quorum(|n| sealed_by.contains(&index_of(n)))
-                {
-                    if let Some(holder) = self.sealed(variant) {
-                        events.push(Event::Sealed {
-                            tail: self.tail,
-                            holder,
-                        });
-                    }
-                }
+                let answer = SealAnswer {
+                    epoch,
+                    scl,
+                    max_lsn,
+                    truncations: truncations.iter().map(to_wire).collect(),
+                };
+                self.recovery.on_seal(node, Ok(answer));
+                self.advance(variant, events);
             }
             (Phase::Opening, Msg::OpenAck { scl }) => {
-                self.open_scls.insert(i, scl.min(self.tail));
-                let (open_scls, tail) = (&self.open_scls, self.tail);
-                let holding = |n: NodeId| open_scls.get(&index_of(n)).is_some_and(|s| *s >= tail);
-                if self.membership.is_write_quorum(holding) {
-                    let mut scls = [Lsn::ZERO; NODES];
-                    for (i, scl) in &self.open_scls {
-                        scls[*i] = *scl;
-                    }
-                    let mut ledger = Ledger::new(self.start, self.lal);
-                    let acked = self
-                        .membership
-                        .nodes()
-                        .into_iter()
-                        .map(|n| (n, scls[index_of(n)]))
-                        .collect();
-                    ledger.add_pg(PG, self.tail, counted(&self.membership, variant), acked);
-                    self.ledger = Some(ledger);
-                    self.sent = scls;
-                    self.sent_at = [0; NODES];
-                    self.phase = Phase::Active;
-                    events.push(Event::Opened);
-                }
+                self.recovery.on_open(node, Ok(scl));
+                self.advance(variant, events);
             }
             (Phase::Active, Msg::AppendAck { scl }) => {
                 if let Some(ledger) = &mut self.ledger {
-                    if self.membership.contains(node_id(i)) {
-                        ledger.handle_ack(PG, node_id(i), scl);
+                    if self.membership.contains(node) {
+                        ledger.handle_ack(PG, node, scl);
                     }
                 }
                 self.complete_flushes(variant, events);
@@ -324,70 +337,63 @@ impl SimWriter {
         }
     }
 
-    /// Sealing reached a write quorum: with 3 answers that know every truncation any answer
-    /// shows, choose the tail, the history and the start; otherwise ask the others again with
-    /// the history to apply. Returns the segment whose answer holds the chosen chain.
-    fn sealed(&mut self, _variant: Variant) -> Option<usize> {
-        let answers: Vec<(usize, (Lsn, Vec<wire::Truncation>))> = self
-            .seal_answers
-            .iter()
-            .map(|(i, (scl, _, ts))| (*i, (*scl, ts.iter().map(to_wire).collect())))
-            .collect();
-        let states: Vec<(Lsn, Vec<wire::Truncation>)> =
-            answers.iter().map(|(_, state)| state.clone()).collect();
-        let sealed = chain_tail(&states);
-        let complete: HashSet<usize> = answers
-            .iter()
-            .enumerate()
-            .filter(|(position, _)| !sealed.incomplete.contains(position))
-            .map(|(_, (i, _))| *i)
-            .collect();
-        if !self
-            .membership
-            .is_read_quorum(|n| complete.contains(&index_of(n)))
-        {
-            self.learn = sealed.history.iter().map(from_wire).collect();
-            for position in &sealed.incomplete {
-                let i = answers[*position].0;
-                self.seal_answers.remove(&i);
-                self.sent_at[i] = 0;
-            }
-            return None;
-        }
-        let tail = sealed.tail;
-        let holder = answers
-            .iter()
-            .enumerate()
-            .find(|(position, (_, (scl, _)))| !sealed.incomplete.contains(position) && *scl == tail)
-            .map_or(0, |(_, (i, _))| *i);
-        let max_seen = self
-            .seal_answers
-            .values()
-            .map(|(_, max_lsn, _)| *max_lsn)
-            .max()
-            .unwrap_or(Lsn::ZERO)
-            .max(tail);
-        self.tail = tail;
-        self.start = new_start(max_seen, self.lal);
-        // All six hold every earlier truncation: this recovery's own is the whole history.
-        self.truncations =
-            if states.len() == self.membership.nodes().len() && sealed.incomplete.is_empty() {
-                Vec::new()
+    /// Acts on what the recovery decides after an answer (or a timeout).
+    fn advance(&mut self, variant: Variant, events: &mut Vec<Event>) {
+        let failed = |this: &mut SimWriter, error: RecoveryError, events: &mut Vec<Event>| {
+            if error == RecoveryError::Fenced {
+                this.phase = Phase::Fenced;
+                events.push(Event::Fenced);
             } else {
-                sealed
-                    .history
-                    .iter()
-                    .map(from_wire)
-                    .filter(|t| t.epoch < self.epoch)
-                    .collect()
-            };
-        self.truncations.push(Truncation {
-            epoch: self.epoch,
-            after: tail,
-        });
-        self.phase = Phase::Opening;
-        self.sent_at = [0; NODES];
-        Some(holder)
+                // The mount fails; a new writer mounts again (reading the metadata again).
+                this.phase = Phase::Dead;
+            }
+        };
+        if self.phase == Phase::Sealing {
+            match self.recovery.decide_seal() {
+                SealDecision::Wait => {}
+                SealDecision::AskAgain { nodes, .. } => {
+                    for node in nodes {
+                        self.asked_at[index_of(node)] = None;
+                        self.sent_at[index_of(node)] = 0;
+                    }
+                }
+                SealDecision::Fail(error) => failed(self, error, events),
+                SealDecision::Keep(kept) => {
+                    self.tail = kept.tail;
+                    self.start = new_start(kept.max_lsn_seen, self.lal);
+                    self.truncations = self.recovery.truncations().iter().map(truncation).collect();
+                    self.phase = Phase::Opening;
+                    self.asked_at = [None; NODES];
+                    self.sent_at = [0; NODES];
+                    events.push(Event::Sealed {
+                        tail: kept.tail,
+                        holder: index_of(kept.holder),
+                    });
+                }
+            }
+        }
+        if self.phase != Phase::Opening {
+            return;
+        }
+        match self.recovery.decide_open() {
+            OpenDecision::Wait => {}
+            OpenDecision::Fail(error) => failed(self, error, events),
+            OpenDecision::Settle if self.recovery.settled() => {
+                let mut ledger = Ledger::new(self.start, self.lal);
+                let opened = self.recovery.opened().clone();
+                let mut scls = [Lsn::ZERO; NODES];
+                for (node, scl) in &opened {
+                    scls[index_of(*node)] = *scl;
+                }
+                ledger.add_pg(PG, self.tail, counted(&self.membership, variant), opened);
+                self.ledger = Some(ledger);
+                self.sent = scls;
+                self.sent_at = [0; NODES];
+                self.phase = Phase::Active;
+                events.push(Event::Opened);
+            }
+            OpenDecision::Settle => {}
+        }
     }
 
     /// Follows `newer`, the metadata's membership, when it is newer than this writer's: the
