@@ -7,6 +7,10 @@
 //! the highest version among the answers is the newest durable one.
 //!
 //! Only the single writer of a volume writes its metadata (versions increase by one per write).
+//! A mount becomes that writer by [`claim`]ing the next version: a node refuses a version it
+//! holds with other contents, so of two mounts claiming one version at most one reaches a write
+//! quorum; when they split the nodes so that neither does, both try again at the next version
+//! after a random pause (before, both failed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,12 +104,59 @@ fn newest_of(answers: Vec<VolumeMeta>) -> Option<VolumeMeta> {
     Some(newest)
 }
 
-/// Writes `meta` to the volume's six metadata nodes; succeeds at a write quorum.
-pub async fn write(
+/// Why a metadata write fell short of a write quorum.
+struct Shortfall {
+    acks: usize,
+    /// Nodes that refused the version: they hold it (or a newer one) with other contents.
+    refused: usize,
+    /// Nodes that did not answer: they may hold anything.
+    unreachable: usize,
+    /// A node holds a newer version: another writer wrote after the version we read.
+    newer: bool,
+    failures: Vec<String>,
+}
+
+impl Shortfall {
+    /// No other writer can have reached a write quorum with this version either (the nodes
+    /// that refused ours, plus those that did not answer, are fewer than 4): two mounts
+    /// claimed the same version at once and split the nodes between them. Neither won; a new
+    /// attempt at the next version can.
+    fn nobody_won(&self) -> bool {
+        !self.newer && self.refused + self.unreachable < WRITE_QUORUM
+    }
+
+    fn into_error(self, meta: &VolumeMeta) -> VolumeError {
+        if self.refused == 0 && !self.newer {
+            // Only unreachable nodes kept it from a quorum: more of them answering would do.
+            return VolumeError::MetaUnreachable {
+                volume: meta.name.clone(),
+                answered: self.acks,
+                needed: WRITE_QUORUM,
+                detail: format!(
+                    " to write metadata version {}; unreachable: {}",
+                    meta.version,
+                    self.failures.join("; ")
+                ),
+            };
+        }
+        VolumeError::Meta {
+            volume: meta.name.clone(),
+            detail: format!(
+                "metadata version {} reached only {} of 6 nodes, {WRITE_QUORUM} needed: {}",
+                meta.version,
+                self.acks,
+                self.failures.join("; ")
+            ),
+        }
+    }
+}
+
+/// Sends `meta` to the volume's six metadata nodes and counts their answers.
+async fn put(
     clients: &Arc<Clients>,
     cluster: &ClusterConfig,
     meta: &VolumeMeta,
-) -> Result<(), VolumeError> {
+) -> Result<Result<(), Shortfall>, VolumeError> {
     let placed = meta_nodes(cluster, &meta.name)?;
     let answers = ask_all(clients, &placed, META_TIMEOUT, |mut client| {
         let request = PutVolumeMetaRequest {
@@ -114,47 +165,116 @@ pub async fn write(
         async move { client.put_volume_meta(request).await }
     })
     .await;
-    let mut acks = 0;
-    let mut failures = Vec::new();
-    let mut newer = false;
+    let mut shortfall = Shortfall {
+        acks: 0,
+        refused: 0,
+        unreachable: 0,
+        newer: false,
+        failures: Vec::new(),
+    };
     for Answer { addr, result, .. } in answers {
         match result {
-            Ok(response) if response.version == meta.version => acks += 1,
+            Ok(response) if response.version == meta.version => shortfall.acks += 1,
             Ok(response) => {
-                newer = true;
-                failures.push(format!(
+                shortfall.newer = true;
+                shortfall.refused += 1;
+                shortfall.failures.push(format!(
                     "{addr}: node holds version {}, newer than ours ({}): another writer?",
                     response.version, meta.version
                 ))
             }
             Err(error) => {
-                newer |= error.contains("FailedPrecondition") || error.contains("InvalidArgument");
-                failures.push(format!("{addr}: {error}"))
+                if error.contains("FailedPrecondition") || error.contains("InvalidArgument") {
+                    shortfall.refused += 1;
+                } else {
+                    shortfall.unreachable += 1;
+                }
+                shortfall.failures.push(format!("{addr}: {error}"))
             }
         }
     }
-    if acks < WRITE_QUORUM && !newer {
-        // Only unreachable nodes kept it from a quorum: more of them answering would do.
-        return Err(VolumeError::MetaUnreachable {
-            volume: meta.name.clone(),
-            answered: acks,
-            needed: WRITE_QUORUM,
-            detail: format!(
-                " to write metadata version {}; unreachable: {}",
-                meta.version,
-                failures.join("; ")
-            ),
-        });
+    if shortfall.acks >= WRITE_QUORUM {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(shortfall))
     }
-    if acks < WRITE_QUORUM {
-        return Err(VolumeError::Meta {
+}
+
+/// Writes `meta` to the volume's six metadata nodes; succeeds at a write quorum.
+pub async fn write(
+    clients: &Arc<Clients>,
+    cluster: &ClusterConfig,
+    meta: &VolumeMeta,
+) -> Result<(), VolumeError> {
+    put(clients, cluster, meta)
+        .await?
+        .map_err(|shortfall| shortfall.into_error(meta))
+}
+
+/// How many times [`claim`] tries again after a tie.
+const CLAIM_ATTEMPTS: u32 = 8;
+
+/// Becomes the volume's writer: writes `meta` (read from a quorum, then given the next epoch
+/// and version by the caller). When two mounts claim the same version at once and split the
+/// nodes so that neither reaches a write quorum, both would fail; each instead waits a random
+/// moment, reads the metadata again and, if it is still at the tied version, claims the next
+/// one, until one wins. A mount that finds another's claim possibly won (a write quorum may hold
+/// it, or the metadata moved past the tie) fails, as before: the node refusing a version held
+/// with other contents is what keeps two writers out of one epoch.
+pub async fn claim(
+    clients: &Arc<Clients>,
+    cluster: &ClusterConfig,
+    meta: &mut VolumeMeta,
+) -> Result<(), VolumeError> {
+    let mut attempt = 1;
+    loop {
+        let shortfall = match put(clients, cluster, meta).await? {
+            Ok(()) => return Ok(()),
+            Err(shortfall) => shortfall,
+        };
+        if !shortfall.nobody_won() || attempt == CLAIM_ATTEMPTS {
+            return Err(shortfall.into_error(meta));
+        }
+        let pause = Duration::from_millis(10 + sixfold_proto::random_u64() % 200);
+        tracing::info!(
+            volume = %meta.name, version = meta.version, acks = shortfall.acks,
+            refused = shortfall.refused, ?pause,
+            "another mount claimed the same metadata version and neither won: trying again"
+        );
+        tokio::time::sleep(pause).await;
+        let newest =
+            read(clients, cluster, &meta.name)
+                .await?
+                .ok_or_else(|| VolumeError::Meta {
+                    volume: meta.name.clone(),
+                    detail: "disappeared while mounting".into(),
+                })?;
+        if newest.version > meta.version {
+            // The other mount won meanwhile (at the next version): this one loses the race
+            // rather than fencing the winner.
+            return Err(VolumeError::Meta {
+                volume: meta.name.clone(),
+                detail: format!(
+                    "another writer opened the volume at the same time (it holds metadata \
+                     version {}; ours was {})",
+                    newest.version, meta.version
+                ),
+            });
+        }
+        let writer = meta.writer;
+        *meta = newest;
+        meta.epoch = meta.epoch.checked_add(1).ok_or_else(|| VolumeError::Meta {
             volume: meta.name.clone(),
-            detail: format!(
-                "metadata version {} reached only {acks} of 6 nodes, {WRITE_QUORUM} needed: {}",
-                meta.version,
-                failures.join("; ")
-            ),
-        });
+            detail: "epoch overflow".into(),
+        })?;
+        meta.version = meta
+            .version
+            .checked_add(1)
+            .ok_or_else(|| VolumeError::Meta {
+                volume: meta.name.clone(),
+                detail: "version overflow".into(),
+            })?;
+        meta.writer = writer;
+        attempt += 1;
     }
-    Ok(())
 }

@@ -144,7 +144,7 @@ impl Volume {
             meta.epoch += 1;
             meta.version += 1;
             meta.writer = writer_id();
-            meta::write(&clients, &options.cluster, &meta)
+            meta::claim(&clients, &options.cluster, &mut meta)
                 .await
                 .map_err(|error| {
                     let advice = " (becoming the writer needs 4 of 6; with 3 reachable, \
