@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sixfold_proto::cluster::ClusterConfig;
 use sixfold_proto::wire::{NodeStatusRequest, NodeStatusResponse};
-use sixfold_proto::{Lsn, COPIES, PG_BYTES, WRITE_QUORUM};
+use sixfold_proto::{Lsn, NodeId, COPIES, PG_BYTES, WRITE_QUORUM};
 
 use crate::clients::{ask_all, Clients};
 use crate::error::VolumeError;
@@ -670,6 +670,15 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
             }
         }
     }
+    // Each answering node's address by its id: a membership names nodes by id, the placement
+    // by address, and the two lists need not be in the same order.
+    let addr_of: HashMap<NodeId, String> = answers
+        .iter()
+        .filter_map(|(addr, answer)| {
+            let status = answer.as_ref().ok()?;
+            (status.node_id != 0).then(|| (NodeId(status.node_id), addr.clone()))
+        })
+        .collect();
     let mut pgs = Vec::new();
     let mut stored_bytes = 0;
     if let Some(meta) = &meta {
@@ -722,13 +731,17 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                 .membership
                 .as_ref()
                 .and_then(|m| sixfold_proto::membership::Membership::from_wire(m).ok());
+            // Where node `n` of the membership sits in the placement's list: by its address when
+            // it answered, else by its position in the membership.
+            let position_of = |nodes: &[NodeId], n: NodeId| match addr_of.get(&n) {
+                Some(addr) => placement.nodes.iter().position(|a| a == addr),
+                None => nodes.iter().position(|m| *m == n),
+            };
             let pgcl = match &membership {
                 Some(membership) => {
                     let nodes = membership.nodes();
                     membership.pgcl(|n| {
-                        nodes
-                            .iter()
-                            .position(|m| *m == n)
+                        position_of(&nodes, n)
                             .and_then(|i| scls.get(i).copied())
                             .unwrap_or(Lsn::ZERO)
                     })
@@ -745,7 +758,7 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     let nodes = m.nodes();
                     m.members
                         .iter()
-                        .filter_map(|member| nodes.iter().position(|n| n == member))
+                        .filter_map(|member| position_of(&nodes, *member))
                         .collect()
                 }
                 None => (0..segments.len().min(COPIES)).collect(),
@@ -774,10 +787,9 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                     .flat_map(|m| {
                         let nodes = m.nodes();
                         let statuses = &statuses;
+                        let position_of = &position_of;
                         m.changes.iter().map(move |c| {
-                            let status = nodes
-                                .iter()
-                                .position(|n| *n == c.to)
+                            let status = position_of(&nodes, c.to)
                                 .and_then(|i| statuses.get(i).copied().flatten());
                             RepairProgress::of(format!("{} -> {}", c.from, c.to), status)
                         })

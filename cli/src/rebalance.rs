@@ -291,6 +291,9 @@ async fn apply(
                     eprintln!("sixfold rebalance: {} not moved: {why}", m.pg);
                     skipped += 1;
                 }
+                // An earlier attempt's step fell short of a write quorum, and the PG's driver
+                // pushed it on to the end.
+                Err(Begin::Made) => done += 1,
             }
         }
         deferred.extend(pending);
@@ -335,6 +338,8 @@ enum Begin {
     Later(String),
     /// The plan no longer fits the PG.
     Never(String),
+    /// The PG already holds the move's result.
+    Made,
 }
 
 /// Begins `m`: a step from the membership the PG's nodes hold, at a write quorum of it, then
@@ -350,6 +355,9 @@ async fn begin(clients: &Arc<Clients>, list: &NodeList, m: &Move) -> Result<Segm
         return Err(Begin::Later("a membership change is under way".into()));
     }
     let current = &view.membership;
+    if current.contains(m.to) && !current.contains(m.from) {
+        return Err(Begin::Made);
+    }
     if !current.contains(m.from) || current.contains(m.to) {
         return Err(Begin::Never(format!(
             "its membership changed meanwhile ({current})"
@@ -364,9 +372,10 @@ async fn begin(clients: &Arc<Clients>, list: &NodeList, m: &Move) -> Result<Segm
     targets.extend(proposed.nodes());
     targets.sort_unstable();
     targets.dedup();
-    let mut held = Vec::new();
+    // To every node at once: one slow node does not hold the others back.
+    let mut calls = tokio::task::JoinSet::new();
     for node in targets {
-        let Some(client) = addr(node).and_then(|a| clients.get(&a).ok()) else {
+        let Some(mut client) = addr(node).and_then(|a| clients.get(&a).ok()) else {
             continue;
         };
         let request = ChangeMembershipRequest {
@@ -378,9 +387,14 @@ async fn begin(clients: &Arc<Clients>, list: &NodeList, m: &Move) -> Result<Segm
             catch_up: false,
             superseded: None,
         };
-        let answer =
-            tokio::time::timeout(CALL_TIMEOUT, client.clone().change_membership(request)).await;
-        if let Ok(Ok(_)) = answer {
+        calls.spawn(async move {
+            let answer = tokio::time::timeout(CALL_TIMEOUT, client.change_membership(request));
+            (node, matches!(answer.await, Ok(Ok(_))))
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok((node, true)) = joined {
             held.push(node);
         }
     }

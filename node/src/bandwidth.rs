@@ -47,7 +47,8 @@ impl TokenBucket {
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / rate)
+            // Finite and positive here; a debt too large to express waits a day at most.
+            Duration::try_from_secs_f64(-self.tokens / rate).unwrap_or(Duration::from_secs(86_400))
         }
     }
 }

@@ -100,10 +100,23 @@ impl Default for RepairConfig {
     }
 }
 
-/// What the driver knows of each node: when it last answered, and since when it is watched.
+/// What the driver knows of each node: when it last answered (the moment its answer arrived),
+/// and since when it is watched.
+///
+/// A node is alive if it answered within `PEER_ALIVE_FOR` of the start of the current pass, not
+/// of the moment a decision is taken: a pass may wait for silent nodes (a frozen process or a
+/// network cut answers nothing, not even a refusal, and each call waits out its timeout), and
+/// before this rule every node that did answer looked dead to the decisions taken after such
+/// waits, so that no replacement could be placed anywhere (found by the nested-failure test).
 struct Liveness {
     started: Instant,
+    /// When the current pass began.
+    pass_started: Instant,
     answered: HashMap<NodeId, Instant>,
+    /// Nodes this pass's ping asked: those of them that did not answer are not asked again in
+    /// the same pass (each question to a silent node waits out its timeout, and a pass asks
+    /// the nodes of every PG it drives, one PG after the other).
+    pinged: std::collections::HashSet<NodeId>,
 }
 
 impl Liveness {
@@ -112,10 +125,19 @@ impl Liveness {
         now.saturating_duration_since(since)
     }
 
-    fn alive(&self, node: NodeId, now: Instant) -> bool {
+    /// Silent to this pass's ping: not worth another question this pass.
+    fn silent_this_pass(&self, node: NodeId) -> bool {
+        self.pinged.contains(&node)
+            && self
+                .answered
+                .get(&node)
+                .is_none_or(|at| *at < self.pass_started)
+    }
+
+    fn alive(&self, node: NodeId) -> bool {
         self.answered
             .get(&node)
-            .is_some_and(|at| now.saturating_duration_since(*at) < PEER_ALIVE_FOR)
+            .is_some_and(|at| self.pass_started.saturating_duration_since(*at) < PEER_ALIVE_FOR)
     }
 }
 
@@ -142,7 +164,9 @@ pub async fn run(store: Store, config: RepairConfig) {
         config,
         liveness: Liveness {
             started: Instant::now(),
+            pass_started: Instant::now(),
             answered: HashMap::new(),
+            pinged: std::collections::HashSet::new(),
         },
         clients: HashMap::new(),
         degraded_logged: HashMap::new(),
@@ -176,9 +200,9 @@ impl Driver {
         let Some(list) = self.store.node_list() else {
             return; // no cluster yet: nothing can be placed
         };
+        self.liveness.pass_started = Instant::now();
         self.ping(&list).await;
         let own = self.store.node_id();
-        let now = Instant::now();
         let mut under_way = 0;
         let mut driven = Vec::new();
         let memberships = self.store.segment_memberships();
@@ -203,7 +227,7 @@ impl Driver {
             let outranked = membership
                 .nodes()
                 .into_iter()
-                .any(|n| n != own && rank(&key, n) > mine && self.liveness.alive(n, now));
+                .any(|n| n != own && rank(&key, n) > mine && self.liveness.alive(n));
             // An outranked node still looks now and then: the node that outranks it may be
             // stuck on a stale view of the PG (it lags, or was replaced), and would never drive.
             let fallback =
@@ -241,6 +265,7 @@ impl Driver {
 
     /// NodeStatus to every voter of the node list: who is alive.
     async fn ping(&mut self, list: &NodeList) {
+        self.liveness.pinged.clear();
         let mut calls = JoinSet::new();
         for node in list.voters() {
             if node.id == self.store.node_id() {
@@ -250,18 +275,20 @@ impl Driver {
                 continue;
             };
             let id = node.id;
+            self.liveness.pinged.insert(id);
             calls.spawn(async move {
                 let answered = client.node_status(NodeStatusRequest {}).await;
                 (id, answered.map(|r| r.into_inner().node_id))
             });
         }
-        let now = Instant::now();
-        self.liveness.answered.insert(self.store.node_id(), now);
+        self.liveness
+            .answered
+            .insert(self.store.node_id(), Instant::now());
         while let Some(joined) = calls.join_next().await {
             if let Ok((id, Ok(reported))) = joined {
                 // A process at the address that is another node (a replaced machine) is not it.
                 if reported == id.0 {
-                    self.liveness.answered.insert(id, now);
+                    self.liveness.answered.insert(id, Instant::now());
                 }
             }
         }
@@ -306,7 +333,7 @@ impl Driver {
         let live: BTreeSet<NodeId> = list
             .voters()
             .map(|n| n.id)
-            .filter(|n| self.liveness.alive(*n, now))
+            .filter(|n| self.liveness.alive(*n))
             .collect();
         let liveness = &self.liveness;
         let silent_for = |node: NodeId| liveness.silent_for(node, now);
@@ -326,6 +353,7 @@ impl Driver {
         };
         let pg = self.pgs.entry(key.clone()).or_default();
         let pass = pg.pass(&input);
+        debug!(segment = %key, plan = ?pass.plan, action = ?pass.action, live = live.len(), "repair pass");
         if let Some(established) = &pass.record {
             // Recorded right after the step, or else (a driver that died in between, metadata
             // nodes that did not answer, a PG the writer had not recorded yet) now.
@@ -392,6 +420,9 @@ impl Driver {
     ) -> BTreeMap<NodeId, Answer> {
         let mut calls = JoinSet::new();
         for (node, addr) in addrs {
+            if self.liveness.silent_this_pass(*node) {
+                continue;
+            }
             let Some(mut client) = self.client(addr) else {
                 continue;
             };
@@ -405,13 +436,12 @@ impl Driver {
             calls.spawn(async move { (node, client.segment_state(request).await) });
         }
         let mut answers = BTreeMap::new();
-        let now = Instant::now();
         while let Some(joined) = calls.join_next().await {
             let Ok((node, Ok(response))) = joined else {
                 continue;
             };
             let state = response.into_inner();
-            self.liveness.answered.insert(node, now);
+            self.liveness.answered.insert(node, Instant::now());
             let decode = |m: Option<&sixfold_proto::wire::Membership>| {
                 m.and_then(|m| Membership::from_wire(m).ok())
             };
@@ -446,7 +476,10 @@ impl Driver {
             .collect();
         let mut calls = JoinSet::new();
         for node in &send.to {
-            let Some(addr) = addrs.get(node) else {
+            let Some(addr) = addrs
+                .get(node)
+                .filter(|_| !self.liveness.silent_this_pass(*node))
+            else {
                 continue;
             };
             let Some(mut client) = self.client(addr) else {

@@ -2,7 +2,10 @@
 //! - the lost node comes back while its replacement cannot catch up (frozen): the change is
 //!   rolled back, the PG ends on its six old members (never seven), and the data reads back;
 //! - the writer is killed while a PG is on the quorum set of old and new members and mounted
-//!   again: recovery uses that quorum set, and nothing acknowledged is lost.
+//!   again: recovery uses that quorum set, and nothing acknowledged is lost;
+//! - a second node of the PG is lost in another AZ while the first replacement cannot finish:
+//!   the second replacement nests (the paper's (ABCDEF AND ABCDEG) AND (ABCDFH AND ABCDGH)),
+//!   writes and fsync go on throughout, and both complete.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -176,6 +179,96 @@ fn a_writer_killed_mid_change_recovers_with_the_quorum_set() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     shadow.verify(&volume, 32, 5)?;
+    drop(volume);
+    mount.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn a_second_loss_mid_change_nests_and_both_complete() -> Result<()> {
+    require_fuse();
+    let dir = test_dir("repair_nested");
+    // Two losses a second apart: the first replacement begins 6 s after the first, and its new
+    // node copies the 48 MiB written at 4 MiB/s, so that it is still copying when the second
+    // replacement begins on top of it (one driver pass later).
+    let mut cluster = Cluster::start_with_options(
+        &dir,
+        9,
+        &["--repair-after", "6s", "--repair-bandwidth", "4MiB"],
+    )?;
+    let mount = Mount::start(&cluster, "nest", "8G", &dir.join("mnt"))?;
+    let volume = File::options()
+        .read(true)
+        .write(true)
+        .open(mount.volume_path())?;
+    let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
+    let mut writes = RandomWrites::new(53, VOLUME_BYTES, 128 << 10);
+    write_fsynced(&volume, &mut shadow, &mut writes, 48 << 20)?;
+
+    let az = cluster.az_of();
+    let (nodes, begun, _) = pg0(&cluster, "nest")?;
+    let first_addr = nodes[0].clone();
+    let second_addr = nodes
+        .iter()
+        .find(|n| az[*n] != az[&first_addr])
+        .context("a member in another AZ")?
+        .clone();
+    let (first, second) = (
+        cluster.index_of(&first_addr)?,
+        cluster.index_of(&second_addr)?,
+    );
+    cluster.kill_node(first);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.kill_node(second);
+    // Writes and fsync go on while the second replacement begins on top of the first.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        write_fsynced(&volume, &mut shadow, &mut writes, 256 << 10)
+            .context("writes go on with two members lost mid-change")?;
+        let (nodes, epoch, changes) = pg0(&cluster, "nest")?;
+        if changes.len() == 2 {
+            ensure!(
+                epoch >= begun + 2,
+                "two steps, one per epoch: epoch {epoch}"
+            );
+            ensure!(
+                nodes.len() == 8,
+                "six members and two joining: {nodes:?}, {changes:?}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the second replacement did not nest within 60 s: {nodes:?}, {changes:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        write_fsynced(&volume, &mut shadow, &mut writes, 1 << 20)?;
+        let (nodes, epoch, changes) = pg0(&cluster, "nest")?;
+        if changes.is_empty() && nodes.len() == 6 {
+            ensure!(
+                !nodes.contains(&first_addr) && !nodes.contains(&second_addr),
+                "both lost nodes replaced: {nodes:?} (epoch {epoch})"
+            );
+            let mut per_az: BTreeMap<&str, usize> = BTreeMap::new();
+            for n in &nodes {
+                *per_az.entry(az[n].as_str()).or_default() += 1;
+            }
+            ensure!(
+                per_az.values().all(|c| *c == 2),
+                "two segments per AZ: {nodes:?}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not healed within 120 s: {nodes:?}, epoch {epoch}, {changes:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    shadow
+        .verify(&volume, 32, 6)
+        .context("every acknowledged write reads back")?;
     drop(volume);
     mount.unmount()?;
     Ok(())
