@@ -566,3 +566,38 @@ fn segment_ref(key: &SegmentKey) -> SegmentRef {
         pg: key.pg.0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass that waited out a silent node's timeouts (twice 3 s) still counts the nodes that
+    /// answered its ping as alive when it decides, and does not ask the silent one again.
+    #[test]
+    fn liveness_is_judged_from_the_start_of_the_pass() {
+        let start = Instant::now();
+        let (answering, silent) = (NodeId(1), NodeId(2));
+        let mut liveness = Liveness {
+            started: start,
+            pass_started: start,
+            answered: HashMap::new(),
+            pinged: [answering, silent].into(),
+        };
+        liveness.answered.insert(answering, start);
+        // The pass's decisions come after PEER_ALIVE_FOR; the answer still counts.
+        assert!(liveness.alive(answering));
+        assert!(!liveness.alive(silent));
+        assert!(liveness.silent_this_pass(silent));
+        assert!(!liveness.silent_this_pass(answering));
+        assert!(!liveness.silent_this_pass(NodeId(3)), "not pinged: asked");
+        // The next pass starts much later: the old answer no longer counts.
+        liveness.pass_started = start + PEER_ALIVE_FOR + Duration::from_secs(1);
+        assert!(!liveness.alive(answering));
+        assert!(liveness.silent_this_pass(answering));
+        assert_eq!(
+            liveness.silent_for(silent, start + Duration::from_secs(7)),
+            Duration::from_secs(7),
+            "never answered: silent since watched"
+        );
+    }
+}

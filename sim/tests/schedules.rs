@@ -74,9 +74,9 @@ fn the_protocol_keeps_every_invariant_over_thousands_of_schedules() {
 }
 
 /// The first seed where a broken variant breaks one of the safety invariants I1-I6 (a stall or
-/// an unrelated panic proves less), if any within the schedules.
-fn first_failure(variant: Variant) -> Option<(u64, String)> {
-    (0..schedules()).find_map(|seed| {
+/// an unrelated panic proves less), if any within `times` the schedules.
+fn first_failure(variant: Variant, times: u64) -> Option<(u64, String)> {
+    (0..schedules() * times).find_map(|seed| {
         run_seed(seed, variant)
             .err()
             .filter(|e| {
@@ -90,21 +90,25 @@ fn first_failure(variant: Variant) -> Option<(u64, String)> {
 
 #[test]
 fn a_flush_that_returns_on_three_acks_is_caught() {
-    let (seed, error) = first_failure(Variant::FlushOnThreeAcks)
+    let (seed, error) = first_failure(Variant::FlushOnThreeAcks, 1)
         .expect("the simulation must catch flushes that return on 3 of 6 acknowledgements");
     eprintln!("caught at seed {seed}: {error}");
 }
 
+/// Rare by nature: LSNs of a new writer start above everything its recovery saw plus LAL, so a
+/// record a recovery truncated can only be confused with a newer one when the recovery saw
+/// nothing at all (the new writer starts at LSN 1 again) and a node outside its quorum still
+/// holds an old LSN 1. Hence three times the schedules (the search stops at the first catch).
 #[test]
 fn segments_that_ignore_truncations_are_caught() {
-    let (seed, error) = first_failure(Variant::NoTruncationLearning)
+    let (seed, error) = first_failure(Variant::NoTruncationLearning, 3)
         .expect("the simulation must catch segments that keep truncated records");
     eprintln!("caught at seed {seed}: {error}");
 }
 
 #[test]
 fn a_write_counted_on_the_stable_configuration_alone_is_caught() {
-    let (seed, error) = first_failure(Variant::WriteQuorumOfStableConfig).expect(
+    let (seed, error) = first_failure(Variant::WriteQuorumOfStableConfig, 1).expect(
         "the simulation must catch a writer that counts 4 of ABCDEF while ABCDEF -> ABCDEG is \
          under way",
     );
