@@ -106,6 +106,8 @@ fn newest_of(answers: Vec<VolumeMeta>) -> Option<VolumeMeta> {
 
 /// Why a metadata write fell short of a write quorum.
 struct Shortfall {
+    /// Metadata nodes asked.
+    placed: usize,
     acks: usize,
     /// Nodes that refused the version: they hold it (or a newer one) with other contents.
     refused: usize,
@@ -122,7 +124,9 @@ impl Shortfall {
     /// claimed the same version at once and split the nodes between them. Neither won; a new
     /// attempt at the next version can.
     fn nobody_won(&self) -> bool {
-        !self.newer && self.refused + self.unreachable < WRITE_QUORUM
+        // Every node that did not acknowledge ours (refused, unreachable, or not answering
+        // at all) may hold the other claim.
+        !self.newer && self.placed.saturating_sub(self.acks) < WRITE_QUORUM
     }
 
     fn into_error(self, meta: &VolumeMeta) -> VolumeError {
@@ -166,6 +170,7 @@ async fn put(
     })
     .await;
     let mut shortfall = Shortfall {
+        placed: placed.len(),
         acks: 0,
         refused: 0,
         unreachable: 0,
@@ -249,6 +254,13 @@ pub async fn claim(
                     volume: meta.name.clone(),
                     detail: "disappeared while mounting".into(),
                 })?;
+        if newest.restoring || newest.page_size != meta.page_size {
+            // The tie was with a restore (or a mount of another format) creating this name.
+            return Err(VolumeError::Meta {
+                volume: meta.name.clone(),
+                detail: "another process created the volume at the same time (a restore?)".into(),
+            });
+        }
         if newest.version > meta.version {
             // The other mount won meanwhile (at the next version): this one loses the race
             // rather than fencing the winner.

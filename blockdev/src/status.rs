@@ -731,11 +731,12 @@ pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusRepo
                 .membership
                 .as_ref()
                 .and_then(|m| sixfold_proto::membership::Membership::from_wire(m).ok());
-            // Where node `n` of the membership sits in the placement's list: by its address when
-            // it answered, else by its position in the membership.
-            let position_of = |nodes: &[NodeId], n: NodeId| match addr_of.get(&n) {
-                Some(addr) => placement.nodes.iter().position(|a| a == addr),
-                None => nodes.iter().position(|m| *m == n),
+            // Where node `n` of the membership sits in the placement's list, by its address;
+            // None for a node that did not answer (its segment counts as unreachable).
+            let position_of = |_: &[NodeId], n: NodeId| {
+                addr_of
+                    .get(&n)
+                    .and_then(|addr| placement.nodes.iter().position(|a| a == addr))
             };
             let pgcl = match &membership {
                 Some(membership) => {

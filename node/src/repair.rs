@@ -125,13 +125,16 @@ impl Liveness {
         now.saturating_duration_since(since)
     }
 
-    /// Silent to this pass's ping: not worth another question this pass.
+    /// Silent to this pass's ping and to everything else for `PEER_ALIVE_FOR` before it: not
+    /// worth another question this pass. (A node whose ping alone timed out, NodeStatus being
+    /// the heavier call, is still asked its segments' state: that answer keeps it alive.)
     fn silent_this_pass(&self, node: NodeId) -> bool {
+        let recent = self.pass_started.checked_sub(PEER_ALIVE_FOR);
         self.pinged.contains(&node)
             && self
                 .answered
                 .get(&node)
-                .is_none_or(|at| *at < self.pass_started)
+                .is_none_or(|at| recent.is_none_or(|recent| *at < recent))
     }
 
     fn alive(&self, node: NodeId) -> bool {
@@ -590,8 +593,11 @@ mod tests {
         assert!(liveness.silent_this_pass(silent));
         assert!(!liveness.silent_this_pass(answering));
         assert!(!liveness.silent_this_pass(NodeId(3)), "not pinged: asked");
-        // The next pass starts much later: the old answer no longer counts.
-        liveness.pass_started = start + PEER_ALIVE_FOR + Duration::from_secs(1);
+        // The next pass starts later: the answer still spares a question that may time out...
+        liveness.pass_started = start + Duration::from_secs(4);
+        assert!(!liveness.silent_this_pass(answering));
+        // ...and much later it no longer counts.
+        liveness.pass_started = start + 2 * PEER_ALIVE_FOR + Duration::from_secs(1);
         assert!(!liveness.alive(answering));
         assert!(liveness.silent_this_pass(answering));
         assert_eq!(

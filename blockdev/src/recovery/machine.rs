@@ -345,6 +345,8 @@ impl PgRecovery {
         };
         self.kept = Some(kept.clone());
         if !self.read_only {
+            // Opening's refusals are its own (a seal's "stale" must not name an open failure).
+            self.refusals.clear();
             self.phase = Phase::Opening;
             self.waiting = self.membership.nodes().into_iter().collect();
         }
