@@ -19,7 +19,7 @@ mod meta;
 pub mod nodes;
 pub mod open;
 pub mod recovery;
-mod refusal;
+pub mod refusal;
 pub mod restore;
 mod sender;
 mod shared;

@@ -69,7 +69,7 @@ use tracing::info;
 
 use crate::clients::{ask_all, Answer, Clients};
 use crate::error::VolumeError;
-use crate::recovery::{OpenDecision, PgRecovery, RecoveryError, Refusal, SealAnswer, SealDecision};
+use crate::recovery::{OpenDecision, PgRecovery, RecoveryError, Refused, SealAnswer, SealDecision};
 
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long recovery waits for the kept chain to reach a write quorum, and how often it looks.
@@ -156,15 +156,6 @@ pub struct RecoveredPg {
     pub truncations: Vec<Truncation>,
 }
 
-/// How a node's failed answer reaches the recovery machine.
-fn refusal(answer_refusal: crate::refusal::Refusal, addr: &str, error: &str) -> Refusal {
-    match answer_refusal {
-        crate::refusal::Refusal::Fenced => Refusal::Fenced,
-        crate::refusal::Refusal::StaleMembership => Refusal::StaleMembership,
-        crate::refusal::Refusal::Other => Refusal::Failed(format!("{addr}: {error}")),
-    }
-}
-
 /// Asks `nodes` (of `pg_nodes`) one request each, and hands each answer (or failure) to
 /// `on_answer` with the node it came from.
 async fn ask_nodes<T, F, Fut>(
@@ -172,7 +163,7 @@ async fn ask_nodes<T, F, Fut>(
     pg_nodes: &PgNodes,
     nodes: &[NodeId],
     call: F,
-    mut on_answer: impl FnMut(NodeId, Result<T, Refusal>),
+    mut on_answer: impl FnMut(NodeId, Result<T, Refused>),
 ) where
     T: Send + 'static,
     F: Fn(crate::clients::NodeClient) -> Fut,
@@ -186,12 +177,12 @@ async fn ask_nodes<T, F, Fut>(
         index,
         addr,
         result,
-        refusal: refused,
+        refusal,
     } in ask_all(clients, &addrs, RECOVERY_TIMEOUT, call).await
     {
         on_answer(
             nodes[index],
-            result.map_err(|error| refusal(refused, &addr, &error)),
+            result.map_err(|error| Refused::new(refusal, format!("{addr}: {error}"))),
         );
     }
 }
@@ -242,6 +233,14 @@ pub async fn recover_pg(
             }
         }
     };
+    // A segment's state: sealing it in `seal_epoch` (0: a plain question) after it learned
+    // `learn`.
+    let state_request = |seal_epoch: u64, learn: Vec<Truncation>| SegmentStateRequest {
+        segment: Some(segment.clone()),
+        seal_epoch,
+        learn,
+        membership: wire_membership.clone(),
+    };
     let mut recovery = PgRecovery::new(epoch, membership.clone(), read_only);
     // Seal (a reader only asks), and ask again answers that missed a truncation.
     let mut ask: Vec<NodeId> = membership.nodes();
@@ -253,12 +252,7 @@ pub async fn recover_pg(
             &nodes,
             &ask,
             |mut client| {
-                let request = SegmentStateRequest {
-                    segment: Some(segment.clone()),
-                    seal_epoch,
-                    learn: learn.clone(),
-                    membership: wire_membership.clone(),
-                };
+                let request = state_request(seal_epoch, learn.clone());
                 async move { client.segment_state(request).await }
             },
             |node, answer| {
@@ -352,12 +346,7 @@ pub async fn recover_pg(
             &nodes,
             &all,
             |mut client| {
-                let request = SegmentStateRequest {
-                    segment: Some(segment.clone()),
-                    seal_epoch: 0,
-                    learn: Vec::new(),
-                    membership: wire_membership.clone(),
-                };
+                let request = state_request(0, Vec::new());
                 async move { client.segment_state(request).await }
             },
             |node, answer| {

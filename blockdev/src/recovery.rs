@@ -6,7 +6,7 @@
 mod machine;
 
 pub use machine::{
-    Kept, OpenDecision, PgRecovery, RecoveryError, Refusal, SealAnswer, SealDecision, MAX_ASK_AGAIN,
+    Kept, OpenDecision, PgRecovery, RecoveryError, Refused, SealAnswer, SealDecision, MAX_ASK_AGAIN,
 };
 
 use sixfold_proto::wire::Truncation;

@@ -14,8 +14,9 @@ use std::collections::{HashMap, HashSet};
 
 use sixfold_blockdev::ledger::Ledger;
 use sixfold_blockdev::recovery::{
-    new_start, OpenDecision, PgRecovery, RecoveryError, Refusal, SealAnswer, SealDecision,
+    new_start, OpenDecision, PgRecovery, RecoveryError, Refused, SealAnswer, SealDecision,
 };
+use sixfold_blockdev::refusal::Refusal;
 use sixfold_node::segment::Truncation;
 use sixfold_proto::membership::Membership;
 use sixfold_proto::wire;
@@ -191,7 +192,7 @@ impl SimWriter {
                 let i = index_of(node);
                 let asked = *self.asked_at[i].get_or_insert(now);
                 if now >= asked + TIMEOUT_STEPS {
-                    let failed = Refusal::Failed(format!("node {i}: timed out"));
+                    let failed = Refused::new(Refusal::Other, format!("node {i}: timed out"));
                     match self.phase {
                         Phase::Sealing => self.recovery.on_seal(node, Err(failed)),
                         _ => self.recovery.on_open(node, Err(failed)),
@@ -201,6 +202,7 @@ impl SimWriter {
             }
         }
         let tail = self.tail;
+        let holders = self.recovery.holders();
         for i in self.membership.nodes().into_iter().map(index_of) {
             let due = now >= self.sent_at[i] + RESEND_STEPS || self.sent_at[i] == 0;
             let waiting = self.recovery.waiting().contains(&node_id(i));
@@ -218,7 +220,7 @@ impl SimWriter {
                 }
                 // Opening, then until 4 segments hold the kept chain, ask again (OpenSegment is
                 // idempotent): they gap-fill it from the holder meanwhile.
-                Phase::Opening if due && !self.recovery.holders().contains(&node_id(i)) => {
+                Phase::Opening if due && !holders.contains(&node_id(i)) => {
                     out.push((
                         i,
                         Msg::Open {
@@ -281,11 +283,17 @@ impl SimWriter {
         let node = node_id(i);
         match (self.phase, msg) {
             (Phase::Sealing, Msg::Fenced { .. }) => {
-                self.recovery.on_seal(node, Err(Refusal::Fenced));
+                self.recovery.on_seal(
+                    node,
+                    Err(Refused::new(Refusal::Fenced, format!("node {i}: fenced"))),
+                );
                 self.advance(variant, events);
             }
             (Phase::Opening, Msg::Fenced { .. }) => {
-                self.recovery.on_open(node, Err(Refusal::Fenced));
+                self.recovery.on_open(
+                    node,
+                    Err(Refused::new(Refusal::Fenced, format!("node {i}: fenced"))),
+                );
                 self.advance(variant, events);
             }
             (Phase::Active, Msg::Fenced { epoch }) if epoch > self.epoch => {
@@ -294,11 +302,23 @@ impl SimWriter {
                 events.push(Event::Fenced);
             }
             (Phase::Sealing, Msg::StaleMembership) => {
-                self.recovery.on_seal(node, Err(Refusal::StaleMembership));
+                self.recovery.on_seal(
+                    node,
+                    Err(Refused::new(
+                        Refusal::StaleMembership,
+                        format!("node {i}: stale membership"),
+                    )),
+                );
                 self.advance(variant, events);
             }
             (Phase::Opening, Msg::StaleMembership) => {
-                self.recovery.on_open(node, Err(Refusal::StaleMembership));
+                self.recovery.on_open(
+                    node,
+                    Err(Refused::new(
+                        Refusal::StaleMembership,
+                        format!("node {i}: stale membership"),
+                    )),
+                );
                 self.advance(variant, events);
             }
             // A newer membership is in force: an open writer follows the metadata's.

@@ -8,7 +8,6 @@
 //!   writes and fsync go on throughout, and both complete.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -82,10 +81,7 @@ fn the_lost_node_coming_back_rolls_the_change_back() -> Result<()> {
     // 4 s: the lost node is back (about a second) before its frozen replacement counts as lost.
     let mut cluster = Cluster::start_with_options(&dir, 9, &["--repair-after", "4s"])?;
     let mount = Mount::start(&cluster, "back", "8G", &dir.join("mnt"))?;
-    let volume = File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(31, VOLUME_BYTES, 128 << 10);
     write_fsynced(&volume, &mut shadow, &mut writes, 48 << 20)?;
@@ -140,10 +136,7 @@ fn a_writer_killed_mid_change_recovers_with_the_quorum_set() -> Result<()> {
     let mut cluster = Cluster::start_with_options(&dir, 9, &["--repair-after", "25s"])?;
     let mountpoint = dir.join("mnt");
     let mount = Mount::start(&cluster, "crash", "8G", &mountpoint)?;
-    let volume = File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(41, VOLUME_BYTES, 128 << 10);
     write_fsynced(&volume, &mut shadow, &mut writes, 48 << 20)?;
@@ -160,10 +153,7 @@ fn a_writer_killed_mid_change_recovers_with_the_quorum_set() -> Result<()> {
     );
     let mount = Mount::start(&cluster, "crash", "8G", &mountpoint)
         .context("a writer recovers the PG with its quorum set")?;
-    let volume = File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     shadow
         .verify(&volume, 32, 4)
         .context("nothing acknowledged before the crash is lost")?;
@@ -200,10 +190,7 @@ fn a_second_loss_mid_change_nests_and_both_complete() -> Result<()> {
         &["--repair-after", "6s", "--repair-bandwidth", "4MiB"],
     )?;
     let mount = Mount::start(&cluster, "nest", "8G", &dir.join("mnt"))?;
-    let volume = File::options()
-        .read(true)
-        .write(true)
-        .open(mount.volume_path())?;
+    let volume = mount.open_volume()?;
     let mut shadow = Shadow::create(&dir.join("shadow"), VOLUME_BYTES)?;
     let mut writes = RandomWrites::new(53, VOLUME_BYTES, 128 << 10);
     write_fsynced(&volume, &mut shadow, &mut writes, 48 << 20)?;

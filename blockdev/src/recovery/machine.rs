@@ -35,6 +35,7 @@ use sixfold_proto::{Epoch, Lsn, NodeId, READ_QUORUM, WRITE_QUORUM};
 use thiserror::Error;
 
 use super::{chain_tail, ChainTail};
+use crate::refusal::Refusal;
 
 /// Rounds of asking answers with an older history again before recovery does without them.
 pub const MAX_ASK_AGAIN: u32 = 3;
@@ -49,15 +50,21 @@ pub struct SealAnswer {
     pub truncations: Vec<Truncation>,
 }
 
-/// Why a segment did not answer.
+/// Why a segment did not answer: how the node refused (the writer's one classification,
+/// [`crate::refusal::Refusal`]; `Other` for link errors and timeouts) and the text naming it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// It holds a newer epoch.
-    Fenced,
-    /// It holds a newer membership than ours (or a rival of its epoch).
-    StaleMembership,
-    /// Any other failure, a timeout included: the text names the node.
-    Failed(String),
+pub struct Refused {
+    pub why: Refusal,
+    pub detail: String,
+}
+
+impl Refused {
+    pub fn new(why: Refusal, detail: impl Into<String>) -> Refused {
+        Refused {
+            why,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// Why a recovery failed.
@@ -138,7 +145,7 @@ pub struct PgRecovery {
     /// The latest seal answer of each member that counts (re-asked ones are dropped until
     /// they answer again).
     answers: BTreeMap<NodeId, SealAnswer>,
-    refusals: BTreeMap<NodeId, Refusal>,
+    refusals: BTreeMap<NodeId, Refused>,
     asked_again: u32,
     /// The highest LSN any answer ever showed (a re-asked one that then failed included).
     max_lsn_seen: Lsn,
@@ -199,7 +206,7 @@ impl PgRecovery {
     }
 
     /// A member's answer to a seal. Answers from non-members, or not asked for, are ignored.
-    pub fn on_seal(&mut self, node: NodeId, answer: Result<SealAnswer, Refusal>) {
+    pub fn on_seal(&mut self, node: NodeId, answer: Result<SealAnswer, Refused>) {
         if self.phase != Phase::Sealing || !self.waiting.remove(&node) {
             return;
         }
@@ -217,16 +224,13 @@ impl PgRecovery {
     }
 
     fn failures(&self) -> String {
-        let texts: Vec<String> = self
-            .refusals
-            .iter()
-            .map(|(node, refusal)| match refusal {
-                Refusal::Fenced => format!("{node}: fenced"),
-                Refusal::StaleMembership => format!("{node}: stale membership"),
-                Refusal::Failed(text) => text.clone(),
-            })
-            .collect();
+        let texts: Vec<&str> = self.refusals.values().map(|r| r.detail.as_str()).collect();
         texts.join("; ")
+    }
+
+    /// Whether some member refused for `why`.
+    fn refused(&self, why: Refusal) -> bool {
+        self.refusals.values().any(|r| r.why == why)
     }
 
     fn fail(&mut self, error: RecoveryError) -> SealDecision {
@@ -244,7 +248,7 @@ impl PgRecovery {
             };
         }
         let newer = self.answers.values().any(|a| a.epoch > self.epoch);
-        let refused = self.refusals.values().any(|r| *r == Refusal::Fenced);
+        let refused = self.refused(Refusal::Fenced);
         if !self.read_only && (newer || refused) {
             return self.fail(RecoveryError::Fenced);
         }
@@ -261,11 +265,7 @@ impl PgRecovery {
             self.membership.is_write_quorum(|n| sealed_by.contains(&n))
         };
         if !sealed {
-            if self
-                .refusals
-                .values()
-                .any(|r| *r == Refusal::StaleMembership)
-            {
+            if self.refused(Refusal::StaleMembership) {
                 return self.fail(RecoveryError::MembershipChanged(self.failures()));
             }
             let (needed, what) = if self.read_only {
@@ -373,7 +373,7 @@ impl PgRecovery {
     }
 
     /// A member's answer to `OpenSegment`: its SCL once it applied this recovery's truncation.
-    pub fn on_open(&mut self, node: NodeId, answer: Result<Lsn, Refusal>) {
+    pub fn on_open(&mut self, node: NodeId, answer: Result<Lsn, Refused>) {
         if !matches!(self.phase, Phase::Opening | Phase::Settling)
             || !self.membership.contains(node)
         {
@@ -413,7 +413,7 @@ impl PgRecovery {
             Phase::Opening => {}
             _ => return OpenDecision::Wait,
         }
-        if self.refusals.values().any(|r| *r == Refusal::Fenced) {
+        if self.refused(Refusal::Fenced) {
             self.phase = Phase::Failed;
             return OpenDecision::Fail(RecoveryError::Fenced);
         }
@@ -423,11 +423,7 @@ impl PgRecovery {
         let opened = &self.opened;
         if !self.membership.is_write_quorum(|n| opened.contains_key(&n)) {
             self.phase = Phase::Failed;
-            if self
-                .refusals
-                .values()
-                .any(|r| *r == Refusal::StaleMembership)
-            {
+            if self.refused(Refusal::StaleMembership) {
                 return OpenDecision::Fail(RecoveryError::MembershipChanged(self.failures()));
             }
             return OpenDecision::Fail(RecoveryError::QuorumLost {
@@ -485,7 +481,7 @@ mod tests {
         }
     }
 
-    fn answer(scl: u64, truncations: Vec<Truncation>) -> Result<SealAnswer, Refusal> {
+    fn answer(scl: u64, truncations: Vec<Truncation>) -> Result<SealAnswer, Refused> {
         Ok(SealAnswer {
             epoch: Epoch(5),
             scl: Lsn(scl),
@@ -502,8 +498,8 @@ mod tests {
         )
     }
 
-    fn down(node: NodeId) -> Result<SealAnswer, Refusal> {
-        Err(Refusal::Failed(format!("{node}: timed out")))
+    fn down(node: NodeId) -> Result<SealAnswer, Refused> {
+        Err(Refused::new(Refusal::Other, format!("{node}: timed out")))
     }
 
     #[test]
@@ -528,14 +524,17 @@ mod tests {
     #[test]
     fn a_newer_epoch_fences_at_once_and_three_sealed_are_not_enough() {
         let mut r = recovery();
-        r.on_seal(MEMBERS[0], Err(Refusal::Fenced));
+        r.on_seal(MEMBERS[0], Err(Refused::new(Refusal::Fenced, "fenced")));
         assert_eq!(r.decide_seal(), SealDecision::Fail(RecoveryError::Fenced));
 
         let mut r = recovery();
         for node in &MEMBERS[..3] {
             r.on_seal(*node, answer(10, vec![]));
         }
-        r.on_seal(MEMBERS[3], Err(Refusal::StaleMembership));
+        r.on_seal(
+            MEMBERS[3],
+            Err(Refused::new(Refusal::StaleMembership, "stale")),
+        );
         r.on_seal(MEMBERS[4], down(MEMBERS[4]));
         r.on_seal(MEMBERS[5], down(MEMBERS[5]));
         assert!(matches!(
@@ -619,8 +618,8 @@ mod tests {
         for node in &MEMBERS[1..4] {
             r.on_open(*node, Ok(Lsn(20)));
         }
-        r.on_open(MEMBERS[4], Err(Refusal::Failed("down".into())));
-        r.on_open(MEMBERS[5], Err(Refusal::Failed("down".into())));
+        r.on_open(MEMBERS[4], Err(Refused::new(Refusal::Other, "down")));
+        r.on_open(MEMBERS[5], Err(Refused::new(Refusal::Other, "down")));
         assert_eq!(r.decide_open(), OpenDecision::Settle);
         assert!(!r.settled(), "only the holder has the chain to 30");
         // Complete to 30, but on another history: does not count.
