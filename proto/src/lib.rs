@@ -7,6 +7,7 @@
 //! segment placement ([`placement`]).
 
 pub mod cluster;
+pub mod collision;
 pub mod geometry;
 pub mod membership;
 pub mod nodes;

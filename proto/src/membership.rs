@@ -184,6 +184,10 @@ pub enum MembershipError {
     Outranked,
     #[error("{epoch} is out of range (1 to 2^62)")]
     EpochOutOfRange { epoch: MembershipEpoch },
+    #[error("the segment promised a later collision-recovery {ballot} for this epoch")]
+    Promised { ballot: crate::collision::Ballot },
+    #[error("a collision-recovery round is numbered 1 to 2^62 and names its driver")]
+    NotAClassicRound,
 }
 
 impl Membership {
