@@ -386,6 +386,7 @@ async fn begin(clients: &Arc<Clients>, list: &NodeList, m: &Move) -> Result<Segm
             catch_up_to: 0,
             catch_up: false,
             superseded: None,
+            ballot: None,
         };
         calls.spawn(async move {
             let answer = tokio::time::timeout(CALL_TIMEOUT, client.change_membership(request));

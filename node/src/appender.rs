@@ -31,6 +31,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use sixfold_proto::collision::{Ballot, Vote};
 use sixfold_proto::membership::{Membership, MembershipError};
 use sixfold_proto::wire::VolumeMeta;
 use sixfold_proto::{Epoch, Lsn};
@@ -44,7 +45,7 @@ use crate::frame::{self, FrameBody};
 use crate::hotlog::LogWriter;
 use crate::index::{Effect, Index, Mark, SegmentKey};
 use crate::lock;
-use crate::members;
+use crate::members::{self, HeldMembership};
 use crate::meta;
 use crate::request::PreparedRecord;
 use crate::segment::{Admission, Location, Truncation};
@@ -61,6 +62,7 @@ pub enum Job {
     Append(AppendJob),
     Open(OpenJob),
     Membership(MembershipJob),
+    Promise(PromiseJob),
     MergeMembership(MergeJob),
     PutMeta(MetaJob),
     /// Finish what is queued before it, then exit.
@@ -124,6 +126,30 @@ pub struct OpenJob {
     pub membership: Option<Membership>,
     /// Answered with the segment's SCL after the epoch and truncations are hardened.
     pub reply: Reply<Lsn>,
+}
+
+/// A membership refusal as the node's error (what the driver and writer classify).
+fn membership_refusal(key: &SegmentKey, e: MembershipError) -> StoreError {
+    match e {
+        MembershipError::Stale { current, found } => StoreError::StaleMembership {
+            volume: key.volume.clone(),
+            pg: key.pg.0,
+            request: found.0,
+            held: current.0,
+        },
+        MembershipError::Conflict { .. } | MembershipError::Promised { .. } => {
+            StoreError::Conflict(format!("segment {key}: {e}"))
+        }
+        other => StoreError::InvalidArgument(format!("segment {key}: {other}")),
+    }
+}
+
+/// A collision-recovery round's promise request ([`members::promise`]).
+pub struct PromiseJob {
+    pub key: SegmentKey,
+    pub base: Membership,
+    pub ballot: Ballot,
+    pub reply: Reply<Vote>,
 }
 
 /// A repair driver's membership change of the segment's PG ([`members::adopt_change`]).
@@ -199,6 +225,10 @@ impl Appender {
                     let result = self.change_membership(&job);
                     let _ = job.reply.send(result);
                 }
+                Job::Promise(job) => {
+                    let result = self.promise_membership(&job);
+                    let _ = job.reply.send(result);
+                }
                 Job::PutMeta(job) => self.put_meta(job),
                 Job::MergeMembership(job) => {
                     let result = self.merge_membership(&job);
@@ -254,10 +284,7 @@ impl Appender {
                     let frame = frame::encode(
                         &job.key.volume,
                         job.key.pg,
-                        &FrameBody::Membership {
-                            current: membership.clone(),
-                            base: None,
-                        },
+                        &FrameBody::Membership(HeldMembership::from_writer(membership.clone())),
                     );
                     if let Err(e) = self.writer.append(&frame) {
                         outcome = Err(e);
@@ -307,10 +334,7 @@ impl Appender {
                     info!(segment = %job.key, membership = %current, "segment adopted the writer's newer membership");
                     index.apply(
                         &job.key,
-                        Effect::Membership {
-                            current,
-                            base: None,
-                        },
+                        Effect::Membership(HeldMembership::from_writer(current)),
                     );
                 }
                 let repair = matches!(job.source, Source::Repair);
@@ -433,10 +457,7 @@ impl Appender {
             frames.push(frame::encode(
                 &job.key.volume,
                 job.key.pg,
-                &FrameBody::Membership {
-                    current: membership.clone(),
-                    base: None,
-                },
+                &FrameBody::Membership(HeldMembership::from_writer(membership.clone())),
             ));
         }
         if frames.is_empty() {
@@ -461,10 +482,7 @@ impl Appender {
         if let Some(membership) = adopt_membership {
             index.apply(
                 &job.key,
-                Effect::Membership {
-                    current: membership,
-                    base: None,
-                },
+                Effect::Membership(HeldMembership::from_writer(membership)),
             );
         }
         if let (Some(epoch), Some(own)) = (job.epoch, job.history.last()) {
@@ -505,55 +523,20 @@ impl Appender {
         if self.failed {
             return Err(StoreError::LogFailed);
         }
-        let adopt = {
+        let adopted = {
             let index = lock(&self.shared.index);
-            let held = index.slot(&job.key).and_then(|s| s.membership.as_ref());
-            members::adopt_change(held, &job.base, &job.proposed, &job.mode).map_err(
-                |e| match e {
-                    MembershipError::Stale { current, found } => StoreError::StaleMembership {
-                        volume: job.key.volume.clone(),
-                        pg: job.key.pg.0,
-                        request: found.0,
-                        held: current.0,
-                    },
-                    MembershipError::Conflict { .. } => {
-                        StoreError::Conflict(format!("segment {}: {e}", job.key))
-                    }
-                    other => StoreError::InvalidArgument(format!("segment {}: {other}", job.key)),
-                },
-            )?
+            let held = index.slot(&job.key).and_then(|s| s.held_membership());
+            members::adopt_change(held.as_ref(), &job.base, &job.proposed, &job.mode)
+                .map_err(|e| membership_refusal(&job.key, e))?
         };
-        // A catch-up may name the membership as its own base: store none (it is established,
-        // like a writer's), else its driver would wait for a step from itself to itself.
-        let stored_base = (job.base != job.proposed).then(|| job.base.clone());
-        if adopt {
-            let frame = frame::encode(
-                &job.key.volume,
-                job.key.pg,
-                &FrameBody::Membership {
-                    current: job.proposed.clone(),
-                    base: stored_base.clone(),
-                },
-            );
-            let hardened = self
-                .writer
-                .append(&frame)
-                .map(drop)
-                .and_then(|()| self.commit());
-            if let Err(e) = hardened {
-                return Err(self.fail("harden a membership to the hot log", &e));
-            }
+        if let Some(held) = &adopted {
+            self.harden_membership(&job.key, held)?;
         }
         let mut index = lock(&self.shared.index);
-        if adopt {
-            index.apply(
-                &job.key,
-                Effect::Membership {
-                    current: job.proposed.clone(),
-                    base: stored_base.clone(),
-                },
-            );
-            info!(segment = %job.key, membership = %job.proposed, "segment adopted a membership change");
+        if let Some(held) = adopted {
+            let round = held.accepted;
+            index.apply(&job.key, Effect::Membership(held));
+            info!(segment = %job.key, membership = %job.proposed, %round, "segment adopted a membership change");
         }
         let slot = index.slot_mut(&job.key);
         if !job.peers.is_empty() {
@@ -561,6 +544,38 @@ impl Appender {
         }
         slot.pgcl_hint = slot.pgcl_hint.max(job.catch_up_to);
         Ok(slot.segment.scl())
+    }
+
+    /// A collision-recovery round's promise ([`members::promise`]), hardened before it is
+    /// answered.
+    fn promise_membership(&mut self, job: &PromiseJob) -> Result<Vote, StoreError> {
+        if self.failed {
+            return Err(StoreError::LogFailed);
+        }
+        let (held, vote) = {
+            let index = lock(&self.shared.index);
+            let held = index.slot(&job.key).and_then(|s| s.held_membership());
+            members::promise(held.as_ref(), &job.base, job.ballot)
+                .map_err(|e| membership_refusal(&job.key, e))?
+        };
+        self.harden_membership(&job.key, &held)?;
+        lock(&self.shared.index).apply(&job.key, Effect::Membership(held));
+        info!(segment = %job.key, ballot = %job.ballot, "segment promised a collision-recovery round");
+        Ok(vote)
+    }
+
+    fn harden_membership(
+        &mut self,
+        key: &SegmentKey,
+        held: &HeldMembership,
+    ) -> Result<(), StoreError> {
+        let frame = frame::encode(&key.volume, key.pg, &FrameBody::Membership(held.clone()));
+        let hardened = self
+            .writer
+            .append(&frame)
+            .map(drop)
+            .and_then(|()| self.commit());
+        hardened.map_err(|e| self.fail("harden a membership to the hot log", &e))
     }
 
     fn put_meta(&mut self, job: MetaJob) {

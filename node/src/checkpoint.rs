@@ -12,10 +12,10 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use prost::Message;
-use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
 use crate::index::SegmentKey;
+use crate::members::HeldMembership;
 use crate::segment::Truncation;
 
 /// Version 1 had no memberships; version 2 appends each segment's membership and its base
@@ -28,8 +28,8 @@ pub const FILE_NAME: &str = "checkpoint";
 pub struct SegmentCheckpoint {
     pub folded: Lsn,
     pub truncations: Vec<Truncation>,
-    /// The PG's membership and the one it was a step from.
-    pub membership: Option<(Membership, Option<Membership>)>,
+    /// The PG's membership state (with the one it was a step from).
+    pub membership: Option<HeldMembership>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,13 +88,7 @@ impl Checkpoint {
             let membership = segment
                 .membership
                 .as_ref()
-                .map(|(current, base)| {
-                    sixfold_proto::wire::MembershipStep {
-                        base: base.as_ref().map(Membership::to_wire),
-                        current: Some(current.to_wire()),
-                    }
-                    .encode_to_vec()
-                })
+                .map(|held| held.to_wire().encode_to_vec())
                 .unwrap_or_default();
             out.extend_from_slice(&(membership.len() as u32).to_le_bytes());
             out.extend_from_slice(&membership);
@@ -139,12 +133,7 @@ impl Checkpoint {
                     None
                 } else {
                     let step = sixfold_proto::wire::MembershipStep::decode(bytes).ok()?;
-                    let current = Membership::from_wire(step.current.as_ref()?).ok()?;
-                    let base = match &step.base {
-                        Some(base) => Some(Membership::from_wire(base).ok()?),
-                        None => None,
-                    };
-                    Some((current, base))
+                    Some(HeldMembership::from_wire(&step).ok()?)
                 }
             } else {
                 None
@@ -192,6 +181,7 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sixfold_proto::membership::Membership;
 
     #[test]
     fn round_trips_and_refuses_damage() {
@@ -208,10 +198,9 @@ mod tests {
                     epoch: Epoch(4),
                     after: Lsn(70),
                 }],
-                membership: Some((
+                membership: Some(HeldMembership::from_writer(
                     Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
                         .expect("membership"),
-                    None,
                 )),
             },
         );

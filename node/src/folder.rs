@@ -487,10 +487,7 @@ pub(crate) fn checkpoint_and_collect(shared: &Shared) -> Result<(usize, u64), St
                 SegmentCheckpoint {
                     folded: slot.segment.folded(),
                     truncations: slot.segment.truncations().to_vec(),
-                    membership: slot
-                        .membership
-                        .clone()
-                        .map(|current| (current, slot.membership_base.clone())),
+                    membership: slot.held_membership(),
                 },
             );
             if let Some(file) = slot.segment.oldest_log_file() {

@@ -18,11 +18,11 @@
 //! frame crc guards the log, the record checksum guards the record end to end (writer to reader).
 
 use prost::Message;
-use sixfold_proto::membership::Membership;
 use sixfold_proto::record;
 use sixfold_proto::wire::Record;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
+use crate::members::HeldMembership;
 use crate::segment::Truncation;
 
 /// Bytes before the payload: length and crc.
@@ -52,10 +52,9 @@ pub enum FrameBody {
     History(Vec<Truncation>),
     /// The segment adopted a membership of its PG: a membership change step from `base`, or
     /// (`base` None) the writer's that created or recovered the PG.
-    Membership {
-        current: Membership,
-        base: Option<Membership>,
-    },
+    /// It carries the segment's whole membership state (collision-recovery round and promise
+    /// too): replay applies membership frames in order, the last one wins.
+    Membership(HeldMembership),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -88,7 +87,7 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
         FrameBody::Epoch(_) => KIND_EPOCH,
         FrameBody::Truncation { .. } => KIND_TRUNCATION,
         FrameBody::History(_) => KIND_HISTORY,
-        FrameBody::Membership { .. } => KIND_MEMBERSHIP,
+        FrameBody::Membership(_) => KIND_MEMBERSHIP,
     };
     bytes.push(kind);
     bytes.extend_from_slice(&volume_len.to_le_bytes());
@@ -112,13 +111,7 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
                 bytes.extend_from_slice(&t.after.0.to_le_bytes());
             }
         }
-        FrameBody::Membership { current, base } => {
-            let step = sixfold_proto::wire::MembershipStep {
-                base: base.as_ref().map(Membership::to_wire),
-                current: Some(current.to_wire()),
-            };
-            bytes.extend_from_slice(&step.encode_to_vec())
-        }
+        FrameBody::Membership(held) => bytes.extend_from_slice(&held.to_wire().encode_to_vec()),
     }
     let payload_len = bytes.len() - FRAME_HEADER_BYTES;
     debug_assert!(
@@ -233,13 +226,9 @@ fn decode_payload(payload: &[u8]) -> Result<(Frame, usize), String> {
         KIND_MEMBERSHIP => {
             let step =
                 sixfold_proto::wire::MembershipStep::decode(body).map_err(|_| malformed())?;
-            let decode = |m: &sixfold_proto::wire::Membership| {
-                Membership::from_wire(m).map_err(|e| format!("frame membership: {e}"))
-            };
-            FrameBody::Membership {
-                current: decode(step.current.as_ref().ok_or_else(malformed)?)?,
-                base: step.base.as_ref().map(decode).transpose()?,
-            }
+            FrameBody::Membership(
+                HeldMembership::from_wire(&step).map_err(|e| format!("frame membership: {e}"))?,
+            )
         }
         other => return Err(format!("unknown frame kind {other}")),
     };
@@ -254,6 +243,8 @@ fn take<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use sixfold_proto::collision::{Ballot, Promise};
+    use sixfold_proto::membership::Membership;
     use sixfold_proto::wire::ByteRange;
     use sixfold_proto::PageId;
 
@@ -279,7 +270,7 @@ mod tests {
                 epoch: Epoch(5),
                 truncate_after: Lsn(77),
             },
-            FrameBody::Membership {
+            FrameBody::Membership(HeldMembership {
                 current: Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
                     .and_then(|m| m.begin(sixfold_proto::NodeId(6), sixfold_proto::NodeId(7)))
                     .expect("membership"),
@@ -287,7 +278,21 @@ mod tests {
                     Membership::new((1..=6).map(sixfold_proto::NodeId).collect())
                         .expect("membership"),
                 ),
-            },
+                accepted: Ballot {
+                    number: 3,
+                    driver: sixfold_proto::NodeId(2),
+                },
+                promise: Some(Promise {
+                    epoch: sixfold_proto::MembershipEpoch(2),
+                    ballot: Ballot {
+                        number: 4,
+                        driver: sixfold_proto::NodeId(5),
+                    },
+                }),
+            }),
+            FrameBody::Membership(HeldMembership::from_writer(
+                Membership::new((1..=6).map(sixfold_proto::NodeId).collect()).expect("membership"),
+            )),
         ];
         for body in bodies {
             let encoded = encode("vol-1", PgId(2), &body);

@@ -14,9 +14,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use sixfold_proto::collision::{Ballot, Promise};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
+use crate::members::HeldMembership;
 use crate::segment::{Admission, RecordMeta, Segment, Truncation};
 
 /// Names a segment: the replica of one PG of one volume on this node.
@@ -52,6 +54,10 @@ pub struct SegmentSlot {
     /// The membership `membership` was a step from (None: a writer's, from the metadata).
     /// `membership` is established once a write quorum of it holds `membership`.
     pub membership_base: Option<Membership>,
+    /// The collision-recovery round `membership` was accepted in, and the highest round
+    /// promised (durable with it; see `sixfold_proto::collision`).
+    pub membership_ballot: Ballot,
+    pub promise: Option<Promise>,
     /// Addresses of the PG's other segments, as last sent by the writer (gap-fill peers).
     pub peers: Vec<String>,
     /// The highest PGCL a writer reported for the PG: records up to it exist on a write quorum,
@@ -134,17 +140,30 @@ pub struct Mark {
 }
 
 impl SegmentSlot {
-    /// Keeps `membership` if it is newer than the one held (replay applies frames in order, so
-    /// an older one can only come from a checkpoint written before them).
-    pub fn keep_membership(&mut self, membership: Membership, base: Option<Membership>) {
+    /// Keeps `held` unless the segment holds an older epoch's... a newer epoch already: frames
+    /// apply in order (the last one wins, a supersede or a collision-recovery round within one
+    /// epoch included), and an older epoch can only come from a checkpoint written after them.
+    pub fn keep_membership(&mut self, held: HeldMembership) {
         if self
             .membership
             .as_ref()
-            .is_none_or(|held| membership.epoch > held.epoch)
+            .is_none_or(|m| held.current.epoch >= m.epoch)
         {
-            self.membership = Some(membership);
-            self.membership_base = base;
+            self.membership = Some(held.current);
+            self.membership_base = held.base;
+            self.membership_ballot = held.accepted;
+            self.promise = held.promise;
         }
+    }
+
+    /// The segment's durable membership state (None: it holds no membership).
+    pub fn held_membership(&self) -> Option<HeldMembership> {
+        Some(HeldMembership {
+            current: self.membership.clone()?,
+            base: self.membership_base.clone(),
+            accepted: self.membership_ballot,
+            promise: self.promise,
+        })
     }
 
     /// Keeps a writer's consistency point (newer VDLs only).
@@ -182,10 +201,7 @@ pub enum Effect {
     History(Vec<Truncation>),
     /// The PG's membership and the one it was a step from (kept when newer than the
     /// segment's).
-    Membership {
-        current: Membership,
-        base: Option<Membership>,
-    },
+    Membership(HeldMembership),
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +220,7 @@ impl Index {
             Effect::Record { meta, .. } => meta.epoch,
             Effect::Epoch(epoch) | Effect::Truncation { epoch, .. } => *epoch,
             Effect::History(list) => crate::segment::history_epoch(list),
-            Effect::Membership { .. } => Epoch(0),
+            Effect::Membership(_) => Epoch(0),
         };
         self.raise_epoch(&key.volume, epoch);
         let slot = self.slot_mut(key);
@@ -222,8 +238,8 @@ impl Index {
                 slot.segment.adopt(&list);
                 Admission::New
             }
-            Effect::Membership { current, base } => {
-                slot.keep_membership(current, base);
+            Effect::Membership(held) => {
+                slot.keep_membership(held);
                 Admission::New
             }
         }
@@ -236,14 +252,14 @@ impl Index {
         key: &SegmentKey,
         folded: Lsn,
         truncations: Vec<Truncation>,
-        membership: Option<(Membership, Option<Membership>)>,
+        membership: Option<HeldMembership>,
     ) {
         let slot = self.slot_mut(key);
         if slot.segment.record_count() == 0 && slot.segment.folded() <= folded {
             slot.segment = Segment::restore(folded, truncations);
         }
-        if let Some((current, base)) = membership {
-            slot.keep_membership(current, base);
+        if let Some(held) = membership {
+            slot.keep_membership(held);
         }
     }
 

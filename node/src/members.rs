@@ -14,10 +14,70 @@
 //!   Appends): a writer's membership comes from the volume metadata, which records only
 //!   established steps.
 
+use sixfold_proto::collision::{self, Ballot, Held, Promise};
 use sixfold_proto::membership::{Membership, MembershipError};
+use sixfold_proto::wire;
+use sixfold_proto::MembershipEpoch;
 
 use crate::error::StoreError;
 use crate::index::SegmentKey;
+
+/// A segment's durable membership state: what membership frames and the checkpoint hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldMembership {
+    pub current: Membership,
+    /// The membership `current` was a step from (None: a writer's, from the metadata).
+    pub base: Option<Membership>,
+    /// The collision-recovery round `current` was accepted in ([`Ballot::FAST`]: a step).
+    pub accepted: Ballot,
+    /// The highest collision-recovery round promised ([`sixfold_proto::collision`]).
+    pub promise: Option<Promise>,
+}
+
+impl HeldMembership {
+    /// A membership a writer brought (from the volume metadata: established).
+    pub fn from_writer(current: Membership) -> HeldMembership {
+        HeldMembership {
+            current,
+            base: None,
+            accepted: Ballot::LEARNED,
+            promise: None,
+        }
+    }
+
+    pub fn to_wire(&self) -> wire::MembershipStep {
+        let promise = self.promise.filter(|p| p.ballot != Ballot::FAST);
+        wire::MembershipStep {
+            base: self.base.as_ref().map(Membership::to_wire),
+            current: Some(self.current.to_wire()),
+            accepted: self.accepted.to_wire(),
+            promised_epoch: promise.map_or(0, |p| p.epoch.0),
+            promised: promise.and_then(|p| p.ballot.to_wire()),
+        }
+    }
+
+    /// The state from its wire form (a frame, the checkpoint), checked.
+    pub fn from_wire(step: &wire::MembershipStep) -> Result<HeldMembership, MembershipError> {
+        let current =
+            Membership::from_wire(step.current.as_ref().ok_or(MembershipError::NotAStep)?)?;
+        let base = step.base.as_ref().map(Membership::from_wire).transpose()?;
+        let promise = (step.promised_epoch != 0).then(|| Promise {
+            epoch: MembershipEpoch(step.promised_epoch),
+            ballot: Ballot::from_wire(step.promised.as_ref()),
+        });
+        Ok(HeldMembership {
+            current,
+            base,
+            // Frames written before collision recovery existed carry none: a step, or (no
+            // base) a writer's.
+            accepted: match (&step.accepted, &step.base) {
+                (None, None) => Ballot::LEARNED,
+                (accepted, _) => Ballot::from_wire(accepted.as_ref()),
+            },
+            promise,
+        })
+    }
+}
 
 /// Whether a request carrying `request` may be served by a segment holding `held`.
 pub fn check(
@@ -49,35 +109,97 @@ pub fn check(
 /// What a repair driver's ChangeMembership is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChangeMode {
-    /// One step from `base` ([`Membership::decide_adopt`]).
+    /// One step from `base` ([`Membership::decide_adopt`]), in the fast round.
     Step,
     /// Not a step: the driver vouches that `proposed` is established (a write quorum of its
     /// base holds it) and brings a segment that lags up to it.
     CatchUp,
     /// A step from `base` that replaces this rival of its epoch, which its driver proved can
-    /// never be established ([`Membership::decide_supersede`]).
+    /// never be established ([`Membership::decide_supersede`]), in the fast round.
     Supersede(Membership),
+    /// A collision-recovery round's accept ([`collision::decide_accept`]).
+    Accept(Ballot),
 }
 
-/// Whether a segment holding `held` adopts `proposed`, sent by a repair driver with `base`.
-/// `Ok(false)`: held already (only the peers and the catch-up target are news).
+/// The membership state a segment holding `held` moves to when a repair driver sends it
+/// `proposed` with `base` (None: nothing changes, it holds `proposed` already), or a refusal.
 pub fn adopt_change(
-    held: Option<&Membership>,
+    held: Option<&HeldMembership>,
     base: &Membership,
     proposed: &Membership,
     mode: &ChangeMode,
-) -> Result<bool, MembershipError> {
-    if held == Some(proposed) {
-        return Ok(false);
-    }
+) -> Result<Option<HeldMembership>, MembershipError> {
+    let current = held.map(|h| &h.current);
+    let promise = held.and_then(|h| h.promise);
+    // A catch-up may name the membership as its own base: store none (it is established,
+    // like a writer's), else its driver would wait for a step from itself to itself.
+    let stored_base = (base != proposed).then(|| base.clone());
+    let next = |accepted: Ballot, promise: Option<Promise>| HeldMembership {
+        current: proposed.clone(),
+        base: stored_base.clone(),
+        accepted,
+        promise,
+    };
     match mode {
         // Adopted over an older one, and over a rival of its epoch (a step that lost).
-        ChangeMode::CatchUp => Ok(held.is_none_or(|held| proposed.epoch >= held.epoch)),
-        ChangeMode::Step => Membership::decide_adopt(held, base, proposed),
+        ChangeMode::CatchUp => Ok((current != Some(proposed)
+            && current.is_none_or(|c| proposed.epoch >= c.epoch))
+        .then(|| next(Ballot::LEARNED, promise))),
+        ChangeMode::Step => {
+            if current == Some(proposed) {
+                return Ok(None);
+            }
+            collision::check_fast(promise, proposed.epoch)?;
+            Ok(Membership::decide_adopt(current, base, proposed)?
+                .then(|| next(Ballot::FAST, promise)))
+        }
         ChangeMode::Supersede(superseded) => {
-            Membership::decide_supersede(held, base, proposed, superseded)
+            if current == Some(proposed) {
+                return Ok(None);
+            }
+            collision::check_fast(promise, proposed.epoch)?;
+            Ok(
+                Membership::decide_supersede(current, base, proposed, superseded)?
+                    .then(|| next(Ballot::FAST, promise)),
+            )
+        }
+        ChangeMode::Accept(ballot) => {
+            let view = Held {
+                membership: current,
+                accepted: held.map_or(Ballot::FAST, |h| h.accepted),
+                promise,
+            };
+            let promise = Promise {
+                epoch: proposed.epoch,
+                ballot: *ballot,
+            };
+            Ok(collision::decide_accept(view, base, proposed, *ballot)?
+                .then(|| next(*ballot, Some(promise))))
         }
     }
+}
+
+/// The membership state a segment holding `held` moves to when a collision-recovery round
+/// `ballot` from `base` asks its promise, and its vote ([`collision::decide_promise`]).
+pub fn promise(
+    held: Option<&HeldMembership>,
+    base: &Membership,
+    ballot: Ballot,
+) -> Result<(HeldMembership, collision::Vote), MembershipError> {
+    let held = held.ok_or(MembershipError::NoMembership)?;
+    let view = Held {
+        membership: Some(&held.current),
+        accepted: held.accepted,
+        promise: held.promise,
+    };
+    let (promise, vote) = collision::decide_promise(view, base, ballot)?;
+    Ok((
+        HeldMembership {
+            promise: Some(promise),
+            ..held.clone()
+        },
+        vote,
+    ))
 }
 
 /// Whether a writer's OpenSegment membership is to be adopted: the segment holds none or an

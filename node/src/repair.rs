@@ -39,20 +39,23 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use sixfold_proto::collision::{Ballot, Promise, Vote};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::{
-    ChangeMembershipRequest, NodeStatusRequest, PutPgMembershipRequest, SegmentRef,
-    SegmentStateRequest,
+    ChangeMembershipRequest, NodeStatusRequest, PromiseMembershipRequest, PutPgMembershipRequest,
+    SegmentRef, SegmentStateRequest,
 };
-use sixfold_proto::{placement, Epoch, Lsn, NodeId, WRITE_QUORUM};
+use sixfold_proto::{placement, Epoch, Lsn, MembershipEpoch, NodeId, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::index::{DrivenView, SegmentKey};
 use crate::members::ChangeMode;
 use crate::peer::{self, PeerClient};
-use crate::repair_pass::{Action, Answer, PassInput, PgDriver, Send, SendKind, SendOutcome};
+use crate::repair_pass::{
+    Action, Answer, PassInput, PgDriver, Recover, Send, SendKind, SendOutcome,
+};
 use crate::repair_plan::Plan;
 use crate::store::Store;
 
@@ -342,6 +345,7 @@ impl Driver {
         let silent_for = |node: NodeId| liveness.silent_for(node, now);
         let load = |node: NodeId| load.get(&node).copied().unwrap_or(0);
         let input = PassInput {
+            driver: self.store.node_id(),
             membership,
             base,
             answers: &answers,
@@ -386,6 +390,23 @@ impl Driver {
             }
             Action::Wait => return Ok(false),
             Action::Send(send) => send,
+            Action::Recover(recover) => {
+                info!(segment = %key, ballot = %recover.ballot, base = %recover.base, "rival steps split the PG: running a collision-recovery round");
+                let votes = self.promises(key, &recover, &addrs).await;
+                let pg = self.pgs.entry(key.clone()).or_default();
+                let Some(send) = pg.promised(&recover, &votes) else {
+                    return Err(format!(
+                        "collision-recovery {} for {} won {} promise(s), short of 5 of every \
+                         configuration of {}; trying a higher round next pass",
+                        recover.ballot,
+                        recover.base,
+                        votes.len(),
+                        recover.base
+                    ));
+                };
+                info!(segment = %key, ballot = %recover.ballot, chosen = %send.proposed, "collision-recovery round chose");
+                send
+            }
         };
         // A step goes to every node of the old and the new membership.
         for node in send.proposed.nodes() {
@@ -457,10 +478,64 @@ impl Driver {
                     ),
                     membership: decode(state.membership.as_ref()),
                     membership_base: decode(state.membership_base.as_ref()),
+                    ballot: Ballot::from_wire(state.membership_ballot.as_ref()),
+                    promise: (state.promised_epoch != 0).then(|| Promise {
+                        epoch: MembershipEpoch(state.promised_epoch),
+                        ballot: Ballot::from_wire(state.promised.as_ref()),
+                    }),
                 },
             );
         }
         answers
+    }
+
+    /// PromiseMembership of collision-recovery round `recover` to the nodes of its base;
+    /// returns the votes of those that promised.
+    async fn promises(
+        &mut self,
+        key: &SegmentKey,
+        recover: &Recover,
+        addrs: &BTreeMap<NodeId, String>,
+    ) -> BTreeMap<NodeId, Vote> {
+        let mut calls = JoinSet::new();
+        for node in recover.base.nodes() {
+            let Some(addr) = addrs
+                .get(&node)
+                .filter(|_| !self.liveness.silent_this_pass(node))
+            else {
+                continue;
+            };
+            let Some(mut client) = self.client(addr) else {
+                continue;
+            };
+            let request = PromiseMembershipRequest {
+                segment: Some(segment_ref(key)),
+                base: Some(recover.base.to_wire()),
+                ballot: recover.ballot.to_wire(),
+            };
+            calls.spawn(async move { (node, client.promise_membership(request).await) });
+        }
+        let mut votes = BTreeMap::new();
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok((node, Ok(response))) => {
+                    let response = response.into_inner();
+                    // A vote that does not decode counts as none (the choice then ignores it;
+                    // a node that holds garbage cannot hold an established membership).
+                    let vote = response
+                        .membership
+                        .as_ref()
+                        .and_then(|m| Membership::from_wire(m).ok())
+                        .map(|m| (m, Ballot::from_wire(response.accepted.as_ref())));
+                    votes.insert(node, vote);
+                }
+                Ok((node, Err(status))) => {
+                    debug!(segment = %key, %node, "promise refused: {}", status.message())
+                }
+                Err(_) => {}
+            }
+        }
+        votes
     }
 
     /// `send`'s ChangeMembership to its nodes; returns the nodes that hold its proposal
@@ -496,9 +571,13 @@ impl Driver {
                 peers: peers.clone(),
                 catch_up_to: send.catch_up_to.0,
                 catch_up: mode == ChangeMode::CatchUp,
-                superseded: match mode {
+                superseded: match &mode {
                     ChangeMode::Supersede(superseded) => Some(superseded.to_wire()),
-                    ChangeMode::Step | ChangeMode::CatchUp => None,
+                    ChangeMode::Step | ChangeMode::CatchUp | ChangeMode::Accept(_) => None,
+                },
+                ballot: match mode {
+                    ChangeMode::Accept(ballot) => ballot.to_wire(),
+                    _ => None,
                 },
             };
             let node = *node;

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use sixfold_proto::collision::{self, Ballot, Promise};
 use sixfold_proto::membership::{ChangeKind, Membership, MembershipError};
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::{Epoch, Lsn, MembershipEpoch, NodeId, COPIES, WRITE_QUORUM};
@@ -38,11 +39,23 @@ pub struct Answer {
     pub membership: Option<Membership>,
     /// The membership its own was a step from.
     pub membership_base: Option<Membership>,
+    /// The collision-recovery round its membership was accepted in, and its promise.
+    pub ballot: Ballot,
+    pub promise: Option<Promise>,
+}
+
+impl Answer {
+    /// Its membership and round (what [`collision::is_established`] counts).
+    fn vote(&self) -> Option<(Membership, Ballot)> {
+        self.membership.clone().map(|m| (m, self.ballot))
+    }
 }
 
 /// What a pass sees: the PG as this node holds it, and the answers of its nodes.
 #[derive(Clone, Copy)]
 pub struct PassInput<'a> {
+    /// The node this driver runs on (it names its collision-recovery rounds).
+    pub driver: NodeId,
     pub membership: &'a Membership,
     pub base: Option<&'a Membership>,
     pub answers: &'a BTreeMap<NodeId, Answer>,
@@ -75,8 +88,21 @@ pub enum Action {
     },
     /// A ChangeMembership to some nodes.
     Send(Send),
+    /// A collision-recovery round: ask the nodes of its base for their promise, then
+    /// [`PgDriver::promised`].
+    Recover(Recover),
     /// Nothing to send.
     Wait,
+}
+
+/// A collision-recovery round this driver runs (`sixfold_proto::collision`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recover {
+    pub base: Membership,
+    pub ballot: Ballot,
+    /// The driver's own proposal, when no vote binds the round.
+    pub own: Membership,
+    pub catch_up_to: Lsn,
 }
 
 /// Which kind of send: what its answers mean.
@@ -88,6 +114,8 @@ pub enum SendKind {
     Establish,
     /// A new step (the plan's begin, complete or roll back).
     Step,
+    /// A collision-recovery round's accept.
+    Accept(Ballot),
 }
 
 /// ChangeMembership(`base` -> `proposed`) to `to`.
@@ -109,6 +137,7 @@ impl Send {
     pub fn mode(&self, node: NodeId) -> ChangeMode {
         match (self.kind, self.over.get(&node)) {
             (SendKind::CatchUp, _) => ChangeMode::CatchUp,
+            (SendKind::Accept(ballot), _) => ChangeMode::Accept(ballot),
             (_, Some(superseded)) => ChangeMode::Supersede(superseded.clone()),
             (SendKind::Step | SendKind::Establish, None) => ChangeMode::Step,
         }
@@ -179,13 +208,10 @@ impl PgDriver {
         let members = views(input, membership);
         // Any node of the base counts, a member of `membership` or not (the new node of a
         // replacement rolled back, the old one of a completed one).
-        let holds = |node: NodeId| {
-            input
-                .answers
-                .get(&node)
-                .is_some_and(|a| a.membership.as_ref() == Some(membership))
-        };
-        let established = input.base.is_none_or(|base| base.is_write_quorum(holds));
+        let votes = |node: NodeId| input.answers.get(&node).and_then(Answer::vote);
+        let established = input
+            .base
+            .is_none_or(|base| collision::is_established(base, membership, votes));
         let empty = BTreeMap::new();
         let view = PgView {
             membership,
@@ -211,7 +237,7 @@ impl PgDriver {
         if let Some(next) = next {
             return Pass {
                 record: None,
-                action: Action::Send(establish(input.answers, next, membership, catch_up_to)),
+                action: establish_or_recover(input, next, membership, catch_up_to),
                 plan: Some(Plan::Establish),
                 degraded: None,
             };
@@ -276,7 +302,7 @@ impl PgDriver {
         let action = match &plan {
             Plan::Wait => catch_up(),
             Plan::Establish => match input.base {
-                Some(base) => Action::Send(establish(input.answers, membership, base, catch_up_to)),
+                Some(base) => establish_or_recover(input, membership, base, catch_up_to),
                 None => Action::Wait,
             },
             Plan::Degraded(why) => {
@@ -316,23 +342,33 @@ impl PgDriver {
         held: &[NodeId],
         answers: &BTreeMap<NodeId, Answer>,
     ) -> SendOutcome {
-        let holds = |node: NodeId| {
-            held.contains(&node)
-                || answers
-                    .get(&node)
-                    .is_some_and(|a| a.membership.as_ref() == Some(&send.proposed))
+        // Each node's membership and round after the send: one that took it holds the proposal
+        // in the send's round (a step's: the fast round, or the round it held it in already).
+        let votes = |node: NodeId| {
+            let before = answers.get(&node).and_then(Answer::vote);
+            if !held.contains(&node) {
+                return before;
+            }
+            let ballot = match (send.kind, &before) {
+                (SendKind::Accept(ballot), _) => ballot,
+                (_, Some((m, ballot))) if *m == send.proposed => *ballot,
+                (SendKind::CatchUp, _) => Ballot::LEARNED,
+                _ => Ballot::FAST,
+            };
+            Some((send.proposed.clone(), ballot))
         };
+        let established = || collision::is_established(&send.base, &send.proposed, votes);
         match send.kind {
             SendKind::CatchUp => SendOutcome::Nothing,
-            SendKind::Establish => {
-                if send.base.is_write_quorum(holds) {
+            SendKind::Establish | SendKind::Accept(_) => {
+                if established() {
                     SendOutcome::Record(send.proposed.clone())
                 } else {
                     SendOutcome::Nothing
                 }
             }
             SendKind::Step => {
-                if send.base.is_write_quorum(|n| held.contains(&n)) {
+                if send.base.is_write_quorum(|n| held.contains(&n)) && established() {
                     // This driver's own step: the targets it fixed stay valid (a completion
                     // or roll back removes its own; a nested begin keeps the other's).
                     self.seen = Some(send.proposed.epoch);
@@ -342,6 +378,26 @@ impl PgDriver {
                 }
             }
         }
+    }
+
+    /// The accept of collision-recovery round `recover`, once the nodes of its base that
+    /// promised it answered with their `votes` (None: too few promised; the next pass runs a
+    /// higher round).
+    pub fn promised(
+        &mut self,
+        recover: &Recover,
+        votes: &BTreeMap<NodeId, collision::Vote>,
+    ) -> Option<Send> {
+        let chosen = collision::choose(&recover.base, votes, &recover.own)?;
+        let to = union(&[&recover.base, &chosen]);
+        Some(Send {
+            kind: SendKind::Accept(recover.ballot),
+            base: recover.base.clone(),
+            proposed: chosen,
+            to,
+            over: BTreeMap::new(),
+            catch_up_to: recover.catch_up_to,
+        })
     }
 
     /// `epoch` is recorded in the volume metadata (at a write quorum of its nodes).
@@ -378,6 +434,52 @@ fn views(input: &PassInput<'_>, membership: &Membership) -> Vec<MemberView> {
             }
         })
         .collect()
+}
+
+/// Pushes the unestablished step `own` from `base` ([`establish`]), or, when the fast round
+/// cannot decide `own`'s epoch, runs a collision-recovery round (`sixfold_proto::collision`):
+/// a node of the base promised a round for it (it takes no fast-round step any more), or rival
+/// steps split the base's nodes and no supersede can move them (a split whose deciding node
+/// is silent, perhaps for good). An outranked node's occasional pass runs rounds too: a round
+/// proposes no new step (only one of the epoch's rivals), and the node ranked first may be
+/// one that holds a rival without being in it, which never drives the PG. Two drivers'
+/// rounds may preempt each other; passes are far apart next to a round's two trips.
+fn establish_or_recover(
+    input: &PassInput<'_>,
+    own: &Membership,
+    base: &Membership,
+    catch_up_to: Lsn,
+) -> Action {
+    let send = establish(input.answers, own, base, catch_up_to);
+    let epoch = own.epoch;
+    let from_base = || {
+        input
+            .answers
+            .iter()
+            .filter(|(node, _)| base.contains(**node))
+            .map(|(_, a)| a)
+    };
+    let promised = from_base().any(|a| a.promise.is_some_and(|p| p.epoch == epoch));
+    let mut values: Vec<&Membership> = from_base()
+        .filter_map(|a| a.membership.as_ref())
+        .filter(|m| m.epoch == epoch)
+        .collect();
+    values.sort_unstable_by_key(|m| m.to_string());
+    values.dedup();
+    let split = values.len() > 1 && send.over.is_empty();
+    if !(promised || split) {
+        return Action::Send(send);
+    }
+    let seen = input
+        .answers
+        .values()
+        .flat_map(|a| [a.ballot].into_iter().chain(a.promise.map(|p| p.ballot)));
+    Action::Recover(Recover {
+        base: base.clone(),
+        ballot: Ballot::next(seen, input.driver),
+        own: send.proposed.clone(),
+        catch_up_to,
+    })
 }
 
 /// The push of an unestablished step: the highest step of its epoch from `base` that the
@@ -467,8 +569,9 @@ fn step(membership: &Membership, plan: &Plan) -> Result<Membership, MembershipEr
 
 /// The newest established membership among the answers that is newer than `own`, or of its
 /// epoch with other members (`own` is then a rival step that lost). A membership counts as
-/// established when the answers holding it form a write quorum of its base (one with no base
-/// came from a writer, which takes it from the metadata: established).
+/// established when the answers holding it form a write quorum of its base in one round
+/// ([`collision::is_established`]; one with no base came from a writer, which takes it from
+/// the metadata: established).
 pub fn newest_established(
     answers: &BTreeMap<NodeId, Answer>,
     own: &Membership,
@@ -478,13 +581,9 @@ pub fn newest_established(
         .filter_map(|a| a.membership.clone().map(|m| (m, a.membership_base.clone())))
         .filter(|(m, _)| m.epoch > own.epoch || (m.epoch == own.epoch && m != own))
         .filter(|(m, base)| {
-            let holders = |n: NodeId| {
-                answers
-                    .get(&n)
-                    .is_some_and(|a| a.membership.as_ref() == Some(m))
-            };
+            let votes = |n: NodeId| answers.get(&n).and_then(Answer::vote);
             base.as_ref()
-                .is_none_or(|base| base.is_write_quorum(holders))
+                .is_none_or(|base| collision::is_established(base, m, votes))
         })
         .max_by_key(|(m, _)| m.epoch)
 }

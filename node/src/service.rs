@@ -3,6 +3,7 @@
 //! gRPC codes). Holds no state of its own; never panics on any input.
 
 use sixfold_archive::ObjectStore;
+use sixfold_proto::collision::Ballot;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::storage_node_server::StorageNode;
 use sixfold_proto::wire::{
@@ -10,10 +11,10 @@ use sixfold_proto::wire::{
     FetchPagesRequest, FetchPagesResponse, FetchRecordsRequest, FetchRecordsResponse,
     GetNodeListRequest, GetNodeListResponse, GetVolumeMetaRequest, GetVolumeMetaResponse,
     NodeStatusRequest, NodeStatusResponse, OpenSegmentRequest, OpenSegmentResponse, PageImage,
-    PutNodeListRequest, PutNodeListResponse, PutPgMembershipRequest, PutPgMembershipResponse,
-    PutVolumeMetaRequest, PutVolumeMetaResponse, ReadPageRequest, ReadPageResponse,
-    RestoreSegmentProgress, RestoreSegmentRequest, SegmentRef, SegmentStateRequest,
-    SegmentStateResponse, SegmentStatus, VolumeWriterState,
+    PromiseMembershipRequest, PromiseMembershipResponse, PutNodeListRequest, PutNodeListResponse,
+    PutPgMembershipRequest, PutPgMembershipResponse, PutVolumeMetaRequest, PutVolumeMetaResponse,
+    ReadPageRequest, ReadPageResponse, RestoreSegmentProgress, RestoreSegmentRequest, SegmentRef,
+    SegmentStateRequest, SegmentStateResponse, SegmentStatus, VolumeWriterState,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 use tokio::sync::mpsc;
@@ -289,14 +290,18 @@ impl StorageNode for Service {
             .await
             .map_err(|e| status("SegmentState", e))?;
         let state = self.store.segment_state(&key);
+        let held = self.store.held_membership(&key).map(|h| h.to_wire());
         Ok(Response::new(SegmentStateResponse {
             exists: state.exists,
             scl: state.scl.0,
             max_lsn: state.max_lsn.0,
             epoch: state.epoch.0,
             truncations: request::truncations_to_wire(&state.truncations),
-            membership: self.store.membership(&key).map(|m| m.to_wire()),
-            membership_base: self.store.membership_base(&key).map(|m| m.to_wire()),
+            membership: held.as_ref().and_then(|h| h.current.clone()),
+            membership_base: held.as_ref().and_then(|h| h.base.clone()),
+            membership_ballot: held.as_ref().and_then(|h| h.accepted),
+            promised_epoch: held.as_ref().map_or(0, |h| h.promised_epoch),
+            promised: held.and_then(|h| h.promised),
         }))
     }
 
@@ -360,13 +365,17 @@ impl StorageNode for Service {
                 ));
             };
             let superseded = request::membership(request.superseded.as_ref())?;
-            let mode = match (request.catch_up, superseded) {
-                (false, None) => ChangeMode::Step,
-                (true, None) => ChangeMode::CatchUp,
-                (false, Some(superseded)) => ChangeMode::Supersede(superseded),
-                (true, Some(_)) => {
+            let ballot = request.ballot.as_ref().map(|b| Ballot::from_wire(Some(b)));
+            let mode = match (request.catch_up, superseded, ballot) {
+                (false, None, None) => ChangeMode::Step,
+                (true, None, None) => ChangeMode::CatchUp,
+                (false, Some(superseded), None) => ChangeMode::Supersede(superseded),
+                (false, None, Some(ballot)) => ChangeMode::Accept(ballot),
+                _ => {
                     return Err(StoreError::InvalidArgument(
-                        "a membership change is a catch-up or supersedes a rival, not both".into(),
+                        "a membership change is one of a step, a catch-up, a supersede or a \
+                         collision-recovery accept"
+                            .into(),
                     ))
                 }
             };
@@ -401,6 +410,32 @@ impl StorageNode for Service {
             .await
             .map_err(|e| status("ChangeMembership", e))?;
         Ok(Response::new(ChangeMembershipResponse { scl: scl.0 }))
+    }
+
+    async fn promise_membership(
+        &self,
+        request: Request<PromiseMembershipRequest>,
+    ) -> Result<Response<PromiseMembershipResponse>, Status> {
+        let request = request.into_inner();
+        let parsed = (|| {
+            let key = request::segment_key(request.segment.as_ref())?;
+            let base = request::membership(request.base.as_ref())?.ok_or_else(|| {
+                StoreError::InvalidArgument("a promise names the membership it is from".into())
+            })?;
+            let ballot = Ballot::from_wire(request.ballot.as_ref());
+            Ok((key, base, ballot))
+        })()
+        .map_err(|e| status("PromiseMembership", e))?;
+        let (key, base, ballot) = parsed;
+        let vote = self
+            .store
+            .promise_membership(key, base, ballot)
+            .await
+            .map_err(|e| status("PromiseMembership", e))?;
+        Ok(Response::new(PromiseMembershipResponse {
+            membership: vote.as_ref().map(|(m, _)| m.to_wire()),
+            accepted: vote.and_then(|(_, b)| b.to_wire()),
+        }))
     }
 
     async fn put_pg_membership(

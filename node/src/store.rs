@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sixfold_proto::collision::{Ballot, Vote};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::record;
 use sixfold_proto::wire::{Record, VolumeMeta};
@@ -29,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::error;
 
 use crate::appender::{
-    AppendJob, Appender, Job, MembershipJob, MergeJob, MetaJob, OpenJob, Reply, Source,
+    AppendJob, Appender, Job, MembershipJob, MergeJob, MetaJob, OpenJob, PromiseJob, Reply, Source,
 };
 use crate::checkpoint::{self, Checkpoint, SegmentCheckpoint};
 use crate::error::{NodeError, StoreError};
@@ -231,7 +232,7 @@ fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
             truncate_after,
         },
         FrameBody::History(list) => Effect::History(list),
-        FrameBody::Membership { current, base } => Effect::Membership { current, base },
+        FrameBody::Membership(held) => Effect::Membership(held),
     };
     index.apply(&key, effect);
 }
@@ -532,6 +533,24 @@ impl Store {
         .await
     }
 
+    /// A collision-recovery round's promise (see [`crate::appender::PromiseJob`]).
+    pub async fn promise_membership(
+        &self,
+        key: SegmentKey,
+        base: Membership,
+        ballot: Ballot,
+    ) -> Result<Vote, StoreError> {
+        self.submit(|reply| {
+            Job::Promise(PromiseJob {
+                key,
+                base,
+                ballot,
+                reply,
+            })
+        })
+        .await
+    }
+
     /// Catches the segment up with an established membership (and its base) that its driver
     /// saw on the PG's other nodes (see [`crate::members::ChangeMode::CatchUp`]).
     pub async fn catch_up_membership(
@@ -652,11 +671,11 @@ impl Store {
         .await
     }
 
-    /// The membership the segment's membership was a step from (None: a writer's).
-    pub fn membership_base(&self, key: &SegmentKey) -> Option<Membership> {
+    /// The segment's whole membership state (round and promise included).
+    pub fn held_membership(&self, key: &SegmentKey) -> Option<crate::members::HeldMembership> {
         lock(&self.shared.index)
             .slot(key)
-            .and_then(|s| s.membership_base.clone())
+            .and_then(|s| s.held_membership())
     }
 
     /// The PG's membership as the segment holds it.

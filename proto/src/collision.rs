@@ -69,7 +69,7 @@ const _: () = assert!(2 * RECOVERY_QUORUM > COPIES);
 const _: () = assert!(RECOVERY_QUORUM + WRITE_QUORUM > COPIES);
 const _: () = assert!(RECOVERY_QUORUM + 2 * WRITE_QUORUM > 2 * COPIES);
 // One lost node leaves a recovery quorum.
-const _: () = assert!(COPIES - 1 >= RECOVERY_QUORUM);
+const _: () = assert!(COPIES > RECOVERY_QUORUM);
 
 /// A round of the decision on one membership epoch: its number, then the driver that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -186,6 +186,8 @@ pub enum MembershipError {
     EpochOutOfRange { epoch: MembershipEpoch },
     #[error("the segment promised a later collision-recovery {ballot} for this epoch")]
     Promised { ballot: crate::collision::Ballot },
+    #[error("the segment holds no membership of its PG")]
+    NoMembership,
     #[error("a collision-recovery round is numbered 1 to 2^62 and names its driver")]
     NotAClassicRound,
 }

@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use sixfold_node::repair_pass::{Action, Answer, PassInput, PgDriver, Send, SendOutcome};
+use sixfold_node::repair_pass::{Action, Answer, PassInput, PgDriver, Recover, Send, SendOutcome};
+use sixfold_proto::collision::Vote;
 use sixfold_proto::membership::Membership;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::{placement, NodeId};
@@ -32,6 +33,13 @@ enum Phase {
     Asking {
         since: u64,
         answers: BTreeMap<NodeId, Answer>,
+    },
+    /// Asked the nodes of a collision-recovery round's base for their promise at `since`.
+    Promising {
+        since: u64,
+        recover: Recover,
+        answers: BTreeMap<NodeId, Answer>,
+        votes: BTreeMap<NodeId, Vote>,
     },
     /// Sent `send` at `since`; `held`: the nodes that took it.
     Sending {
@@ -113,6 +121,9 @@ impl SimDriver {
             (Phase::Sending { held, .. }, Msg::ChangeAck { holds: true }) => {
                 held.insert(node);
             }
+            (Phase::Promising { votes, .. }, Msg::PromiseReply { vote: Some(vote) }) => {
+                votes.insert(node, vote);
+            }
             _ => {}
         }
     }
@@ -140,6 +151,38 @@ impl SimDriver {
                     return; // a segment this node no longer belongs to
                 }
                 self.pass(now, membership, base, answers, list, repair_after, out);
+            }
+            Phase::Promising {
+                since,
+                recover,
+                answers,
+                votes,
+            } if now < since + ANSWER_STEPS => {
+                self.phase = Phase::Promising {
+                    since,
+                    recover,
+                    answers,
+                    votes,
+                };
+            }
+            Phase::Promising {
+                recover,
+                answers,
+                votes,
+                ..
+            } => {
+                if let Some(send) = self.pg.promised(&recover, &votes) {
+                    crate::trace(now, || {
+                        format!(
+                            "driver {}: {} chose {} ({} votes)",
+                            self.node,
+                            recover.ballot,
+                            send.proposed,
+                            votes.len()
+                        )
+                    });
+                    self.send(now, send, answers, out);
+                }
             }
             Phase::Sending {
                 since,
@@ -197,6 +240,7 @@ impl SimDriver {
         let load = |node: NodeId| u64::from(membership.contains(node));
         let key = placement::pg_key("sim", 0);
         let input = PassInput {
+            driver: own,
             membership,
             base,
             answers: &answers,
@@ -226,27 +270,53 @@ impl SimDriver {
             Action::CatchUpSelf { membership, base } => {
                 out.push(Effect::CatchUpSelf { membership, base })
             }
-            Action::Send(send) => {
-                for node in &send.to {
-                    let i = crate::writer::index_of(*node);
+            Action::Send(send) => self.send(now, send, answers, out),
+            Action::Recover(recover) => {
+                for node in recover.base.nodes() {
                     out.push(Effect::Send(
-                        i,
-                        Msg::Change {
-                            base: send.base.clone(),
-                            proposed: send.proposed.clone(),
-                            mode: send.mode(*node),
+                        crate::writer::index_of(node),
+                        Msg::Promise {
+                            base: recover.base.clone(),
+                            ballot: recover.ballot,
                         },
                     ));
                 }
-                self.phase = Phase::Sending {
+                self.phase = Phase::Promising {
                     since: now,
-                    send,
+                    recover,
                     answers,
-                    held: BTreeSet::new(),
+                    votes: BTreeMap::new(),
                 };
             }
             Action::Wait => {}
         }
+    }
+
+    /// Sends `send`'s ChangeMembership to its nodes and waits for their answers.
+    fn send(
+        &mut self,
+        now: u64,
+        send: Send,
+        answers: BTreeMap<NodeId, Answer>,
+        out: &mut Vec<Effect>,
+    ) {
+        for node in &send.to {
+            let i = crate::writer::index_of(*node);
+            out.push(Effect::Send(
+                i,
+                Msg::Change {
+                    base: send.base.clone(),
+                    proposed: send.proposed.clone(),
+                    mode: send.mode(*node),
+                },
+            ));
+        }
+        self.phase = Phase::Sending {
+            since: now,
+            send,
+            answers,
+            held: BTreeSet::new(),
+        };
     }
 
     /// The metadata took `epoch` (the world decides whether a record reaches a quorum).

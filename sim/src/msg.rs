@@ -4,6 +4,7 @@
 use sixfold_node::members::ChangeMode;
 use sixfold_node::repair_pass::Answer;
 use sixfold_node::segment::Truncation;
+use sixfold_proto::collision::{Ballot, Vote};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn};
 
@@ -83,9 +84,19 @@ pub enum Msg {
         proposed: Membership,
         mode: ChangeMode,
     },
-    /// Node -> driver: whether it holds the proposed membership now.
+    /// Node -> driver: whether it took the change and holds the proposed membership now.
     ChangeAck {
         holds: bool,
+    },
+    /// Repair driver -> node: promise collision-recovery round `ballot` for the epoch after
+    /// `base`'s.
+    Promise {
+        base: Membership,
+        ballot: Ballot,
+    },
+    /// Node -> driver: its vote (None: it refused).
+    PromiseReply {
+        vote: Option<Vote>,
     },
 }
 

@@ -12,11 +12,12 @@
 use std::collections::HashMap;
 
 use sixfold_node::index::SegmentKey;
-use sixfold_node::members::{self, ChangeMode};
+use sixfold_node::members::{self, ChangeMode, HeldMembership};
 use sixfold_node::repair_pass::Answer;
 use sixfold_node::segment::{
     adopts_history, history_epoch, Location, RecordMeta, Segment, Truncation,
 };
+use sixfold_proto::collision::{Ballot, Promise};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 
@@ -35,6 +36,9 @@ pub struct SimNode {
     /// writer's).
     pub membership: Option<Membership>,
     pub membership_base: Option<Membership>,
+    /// The collision-recovery round `membership` was accepted in, and the node's promise.
+    pub ballot: Ballot,
+    pub promise: Option<Promise>,
 }
 
 fn key() -> SegmentKey {
@@ -155,6 +159,8 @@ impl SimNode {
                     history_epoch: history_epoch(self.segment.truncations()),
                     membership: Some(m.clone()),
                     membership_base: self.membership_base.clone(),
+                    ballot: self.ballot,
+                    promise: self.promise,
                 }),
             }),
             Msg::Change {
@@ -162,16 +168,30 @@ impl SimNode {
                 proposed,
                 mode,
             } => {
-                if let Ok(true) =
-                    members::adopt_change(self.membership.as_ref(), &base, &proposed, &mode)
-                {
-                    // As the appender stores it: a catch-up naming itself as base has none.
-                    self.membership_base = (base != proposed).then_some(base);
-                    self.membership = Some(proposed.clone());
-                }
+                // As the real node answers: a refusal is an error, anything else the SCL (the
+                // driver counts the nodes that did not refuse).
+                let taken =
+                    match members::adopt_change(self.held().as_ref(), &base, &proposed, &mode) {
+                        Ok(Some(held)) => {
+                            self.set(held);
+                            true
+                        }
+                        Ok(None) => true,
+                        Err(_) => false,
+                    };
                 Some(Msg::ChangeAck {
-                    holds: self.membership.as_ref() == Some(&proposed),
+                    holds: taken && self.membership.as_ref() == Some(&proposed),
                 })
+            }
+            Msg::Promise { base, ballot } => {
+                let vote = match members::promise(self.held().as_ref(), &base, ballot) {
+                    Ok((held, vote)) => {
+                        self.set(held);
+                        Some(vote)
+                    }
+                    Err(_) => None,
+                };
+                Some(Msg::PromiseReply { vote })
             }
             Msg::AppendAck { .. }
             | Msg::SealAck { .. }
@@ -179,6 +199,7 @@ impl SimNode {
             | Msg::Fenced { .. }
             | Msg::StaleMembership
             | Msg::ProbeReply { .. }
+            | Msg::PromiseReply { .. }
             | Msg::ChangeAck { .. } => None,
         }
     }
@@ -190,24 +211,39 @@ impl SimNode {
             return false;
         }
         if members::adopt_from_writer(self.membership.as_ref(), membership) {
-            self.membership = Some(membership.clone());
-            self.membership_base = None;
+            self.set(HeldMembership::from_writer(membership.clone()));
         }
         true
+    }
+
+    /// The segment's membership state, as the real node keeps it.
+    pub fn held(&self) -> Option<HeldMembership> {
+        Some(HeldMembership {
+            current: self.membership.clone()?,
+            base: self.membership_base.clone(),
+            accepted: self.ballot,
+            promise: self.promise,
+        })
+    }
+
+    fn set(&mut self, held: HeldMembership) {
+        self.membership = Some(held.current);
+        self.membership_base = held.base;
+        self.ballot = held.accepted;
+        self.promise = held.promise;
     }
 
     /// Adopts an established membership its driver saw on its peers (the driver's catch-up of
     /// its own node).
     pub fn catch_up(&mut self, membership: Membership, base: Option<Membership>) {
         let base_or_self = base.clone().unwrap_or_else(|| membership.clone());
-        if let Ok(true) = members::adopt_change(
-            self.membership.as_ref(),
+        if let Ok(Some(held)) = members::adopt_change(
+            self.held().as_ref(),
             &base_or_self,
             &membership,
             &ChangeMode::CatchUp,
         ) {
-            self.membership_base = (base_or_self != membership).then_some(base_or_self);
-            self.membership = Some(membership);
+            self.set(held);
         }
     }
 

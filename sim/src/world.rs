@@ -22,7 +22,8 @@
 //!   some configuration of the newest established membership.
 //! - the real state machines' own invariants (`Segment::check_invariants`,
 //!   `Ledger::check_invariants`).
-//! - liveness: after the network heals and all but up to 2 nodes are back, the newest writer
+//! - liveness: after the network heals and all but up to 2 nodes are back (1 when rival steps
+//!   split the PG: it stays down for good), the newest writer
 //!   opens and a flush returns.
 //!
 //! Found by this simulation and fixed in the real code: capping a sealed answer's SCL at a
@@ -80,6 +81,11 @@ pub struct Stats {
     pub messages: usize,
     /// Membership epochs the volume metadata went through (steps recorded).
     pub membership_steps: u64,
+    /// Promise requests of collision-recovery rounds the drivers sent.
+    pub promises: u64,
+    /// Whether rival steps split the PG when the network healed: one node then stayed down for
+    /// good, and a collision-recovery round had to decide without it.
+    pub split_at_heal: bool,
 }
 
 struct Envelope {
@@ -388,7 +394,12 @@ impl World {
     fn apply_effects(&mut self, i: usize, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Send(to, msg) => self.send(Addr::Driver(i), Addr::Node(to), msg),
+                Effect::Send(to, msg) => {
+                    if matches!(msg, Msg::Promise { .. }) {
+                        self.stats.promises += 1;
+                    }
+                    self.send(Addr::Driver(i), Addr::Node(to), msg)
+                }
                 Effect::CatchUpSelf { membership, base } => {
                     self.nodes[i].catch_up(membership, base)
                 }
@@ -692,9 +703,13 @@ impl World {
         }
         let mut found = Vec::new();
         for (m, base) in held {
-            let holders =
-                |n: sixfold_proto::NodeId| self.nodes[index_of(n)].membership.as_ref() == Some(m);
-            if base.is_some_and(|base| base.is_write_quorum(holders)) {
+            // Established: a write quorum of its base holds it in one round (what the drivers
+            // count, `sixfold_proto::collision`).
+            let votes = |n: sixfold_proto::NodeId| {
+                let node = &self.nodes[index_of(n)];
+                node.membership.clone().map(|m| (m, node.ballot))
+            };
+            if base.is_some_and(|base| sixfold_proto::collision::is_established(base, m, votes)) {
                 found.push(m.clone());
             }
         }
@@ -768,9 +783,10 @@ impl World {
     }
 
     /// Whether rival steps of one epoch split the PG's nodes. A node that is down may then be
-    /// the one whose answer tells which step a write quorum took, or whose adoption decides it
-    /// (see "Rival steps" in `sixfold_proto::membership`): the PG waits for it, so liveness is
-    /// only required with every node back.
+    /// the one whose answer tells which step a write quorum took (see "Rival steps" in
+    /// `sixfold_proto::membership`); a collision-recovery round (`sixfold_proto::collision`)
+    /// decides without it, given five answers of every configuration: liveness is required
+    /// with one node down for good.
     fn contested(&self) -> bool {
         let mut held: Vec<&Membership> = Vec::new();
         for m in self.nodes.iter().filter_map(|n| n.membership.as_ref()) {
@@ -792,10 +808,18 @@ impl World {
                 self.bring_up(i);
             }
         }
-        // Writes must progress with up to 2 segments down: keep some down to the end, unless
-        // rival steps split the PG (see `contested`).
-        let keep_down: Vec<usize> = if self.contested() {
-            Vec::new()
+        // Writes must progress with up to 2 segments down: keep some down to the end. When rival
+        // steps split the PG, one node stays down for good: it may be the one whose vote would
+        // decide the fast round, and a collision-recovery round must decide without it.
+        let holders: Vec<usize> = (0..NODES)
+            .filter(|i| self.nodes[*i].membership.is_some())
+            .collect();
+        let mut lost = None;
+        let keep_down: Vec<usize> = if self.contested() && !holders.is_empty() {
+            self.stats.split_at_heal = true;
+            let i = holders[self.rng.random_range(0..holders.len())];
+            lost = Some(i);
+            vec![i]
         } else {
             (0..self.rng.random_range(0..=2))
                 .map(|_| self.rng.random_range(0..NODES))
@@ -828,8 +852,13 @@ impl World {
                 return Ok(());
             }
             self.step(false)?;
+            // A split that arises later (a step from before the heal landing late) leaves at
+            // most one node down: the one lost for good, if any, else one of those kept down.
             if self.contested() {
-                for i in 0..NODES {
+                let lost = *lost.get_or_insert_with(|| {
+                    (0..NODES).find(|i| !self.nodes[*i].up).unwrap_or(NODES)
+                });
+                for i in (0..NODES).filter(|i| *i != lost) {
                     if !self.nodes[i].up {
                         self.bring_up(i);
                     }

@@ -46,6 +46,7 @@ fn the_protocol_keeps_every_invariant_over_thousands_of_schedules() {
     }
     let started = Instant::now();
     let (mut writers, mut flushes, mut crashes, mut steps) = (0, 0, 0, 0);
+    let (mut promises, mut splits) = (0, 0);
     for seed in 0..schedules() {
         match run_seed(seed, Variant::Correct) {
             Ok(stats) => {
@@ -53,13 +54,17 @@ fn the_protocol_keeps_every_invariant_over_thousands_of_schedules() {
                 flushes += stats.flushes;
                 crashes += stats.node_crashes;
                 steps += stats.membership_steps;
+                promises += stats.promises;
+                splits += u64::from(stats.split_at_heal);
             }
             Err(e) => panic!("seed {seed} failed (replay: SIXFOLD_SIM_SEED={seed}): {e}"),
         }
     }
     eprintln!(
         "{} schedules in {:.1?}: {writers} writers, {flushes} flushes returned, {crashes} node \
-         crashes, {steps} membership steps recorded",
+         crashes, {steps} membership steps recorded, {splits} schedules healed with rival \
+         steps splitting the PG and a node lost for good, {promises} collision-recovery promise \
+         requests",
         schedules(),
         started.elapsed()
     );
@@ -70,6 +75,11 @@ fn the_protocol_keeps_every_invariant_over_thousands_of_schedules() {
     assert!(
         steps > schedules(),
         "the schedules must change memberships (replace lost nodes, move drained ones)"
+    );
+    assert!(
+        splits > 0 && promises > 0,
+        "some schedules must end with rival steps splitting the PG and one node lost for good, \
+         which only a collision-recovery round decides"
     );
 }
 

@@ -25,6 +25,7 @@ fn step(base: &Membership, proposed: &Membership) -> ChangeMembershipRequest {
         catch_up_to: 0,
         catch_up: false,
         superseded: None,
+        ballot: None,
     }
 }
 
