@@ -13,6 +13,11 @@
 //!   writer when newer ([`adopt_from_writer`]: its OpenSegment, SegmentState seal and
 //!   Appends): a writer's membership comes from the volume metadata, which records only
 //!   established steps.
+//! - Collision recovery ([`sixfold_proto::collision`]): a segment promises a driver's round
+//!   ([`promise`]) and then takes no fast-round step or supersede for that epoch; it takes a
+//!   round's accept ([`ChangeMode::Accept`]) unless it promised a later round. Its state
+//!   ([`HeldMembership`]: membership, base, the round it accepted it in, its promise) is
+//!   hardened whole in each membership frame before it is answered; replay keeps the last.
 
 use sixfold_proto::collision::{self, Ballot, Held, Promise};
 use sixfold_proto::membership::{Membership, MembershipError};

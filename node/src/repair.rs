@@ -21,7 +21,10 @@
 //! builds a step only on an established one ([`crate::repair_plan`], rule 1), so the loser of a
 //! race only leaves a minority of nodes on a dead branch, which the winner's next step (or a
 //! roll back) overrides. The volume metadata is updated after each established step, by
-//! epoch per PG: writers follow it, never a node's unestablished view.
+//! epoch per PG: writers follow it, never a node's unestablished view. When rival steps split a
+//! PG so that neither can win without a node that does not answer, the driver decides the
+//! epoch by a collision-recovery round (`sixfold_proto::collision`: promises from five nodes of
+//! every configuration, then an accept), safe against any number of drivers doing the same.
 //!
 //! **Each pass, per PG driven.** Ask every node of the membership its state (SCL, truncation
 //! history, membership); catch this node up if a peer holds a newer established membership;

@@ -70,12 +70,14 @@
 //! a catch-up moves only onto an established rival, of which an epoch has one). Drivers push
 //! the highest rival they see, so the nodes of a split converge on one step.
 //!
-//! Liveness limit: a split whose outranked side may still win by the vote of a node that does
-//! not answer (the 3/2 split with the lost node F silent: F might hold the lower rival, which
-//! is then established) cannot be decided until that node answers or is removed. Drivers make
-//! rivals rare: only the ranked driver of a PG takes new steps (an outranked node's occasional
-//! pass only follows and catches up), so they need two drivers that each think they rank
-//! first (a partition).
+//! A split whose outranked side may still win by the vote of a node that does not answer (the
+//! 3/2 split with the lost node F silent: F might hold the lower rival, which is then
+//! established) cannot be decided this way. The steps above are Fast Paxos's fast round, and a
+//! driver that sees such a split runs a classic round ([`crate::collision`]), which decides the
+//! epoch with five answers of every configuration, F's vote or not. (Before that module the PG
+//! stalled until F came back.) Drivers make rivals rare: only the ranked driver of a PG takes
+//! new steps (an outranked node's occasional pass only follows, catches up and recovers), so
+//! they need two drivers that each think they rank first (a partition).
 
 use std::fmt;
 
