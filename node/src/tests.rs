@@ -361,6 +361,99 @@ async fn membership_steps_fence_old_members_across_restarts() {
     store.close().await;
 }
 
+/// A collision-recovery round on a real store: a promise refuses fast-round steps of its
+/// epoch, an accept replaces the rival step the segment held (same epoch: the index and replay
+/// must apply it, which they did not for same-epoch changes before), and both the promise and
+/// the round survive a restart.
+#[tokio::test]
+async fn collision_rounds_are_durable_and_replace_a_rival_of_the_epoch() {
+    use sixfold_proto::collision::Ballot;
+    use sixfold_proto::membership::Membership;
+    use sixfold_proto::NodeId;
+    let temp = TempDir::new("collision");
+    let k = key("v", 0);
+    let store = open(temp.path());
+    let base = Membership::new((1..=6).map(NodeId).collect()).expect("valid");
+    store
+        .open_segment(
+            k.clone(),
+            Epoch(1),
+            Lsn(0),
+            vec![],
+            vec![],
+            Some(base.clone()),
+        )
+        .await
+        .expect("open");
+    let low = base.begin(NodeId(6), NodeId(7)).expect("begin");
+    let high = base.begin(NodeId(6), NodeId(8)).expect("rival");
+    let step = |proposed: &Membership, mode: ChangeMode| {
+        store.change_membership(
+            k.clone(),
+            base.clone(),
+            proposed.clone(),
+            vec![],
+            Lsn(0),
+            mode,
+        )
+    };
+    step(&high, ChangeMode::Step).await.expect("a step");
+    let round = Ballot {
+        number: 2,
+        driver: NodeId(3),
+    };
+    let vote = store
+        .promise_membership(k.clone(), base.clone(), round)
+        .await
+        .expect("promised");
+    assert_eq!(vote, Some((high.clone(), Ballot::FAST)), "reports its step");
+    let earlier = Ballot {
+        number: 1,
+        driver: NodeId(9),
+    };
+    assert!(
+        store
+            .promise_membership(k.clone(), base.clone(), earlier)
+            .await
+            .is_err(),
+        "an earlier round is refused"
+    );
+    assert!(
+        matches!(
+            step(&low, ChangeMode::Accept(earlier)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "so is its accept"
+    );
+    step(&low, ChangeMode::Accept(round))
+        .await
+        .expect("the round's accept");
+    assert_eq!(
+        store.membership(&k),
+        Some(low.clone()),
+        "the rival is replaced"
+    );
+    store.close().await;
+    let store = open(temp.path());
+    let held = store.held_membership(&k).expect("held");
+    assert_eq!(held.current, low, "replayed in order from the hot log");
+    assert_eq!(held.accepted, round);
+    assert_eq!(held.promise.map(|p| p.ballot), Some(round));
+    let refused = store
+        .change_membership(
+            k.clone(),
+            base.clone(),
+            high,
+            vec![],
+            Lsn(0),
+            ChangeMode::Step,
+        )
+        .await
+        .expect_err("no fast-round step once promised, after a restart too");
+    assert!(refused.to_string().contains("promised"), "{refused}");
+    store.close().await;
+}
+
 #[tokio::test]
 async fn truncation_survives_restart() {
     let temp = TempDir::new("truncation");
