@@ -398,13 +398,23 @@ impl Driver {
                 let votes = self.promises(key, &recover, &addrs).await;
                 let pg = self.pgs.entry(key.clone()).or_default();
                 let Some(send) = pg.promised(&recover, &votes) else {
+                    // Writes wait meanwhile (the nodes on either rival refuse the writer's
+                    // older membership): the operator must know, and why.
+                    self.store.note_degraded(
+                        key,
+                        Some(format!(
+                            "rival membership steps split the PG and only {} of its nodes \
+                             promised a collision-recovery round (5 of every configuration are \
+                             needed): writes wait until more of them answer",
+                            votes.len()
+                        )),
+                    );
                     return Err(format!(
                         "collision-recovery {} for {} won {} promise(s), short of 5 of every \
-                         configuration of {}; trying a higher round next pass",
+                         configuration; trying a higher round next pass",
                         recover.ballot,
                         recover.base,
                         votes.len(),
-                        recover.base
                     ));
                 };
                 info!(segment = %key, ballot = %recover.ballot, chosen = %send.proposed, "collision-recovery round chose");

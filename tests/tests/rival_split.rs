@@ -4,8 +4,9 @@
 //! higher, so that no supersede can move either side, and F is killed. F might hold the lower
 //! step, which would then be established; nothing but a collision-recovery round
 //! (`sixfold_proto::collision`) decides without it. The repair drivers must run one, the PG
-//! must end healed on live nodes, and every acknowledged write must read back. Seen failing
-//! (the PG stays split, the writer's recovery waits) with a driver that never runs a round.
+//! must end healed on live nodes, and every acknowledged write must read back. While a second
+//! member is away too (four answers), no round can decide, and `sixfold status` must say why
+//! the PG waits. Seen failing (the PG stays split) with a driver that never runs a round.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -131,16 +132,32 @@ fn rival_steps_split_three_two_with_the_deciding_node_lost_are_recovered() -> Re
     })?;
     eprintln!("split: {low} on 3 members, {high} on 2, {lost} lost for good");
 
-    // F is lost for good; the others come back with their repair drivers on.
+    // F is lost for good; the others come back with their repair drivers on, but for one
+    // member on the higher step: four answers cannot decide the split, and the status must say
+    // so (writes wait).
     let lost_index = cluster.index_of(&addrs[&lost])?;
+    let away = cluster.index_of(&addrs[&base.members[4]])?;
     cluster.kill_node(lost_index);
     for i in 0..cluster.nodes.len() {
         cluster.stop_node(i);
     }
     cluster.node_options = vec!["--repair-after".into(), "3s".into()];
-    for i in (0..cluster.nodes.len()).filter(|i| *i != lost_index) {
+    for i in (0..cluster.nodes.len()).filter(|i| *i != lost_index && *i != away) {
         cluster.start_node(i)?;
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cluster.status_text("split").unwrap_or_default();
+        if status.contains("CANNOT BE REPAIRED") && status.contains("rival membership steps") {
+            eprintln!("with two of six down:\n{status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the status does not say that the split waits: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.start_node(away)?;
 
     // The drivers decide the epoch without F (the lower step: F may hold it), then complete
     // the replacement: six healthy segments on live nodes.
