@@ -152,7 +152,9 @@ impl SegmentSlot {
             self.membership = Some(held.current);
             self.membership_base = held.base;
             self.membership_ballot = held.accepted;
-            self.promise = held.promise;
+            // A promise never decreases (`sixfold_proto::collision`): a writer's membership
+            // names none, and must not erase the one a round counted on.
+            self.promise = Promise::highest(self.promise, held.promise);
         }
     }
 

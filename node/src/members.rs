@@ -40,7 +40,8 @@ pub struct HeldMembership {
 }
 
 impl HeldMembership {
-    /// A membership a writer brought (from the volume metadata: established).
+    /// A membership a writer brought (from the volume metadata: established). It names no
+    /// promise; the segment keeps the one it holds ([`crate::index::SegmentSlot::keep_membership`]).
     pub fn from_writer(current: Membership) -> HeldMembership {
         HeldMembership {
             current,
@@ -117,8 +118,8 @@ pub enum ChangeMode {
     /// One step from `base` ([`Membership::decide_adopt`]), in the fast round.
     Step,
     /// Not a step: the driver vouches that `proposed` is established (a write quorum of its
-    /// base holds it) and brings a segment that lags up to it.
-    CatchUp,
+    /// base holds it in this round) and brings a segment that lags up to it, in that round.
+    CatchUp(Ballot),
     /// A step from `base` that replaces this rival of its epoch, which its driver proved can
     /// never be established ([`Membership::decide_supersede`]), in the fast round.
     Supersede(Membership),
@@ -147,9 +148,9 @@ pub fn adopt_change(
     };
     match mode {
         // Adopted over an older one, and over a rival of its epoch (a step that lost).
-        ChangeMode::CatchUp => Ok((current != Some(proposed)
+        ChangeMode::CatchUp(ballot) => Ok((current != Some(proposed)
             && current.is_none_or(|c| proposed.epoch >= c.epoch))
-        .then(|| next(Ballot::LEARNED, promise))),
+        .then(|| next(*ballot, promise))),
         ChangeMode::Step => {
             if current == Some(proposed) {
                 return Ok(None);
@@ -163,6 +164,11 @@ pub fn adopt_change(
                 return Ok(None);
             }
             collision::check_fast(promise, proposed.epoch)?;
+            // The supersede's proof is about the fast round ("holders only move up"): a
+            // membership taken in a classic round (or learned) is never given up by one.
+            if held.is_some_and(|h| h.accepted != Ballot::FAST) {
+                return Err(MembershipError::NotSuperseded);
+            }
             Ok(
                 Membership::decide_supersede(current, base, proposed, superseded)?
                     .then(|| next(Ballot::FAST, promise)),
@@ -174,12 +180,12 @@ pub fn adopt_change(
                 accepted: held.map_or(Ballot::FAST, |h| h.accepted),
                 promise,
             };
-            let promise = Promise {
+            let round = Promise {
                 epoch: proposed.epoch,
                 ballot: *ballot,
             };
             Ok(collision::decide_accept(view, base, proposed, *ballot)?
-                .then(|| next(*ballot, Some(promise))))
+                .then(|| next(*ballot, Promise::highest(promise, Some(round)))))
         }
     }
 }
@@ -200,7 +206,7 @@ pub fn promise(
     let (promise, vote) = collision::decide_promise(view, base, ballot)?;
     Ok((
         HeldMembership {
-            promise: Some(promise),
+            promise: Promise::highest(held.promise, Some(promise)),
             ..held.clone()
         },
         vote,

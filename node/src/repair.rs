@@ -383,10 +383,14 @@ impl Driver {
             self.store.note_degraded(key, pass.degraded.clone());
         }
         let send = match pass.action {
-            Action::CatchUpSelf { membership, base } => {
+            Action::CatchUpSelf {
+                membership,
+                base,
+                ballot,
+            } => {
                 info!(segment = %key, membership = %membership, "catching up with an established membership its peers hold");
                 self.store
-                    .catch_up_membership(key.clone(), membership, base)
+                    .catch_up_membership(key.clone(), membership, base, ballot)
                     .await
                     .map_err(|e| e.to_string())?;
                 return Ok(false);
@@ -583,14 +587,14 @@ impl Driver {
                 proposed: Some(send.proposed.to_wire()),
                 peers: peers.clone(),
                 catch_up_to: send.catch_up_to.0,
-                catch_up: mode == ChangeMode::CatchUp,
+                catch_up: matches!(mode, ChangeMode::CatchUp(_)),
                 superseded: match &mode {
                     ChangeMode::Supersede(superseded) => Some(superseded.to_wire()),
-                    ChangeMode::Step | ChangeMode::CatchUp | ChangeMode::Accept(_) => None,
+                    ChangeMode::Step | ChangeMode::CatchUp(_) | ChangeMode::Accept(_) => None,
                 },
                 ballot: match mode {
-                    ChangeMode::Accept(ballot) => ballot.to_wire(),
-                    _ => None,
+                    ChangeMode::Accept(ballot) | ChangeMode::CatchUp(ballot) => ballot.to_wire(),
+                    ChangeMode::Step | ChangeMode::Supersede(_) => None,
                 },
             };
             let node = *node;

@@ -81,10 +81,12 @@ pub struct PassInput<'a> {
 /// What a pass decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// This node adopts an established membership its peers hold (rule 1).
+    /// This node adopts an established membership its peers hold (rule 1), in the round it
+    /// was established in.
     CatchUpSelf {
         membership: Membership,
         base: Option<Membership>,
+        ballot: Ballot,
     },
     /// A ChangeMembership to some nodes.
     Send(Send),
@@ -108,8 +110,9 @@ pub struct Recover {
 /// Which kind of send: what its answers mean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendKind {
-    /// The established membership, to nodes that lag or join (`catch_up` on the wire).
-    CatchUp,
+    /// The established membership, to nodes that lag or join (`catch_up` on the wire), in the
+    /// round it was established in.
+    CatchUp(Ballot),
     /// An unestablished step, to the nodes of its base that lag.
     Establish,
     /// A new step (the plan's begin, complete or roll back).
@@ -136,7 +139,7 @@ impl Send {
     /// How `node` is to take it.
     pub fn mode(&self, node: NodeId) -> ChangeMode {
         match (self.kind, self.over.get(&node)) {
-            (SendKind::CatchUp, _) => ChangeMode::CatchUp,
+            (SendKind::CatchUp(ballot), _) => ChangeMode::CatchUp(ballot),
             (SendKind::Accept(ballot), _) => ChangeMode::Accept(ballot),
             (_, Some(superseded)) => ChangeMode::Supersede(superseded.clone()),
             (SendKind::Step | SendKind::Establish, None) => ChangeMode::Step,
@@ -189,13 +192,14 @@ impl PgDriver {
             base: input.base.filter(|b| *b != membership),
             ..*input
         };
-        if let Some((newer, base)) = newest_established(input.answers, membership) {
+        if let Some((newer, base, ballot)) = newest_established(input.answers, membership) {
             self.targets.clear();
             return Pass {
                 record: None,
                 action: Action::CatchUpSelf {
                     membership: newer,
                     base,
+                    ballot,
                 },
                 plan: None,
                 degraded: None,
@@ -209,14 +213,18 @@ impl PgDriver {
         // Any node of the base counts, a member of `membership` or not (the new node of a
         // replacement rolled back, the old one of a completed one).
         let votes = |node: NodeId| input.answers.get(&node).and_then(Answer::vote);
-        let established = input
-            .base
-            .is_none_or(|base| collision::is_established(base, membership, votes));
+        // The round it was established in (a writer's, with no base: learned).
+        let established_in = match input.base {
+            None => Some(Ballot::LEARNED),
+            Some(base) => collision::established_in(base, membership, votes),
+        };
+        let established = established_in.is_some();
         let empty = BTreeMap::new();
         let view = PgView {
             membership,
             base: input.base,
             members: &members,
+            established,
             list: input.list,
             repair_after: input.repair_after,
             key: input.key,
@@ -291,9 +299,9 @@ impl PgDriver {
             to.extend(membership.changes.iter().map(|c| c.to));
             to.sort_unstable();
             to.dedup();
-            if established && !to.is_empty() {
+            if let (Some(ballot), false) = (established_in, to.is_empty()) {
                 let base = input.base.unwrap_or(membership);
-                send(SendKind::CatchUp, base, membership.clone(), to)
+                send(SendKind::CatchUp(ballot), base, membership.clone(), to)
             } else {
                 Action::Wait
             }
@@ -352,14 +360,14 @@ impl PgDriver {
             let ballot = match (send.kind, &before) {
                 (SendKind::Accept(ballot), _) => ballot,
                 (_, Some((m, ballot))) if *m == send.proposed => *ballot,
-                (SendKind::CatchUp, _) => Ballot::LEARNED,
+                (SendKind::CatchUp(ballot), _) => ballot,
                 _ => Ballot::FAST,
             };
             Some((send.proposed.clone(), ballot))
         };
         let established = || collision::is_established(&send.base, &send.proposed, votes);
         match send.kind {
-            SendKind::CatchUp => SendOutcome::Nothing,
+            SendKind::CatchUp(_) => SendOutcome::Nothing,
             SendKind::Establish | SendKind::Accept(_) => {
                 if established() {
                     SendOutcome::Record(send.proposed.clone())
@@ -459,6 +467,38 @@ fn establish_or_recover(
             .filter(|(node, _)| base.contains(**node))
             .map(|(_, a)| a)
     };
+    // A classic round that some segment accepted but that is not established (its accept
+    // reached too few, those that missed it still hold the fast round's): finish it, unless a
+    // later round was promised (then only a new round decides).
+    let accepted = from_base()
+        .filter_map(|a| Some((a.membership.as_ref()?, a.ballot)))
+        .filter(|(m, ballot)| m.epoch == epoch && ballot.is_classic())
+        .max_by_key(|(_, ballot)| *ballot);
+    if let Some((value, ballot)) = accepted {
+        let later = from_base().any(|a| {
+            a.promise
+                .is_some_and(|p| p.epoch == epoch && p.ballot > ballot)
+        });
+        if !later {
+            let to: Vec<NodeId> = union(&[base, value])
+                .into_iter()
+                .filter(|n| {
+                    input
+                        .answers
+                        .get(n)
+                        .is_some_and(|a| a.membership.as_ref() != Some(value) || a.ballot != ballot)
+                })
+                .collect();
+            return Action::Send(Send {
+                kind: SendKind::Accept(ballot),
+                base: base.clone(),
+                proposed: value.clone(),
+                to,
+                over: BTreeMap::new(),
+                catch_up_to,
+            });
+        }
+    }
     let promised = from_base().any(|a| a.promise.is_some_and(|p| p.epoch == epoch));
     let mut values: Vec<&Membership> = from_base()
         .filter_map(|a| a.membership.as_ref())
@@ -575,15 +615,18 @@ fn step(membership: &Membership, plan: &Plan) -> Result<Membership, MembershipEr
 pub fn newest_established(
     answers: &BTreeMap<NodeId, Answer>,
     own: &Membership,
-) -> Option<(Membership, Option<Membership>)> {
+) -> Option<(Membership, Option<Membership>, Ballot)> {
     answers
         .values()
         .filter_map(|a| a.membership.clone().map(|m| (m, a.membership_base.clone())))
         .filter(|(m, _)| m.epoch > own.epoch || (m.epoch == own.epoch && m != own))
-        .filter(|(m, base)| {
+        .filter_map(|(m, base)| {
             let votes = |n: NodeId| answers.get(&n).and_then(Answer::vote);
-            base.as_ref()
-                .is_none_or(|base| collision::is_established(base, m, votes))
+            let ballot = match &base {
+                None => Ballot::LEARNED,
+                Some(base) => collision::established_in(base, &m, votes)?,
+            };
+            Some((m, base, ballot))
         })
-        .max_by_key(|(m, _)| m.epoch)
+        .max_by_key(|(m, _, _)| m.epoch)
 }

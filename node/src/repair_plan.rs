@@ -58,6 +58,10 @@ pub struct PgView<'a> {
     pub base: Option<&'a Membership>,
     /// The nodes of `membership` and of `base` (rule 1 counts a step by its base's nodes).
     pub members: &'a [MemberView],
+    /// `membership` is established: no base, or a write quorum of the base holds it in one
+    /// round (`sixfold_proto::collision::is_established`; the driver counts it, since the
+    /// rounds are not in [`MemberState`]).
+    pub established: bool,
     pub list: &'a NodeList,
     pub repair_after: Duration,
     /// The PG's placement key (ties between spare nodes are broken by hashing it).
@@ -158,9 +162,8 @@ impl PgView<'_> {
 pub fn plan(view: &PgView<'_>, load: impl Fn(NodeId) -> u64) -> Plan {
     let membership = view.membership;
     // 1. Establish.
-    if let Some(base) = view.base {
-        let holds = |node: NodeId| view.answering(node).is_some_and(|s| s.holds_current);
-        if !base.is_write_quorum(holds) {
+    if view.base.is_some() {
+        if !view.established {
             return Plan::Establish;
         }
     }
@@ -280,6 +283,16 @@ mod tests {
             .collect()
     }
 
+    /// Established as the tests' views say (every holder in the fast round).
+    fn counted(base: Option<&Membership>, view: &[MemberView]) -> bool {
+        base.is_none_or(|base| {
+            base.is_write_quorum(|n| {
+                view.iter()
+                    .any(|v| v.node == n && v.state.as_ref().is_some_and(|s| s.holds_current))
+            })
+        })
+    }
+
     fn decide(
         m: &Membership,
         base: Option<&Membership>,
@@ -291,6 +304,7 @@ mod tests {
                 membership: m,
                 base,
                 members: view,
+                established: counted(base, view),
                 list: l,
                 repair_after: AFTER,
                 key: "v/pg/0",
@@ -349,6 +363,7 @@ mod tests {
                 membership: &m,
                 base: None,
                 members: &view,
+                established: true,
                 list: &l,
                 repair_after: AFTER,
                 key: "v/pg/0",
@@ -401,6 +416,7 @@ mod tests {
                     membership: &m,
                     base: Some(&base),
                     members: &view,
+                    established: counted(Some(&base), &view),
                     list: &l,
                     repair_after: AFTER,
                     key: "k",
@@ -489,6 +505,7 @@ mod tests {
             membership: &m,
             base: Some(&base),
             members: &view,
+            established: counted(Some(&base), &view),
             list: &l,
             repair_after: AFTER,
             key: "k",

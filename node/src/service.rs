@@ -151,6 +151,33 @@ async fn serve_append_stream(
     let _ = responder.await;
 }
 
+impl Service {
+    /// A collision-recovery round must be run by a node of the cluster (as this node's copy
+    /// of the node list has it): a round named after no node could outbid every real driver's
+    /// for good. (Who may call at all is issue 16's mutual TLS.)
+    fn check_round(
+        &self,
+        key: &crate::index::SegmentKey,
+        ballot: Ballot,
+    ) -> Result<(), StoreError> {
+        if !ballot.is_classic() {
+            return Err(StoreError::InvalidArgument(format!(
+                "segment {key}: {ballot} is not a collision-recovery round (numbered 1 to 2^62, \
+                 naming its driver)"
+            )));
+        }
+        match self.store.node_list() {
+            Some(list) if list.get(ballot.driver).is_none() => {
+                Err(StoreError::InvalidArgument(format!(
+                    "segment {key}: {ballot} names {}, which is not in the cluster's node list",
+                    ballot.driver
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl StorageNode for Service {
     async fn append(
@@ -368,7 +395,7 @@ impl StorageNode for Service {
             let ballot = request.ballot.as_ref().map(|b| Ballot::from_wire(Some(b)));
             let mode = match (request.catch_up, superseded, ballot) {
                 (false, None, None) => ChangeMode::Step,
-                (true, None, None) => ChangeMode::CatchUp,
+                (true, None, ballot) => ChangeMode::CatchUp(ballot.unwrap_or(Ballot::FAST)),
                 (false, Some(superseded), None) => ChangeMode::Supersede(superseded),
                 (false, None, Some(ballot)) => ChangeMode::Accept(ballot),
                 _ => {
@@ -383,11 +410,15 @@ impl StorageNode for Service {
         })()
         .map_err(|e| status("ChangeMembership", e))?;
         let (key, base, proposed, peers, mode) = parsed;
+        if let ChangeMode::Accept(ballot) = &mode {
+            self.check_round(&key, *ballot)
+                .map_err(|e| status("ChangeMembership", e))?;
+        }
         // A node joining the PG must be an active node of the cluster (as this node's copy of
         // the node list has it); every other one must at least be known.
         if let Some(list) = self.store.node_list() {
             for node in proposed.nodes() {
-                let joining = !base.contains(node) && mode != ChangeMode::CatchUp;
+                let joining = !base.contains(node) && !matches!(mode, ChangeMode::CatchUp(_));
                 let known = list.get(node).is_some_and(|n| {
                     !joining || n.state == sixfold_proto::nodes::NodeState::Active
                 });
@@ -427,6 +458,8 @@ impl StorageNode for Service {
         })()
         .map_err(|e| status("PromiseMembership", e))?;
         let (key, base, ballot) = parsed;
+        self.check_round(&key, ballot)
+            .map_err(|e| status("PromiseMembership", e))?;
         let vote = self
             .store
             .promise_membership(key, base, ballot)

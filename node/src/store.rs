@@ -558,6 +558,7 @@ impl Store {
         key: SegmentKey,
         current: Membership,
         base: Option<Membership>,
+        ballot: Ballot,
     ) -> Result<Lsn, StoreError> {
         self.submit(|reply| {
             Job::Membership(MembershipJob {
@@ -566,7 +567,7 @@ impl Store {
                 proposed: current,
                 peers: Vec::new(),
                 catch_up_to: Lsn::ZERO,
-                mode: crate::members::ChangeMode::CatchUp,
+                mode: crate::members::ChangeMode::CatchUp(ballot),
                 reply,
             })
         })

@@ -454,6 +454,78 @@ async fn collision_rounds_are_durable_and_replace_a_rival_of_the_epoch() {
     store.close().await;
 }
 
+/// A segment that was behind (it missed a step) promises a round for the next epoch; a writer
+/// then brings it up to the base. The promise must survive that (and a restart): a round may
+/// have counted on this segment's silence, and a fast-round step taken now could establish a
+/// second membership for the epoch (found by review).
+#[tokio::test]
+async fn a_writer_catching_a_segment_up_keeps_its_promise() {
+    use sixfold_proto::collision::Ballot;
+    use sixfold_proto::membership::Membership;
+    use sixfold_proto::NodeId;
+    let temp = TempDir::new("promise-kept");
+    let k = key("v", 0);
+    let store = open(temp.path());
+    let first = Membership::new((1..=6).map(NodeId).collect()).expect("valid");
+    store
+        .open_segment(
+            k.clone(),
+            Epoch(1),
+            Lsn(0),
+            vec![],
+            vec![],
+            Some(first.clone()),
+        )
+        .await
+        .expect("open");
+    // The PG moved on without this segment: the base of the contested epoch is a step ahead.
+    let base = first.begin(NodeId(6), NodeId(7)).expect("begin");
+    let round = Ballot {
+        number: 1,
+        driver: NodeId(2),
+    };
+    let vote = store
+        .promise_membership(k.clone(), base.clone(), round)
+        .await
+        .expect("promised");
+    assert_eq!(vote, None, "it holds nothing for the epoch");
+    store
+        .open_segment(
+            k.clone(),
+            Epoch(2),
+            Lsn(0),
+            vec![],
+            vec![],
+            Some(base.clone()),
+        )
+        .await
+        .expect("a writer brings it up to the base");
+    assert_eq!(store.membership(&k), Some(base.clone()));
+    let step = base
+        .complete(NodeId(7))
+        .expect("a step for the promised epoch");
+    for restart in [false, true] {
+        let store = if restart {
+            open(temp.path())
+        } else {
+            store.clone()
+        };
+        let refused = store
+            .change_membership(
+                k.clone(),
+                base.clone(),
+                step.clone(),
+                vec![],
+                Lsn(0),
+                ChangeMode::Step,
+            )
+            .await
+            .expect_err("no fast-round step for the promised epoch, after a restart neither");
+        assert!(refused.to_string().contains("promised"), "{refused}");
+        store.close().await;
+    }
+}
+
 #[tokio::test]
 async fn truncation_survives_restart() {
     let temp = TempDir::new("truncation");

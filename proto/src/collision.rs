@@ -18,7 +18,7 @@
 //! promised for epoch E ([`Promise`]).
 //!
 //! 1. *Promise.* The driver asks the nodes of B to promise its round `b` for E
-//!    ([`decide_promise`]); a segment refuses if it promised a higher round, and otherwise
+//!    ([`decide_promise`]); a segment refuses if it promised `b` or a higher round, and otherwise
 //!    promises (durably) and reports the membership it holds for E, if any, with its round. A
 //!    promised segment takes no fast-round step or supersede for E any more.
 //! 2. *Choose* ([`choose`]) once [`RECOVERY_QUORUM`] (5) of EVERY configuration of B promised:
@@ -28,11 +28,23 @@
 //!    reach a write quorum); with none, the highest-ranked value reported (or the driver's
 //!    own).
 //! 3. *Accept.* The driver sends the choice with `b` to the nodes of B and of the choice
-//!    ([`decide_accept`]); a segment takes it unless it promised a higher round.
+//!    ([`decide_accept`]); a segment takes it unless it promised a higher round. A round whose
+//!    accept reached only some nodes can be finished later by any driver: a segment holding V
+//!    in round `b` shows that `b` proposed V (a round proposes one membership), so sending
+//!    V's accept in `b` again is safe; it needs no new promises, so it finishes with four
+//!    answers of a configuration where a new round would need five.
 //!
 //! A membership is **established** once a write quorum of B holds it *in one round*
-//! ([`is_established`]); a segment that learned it as established (a driver's catch-up) counts
-//! in every round ([`Ballot::LEARNED`]).
+//! ([`is_established`]). A segment that a driver catches up with an established membership
+//! takes it in the round it was established in ([`established_in`]): that round proposed it,
+//! so the segment's report stays true to Paxos's invariant. A writer's membership (from the
+//! volume metadata) is [`Ballot::LEARNED`]: above every round, so a round that sees it
+//! proposes it.
+//!
+//! **A promise never decreases** (ordered by epoch, then round): a segment refuses promises and
+//! accepts below the one it holds, for a later epoch too, and keeps it across every other change
+//! of its membership (a writer's, a catch-up). Dropping one would let a fast-round step through
+//! after a round counted on the segment's silence.
 //!
 //! **Why at most one membership is ever established for E.** Fast Paxos's quorum conditions,
 //! for each configuration of six: two recovery quorums meet (5 + 5 > 6), a recovery quorum meets
@@ -91,7 +103,7 @@ impl Ballot {
         driver: NodeId(0),
     };
     /// A membership a segment learned as established (a catch-up, a writer's): above every
-    /// round, and counted in every round.
+    /// round (a round that sees it proposes it).
     pub const LEARNED: Ballot = Ballot {
         number: u64::MAX,
         driver: NodeId(u64::MAX),
@@ -142,17 +154,31 @@ impl fmt::Display for Ballot {
     }
 }
 
-/// The highest classic round a segment promised, for one membership epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The highest classic round a segment promised, for one membership epoch. Promises are
+/// ordered by epoch, then round; a segment's promise never decreases (a promise for a later
+/// epoch means the earlier ones are decided).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Promise {
     pub epoch: MembershipEpoch,
     pub ballot: Ballot,
 }
 
 impl Promise {
-    /// Whether this promise keeps a segment from taking `epoch`'s value in round `ballot`.
+    /// Whether this promise keeps a segment from taking `epoch`'s value in round `ballot` (or
+    /// from promising that round): it is for a later epoch, or a later round of that epoch.
     pub fn forbids(&self, epoch: MembershipEpoch, ballot: Ballot) -> bool {
-        self.epoch == epoch && self.ballot > ballot
+        *self > Promise { epoch, ballot }
+    }
+
+    /// The later of two promises (a segment keeps the highest it made).
+    pub fn highest(a: Option<Promise>, b: Option<Promise>) -> Option<Promise> {
+        a.max(b)
+    }
+}
+
+impl fmt::Display for Promise {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {}", self.ballot, self.epoch)
     }
 }
 
@@ -187,10 +213,12 @@ pub fn decide_promise(
             found: epoch,
         });
     }
-    if let Some(promise) = held.promise.filter(|p| p.forbids(epoch, ballot)) {
-        return Err(MembershipError::Promised {
-            ballot: promise.ballot,
-        });
+    // Refused at an equal round too: a round's first phase succeeds at most once (two sets of
+    // five promises meet), so a round proposes one membership, even when its driver forgot it
+    // ran it (a restart) and numbers a new one the same.
+    let asked = Promise { epoch, ballot };
+    if let Some(promise) = held.promise.filter(|p| *p >= asked) {
+        return Err(MembershipError::Promised { promise });
     }
     let vote = held
         .membership
@@ -234,9 +262,7 @@ pub fn decide_accept(
         }
     }
     if let Some(promise) = held.promise.filter(|p| p.forbids(proposed.epoch, ballot)) {
-        return Err(MembershipError::Promised {
-            ballot: promise.ballot,
-        });
+        return Err(MembershipError::Promised { promise });
     }
     Ok(true)
 }
@@ -245,18 +271,31 @@ pub fn decide_accept(
 /// holds `promise`.
 pub fn check_fast(promise: Option<Promise>, epoch: MembershipEpoch) -> Result<(), MembershipError> {
     match promise.filter(|p| p.forbids(epoch, Ballot::FAST)) {
-        Some(p) => Err(MembershipError::Promised { ballot: p.ballot }),
+        Some(promise) => Err(MembershipError::Promised { promise }),
         None => Ok(()),
     }
 }
 
 /// Whether `membership` is established: a write quorum of `base` holds it in one round
-/// (`held`: each node's membership and round; a learned one counts in every round).
+/// (`held`: each node's membership and round). A segment caught up with an established
+/// membership holds it in the round it was established in (so it counts with the others of
+/// that round); one that holds [`Ballot::LEARNED`] (a writer's) counts only with others that
+/// do.
 pub fn is_established(
     base: &Membership,
     membership: &Membership,
     held: impl Fn(NodeId) -> Option<(Membership, Ballot)>,
 ) -> bool {
+    established_in(base, membership, held).is_some()
+}
+
+/// The round in which a write quorum of `base` holds `membership` ([`is_established`]), if one
+/// does (the highest, if several). A segment caught up with it takes it in that round.
+pub fn established_in(
+    base: &Membership,
+    membership: &Membership,
+    held: impl Fn(NodeId) -> Option<(Membership, Ballot)>,
+) -> Option<Ballot> {
     let nodes = base.nodes();
     let rounds: Vec<(NodeId, Ballot)> = nodes
         .iter()
@@ -269,13 +308,10 @@ pub fn is_established(
     let mut ballots: Vec<Ballot> = rounds.iter().map(|(_, b)| *b).collect();
     ballots.sort_unstable();
     ballots.dedup();
-    ballots.into_iter().any(|ballot| {
-        base.is_write_quorum(|n| {
-            rounds
-                .iter()
-                .any(|(m, b)| *m == n && (*b == ballot || *b == Ballot::LEARNED))
-        })
-    })
+    ballots
+        .into_iter()
+        .rev()
+        .find(|ballot| base.is_write_quorum(|n| rounds.iter().any(|(m, b)| *m == n && b == ballot)))
 }
 
 /// The membership a classic round proposes, from the votes of the nodes of `base` that
@@ -423,19 +459,52 @@ mod tests {
         };
         assert_eq!(
             decide_promise(promised, &b, round(2)),
-            Err(MembershipError::Promised { ballot: round(3) })
+            Err(MembershipError::Promised { promise })
+        );
+        assert_eq!(
+            decide_promise(promised, &b, round(3)),
+            Err(MembershipError::Promised { promise }),
+            "a round's promises are won once"
         );
         assert_eq!(
             check_fast(Some(promise), epoch),
-            Err(MembershipError::Promised { ballot: round(3) }),
+            Err(MembershipError::Promised { promise }),
             "no fast-round step once promised"
         );
         assert!(check_fast(Some(promise), MembershipEpoch(epoch.0 + 1)).is_ok());
         assert_eq!(
             decide_accept(promised, &b, &y, round(2)),
-            Err(MembershipError::Promised { ballot: round(3) })
+            Err(MembershipError::Promised { promise })
         );
         assert_eq!(decide_accept(promised, &b, &y, round(3)), Ok(true));
+        // A promise for a later epoch outranks every round of an earlier one.
+        let next_epoch = Promise {
+            epoch: MembershipEpoch(epoch.0 + 1),
+            ballot: round(1),
+        };
+        let ahead = Held {
+            membership: Some(&x),
+            accepted: Ballot::FAST,
+            promise: Some(next_epoch),
+        };
+        assert_eq!(
+            decide_promise(ahead, &b, round(9)),
+            Err(MembershipError::Promised {
+                promise: next_epoch
+            }),
+            "no promise for an earlier epoch than the one promised"
+        );
+        assert_eq!(
+            decide_accept(ahead, &b, &x, round(9)),
+            Err(MembershipError::Promised {
+                promise: next_epoch
+            }),
+            "no accept for an earlier epoch either"
+        );
+        assert_eq!(
+            Promise::highest(Some(promise), Some(next_epoch)),
+            Some(next_epoch)
+        );
         assert_eq!(
             decide_accept(promised, &b, &y, Ballot::FAST),
             Err(MembershipError::NotAClassicRound)
@@ -477,7 +546,12 @@ mod tests {
         );
         let learned =
             |n: NodeId| held(n).map(|(m, r)| (m, if n == NodeId(4) { Ballot::LEARNED } else { r }));
-        assert!(is_established(&b, &x, learned));
+        assert!(
+            !is_established(&b, &x, learned),
+            "a learned state is a driver's word, not a vote"
+        );
+        let fast = |n: NodeId| held(n).map(|(m, _)| (m, Ballot::FAST));
+        assert!(is_established(&b, &x, fast), "4 in the fast round");
     }
 
     /// Fast Paxos's safety on random histories: fast-round steps and classic rounds from

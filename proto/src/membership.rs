@@ -186,8 +186,11 @@ pub enum MembershipError {
     Outranked,
     #[error("{epoch} is out of range (1 to 2^62)")]
     EpochOutOfRange { epoch: MembershipEpoch },
-    #[error("the segment promised a later collision-recovery {ballot} for this epoch")]
-    Promised { ballot: crate::collision::Ballot },
+    #[error(
+        "the segment promised collision-recovery {} for {}: the request's round or epoch is \
+         older", .promise.ballot, .promise.epoch
+    )]
+    Promised { promise: crate::collision::Promise },
     #[error("the segment holds no membership of its PG")]
     NoMembership,
     #[error("a collision-recovery round is numbered 1 to 2^62 and names its driver")]

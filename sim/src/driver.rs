@@ -59,6 +59,7 @@ pub enum Effect {
     CatchUpSelf {
         membership: Membership,
         base: Option<Membership>,
+        ballot: sixfold_proto::collision::Ballot,
     },
     /// Record this established membership in the volume metadata.
     Record(Membership),
@@ -267,9 +268,15 @@ impl SimDriver {
             out.push(Effect::Record(established));
         }
         match pass.action {
-            Action::CatchUpSelf { membership, base } => {
-                out.push(Effect::CatchUpSelf { membership, base })
-            }
+            Action::CatchUpSelf {
+                membership,
+                base,
+                ballot,
+            } => out.push(Effect::CatchUpSelf {
+                membership,
+                base,
+                ballot,
+            }),
             Action::Send(send) => self.send(now, send, answers, out),
             Action::Recover(recover) => {
                 for node in recover.base.nodes() {

@@ -230,18 +230,19 @@ impl SimNode {
         self.membership = Some(held.current);
         self.membership_base = held.base;
         self.ballot = held.accepted;
-        self.promise = held.promise;
+        // As the real index keeps it: a promise never decreases.
+        self.promise = Promise::highest(self.promise, held.promise);
     }
 
     /// Adopts an established membership its driver saw on its peers (the driver's catch-up of
     /// its own node).
-    pub fn catch_up(&mut self, membership: Membership, base: Option<Membership>) {
+    pub fn catch_up(&mut self, membership: Membership, base: Option<Membership>, ballot: Ballot) {
         let base_or_self = base.clone().unwrap_or_else(|| membership.clone());
         if let Ok(Some(held)) = members::adopt_change(
             self.held().as_ref(),
             &base_or_self,
             &membership,
-            &ChangeMode::CatchUp,
+            &ChangeMode::CatchUp(ballot),
         ) {
             self.set(held);
         }

@@ -400,9 +400,11 @@ impl World {
                     }
                     self.send(Addr::Driver(i), Addr::Node(to), msg)
                 }
-                Effect::CatchUpSelf { membership, base } => {
-                    self.nodes[i].catch_up(membership, base)
-                }
+                Effect::CatchUpSelf {
+                    membership,
+                    base,
+                    ballot,
+                } => self.nodes[i].catch_up(membership, base, ballot),
                 // Recording reaches 4 of the metadata's 6 nodes, or not this time.
                 Effect::Record(membership) => {
                     crate::trace(self.now, || format!("driver {i} records {membership}"));
