@@ -4,7 +4,7 @@
 //!
 //! The order of the rules, each with why:
 //! 1. **Establish before anything else.** A step counts once a write quorum of its base holds
-//!    it. Until then the driver only pushes it to the nodes that lag (a driver that died
+//!    it (in one round: `sixfold_proto::collision`). Until then the driver only pushes it to the nodes that lag (a driver that died
 //!    half-way, a node that was down): building a step on one that never reached a quorum could
 //!    put the PG on a configuration that misses records a rival configuration acknowledged.
 //! 2. **Finish what is under way.** For each replacement F -> G: complete it once G caught up
@@ -162,10 +162,8 @@ impl PgView<'_> {
 pub fn plan(view: &PgView<'_>, load: impl Fn(NodeId) -> u64) -> Plan {
     let membership = view.membership;
     // 1. Establish.
-    if view.base.is_some() {
-        if !view.established {
-            return Plan::Establish;
-        }
+    if view.base.is_some() && !view.established {
+        return Plan::Establish;
     }
     // 2. Finish what is under way.
     for change in &membership.changes {
