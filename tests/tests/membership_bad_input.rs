@@ -1,10 +1,13 @@
 //! Bad membership requests to a real node are refused with a clear error and change nothing: a
 //! stale epoch, a future epoch (more than one step from its base), an unknown node id, a
-//! membership that is no membership at all. (A drain of the last spare of an AZ: `drain.rs`.)
+//! membership that is no membership at all, collision-recovery rounds that are no rounds.
+//! (A drain of the last spare of an AZ: `drain.rs`.)
 
 use sixfold_proto::membership::Membership;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_proto::wire::{ChangeMembershipRequest, SegmentRef, SegmentStateRequest};
+use sixfold_proto::wire::{
+    Ballot, ChangeMembershipRequest, PromiseMembershipRequest, SegmentRef, SegmentStateRequest,
+};
 use sixfold_proto::NodeId;
 use sixfold_tests::{require_fuse, test_dir, Cluster, Mount};
 use tonic::Code;
@@ -90,20 +93,6 @@ fn bad_membership_requests_are_refused_and_change_nothing() -> anyhow::Result<()
         client.change_membership(step(&begun, &back)).await?;
         anyhow::ensure!(held().await? == back, "both steps taken");
 
-        let refused =
-            |what: &str, result: Result<_, tonic::Status>, code: Code, says: &str| match result {
-                Ok(_) => anyhow::bail!("{what}: must be refused"),
-                Err(status) => {
-                    anyhow::ensure!(
-                        status.code() == code && status.message().contains(says),
-                        "{what}: expected {code:?} saying {says:?}, got {:?}: {}",
-                        status.code(),
-                        status.message()
-                    );
-                    eprintln!("{what}: {:?}: {}", status.code(), status.message());
-                    Ok(())
-                }
-            };
         // A stale epoch: a step to epoch 2 when the node holds epoch 3.
         let stale = first.begin(other, spare)?;
         refused(
@@ -163,9 +152,83 @@ fn bad_membership_requests_are_refused_and_change_nothing() -> anyhow::Result<()
             Code::InvalidArgument,
             "out of range",
         )?;
+        // Collision-recovery rounds that are no rounds: the fast round's number, a round named
+        // after no node of the cluster (it would outbid every real driver for good), and an
+        // accept that claims to be a learned membership.
+        let promise = |ballot: Option<Ballot>| PromiseMembershipRequest {
+            segment: segment(),
+            base: Some(back.to_wire()),
+            ballot,
+        };
+        refused(
+            "promise for round 0",
+            client.promise_membership(promise(None)).await,
+            Code::InvalidArgument,
+            "not a collision-recovery round",
+        )?;
+        refused(
+            "round of an unknown driver",
+            client
+                .promise_membership(promise(Some(Ballot {
+                    number: 1,
+                    driver: 0x0bad_0bad,
+                })))
+                .await,
+            Code::InvalidArgument,
+            "not in the cluster's node list",
+        )?;
+        let next = back.begin(member, spare)?;
+        refused(
+            "accept in a learned round",
+            client
+                .change_membership(ChangeMembershipRequest {
+                    ballot: Some(Ballot {
+                        number: u64::MAX,
+                        driver: u64::MAX,
+                    }),
+                    ..step(&back, &next)
+                })
+                .await,
+            Code::InvalidArgument,
+            "not a collision-recovery round",
+        )?;
+        refused(
+            "a catch-up that is also a supersede",
+            client
+                .change_membership(ChangeMembershipRequest {
+                    catch_up: true,
+                    superseded: Some(back.to_wire()),
+                    ..step(&back, &next)
+                })
+                .await,
+            Code::InvalidArgument,
+            "one of a step",
+        )?;
         anyhow::ensure!(held().await? == back, "nothing changed on the node");
         anyhow::Ok(())
     })
+}
+
+/// Checks that `result` is a refusal with `code` whose message says `says`.
+fn refused<T>(
+    what: &str,
+    result: Result<T, tonic::Status>,
+    code: Code,
+    says: &str,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(_) => anyhow::bail!("{what}: must be refused"),
+        Err(status) => {
+            anyhow::ensure!(
+                status.code() == code && status.message().contains(says),
+                "{what}: expected {code:?} saying {says:?}, got {:?}: {}",
+                status.code(),
+                status.message()
+            );
+            eprintln!("{what}: {:?}: {}", status.code(), status.message());
+            Ok(())
+        }
+    }
 }
 
 /// Writes a page so that the writer allocates PG 0.
