@@ -152,6 +152,14 @@ pub struct PromiseJob {
     pub reply: Reply<Vote>,
 }
 
+/// What a membership change left: the segment's SCL, and the round in which it holds the
+/// proposed membership (None: it does not hold it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub scl: Lsn,
+    pub holds: Option<Ballot>,
+}
+
 /// A repair driver's membership change of the segment's PG ([`members::adopt_change`]).
 pub struct MembershipJob {
     pub key: SegmentKey,
@@ -165,7 +173,7 @@ pub struct MembershipJob {
     /// A step, a catch-up with an established membership, or a step over rivals that lost.
     pub mode: members::ChangeMode,
     /// Answered with the segment's SCL once the membership is hardened (or already held).
-    pub reply: Reply<Lsn>,
+    pub reply: Reply<Changed>,
 }
 
 /// Record a PG's newer membership in the stored volume metadata (this node is a metadata node).
@@ -519,7 +527,7 @@ impl Appender {
 
     /// A repair driver's membership change: adopted durably when [`members::adopt_change`]
     /// says so; the proposed membership's peers become the segment's gossip peers.
-    fn change_membership(&mut self, job: &MembershipJob) -> Result<Lsn, StoreError> {
+    fn change_membership(&mut self, job: &MembershipJob) -> Result<Changed, StoreError> {
         if self.failed {
             return Err(StoreError::LogFailed);
         }
@@ -543,7 +551,11 @@ impl Appender {
             slot.peers = job.peers.clone();
         }
         slot.pgcl_hint = slot.pgcl_hint.max(job.catch_up_to);
-        Ok(slot.segment.scl())
+        Ok(Changed {
+            scl: slot.segment.scl(),
+            holds: (slot.membership.as_ref() == Some(&job.proposed))
+                .then_some(slot.membership_ballot),
+        })
     }
 
     /// A collision-recovery round's promise ([`members::promise`]), hardened before it is

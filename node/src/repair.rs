@@ -556,13 +556,13 @@ impl Driver {
     }
 
     /// `send`'s ChangeMembership to its nodes; returns the nodes that hold its proposal
-    /// afterwards.
+    /// afterwards, each with the round it holds it in (as the node answers).
     async fn send(
         &mut self,
         key: &SegmentKey,
         send: &Send,
         addrs: &BTreeMap<NodeId, String>,
-    ) -> Vec<NodeId> {
+    ) -> Vec<(NodeId, Ballot)> {
         let peers: Vec<String> = send
             .proposed
             .nodes()
@@ -603,7 +603,12 @@ impl Driver {
         let mut held = Vec::new();
         while let Some(joined) = calls.join_next().await {
             match joined {
-                Ok((node, Ok(_))) => held.push(node),
+                Ok((node, Ok(response))) => {
+                    let response = response.into_inner();
+                    if response.holds {
+                        held.push((node, Ballot::from_wire(response.held_ballot.as_ref())));
+                    }
+                }
                 Ok((node, Err(status))) => {
                     debug!(segment = %key, %node, "membership step refused: {}", status.message())
                 }

@@ -342,28 +342,18 @@ impl PgDriver {
         }
     }
 
-    /// What the nodes that took `send` (`held`: those that hold its proposal now) amount to,
-    /// given the answers of the pass (`answers`).
+    /// What the nodes that took `send` (`held`: those that hold its proposal now, each with the
+    /// round it holds it in, as it answered) amount to, given the answers of the pass
+    /// (`answers`: the others are counted as they answered before the send).
     pub fn sent(
         &mut self,
         send: &Send,
-        held: &[NodeId],
+        held: &[(NodeId, Ballot)],
         answers: &BTreeMap<NodeId, Answer>,
     ) -> SendOutcome {
-        // Each node's membership and round after the send: one that took it holds the proposal
-        // in the send's round (a step's: the fast round, or the round it held it in already).
-        let votes = |node: NodeId| {
-            let before = answers.get(&node).and_then(Answer::vote);
-            if !held.contains(&node) {
-                return before;
-            }
-            let ballot = match (send.kind, &before) {
-                (SendKind::Accept(ballot), _) => ballot,
-                (_, Some((m, ballot))) if *m == send.proposed => *ballot,
-                (SendKind::CatchUp(ballot), _) => ballot,
-                _ => Ballot::FAST,
-            };
-            Some((send.proposed.clone(), ballot))
+        let votes = |node: NodeId| match held.iter().find(|(n, _)| *n == node) {
+            Some((_, ballot)) => Some((send.proposed.clone(), *ballot)),
+            None => answers.get(&node).and_then(Answer::vote),
         };
         let established = || collision::is_established(&send.base, &send.proposed, votes);
         match send.kind {
@@ -376,7 +366,11 @@ impl PgDriver {
                 }
             }
             SendKind::Step => {
-                if send.base.is_write_quorum(|n| held.contains(&n)) && established() {
+                if send
+                    .base
+                    .is_write_quorum(|n| held.iter().any(|(h, _)| *h == n))
+                    && established()
+                {
                     // This driver's own step: the targets it fixed stay valid (a completion
                     // or roll back removes its own; a nested begin keeps the other's).
                     self.seen = Some(send.proposed.epoch);

@@ -410,10 +410,17 @@ impl StorageNode for Service {
         })()
         .map_err(|e| status("ChangeMembership", e))?;
         let (key, base, proposed, peers, mode) = parsed;
-        if let ChangeMode::Accept(ballot) = &mode {
-            self.check_round(&key, *ballot)
-                .map_err(|e| status("ChangeMembership", e))?;
+        // A catch-up names the round its membership was established in: the fast round, a
+        // writer's (learned), or a round of a node of the cluster.
+        match &mode {
+            ChangeMode::Accept(ballot) => Some(*ballot),
+            ChangeMode::CatchUp(ballot) => {
+                Some(*ballot).filter(|b| *b != Ballot::FAST && *b != Ballot::LEARNED)
+            }
+            ChangeMode::Step | ChangeMode::Supersede(_) => None,
         }
+        .map_or(Ok(()), |ballot| self.check_round(&key, ballot))
+        .map_err(|e| status("ChangeMembership", e))?;
         // A node joining the PG must be an active node of the cluster (as this node's copy of
         // the node list has it); every other one must at least be known.
         if let Some(list) = self.store.node_list() {
@@ -435,12 +442,16 @@ impl StorageNode for Service {
                 }
             }
         }
-        let scl = self
+        let changed = self
             .store
             .change_membership(key, base, proposed, peers, Lsn(request.catch_up_to), mode)
             .await
             .map_err(|e| status("ChangeMembership", e))?;
-        Ok(Response::new(ChangeMembershipResponse { scl: scl.0 }))
+        Ok(Response::new(ChangeMembershipResponse {
+            scl: changed.scl.0,
+            holds: changed.holds.is_some(),
+            held_ballot: changed.holds.and_then(Ballot::to_wire),
+        }))
     }
 
     async fn promise_membership(

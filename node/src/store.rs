@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::error;
 
 use crate::appender::{
-    AppendJob, Appender, Job, MembershipJob, MergeJob, MetaJob, OpenJob, PromiseJob, Reply, Source,
+    AppendJob, Appender, Changed, Job, MembershipJob, MergeJob, MetaJob, OpenJob, PromiseJob,
+    Reply, Source,
 };
 use crate::checkpoint::{self, Checkpoint, SegmentCheckpoint};
 use crate::error::{NodeError, StoreError};
@@ -518,7 +519,7 @@ impl Store {
         peers: Vec<String>,
         catch_up_to: Lsn,
         mode: crate::members::ChangeMode,
-    ) -> Result<Lsn, StoreError> {
+    ) -> Result<Changed, StoreError> {
         self.submit(|reply| {
             Job::Membership(MembershipJob {
                 key,
@@ -559,7 +560,7 @@ impl Store {
         current: Membership,
         base: Option<Membership>,
         ballot: Ballot,
-    ) -> Result<Lsn, StoreError> {
+    ) -> Result<Changed, StoreError> {
         self.submit(|reply| {
             Job::Membership(MembershipJob {
                 key,

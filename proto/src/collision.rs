@@ -279,8 +279,8 @@ pub fn check_fast(promise: Option<Promise>, epoch: MembershipEpoch) -> Result<()
 /// Whether `membership` is established: a write quorum of `base` holds it in one round
 /// (`held`: each node's membership and round). A segment caught up with an established
 /// membership holds it in the round it was established in (so it counts with the others of
-/// that round); one that holds [`Ballot::LEARNED`] (a writer's) counts only with others that
-/// do.
+/// that round); one that holds [`Ballot::LEARNED`] (a writer's: the volume metadata records
+/// only established memberships) counts with every round.
 pub fn is_established(
     base: &Membership,
     membership: &Membership,
@@ -308,10 +308,14 @@ pub fn established_in(
     let mut ballots: Vec<Ballot> = rounds.iter().map(|(_, b)| *b).collect();
     ballots.sort_unstable();
     ballots.dedup();
-    ballots
-        .into_iter()
-        .rev()
-        .find(|ballot| base.is_write_quorum(|n| rounds.iter().any(|(m, b)| *m == n && b == ballot)))
+    // Highest first; learned holders count with every round.
+    ballots.into_iter().rev().find(|ballot| {
+        base.is_write_quorum(|n| {
+            rounds
+                .iter()
+                .any(|(m, b)| *m == n && (b == ballot || *b == Ballot::LEARNED))
+        })
+    })
 }
 
 /// The membership a classic round proposes, from the votes of the nodes of `base` that
@@ -547,8 +551,8 @@ mod tests {
         let learned =
             |n: NodeId| held(n).map(|(m, r)| (m, if n == NodeId(4) { Ballot::LEARNED } else { r }));
         assert!(
-            !is_established(&b, &x, learned),
-            "a learned state is a driver's word, not a vote"
+            is_established(&b, &x, learned),
+            "a writer's (learned) membership counts with every round"
         );
         let fast = |n: NodeId| held(n).map(|(m, _)| (m, Ballot::FAST));
         assert!(is_established(&b, &x, fast), "4 in the fast round");

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use sixfold_node::repair_pass::{Action, Answer, PassInput, PgDriver, Recover, Send, SendOutcome};
-use sixfold_proto::collision::Vote;
+use sixfold_proto::collision::{Ballot, Vote};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::{placement, NodeId};
@@ -46,7 +46,7 @@ enum Phase {
         since: u64,
         send: Send,
         answers: BTreeMap<NodeId, Answer>,
-        held: BTreeSet<NodeId>,
+        held: BTreeMap<NodeId, Ballot>,
     },
 }
 
@@ -119,10 +119,23 @@ impl SimDriver {
                     answers.insert(node, answer);
                 }
             }
-            (Phase::Sending { held, .. }, Msg::ChangeAck { holds: true }) => {
-                held.insert(node);
+            // Answers to an earlier send or round (late, duplicated) do not count.
+            (
+                Phase::Sending { send, held, .. },
+                Msg::ChangeAck {
+                    proposed,
+                    held: Some(ballot),
+                },
+            ) if proposed == send.proposed => {
+                held.insert(node, ballot);
             }
-            (Phase::Promising { votes, .. }, Msg::PromiseReply { vote: Some(vote) }) => {
+            (
+                Phase::Promising { recover, votes, .. },
+                Msg::PromiseReply {
+                    ballot,
+                    vote: Some(vote),
+                },
+            ) if ballot == recover.ballot => {
                 votes.insert(node, vote);
             }
             _ => {}
@@ -204,7 +217,7 @@ impl SimDriver {
                 held,
                 ..
             } => {
-                let held: Vec<NodeId> = held.into_iter().collect();
+                let held: Vec<(NodeId, Ballot)> = held.into_iter().collect();
                 if let SendOutcome::Record(established) = self.pg.sent(&send, &held, &answers) {
                     out.push(Effect::Record(established));
                 }
@@ -322,7 +335,7 @@ impl SimDriver {
             since: now,
             send,
             answers,
-            held: BTreeSet::new(),
+            held: BTreeMap::new(),
         };
     }
 

@@ -84,9 +84,11 @@ pub enum Msg {
         proposed: Membership,
         mode: ChangeMode,
     },
-    /// Node -> driver: whether it took the change and holds the proposed membership now.
+    /// Node -> driver: the round in which it holds `proposed` after the change (None: it
+    /// refused, or does not hold it).
     ChangeAck {
-        holds: bool,
+        proposed: Membership,
+        held: Option<Ballot>,
     },
     /// Repair driver -> node: promise collision-recovery round `ballot` for the epoch after
     /// `base`'s.
@@ -94,8 +96,9 @@ pub enum Msg {
         base: Membership,
         ballot: Ballot,
     },
-    /// Node -> driver: its vote (None: it refused).
+    /// Node -> driver: its vote for round `ballot` (None: it refused).
     PromiseReply {
+        ballot: Ballot,
         vote: Option<Vote>,
     },
 }

@@ -168,8 +168,8 @@ impl SimNode {
                 proposed,
                 mode,
             } => {
-                // As the real node answers: a refusal is an error, anything else the SCL (the
-                // driver counts the nodes that did not refuse).
+                // As the real node answers: a refusal is an error; anything else says whether
+                // it holds the proposal now, and in which round.
                 let taken =
                     match members::adopt_change(self.held().as_ref(), &base, &proposed, &mode) {
                         Ok(Some(held)) => {
@@ -179,9 +179,9 @@ impl SimNode {
                         Ok(None) => true,
                         Err(_) => false,
                     };
-                Some(Msg::ChangeAck {
-                    holds: taken && self.membership.as_ref() == Some(&proposed),
-                })
+                let held =
+                    (taken && self.membership.as_ref() == Some(&proposed)).then_some(self.ballot);
+                Some(Msg::ChangeAck { proposed, held })
             }
             Msg::Promise { base, ballot } => {
                 let vote = match members::promise(self.held().as_ref(), &base, ballot) {
@@ -191,7 +191,7 @@ impl SimNode {
                     }
                     Err(_) => None,
                 };
-                Some(Msg::PromiseReply { vote })
+                Some(Msg::PromiseReply { ballot, vote })
             }
             Msg::AppendAck { .. }
             | Msg::SealAck { .. }
