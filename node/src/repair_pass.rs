@@ -624,3 +624,63 @@ pub fn newest_established(
         })
         .max_by_key(|(m, _, _)| m.epoch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(membership: &Membership, base: &Membership, ballot: Ballot) -> Answer {
+        Answer {
+            scl: Lsn::ZERO,
+            history_epoch: Epoch(1),
+            membership: Some(membership.clone()),
+            membership_base: Some(base.clone()),
+            ballot,
+            promise: None,
+        }
+    }
+
+    /// A step counts by the round each node answers it holds it in after the send. Found by
+    /// review: a node that took the same membership in a classic round between the pass's
+    /// question and the send was counted in the fast round with three others, and the driver
+    /// recorded a membership that no round had established (a later round could choose another).
+    #[test]
+    fn a_send_counts_each_node_in_the_round_it_answers() {
+        let base = Membership::new((1..=6).map(NodeId).collect()).expect("valid");
+        let v = base.begin(NodeId(6), NodeId(7)).expect("step");
+        let mut answers = BTreeMap::new();
+        for n in 1..=3 {
+            answers.insert(NodeId(n), answer(&v, &base, Ballot::FAST));
+        }
+        let send = Send {
+            kind: SendKind::Establish,
+            base: base.clone(),
+            proposed: v.clone(),
+            to: vec![NodeId(4), NodeId(5)],
+            over: BTreeMap::new(),
+            catch_up_to: Lsn::ZERO,
+        };
+        let round = Ballot {
+            number: 2,
+            driver: NodeId(5),
+        };
+        let mut driver = PgDriver::default();
+        assert_eq!(
+            driver.sent(&send, &[(NodeId(4), round)], &answers),
+            SendOutcome::Nothing,
+            "3 in the fast round and 1 in round 2: not established"
+        );
+        assert_eq!(
+            driver.sent(&send, &[(NodeId(4), Ballot::FAST)], &answers),
+            SendOutcome::Record(v.clone()),
+            "4 in the fast round"
+        );
+        // A writer's (learned) membership counts with every round.
+        answers.insert(NodeId(5), answer(&v, &base, Ballot::LEARNED));
+        assert_eq!(
+            driver.sent(&send, &[(NodeId(4), round)], &answers),
+            SendOutcome::Record(v),
+            "3 fast + 1 learned: 4 in the fast round"
+        );
+    }
+}
