@@ -206,6 +206,35 @@ async fn put(
 }
 
 /// Writes `meta` to the volume's six metadata nodes; succeeds at a write quorum.
+/// Moves `meta` to its next version (and, for a new writer, its next epoch), refusing values
+/// the nodes returned that leave no room (a hostile or corrupt metadata node must not make
+/// them wrap and let a writer reuse an old epoch).
+pub fn next_version(meta: &mut VolumeMeta, new_epoch: bool) -> Result<(), VolumeError> {
+    let overflow = |what: &str| VolumeError::Meta {
+        volume: meta.name.clone(),
+        detail: format!("the stored {what} leaves no room for a next one: the metadata is corrupt"),
+    };
+    let epoch = if new_epoch {
+        meta.epoch
+            .checked_add(1)
+            .filter(|e| *e < EPOCH_MAX)
+            .ok_or_else(|| overflow("epoch"))?
+    } else {
+        meta.epoch
+    };
+    let version = meta
+        .version
+        .checked_add(1)
+        .ok_or_else(|| overflow("version"))?;
+    meta.epoch = epoch;
+    meta.version = version;
+    Ok(())
+}
+
+/// Volume epochs stay below this (as membership epochs do): an epoch near 2^64 from a hostile
+/// node would otherwise fence every later writer for good.
+pub const EPOCH_MAX: u64 = 1 << 62;
+
 pub async fn write(
     clients: &Arc<Clients>,
     cluster: &ClusterConfig,
@@ -275,18 +304,44 @@ pub async fn claim(
         }
         let writer = meta.writer;
         *meta = newest;
-        meta.epoch = meta.epoch.checked_add(1).ok_or_else(|| VolumeError::Meta {
-            volume: meta.name.clone(),
-            detail: "epoch overflow".into(),
-        })?;
-        meta.version = meta
-            .version
-            .checked_add(1)
-            .ok_or_else(|| VolumeError::Meta {
-                volume: meta.name.clone(),
-                detail: "version overflow".into(),
-            })?;
+        next_version(meta, true)?;
         meta.writer = writer;
         attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metadata whose epoch or version a hostile or corrupt node set near 2^64 is refused, not
+    /// wrapped (a wrapped epoch would let a new writer reuse an old one's).
+    #[test]
+    fn the_next_version_never_wraps() {
+        let mut meta = VolumeMeta {
+            name: "v".into(),
+            epoch: 4,
+            version: 9,
+            ..VolumeMeta::default()
+        };
+        next_version(&mut meta, true).expect("room");
+        assert_eq!((meta.epoch, meta.version), (5, 10));
+        next_version(&mut meta, false).expect("room");
+        assert_eq!((meta.epoch, meta.version), (5, 11));
+        for (epoch, version, new_epoch) in [
+            (u64::MAX, 1, true),
+            (EPOCH_MAX - 1, 1, true),
+            (1, u64::MAX, false),
+        ] {
+            let mut bad = VolumeMeta {
+                name: "v".into(),
+                epoch,
+                version,
+                ..VolumeMeta::default()
+            };
+            let error = next_version(&mut bad, new_epoch).expect_err("no room");
+            assert!(error.to_string().contains("corrupt"), "{error}");
+            assert_eq!((bad.epoch, bad.version), (epoch, version), "unchanged");
+        }
     }
 }

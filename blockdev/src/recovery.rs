@@ -73,17 +73,35 @@ pub fn chain_tail(answers: &[(Lsn, Vec<Truncation>)]) -> ChainTail {
 /// The first LSN a new writer may allocate above: nothing the old writer allocated can be above
 /// the highest LSN any sealed segment holds plus LAL (it never ran more than LAL ahead of VDL,
 /// and VDL is at or below what the segments hold). 0 for a volume that never held a record.
-pub fn new_start(max_seen: Lsn, lal: u64) -> Lsn {
+/// None when `max_seen` (a node's word) leaves no room: LSNs stay below [`LSN_MAX`].
+pub fn new_start(max_seen: Lsn, lal: u64) -> Option<Lsn> {
     if max_seen == Lsn::ZERO {
-        Lsn::ZERO
-    } else {
-        Lsn(max_seen.0 + lal)
+        return Some(Lsn::ZERO);
     }
+    max_seen
+        .0
+        .checked_add(lal)
+        .filter(|start| *start < LSN_MAX)
+        .map(Lsn)
 }
+
+/// LSNs stay below this: a writer at 10 million records a second takes 14,000 years to get
+/// there, and an LSN near 2^64 from a hostile node must not make new ones wrap.
+pub const LSN_MAX: u64 = 1 << 62;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that reports an LSN near 2^64 (corrupt or hostile) must not make the new
+    /// writer's LSNs wrap below what the old one wrote.
+    #[test]
+    fn new_lsns_never_wrap() {
+        assert_eq!(new_start(Lsn::ZERO, 1000), Some(Lsn::ZERO));
+        assert_eq!(new_start(Lsn(5), 1000), Some(Lsn(1005)));
+        assert_eq!(new_start(Lsn(u64::MAX - 10), 1000), None);
+        assert_eq!(new_start(Lsn(LSN_MAX - 1), 1000), None);
+    }
 
     fn t(epoch: u64, after: u64) -> Truncation {
         Truncation {

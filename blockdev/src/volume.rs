@@ -141,8 +141,7 @@ impl Volume {
             });
         }
         if !options.read_only {
-            meta.epoch += 1;
-            meta.version += 1;
+            meta::next_version(&mut meta, true)?;
             meta.writer = writer_id();
             meta::claim(&clients, &options.cluster, &mut meta)
                 .await
@@ -176,7 +175,14 @@ impl Volume {
             .map(|r| r.max_lsn_seen.max(r.tail))
             .max()
             .unwrap_or(Lsn::ZERO);
-        let start = crate::recovery::new_start(max_seen, LAL);
+        let start = crate::recovery::new_start(max_seen, LAL).ok_or_else(|| VolumeError::Meta {
+            volume: name.clone(),
+            detail: format!(
+                "a segment reported LSN {}, which leaves no room for new records: a node is \
+                 corrupt or hostile",
+                max_seen.0
+            ),
+        })?;
         let mut ledger = Ledger::new(start, LAL);
         let mut pgs = HashMap::new();
         for pg in &recovered {
@@ -370,7 +376,7 @@ impl Volume {
         }
         let mut next = meta.clone();
         next.size_bytes = size_bytes;
-        next.version += 1;
+        meta::next_version(&mut next, false)?;
         meta::write(&self.shared.clients, &self.shared.cluster, &next).await?;
         *meta = next;
         self.shared.lock().size_bytes = size_bytes;
@@ -427,7 +433,7 @@ impl Volume {
             membership_epoch: 0,
             membership: Some(nodes.membership.to_wire()),
         });
-        next.version += 1;
+        meta::next_version(&mut next, false)?;
         meta::write(&self.shared.clients, &self.shared.cluster, &next).await?;
         *meta = next;
         {

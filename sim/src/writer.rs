@@ -380,7 +380,8 @@ impl SimWriter {
                 SealDecision::Fail(error) => failed(self, error, events),
                 SealDecision::Keep(kept) => {
                     self.tail = kept.tail;
-                    self.start = new_start(kept.max_lsn_seen, self.lal);
+                    self.start = new_start(kept.max_lsn_seen, self.lal)
+                        .expect("simulated LSNs stay far below LSN_MAX");
                     self.truncations = self.recovery.truncations().iter().map(truncation).collect();
                     self.phase = Phase::Opening;
                     self.asked_at = [None; NODES];
