@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sixfold_proto::cluster::ClusterConfig;
+use sixfold_proto::membership::{Membership, CHANGES_MAX};
 use sixfold_proto::placement;
 use sixfold_proto::wire::{GetVolumeMetaRequest, PgPlacement, PutVolumeMetaRequest, VolumeMeta};
-use sixfold_proto::{READ_QUORUM, WRITE_QUORUM};
+use sixfold_proto::{COPIES, PG_BYTES, READ_QUORUM, VOLUME_BYTES_MAX, WRITE_QUORUM};
 
 use crate::clients::{ask_all, Answer, Clients};
 use crate::error::VolumeError;
@@ -54,6 +55,12 @@ pub async fn read(
     for Answer { addr, result, .. } in answers {
         match result {
             Ok(response) => {
+                // Metadata that cannot be a volume's (a corrupt or hostile node's) counts as no
+                // answer: a version near 2^64 or another volume's PG map must not win.
+                if let Some(Err(why)) = response.meta.as_ref().map(|m| check_answer(m, volume)) {
+                    failures.push(format!("{addr}: answered unusable metadata: {why}"));
+                    continue;
+                }
                 if placed.contains(&addr) {
                     placed_answers += 1;
                 }
@@ -80,6 +87,48 @@ pub async fn read(
         });
     }
     Ok(newest)
+}
+
+/// Whether `meta`, a node's answer for `volume`, can be that volume's metadata at all: its
+/// name, size, epoch and version in range, and a PG map of distinct PGs inside the volume,
+/// each with at most the nodes of two replacements and a valid membership.
+fn check_answer(meta: &VolumeMeta, volume: &str) -> Result<(), String> {
+    if meta.name != volume {
+        return Err(format!("it names volume {:?}", meta.name));
+    }
+    if meta.size_bytes > VOLUME_BYTES_MAX {
+        return Err(format!(
+            "size {} is above the largest volume",
+            meta.size_bytes
+        ));
+    }
+    if meta.epoch >= EPOCH_MAX || meta.version == u64::MAX {
+        return Err(format!(
+            "epoch {} or version {} is out of range",
+            meta.epoch, meta.version
+        ));
+    }
+    let pgs_in_size = meta.size_bytes.div_ceil(PG_BYTES);
+    let mut seen = std::collections::BTreeSet::new();
+    for placement in &meta.pgs {
+        if u64::from(placement.pg) >= pgs_in_size || !seen.insert(placement.pg) {
+            return Err(format!(
+                "PG {} is outside the volume or listed twice",
+                placement.pg
+            ));
+        }
+        if placement.nodes.len() > COPIES + CHANGES_MAX {
+            return Err(format!(
+                "PG {} lists {} nodes",
+                placement.pg,
+                placement.nodes.len()
+            ));
+        }
+        if let Some(membership) = &placement.membership {
+            Membership::from_wire(membership).map_err(|e| format!("PG {}: {e}", placement.pg))?;
+        }
+    }
+    Ok(())
 }
 
 /// The newest metadata among the answers: the highest version, with each PG's membership the
@@ -313,6 +362,50 @@ pub async fn claim(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node's answer that cannot be the volume's metadata is refused (it would otherwise win
+    /// the read with its version, or hand the writer another volume's PG map).
+    #[test]
+    fn unusable_metadata_answers_are_refused() {
+        let good = VolumeMeta {
+            name: "v".into(),
+            size_bytes: 20 << 30,
+            epoch: 3,
+            version: 7,
+            pgs: vec![
+                PgPlacement {
+                    pg: 0,
+                    ..PgPlacement::default()
+                },
+                PgPlacement {
+                    pg: 1,
+                    ..PgPlacement::default()
+                },
+            ],
+            ..VolumeMeta::default()
+        };
+        assert_eq!(check_answer(&good, "v"), Ok(()));
+        let bad = |change: &dyn Fn(&mut VolumeMeta)| {
+            let mut meta = good.clone();
+            change(&mut meta);
+            check_answer(&meta, "v").expect_err("refused")
+        };
+        assert!(bad(&|m| m.name = "w".into()).contains("names volume"));
+        assert!(bad(&|m| m.size_bytes = u64::MAX).contains("largest"));
+        assert!(bad(&|m| m.version = u64::MAX).contains("out of range"));
+        assert!(bad(&|m| m.epoch = u64::MAX).contains("out of range"));
+        assert!(bad(&|m| m.pgs[1].pg = 0).contains("twice"));
+        assert!(bad(&|m| m.pgs[1].pg = 2).contains("outside"));
+        assert!(bad(&|m| m.pgs[0].nodes = vec![String::new(); 9]).contains("nodes"));
+        assert!(bad(&|m| {
+            m.pgs[0].membership = Some(sixfold_proto::wire::Membership {
+                epoch: 1,
+                members: vec![1, 2, 3],
+                changes: vec![],
+            })
+        })
+        .contains("PG 0"));
+    }
 
     /// Metadata whose epoch or version a hostile or corrupt node set near 2^64 is refused, not
     /// wrapped (a wrapped epoch would let a new writer reuse an old one's).
