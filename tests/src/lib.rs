@@ -96,9 +96,29 @@ pub fn require_fuse() {
     );
 }
 
+/// A port on `ip` that nothing listens on and that this process has not handed out before.
+/// Chosen below the kernel's ephemeral range (32768 and up), so that neither a later bind to
+/// port 0 (the next call used to get the same port back: a node's listen and metrics
+/// addresses collided) nor an outgoing connection's source port can take it meanwhile.
 pub fn free_port(ip: &str) -> u16 {
-    let listener = TcpListener::bind((ip, 0)).expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    use rand::{Rng, SeedableRng};
+    static HANDED_OUT: std::sync::Mutex<Vec<(String, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if handed_out.iter().any(|(i, p)| i == ip && *p == port) {
+            continue;
+        }
+        if TcpListener::bind((ip, port)).is_ok() {
+            handed_out.push((ip.to_string(), port));
+            return port;
+        }
+    }
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
@@ -335,11 +355,24 @@ impl Cluster {
         node.child = Some(child);
         let addr = node.addr;
         let log = node.log.clone();
+        // A node that exits (its address taken, a bad option) fails the start at once.
+        let mut exited = None;
+        let child = &mut node.child;
         wait_for(
             &format!("node {i} to listen on {addr}"),
             Duration::from_secs(60),
-            || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+            || {
+                if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    exited = Some(status);
+                    return true;
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            },
         )
+        .and_then(|()| match exited {
+            Some(status) => bail!("node {i} exited ({status}) instead of listening on {addr}"),
+            None => Ok(()),
+        })
         .with_context(|| format!("node log:\n{}", log_tail(&log, 20)))
     }
 
