@@ -66,6 +66,15 @@ pub struct MountArgs {
     mountpoint: PathBuf,
 }
 
+/// `println!` that cannot panic: the mount's output often goes to a log file, and a full disk
+/// under that log must not turn a clean unmount (every write flushed) into a crash.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let cluster = ClusterConfig::load(&args.cluster).context("load the cluster file")?;
     // Check the mount point before touching the cluster: opening the volume fences any other
@@ -92,7 +101,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         az: args.az.clone(),
         read_only: args.read_only,
     };
-    println!(
+    say!(
         "sixfold mount: opening volume {} on {} nodes ({})",
         args.volume,
         cluster.nodes.len(),
@@ -112,7 +121,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         })
         .with_context(|| format!("open volume {}", args.volume))?;
     let stats = volume.stats();
-    println!(
+    say!(
         "sixfold mount: volume {} open {} ({}, {} bytes, {}, {} PGs allocated); \
          recovered in {} ms; serving {}",
         args.volume,
@@ -129,7 +138,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         mountpoint.join(sixfold_fuse::VOLUME_FILE_NAME).display()
     );
     if stats.size_bytes != args.size {
-        println!(
+        say!(
             "sixfold mount: the volume already existed; --size {} was not applied (use `sixfold grow`)",
             human(args.size)
         );
@@ -151,7 +160,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     );
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     served.with_context(|| format!("serve volume {} at {}", args.volume, mountpoint.display()))?;
-    println!(
+    say!(
         "sixfold mount: unmounted {}; volume {} flushed and closed",
         mountpoint.display(),
         args.volume

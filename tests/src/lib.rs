@@ -133,10 +133,24 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> R
 }
 
 /// The last lines of a log file, for failure messages.
+/// The last `lines` lines of a process's log, each cut to 400 characters, after any panic
+/// message the log holds (so that a report cut short by the test runner still shows why the
+/// process died).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let short = |line: &&str| -> String { line.chars().take(400).collect() };
+    let mut out: Vec<String> = Vec::new();
+    for (index, _) in all
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("panicked"))
+    {
+        out.push("PANIC:".to_owned());
+        out.extend(all[index..(index + 3).min(all.len())].iter().map(short));
+    }
+    out.extend(all[all.len().saturating_sub(lines)..].iter().map(short));
+    out.join("\n")
 }
 
 pub struct Node {
@@ -854,6 +868,10 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Removes a passed test's directory (node data can take gigabytes). A failed test never gets
 /// here, so its logs and data stay for inspection.
+/// Removes a passed test's directory, unless `SIXFOLD_KEEP_TEST_DIRS` is set (to read the logs
+/// of a run that passed).
 pub fn remove_test_dir(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
+    if std::env::var_os("SIXFOLD_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
