@@ -7,43 +7,51 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
+use sixfold_transport::{ChannelOptions, Security};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::refusal::{classify, Refusal};
 
-/// Largest gRPC message either side accepts.
-pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
-/// HTTP/2 flow-control windows (limits, not allocations): a whole batch or a run of pages goes
-/// out without waiting for window updates.
-pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
-pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+pub use sixfold_transport::{CONNECTION_WINDOW_BYTES, MESSAGE_BYTES_MAX, STREAM_WINDOW_BYTES};
+
 /// How long a connection attempt may take before the node counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on idle connections, to find a dead node.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 pub type NodeClient = StorageNodeClient<Channel>;
 
-#[derive(Default)]
+/// The channels of one process to the nodes, secured as its [`Security`] says.
 pub struct Clients {
+    security: Security,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Clients {
+    pub fn new(security: Security) -> Clients {
+        Clients {
+            security,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// A client of the node at `addr` (host:port). Connection happens on first use.
     pub fn get(&self, addr: &str) -> Result<NodeClient, String> {
-        let mut channels = self.channels.lock().expect("clients lock");
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| format!("bad node address {addr:?}: {e}"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .initial_stream_window_size(STREAM_WINDOW_BYTES)
-                    .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(10));
-                let channel = endpoint.connect_lazy();
+                let options = ChannelOptions {
+                    connect_timeout: CONNECT_TIMEOUT,
+                    request_timeout: None,
+                    keep_alive: Some(KEEP_ALIVE),
+                };
+                let channel = sixfold_transport::channel(addr, &self.security, options)
+                    .map_err(|e| e.to_string())?;
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }

@@ -47,4 +47,6 @@ pub struct OpenOptions {
     /// chain tails from 3 segments of each PG (a read quorum), so it works where a writer
     /// cannot open (a PG with only 3 segments reachable), and never fences the writer.
     pub read_only: bool,
+    /// How connections to the nodes are secured (mutual TLS with a writer certificate).
+    pub security: sixfold_transport::Security,
 }

@@ -77,11 +77,12 @@ fn failed(volume: &str, detail: String) -> VolumeError {
 
 pub async fn restore(
     cluster: &ClusterConfig,
+    security: &sixfold_transport::Security,
     request: &RestoreRequest,
     on_event: impl Fn(RestoreEvent) + Send + Sync + 'static,
 ) -> Result<RestoreReport, VolumeError> {
     crate::validate_volume_name(&request.volume)?;
-    let clients = Arc::new(Clients::default());
+    let clients = Arc::new(Clients::new(security.clone()));
     if let Some(existing) = meta::read(&clients, cluster, &request.volume).await? {
         let what = if existing.restoring {
             "a restore that did not finish"

@@ -573,9 +573,13 @@ impl StatusReport {
 }
 
 /// Asks every node of the cluster and the volume's metadata quorum.
-pub async fn collect(cluster: &ClusterConfig, volume: &str) -> Result<StatusReport, VolumeError> {
+pub async fn collect(
+    cluster: &ClusterConfig,
+    security: &sixfold_transport::Security,
+    volume: &str,
+) -> Result<StatusReport, VolumeError> {
     crate::volume::validate_volume_name(volume)?;
-    let clients = Arc::new(Clients::default());
+    let clients = Arc::new(Clients::new(security.clone()));
     // Every node: those of the cluster file, and those the node list adds (and its view of
     // their AZs and states).
     let list = crate::nodes::read(&clients, cluster)

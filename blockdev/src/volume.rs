@@ -91,7 +91,7 @@ impl Volume {
         let started = Instant::now();
         let name = options.volume.clone();
         validate_volume_name(&name)?;
-        let clients = Arc::new(Clients::default());
+        let clients = Arc::new(Clients::new(options.security.clone()));
         // The cluster's node list: where each PG's nodes are (made from the cluster file on
         // first use).
         let list = crate::nodes::for_lookup(&clients, &options.cluster)

@@ -76,6 +76,7 @@ pub fn cluster_file(cluster: Option<&PathBuf>, state: Option<&PathBuf>) -> anyho
 pub fn connect(
     cluster: Option<&PathBuf>,
     state: Option<&PathBuf>,
+    tls: &crate::tls::TlsArgs,
 ) -> anyhow::Result<(
     ClusterConfig,
     tokio::runtime::Runtime,
@@ -83,6 +84,7 @@ pub fn connect(
 )> {
     let path = cluster_file(cluster, state)?;
     let seed = ClusterConfig::load(&path).context("load the cluster file")?;
+    let security = tls.security(Some(&path), sixfold_transport::Role::Admin)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,12 +92,12 @@ pub fn connect(
     Ok((
         seed,
         runtime,
-        Arc::new(sixfold_blockdev::Clients::default()),
+        Arc::new(sixfold_blockdev::Clients::new(security)),
     ))
 }
 
-pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    let (seed, runtime, clients) = connect(args.cluster.as_ref(), args.state.as_ref())?;
+pub fn run(args: ClusterArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
+    let (seed, runtime, clients) = connect(args.cluster.as_ref(), args.state.as_ref(), tls)?;
     runtime.block_on(async {
         match args.command {
             ClusterCommand::Nodes { json } => {

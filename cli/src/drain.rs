@@ -42,9 +42,9 @@ pub struct DrainArgs {
     wait: Duration,
 }
 
-pub fn run(args: DrainArgs) -> anyhow::Result<()> {
+pub fn run(args: DrainArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     let (seed, runtime, clients) =
-        crate::cluster::connect(args.cluster.as_ref(), args.state.as_ref())?;
+        crate::cluster::connect(args.cluster.as_ref(), args.state.as_ref(), tls)?;
     runtime.block_on(async {
         let list = retry("drain", args.wait, ClusterError::is_unreachable, || {
             nodes::change(&clients, &seed, |list| {

@@ -12,6 +12,7 @@
 //! - [`laptop`]: `sixfold up` / `sixfold down`, the embedded six-node default.
 //! - [`backup`]: `sixfold snapshot` and `sixfold restore`.
 //! - [`cluster`]: `sixfold cluster nodes|add|remove`, the cluster's node list.
+//! - [`tls`]: `--ca/--cert/--key/--insecure` on every command, and `sixfold ca`.
 //! - [`wait`]: `--wait`, for commands started before their nodes answer.
 
 mod backup;
@@ -25,6 +26,7 @@ mod rebalance;
 mod signals;
 mod size;
 mod status;
+mod tls;
 mod wait;
 
 use std::io::IsTerminal;
@@ -49,6 +51,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
     log_level: String,
 
+    #[command(flatten)]
+    tls: tls::TlsArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +71,7 @@ enum Command {
     Restore(backup::restore::RestoreArgs),
     Cluster(cluster::ClusterArgs),
     Rebalance(rebalance::RebalanceArgs),
+    Ca(tls::CaArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,16 +81,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Node(args) => node::run(args),
-        Command::Mount(args) => mount::run(args),
-        Command::Status(args) => status::run(args),
+        Command::Node(args) => node::run(args, &cli.tls),
+        Command::Mount(args) => mount::run(args, &cli.tls),
+        Command::Status(args) => status::run(args, &cli.tls),
         Command::Grow(args) => grow::run(args),
-        Command::Up(args) => laptop::up::run(args, &cli.log_level),
+        Command::Up(args) => laptop::up::run(args, &cli.log_level, &cli.tls),
         Command::Down(args) => laptop::down::run(args),
-        Command::Snapshot(args) => backup::snapshot::run(args),
-        Command::Restore(args) => backup::restore::run(args),
-        Command::Cluster(args) => cluster::run(args),
-        Command::Rebalance(args) => rebalance::run(args),
+        Command::Snapshot(args) => backup::snapshot::run(args, &cli.tls),
+        Command::Restore(args) => backup::restore::run(args, &cli.tls),
+        Command::Cluster(args) => cluster::run(args, &cli.tls),
+        Command::Rebalance(args) => rebalance::run(args, &cli.tls),
+        Command::Ca(args) => tls::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,8 +75,9 @@ macro_rules! say {
     }};
 }
 
-pub fn run(args: MountArgs) -> anyhow::Result<()> {
+pub fn run(args: MountArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     let cluster = ClusterConfig::load(&args.cluster).context("load the cluster file")?;
+    let security = tls.security(Some(&args.cluster), sixfold_transport::Role::Writer)?;
     // Check the mount point before touching the cluster: opening the volume fences any other
     // writer, which should not happen for a mount that cannot succeed.
     let mountpoint = sixfold_fuse::mount_point::check_mount_point(&args.mountpoint)
@@ -100,6 +101,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         az: args.az.clone(),
         read_only: args.read_only,
+        security,
     };
     say!(
         "sixfold mount: opening volume {} on {} nodes ({})",

@@ -80,10 +80,11 @@ pub enum NodeCommand {
     Drain(crate::drain::DrainArgs),
 }
 
-pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     if let Some(NodeCommand::Drain(drain)) = args.command {
-        return crate::drain::run(drain);
+        return crate::drain::run(drain, tls);
     }
+    let security = tls.security(None, sixfold_transport::Role::Node)?;
     let (Some(listen), Some(az), Some(data_dir)) = (args.listen, args.az, args.data_dir) else {
         anyhow::bail!("a node needs --listen, --az and --data");
     };
@@ -144,6 +145,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             bandwidth: args.repair_bandwidth,
         },
         metrics_listen: args.metrics_listen,
+        security,
     };
     tracing::info!(listen = %args.listen, az = %args.az, data = %args.data_dir.display(), "starting storage node");
     runtime

@@ -86,9 +86,9 @@ impl PgView {
     }
 }
 
-pub fn run(args: RebalanceArgs) -> anyhow::Result<()> {
+pub fn run(args: RebalanceArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     let (seed, runtime, clients) =
-        crate::cluster::connect(args.cluster.as_ref(), args.state.as_ref())?;
+        crate::cluster::connect(args.cluster.as_ref(), args.state.as_ref(), tls)?;
     runtime.block_on(async {
         let list = retry("rebalance", args.wait, ClusterError::is_unreachable, || {
             nodes::current(&clients, &seed)

@@ -40,9 +40,10 @@ pub struct StatusArgs {
     wait: std::time::Duration,
 }
 
-pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+pub fn run(args: StatusArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     let cluster_file = crate::cluster::cluster_file(args.cluster.as_ref(), args.state.as_ref())?;
     let cluster = ClusterConfig::load(&cluster_file).context("load the cluster file")?;
+    let security = tls.security(Some(&cluster_file), sixfold_transport::Role::Admin)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,7 +52,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .block_on(async {
             // Nodes still starting: wait for the metadata quorum, then report what answers.
             let waited = crate::wait::retry("status", args.wait, Waiting::is_waiting, || async {
-                let report = sixfold_blockdev::status::collect(&cluster, &args.volume)
+                let report = sixfold_blockdev::status::collect(&cluster, &security, &args.volume)
                     .await
                     .map_err(Waiting::Failed)?;
                 if report.metadata_unreachable {

@@ -50,6 +50,7 @@ use sixfold_archive::{catalog::PgCatalog, format, ObjectError, ObjectStore};
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{ArchiveMark, ArchivePages, ArchiveRun, NodeStatusRequest};
 use sixfold_proto::{Lsn, PG_PAGES};
+use sixfold_transport::Security;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
@@ -103,9 +104,10 @@ pub struct ArchiveConfig {
 /// every PG's task with it). `own_address` names this node when no writer has told it its name
 /// yet. Each PG gets its own task, so that a slow upload (a big base image, a store that does
 /// not answer) holds up no other PG.
-pub async fn run(store: Store, config: ArchiveConfig, own_address: String) {
+pub async fn run(store: Store, config: ArchiveConfig, own_address: String, security: Security) {
     let ctx = Arc::new(Ctx {
         store,
+        security,
         config,
         own_address,
         peers: Mutex::new(HashMap::new()),
@@ -187,6 +189,8 @@ struct PeerState {
 /// What every PG's task shares.
 struct Ctx {
     store: Store,
+    /// How this node proves itself to its peers.
+    security: Security,
     config: ArchiveConfig,
     own_address: String,
     /// What this node knows of its peers' ability to archive (pinged at most every
@@ -336,7 +340,7 @@ impl PgArchiver {
             if due {
                 state.last_try = Some(now);
                 if state.client.is_none() {
-                    state.client = client(peer);
+                    state.client = client(&self.ctx.security, peer);
                 }
                 state.client.clone()
             } else {
@@ -668,6 +672,6 @@ impl PgArchiver {
     }
 }
 
-fn client(peer: &str) -> Option<StorageNodeClient<Channel>> {
-    crate::peer::client(peer, PING_TIMEOUT, PING_TIMEOUT).ok()
+fn client(security: &Security, peer: &str) -> Option<StorageNodeClient<Channel>> {
+    crate::peer::client(security, peer, PING_TIMEOUT, PING_TIMEOUT).ok()
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{self, FetchRecordsRequest, ReadPageRequest, Record, SegmentRef};
 use sixfold_proto::Lsn;
+use sixfold_transport::Security;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
@@ -64,9 +65,15 @@ pub const PEER_CLIENTS_MAX: usize = 256;
 
 /// Runs gap-fill rounds forever (the caller aborts the task on shutdown). `own_addresses` are
 /// this node's addresses, skipped when they appear among a segment's peers.
-pub async fn run(store: Store, own_addresses: Vec<String>, bandwidth: Arc<RepairBandwidth>) {
+pub async fn run(
+    store: Store,
+    own_addresses: Vec<String>,
+    bandwidth: Arc<RepairBandwidth>,
+    security: Security,
+) {
     let mut gossip = Gossip {
         store,
+        security,
         own_addresses,
         bandwidth,
         clients: HashMap::new(),
@@ -82,6 +89,8 @@ pub async fn run(store: Store, own_addresses: Vec<String>, bandwidth: Arc<Repair
 
 struct Gossip {
     store: Store,
+    /// How this node proves itself to its peers.
+    security: Security,
     own_addresses: Vec<String>,
     /// The bound on what gap-fill and hydration fetch (`--repair-bandwidth`).
     bandwidth: Arc<RepairBandwidth>,
@@ -393,7 +402,7 @@ impl Gossip {
         if self.clients.len() >= PEER_CLIENTS_MAX {
             self.clients.clear();
         }
-        let client = crate::peer::client(peer, CONNECT_TIMEOUT, REQUEST_TIMEOUT)?;
+        let client = crate::peer::client(&self.security, peer, CONNECT_TIMEOUT, REQUEST_TIMEOUT)?;
         self.clients.insert(peer.to_string(), client.clone());
         Ok(client)
     }

@@ -24,6 +24,7 @@
 //! The node serves what it acknowledged, after any crash: see "Crash consistency" in [`hotlog`],
 //! [`appender`], [`meta`] and [`store`], and the ordering rules in [`pagestore`] and [`folder`].
 
+mod access;
 mod appender;
 mod archiver;
 pub mod bandwidth;
@@ -68,8 +69,8 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sixfold_proto::wire::storage_node_server::StorageNodeServer;
+use sixfold_transport::{Authorized, Security};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 pub use archiver::{ArchiveConfig, BASE_EVERY_BYTES, RETENTION_DEFAULT, RETENTION_PASS_EVERY};
@@ -79,14 +80,8 @@ pub use repair::{RepairConfig, REPAIR_AFTER_DEFAULT};
 use crate::service::Service;
 use crate::store::Store;
 
-/// Largest gRPC message the node sends or accepts (a 64 MiB Append batch fits, with framing).
-pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
-
-/// HTTP/2 flow-control windows of the node's server and its peer clients: a 4 MiB FetchPages
-/// answer or a 2 MiB Append batch travels without waiting for window updates (the defaults, in
-/// the tens of KiB to a few MiB, cost round trips on a busy host). Limits, not allocations.
-pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
-pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+/// The transport limits, shared with every client (defined once in `sixfold-transport`).
+pub use sixfold_transport::{CONNECTION_WINDOW_BYTES, MESSAGE_BYTES_MAX, STREAM_WINDOW_BYTES};
 
 /// How to run one storage node.
 #[derive(Clone, Debug)]
@@ -103,6 +98,8 @@ pub struct NodeConfig {
     pub repair: RepairConfig,
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     pub metrics_listen: Option<SocketAddr>,
+    /// How gRPC connections, served and made, are secured (mutual TLS, or `--insecure`).
+    pub security: Security,
 }
 
 /// Opens (recovers) the node's state from `data_dir`, then serves gRPC on `config.listen` until
@@ -174,8 +171,18 @@ async fn serve(
     let local = listener.local_addr().unwrap_or(config.listen);
     let own_addresses = vec![local.to_string(), config.listen.to_string()];
     let bandwidth = std::sync::Arc::new(bandwidth::RepairBandwidth::new(config.repair.bandwidth));
-    let gossip = tokio::spawn(gossip::run(store.clone(), own_addresses, bandwidth));
-    let repair = tokio::spawn(repair::run(store.clone(), config.repair.clone()));
+    let security = config.security.clone();
+    let gossip = tokio::spawn(gossip::run(
+        store.clone(),
+        own_addresses,
+        bandwidth,
+        security.clone(),
+    ));
+    let repair = tokio::spawn(repair::run(
+        store.clone(),
+        config.repair.clone(),
+        security.clone(),
+    ));
     let metrics = match config.metrics_listen {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(listener) => Some(tokio::spawn(metrics::serve(store.clone(), listener))),
@@ -195,15 +202,21 @@ async fn serve(
             store.clone(),
             backup,
             config.listen.to_string(),
+            security.clone(),
         ))
     });
     let objects = config.backup.as_ref().map(|b| b.objects.clone());
     let service = StorageNodeServer::new(Service::new(store.clone(), config.az.clone(), objects))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    info!(listen = %local, az = %config.az, "storage node serving");
+    // Every request passes the access check by certificate role first.
+    let service = Authorized::new(service, access::policy);
+    if security.is_insecure() {
+        warn!(listen = %local, "serving WITHOUT TLS (--insecure): anyone who reaches this port may read, write or fence every volume");
+    }
+    info!(listen = %local, az = %config.az, security = %security.describe(), "storage node serving");
     // One service, served directly (the workspace builds tonic without its router).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = sixfold_transport::incoming(listener, security);
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

@@ -50,6 +50,7 @@ use sixfold_proto::wire::{
     SegmentRef, SegmentStateRequest,
 };
 use sixfold_proto::{placement, Epoch, Lsn, MembershipEpoch, NodeId, WRITE_QUORUM};
+use sixfold_transport::Security;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -153,6 +154,8 @@ impl Liveness {
 struct Driver {
     store: Store,
     config: RepairConfig,
+    /// How this node proves itself to its peers.
+    security: Security,
     liveness: Liveness,
     clients: HashMap<String, PeerClient>,
     degraded_logged: HashMap<SegmentKey, Instant>,
@@ -163,7 +166,7 @@ struct Driver {
 }
 
 /// Drives repairs forever (the caller aborts the task on shutdown).
-pub async fn run(store: Store, config: RepairConfig) {
+pub async fn run(store: Store, config: RepairConfig, security: Security) {
     if !config.enabled {
         tracing::info!("repair driver off (--no-repair)");
         return;
@@ -171,6 +174,7 @@ pub async fn run(store: Store, config: RepairConfig) {
     let mut driver = Driver {
         store,
         config,
+        security,
         liveness: Liveness {
             started: Instant::now(),
             pass_started: Instant::now(),
@@ -200,7 +204,7 @@ impl Driver {
         if let Some(client) = self.clients.get(addr) {
             return Some(client.clone());
         }
-        let client = peer::client(addr, CONNECT_TIMEOUT, CALL_TIMEOUT).ok()?;
+        let client = peer::client(&self.security, addr, CONNECT_TIMEOUT, CALL_TIMEOUT).ok()?;
         self.clients.insert(addr.to_string(), client.clone());
         Some(client)
     }

@@ -17,12 +17,14 @@ use sixfold_proto::wire::{
     SegmentStateRequest, SegmentStateResponse, SegmentStatus, VolumeWriterState,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
+use sixfold_transport::Role;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::access;
 use crate::appender::Source;
 use crate::error::StoreError;
 use crate::index::Mark;
@@ -282,6 +284,14 @@ impl StorageNode for Service {
         &self,
         request: Request<SegmentStateRequest>,
     ) -> Result<Response<SegmentStateResponse>, Status> {
+        if request.get_ref().seal_epoch > 0 {
+            // Sealing is how an epoch advances: only a writer opening the volume may.
+            access::require(
+                &request,
+                &[Role::Writer],
+                "seal a segment (advance its epoch)",
+            )?;
+        }
         let request = request.into_inner();
         let (key, membership) = request::segment_key(request.segment.as_ref())
             .and_then(|key| Ok((key, request::membership(request.membership.as_ref())?)))
@@ -551,6 +561,12 @@ impl StorageNode for Service {
         &self,
         request: Request<PutNodeListRequest>,
     ) -> Result<Response<PutNodeListResponse>, Status> {
+        if access::role(&request) == Some(Role::Writer) && self.store.node_list().is_some() {
+            return Err(Status::permission_denied(
+                "a certificate of role writer may only create the node list, not change it \
+                 (use `sixfold cluster` with an admin certificate)",
+            ));
+        }
         let list = request
             .into_inner()
             .list

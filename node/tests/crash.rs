@@ -37,6 +37,7 @@ fn crash_child_node() {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let config = NodeConfig {
+            security: sixfold_transport::Security::Insecure,
             listen: listener.local_addr().expect("addr"),
             az: "a".into(),
             data_dir: dir.join("data"),

@@ -63,6 +63,7 @@ impl Node {
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let config = NodeConfig {
+            security: sixfold_transport::Security::Insecure,
             listen: addr,
             az: "az-test".into(),
             data_dir: data_dir.to_owned(),

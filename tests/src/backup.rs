@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use crate::{log_tail, pattern, run, sixfold_bin, Cluster, Mount};
+use crate::{log_tail, pattern, run, Cluster, Mount};
 
 const GIB: u64 = 1 << 30;
 /// The regions written: 4 MiB at the start of PGs 0, 1 and 2 (the rest of the volume stays
@@ -109,7 +109,7 @@ pub fn rfc3339(time: SystemTime) -> String {
 
 /// `sixfold ARGS --cluster FILE`.
 pub fn sixfold(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    run(Command::new(sixfold_bin())
+    run(crate::sixfold_command()
         .args(args)
         .arg("--cluster")
         .arg(&cluster.cluster_file))
@@ -117,7 +117,7 @@ pub fn sixfold(cluster: &Cluster, args: &[&str]) -> Result<String> {
 
 /// Runs `sixfold ARGS --cluster FILE`, which must fail; returns its stderr.
 pub fn sixfold_fails(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let output = Command::new(sixfold_bin())
+    let output = crate::sixfold_command()
         .args(args)
         .arg("--cluster")
         .arg(&cluster.cluster_file)

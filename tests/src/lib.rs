@@ -22,6 +22,15 @@ use anyhow::{bail, Context, Result};
 
 /// The `sixfold` binary under test: `$SIXFOLD_BIN`, or `target/release/sixfold` next to the test
 /// executable's `deps/` directory.
+/// `sixfold` for a harness [`Cluster`]: its nodes serve plaintext (`--insecure`, through the
+/// environment so that every subcommand takes it), as the tests that talk gRPC to them directly
+/// do. TLS is covered by `sixfold up` (certificates by default) and by `tls_roles.rs`.
+pub fn sixfold_command() -> Command {
+    let mut command = Command::new(sixfold_bin());
+    command.env("SIXFOLD_INSECURE", "1");
+    command
+}
+
 pub fn sixfold_bin() -> PathBuf {
     if let Ok(path) = std::env::var("SIXFOLD_BIN") {
         return PathBuf::from(path);
@@ -213,11 +222,53 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// More `sixfold node` options for every node (`--backup DIR`, ...).
     pub node_options: Vec<String>,
+    /// With mutual TLS: the directory of the CA and of the certificates (`node-I`, `writer`,
+    /// `admin`); `None`: plaintext (`--insecure`).
+    pub tls: Option<PathBuf>,
 }
 
 impl Cluster {
     pub fn start(dir: &Path, count: usize) -> Result<Cluster> {
         Cluster::start_with(dir, count, None, &[])
+    }
+
+    /// A cluster whose processes talk mutual TLS: a CA in DIR/tls, a certificate per node
+    /// (`node-I`), one for the writer and one for the admin's commands.
+    pub fn start_tls(dir: &Path, count: usize) -> Result<Cluster> {
+        use sixfold_transport::{ca, Role};
+        let mut cluster = Cluster::create_with(dir, count, None, &[])?;
+        let tls = dir.join("tls");
+        ca::init(&tls)?;
+        let mut names: Vec<(String, Role)> = (0..count)
+            .map(|i| (format!("node-{i}"), Role::Node))
+            .collect();
+        names.push(("writer".into(), Role::Writer));
+        names.push(("admin".into(), Role::Admin));
+        for (name, role) in names {
+            ca::issue(&tls, role, &name, ca::Validity::days(1), &tls)?;
+        }
+        cluster.tls = Some(tls);
+        for i in 0..count {
+            cluster.start_node(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// `sixfold` as the holder of certificate `name` of a TLS cluster (`node-I`, `writer`,
+    /// `admin`), or plaintext ([`sixfold_command`]).
+    pub fn command(&self, name: &str) -> Command {
+        match &self.tls {
+            None => sixfold_command(),
+            Some(tls) => {
+                let mut command = Command::new(sixfold_bin());
+                command
+                    .env_remove("SIXFOLD_INSECURE")
+                    .env("SIXFOLD_CA", tls.join("ca.pem"))
+                    .env("SIXFOLD_CERT", tls.join(format!("{name}.pem")))
+                    .env("SIXFOLD_KEY", tls.join(format!("{name}.key")));
+                command
+            }
+        }
     }
 
     /// A cluster whose nodes all run with more `sixfold node` options.
@@ -296,6 +347,7 @@ impl Cluster {
             cluster_file,
             nodes,
             node_options,
+            tls: None,
         })
     }
 
@@ -332,7 +384,8 @@ impl Cluster {
 
     /// `sixfold cluster ARGS... --cluster FILE`: its stdout, or an error with its stderr.
     pub fn cluster_command(&self, args: &[&str]) -> Result<String> {
-        run(Command::new(sixfold_bin())
+        run(self
+            .command("admin")
             .arg("cluster")
             .args(args)
             .arg("--cluster")
@@ -341,10 +394,11 @@ impl Cluster {
 
     /// Starts (or restarts) node `i` on its address and data directory; waits until it listens.
     pub fn start_node(&mut self, i: usize) -> Result<()> {
+        let mut command = self.command(&format!("node-{i}"));
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {i} is already running");
         let log = File::options().create(true).append(true).open(&node.log)?;
-        let child = Command::new(sixfold_bin())
+        let child = command
             .args([
                 "node",
                 "--listen",
@@ -455,14 +509,16 @@ impl Cluster {
 
     /// `sixfold status` for a volume, as a person reads it.
     pub fn status_text(&self, volume: &str) -> Result<String> {
-        run(Command::new(sixfold_bin())
+        run(self
+            .command("admin")
             .args(["status", "--volume", volume, "--cluster"])
             .arg(&self.cluster_file))
     }
 
     /// `sixfold status --metrics` for a volume (Prometheus text).
     pub fn status_metrics(&self, volume: &str) -> Result<String> {
-        run(Command::new(sixfold_bin())
+        run(self
+            .command("admin")
             .args(["status", "--metrics", "--volume", volume, "--cluster"])
             .arg(&self.cluster_file))
     }
@@ -526,7 +582,8 @@ impl Cluster {
 
     /// `sixfold status --json` for a volume.
     pub fn status(&self, volume: &str) -> Result<serde_json::Value> {
-        let output = Command::new(sixfold_bin())
+        let output = self
+            .command("admin")
             .args(["status", "--json", "--volume", volume, "--cluster"])
             .arg(&self.cluster_file)
             .output()?;
@@ -636,7 +693,8 @@ impl Mount {
         std::fs::create_dir_all(mountpoint)?;
         let log_path = cluster.dir.join(format!("mount-{volume}.log"));
         let log = File::options().create(true).append(true).open(&log_path)?;
-        let child = Command::new(sixfold_bin())
+        let child = cluster
+            .command("writer")
             .args([
                 "mount",
                 "--volume",

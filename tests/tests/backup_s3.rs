@@ -5,7 +5,6 @@
 //! store's own bad inputs: an unreachable endpoint, a bucket that does not exist, no
 //! credentials.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -15,7 +14,7 @@ use sixfold_tests::backup::{
     expect_error, restore_and_hash, rfc3339, sixfold, sixfold_fails, use_test_credentials,
     write_round, Moto, VOLUME_SIZE,
 };
-use sixfold_tests::{remove_test_dir, require_fuse, sixfold_bin, test_dir, Cluster, Mount};
+use sixfold_tests::{remove_test_dir, require_fuse, test_dir, Cluster, Mount};
 
 /// How long the store stays frozen: 20 s in the test command; `scripts/soak-backup-outage.sh`
 /// sets minutes (SIXFOLD_STORE_FROZEN_S).
@@ -167,7 +166,7 @@ fn s3_backup_survives_a_killed_archiver_and_a_frozen_store() -> Result<()> {
         )?,
         "NoSuchBucket",
     )?;
-    let output = Command::new(sixfold_bin())
+    let output = sixfold_tests::sixfold_command()
         .args(["snapshot", "list", "--volume", "v", "--cluster"])
         .arg(&cluster.cluster_file)
         .env_remove("AWS_ACCESS_KEY_ID")

@@ -2,13 +2,13 @@
 //! nodes, a mount point already in use, a shrink; each a clear error naming the problem. Also
 //! online growth through `sixfold grow` and through truncating the file larger.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sixfold_tests::{require_fuse, run, sixfold_bin, test_dir, Cluster, Mount};
+use sixfold_tests::{require_fuse, run, test_dir, Cluster, Mount};
 
 fn sixfold(args: &[&str]) -> Output {
-    Command::new(sixfold_bin())
+    sixfold_tests::sixfold_command()
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -118,7 +118,7 @@ fn mount_point_in_use_shrink_and_grow() -> anyhow::Result<()> {
     file.set_len(2 << 30)?;
     assert_eq!(std::fs::metadata(&volume)?.len(), 2 << 30);
     drop(file);
-    run(Command::new(sixfold_bin())
+    run(sixfold_tests::sixfold_command()
         .arg("grow")
         .arg(&mnt)
         .args(["--size", "3G"]))?;

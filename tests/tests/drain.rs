@@ -6,7 +6,7 @@ use std::fs::File;
 
 use anyhow::{ensure, Context, Result};
 use sixfold_tests::shadow::{write_fsynced, BackgroundLoad, RandomWrites, Shadow};
-use sixfold_tests::{require_fuse, run, sixfold_bin, test_dir, Cluster, Mount};
+use sixfold_tests::{require_fuse, run, test_dir, Cluster, Mount};
 
 const VOLUME_BYTES: u64 = 16 << 30;
 
@@ -31,7 +31,7 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
 
     let load = BackgroundLoad::start(&volume, shadow, 22, VOLUME_BYTES)?;
 
-    let out = run(std::process::Command::new(sixfold_bin())
+    let out = run(sixfold_tests::sixfold_command()
         .args([
             "node",
             "drain",
@@ -68,7 +68,7 @@ fn a_drained_node_ends_with_no_segment_while_the_writer_goes_on() -> Result<()> 
         .find(|n| n.az == az && n.addr.to_string() != drained_addr)
         .map(|n| n.addr.to_string())
         .context("another node of the AZ")?;
-    let refused = run(std::process::Command::new(sixfold_bin())
+    let refused = run(sixfold_tests::sixfold_command()
         .args(["node", "drain", &other, "--cluster"])
         .arg(&cluster.cluster_file));
     let message = format!("{:#}", refused.err().context("the drain must be refused")?);

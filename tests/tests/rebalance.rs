@@ -9,13 +9,13 @@ use std::fs::File;
 
 use anyhow::{ensure, Context, Result};
 use sixfold_tests::shadow::{write_fsynced, BackgroundLoad, RandomWrites, Shadow};
-use sixfold_tests::{require_fuse, run, sixfold_bin, test_dir, Cluster, Mount};
+use sixfold_tests::{require_fuse, run, test_dir, Cluster, Mount};
 
 /// Four PGs.
 const VOLUME_BYTES: u64 = 40 << 30;
 
 fn rebalance(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    run(std::process::Command::new(sixfold_bin())
+    run(sixfold_tests::sixfold_command()
         .arg("rebalance")
         .args(args)
         .arg("--cluster")

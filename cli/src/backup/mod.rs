@@ -33,6 +33,14 @@ impl StoreArgs {
         ClusterConfig::load(&self.cluster).context("load the cluster file")
     }
 
+    /// An admin's security for this cluster (see [`crate::tls::TlsArgs::security`]).
+    pub fn security(
+        &self,
+        tls: &crate::tls::TlsArgs,
+    ) -> anyhow::Result<sixfold_transport::Security> {
+        tls.security(Some(&self.cluster), sixfold_transport::Role::Admin)
+    }
+
     pub async fn open(&self, cluster: &ClusterConfig) -> anyhow::Result<ObjectStore> {
         let section = cluster.backup.as_ref();
         let spec = match (&self.store, section) {

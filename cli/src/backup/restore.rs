@@ -14,6 +14,7 @@ use sixfold_archive::manifest::SnapshotManifest;
 use sixfold_archive::{points, ObjectError};
 use sixfold_blockdev::restore::{PgSource, RestoreEvent, RestoreRequest};
 use sixfold_proto::{Lsn, PgId, PG_BYTES};
+use sixfold_transport::Security;
 
 use super::{runtime, show_time, unix_micros, StoreArgs};
 
@@ -51,16 +52,18 @@ pub struct RestoreArgs {
 /// Per (PG, node) the bytes read and to read, and the PGs done.
 type Progress = (HashMap<(PgId, String), (u64, u64)>, usize);
 
-pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(restore(args))
+pub fn run(args: RestoreArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
+    let security = args.store.security(tls)?;
+    runtime()?.block_on(restore(args, security))
 }
 
 /// The source volume's size and PGs, from its metadata when the cluster still has it.
 async fn source_meta(
     cluster: &sixfold_proto::cluster::ClusterConfig,
+    security: &Security,
     source: &str,
 ) -> Option<(u64, Vec<PgId>)> {
-    match sixfold_blockdev::status::collect(cluster, source).await {
+    match sixfold_blockdev::status::collect(cluster, security, source).await {
         Ok(status) if status.exists => Some((
             status.size_bytes,
             status.pgs.iter().map(|p| PgId(p.pg)).collect(),
@@ -69,7 +72,7 @@ async fn source_meta(
     }
 }
 
-async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+async fn restore(args: RestoreArgs, security: Security) -> anyhow::Result<()> {
     let started = Instant::now();
     let cluster = args.store.cluster()?;
     let objects = args.store.open(&cluster).await?;
@@ -120,7 +123,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             );
         }
         // Every PG the volume has must be in the backup (else it would come back as zeros).
-        let meta = source_meta(&cluster, source).await;
+        let meta = source_meta(&cluster, &security, source).await;
         if let Some((_, pgs)) = &meta {
             if let Some(missing) = pgs.iter().find(|pg| !catalogs.contains_key(pg)) {
                 anyhow::bail!(
@@ -251,7 +254,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let report = {
         let bar = bar.clone();
         let progress = progress.clone();
-        sixfold_blockdev::restore::restore(&cluster, &request, move |event| {
+        sixfold_blockdev::restore::restore(&cluster, &security, &request, move |event| {
             let Ok(mut state) = progress.lock() else {
                 return;
             };

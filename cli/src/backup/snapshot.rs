@@ -66,7 +66,7 @@ enum SnapshotCommand {
     },
 }
 
-pub fn run(args: SnapshotArgs) -> anyhow::Result<()> {
+pub fn run(args: SnapshotArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         match args.command {
             SnapshotCommand::Create {
@@ -74,7 +74,7 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<()> {
                 store,
                 volume,
                 wait,
-            } => create(&name, &store, &volume, wait).await,
+            } => create(&name, &store, &volume, wait, tls).await,
             SnapshotCommand::List {
                 store,
                 volume,
@@ -89,9 +89,16 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn create(name: &str, args: &StoreArgs, volume: &str, wait: Duration) -> anyhow::Result<()> {
+async fn create(
+    name: &str,
+    args: &StoreArgs,
+    volume: &str,
+    wait: Duration,
+    tls: &crate::tls::TlsArgs,
+) -> anyhow::Result<()> {
     keys::check_snapshot_name(name).map_err(anyhow::Error::msg)?;
     let cluster = args.cluster()?;
+    let security = args.security(tls)?;
     let objects = args.open(&cluster).await?;
     let manifest_key = keys::snapshot_key(volume, name);
     match objects.get(&manifest_key).await {
@@ -99,7 +106,7 @@ async fn create(name: &str, args: &StoreArgs, volume: &str, wait: Duration) -> a
         Err(ObjectError::NotFound { .. }) => {}
         Err(e) => return Err(e).context("look for an existing snapshot"),
     }
-    let status = sixfold_blockdev::status::collect(&cluster, volume)
+    let status = sixfold_blockdev::status::collect(&cluster, &security, volume)
         .await
         .context("ask the cluster for the volume's state")?;
     if let Some(error) = &status.metadata_error {

@@ -11,6 +11,7 @@
 //! brings the same volume back. Pid files may outlive their processes; a pid is trusted only when
 //! `/proc/PID/cmdline` still names the same data directory or mount point.
 
+pub mod certs;
 pub mod down;
 pub mod preflight;
 pub mod process;

@@ -20,6 +20,7 @@ use sixfold_fuse::mount_point::{is_stale_fuse_mount, mount_entry, resolve};
 use super::process::{log_tail, running_from_pid_file, spawn_detached};
 use super::state::{StateDir, NODES_MAX, VOLUME_NAME};
 use super::{preflight, system};
+use crate::laptop::certs::LaptopTls;
 use crate::size::{human, parse_volume_size};
 
 /// How long a node may take to accept connections after it started.
@@ -67,7 +68,7 @@ pub struct UpArgs {
     no_backup: bool,
 }
 
-pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
+pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     preflight::check_up()?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("create the mount directory {}", args.dir.display()))?;
@@ -89,6 +90,7 @@ pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
         println!("  backup: the nodes archive to {}", backup.store);
     }
     let exe = std::env::current_exe().context("find the sixfold executable")?;
+    let laptop_tls = LaptopTls::prepare(&state, tls, cluster.nodes.len())?;
 
     // Nodes.
     let mut started: Vec<(usize, Child)> = Vec::new();
@@ -118,6 +120,7 @@ pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
             "--repair-bandwidth".into(),
             LAPTOP_REPAIR_BANDWIDTH.into(),
         ];
+        node_args.extend(laptop_tls.args(&format!("node-{number}")));
         if let Some(backup) = &cluster.backup {
             node_args.extend(["--backup".into(), backup.store.clone().into()]);
             if let Some(endpoint) = &backup.endpoint {
@@ -174,7 +177,7 @@ pub fn run(args: UpArgs, log_level: &str) -> anyhow::Result<()> {
                 system::run_tool("umount", &["-l".as_ref(), fuse_dir.as_os_str()])
                     .context("clear the stale FUSE mount")?;
             }
-            start_mount(&state, &exe, log_level, args.size)?;
+            start_mount(&state, &exe, log_level, args.size, &laptop_tls)?;
         }
     }
 
@@ -255,9 +258,15 @@ fn wait_for_node(addr: &str, mut child: Option<&mut Child>, log: &Path) -> anyho
 }
 
 /// Starts `sixfold mount` on STATE/fuse and waits until the volume file appears.
-fn start_mount(state: &StateDir, exe: &Path, log_level: &str, size: u64) -> anyhow::Result<()> {
+fn start_mount(
+    state: &StateDir,
+    exe: &Path,
+    log_level: &str,
+    size: u64,
+    tls: &LaptopTls,
+) -> anyhow::Result<()> {
     let fuse_dir = state.fuse_dir();
-    let mount_args: Vec<OsString> = vec![
+    let mut mount_args: Vec<OsString> = vec![
         "--log-level".into(),
         log_level.into(),
         "mount".into(),
@@ -269,6 +278,7 @@ fn start_mount(state: &StateDir, exe: &Path, log_level: &str, size: u64) -> anyh
         size.to_string().into(),
         fuse_dir.clone().into_os_string(),
     ];
+    mount_args.extend(tls.args("writer"));
     let mut child = spawn_detached(exe, &mount_args, &state.mount_log(), &state.mount_pid())
         .context("start `sixfold mount`")?;
     println!(

@@ -1,0 +1,174 @@
+//! The client side: the one way every process (writer, node, CLI) builds a channel to a node.
+//!
+//! A channel connects on first use and again after a failure; each connection is TCP with
+//! `TCP_NODELAY`, then (unless insecure) a TLS 1.3 handshake that checks the node's certificate
+//! carries the `node` role and presents this process's certificate.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tonic::codegen::http::Uri;
+use tonic::codegen::Service;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::TransportError;
+use crate::{Role, Security, CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+
+/// How a channel behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelOptions {
+    /// How long connecting (TCP and TLS) may take.
+    pub connect_timeout: Duration,
+    /// A bound on every call, if the caller does not bound calls itself.
+    pub request_timeout: Option<Duration>,
+    /// HTTP/2 pings on an idle connection, to find a dead peer.
+    pub keep_alive: Option<Duration>,
+}
+
+/// A lazily connected channel to the node at `addr` (host:port).
+pub fn channel(
+    addr: &str,
+    security: &Security,
+    options: ChannelOptions,
+) -> Result<Channel, TransportError> {
+    let bad = |detail: String| TransportError::BadAddress {
+        addr: addr.to_string(),
+        detail,
+    };
+    if addr.contains("://") || addr.contains('/') {
+        return Err(bad("expected host:port".into()));
+    }
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(options.connect_timeout)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+    if endpoint.uri().port_u16().is_none() {
+        return Err(bad("no port".into()));
+    }
+    if let Some(timeout) = options.request_timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    if let Some(interval) = options.keep_alive {
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(interval);
+    }
+    let connector = Connector {
+        tls: match security {
+            Security::Tls(tls) => Some(TlsConnector::from(tls.client.clone())),
+            Security::Insecure => None,
+        },
+    };
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+#[derive(Clone)]
+struct Connector {
+    tls: Option<TlsConnector>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<ClientIo>>> + Send>>;
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<ClientIo>;
+    type Error = io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host:port"))?
+                .as_str()
+                .to_string();
+            let stream = TcpStream::connect(&authority).await?;
+            stream.set_nodelay(true)?;
+            let io = match tls {
+                None => ClientIo::Plain(stream),
+                Some(tls) => {
+                    let stream = tls.connect(Role::Node.server_name(), stream).await?;
+                    ClientIo::Tls(Box::new(stream))
+                }
+            };
+            Ok(TokioIo::new(io))
+        })
+    }
+}
+
+/// A connection to a node: plaintext or TLS.
+pub enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            ClientIo::Plain(stream) => {
+                let $io = Pin::new(stream);
+                $call
+            }
+            ClientIo::Tls(stream) => {
+                let $io = Pin::new(stream.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientIo::Plain(stream) => stream.is_write_vectored(),
+            ClientIo::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+}

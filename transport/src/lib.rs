@@ -1,0 +1,31 @@
+//! Connections between sixfold processes, built in one place.
+//!
+//! - [`Security`]: mutual TLS 1.3 with the process's certificate, or plaintext when the operator
+//!   said `--insecure`.
+//! - [`channel`]: the one way any process (writer, node, CLI) makes a channel to a node.
+//! - [`incoming`]: the node's accepted connections, each with the [`Peer`] it came from.
+//! - [`Authorized`]: the access check of every request by certificate [`Role`].
+//! - [`ca`]: the cluster's CA (`sixfold ca init`, `sixfold ca issue`).
+//! - The transport limits every side uses ([`MESSAGE_BYTES_MAX`] and the HTTP/2 windows).
+
+pub mod access;
+pub mod ca;
+mod client;
+mod error;
+mod role;
+mod security;
+mod server;
+
+pub use access::{Authorized, Policy};
+pub use client::{channel, ChannelOptions};
+pub use error::TransportError;
+pub use role::Role;
+pub use security::{Security, TlsFiles};
+pub use server::{incoming, Incoming, Peer, ServerIo, HANDSHAKE_TIMEOUT};
+
+/// Largest gRPC message either side accepts.
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// HTTP/2 flow-control windows (limits, not allocations): a whole batch or a run of pages goes
+/// out without waiting for window updates.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
