@@ -1,6 +1,10 @@
-//! The one place the writer tells a node's refusals apart. Nodes answer a request they refuse
-//! with FAILED_PRECONDITION and a message that names the reason; everything else is an error of
-//! the link (a node down, a timeout), retried with back-off.
+//! The one place the writer tells a node's refusals apart. A node answers a request it refuses
+//! with a gRPC status whose details carry a [`RefusalDetail`] (its reason as a code); the writer
+//! decides by that code, never by the message, which is for people. Everything else (no
+//! detail: a link error, a timeout, a proxy) is an error of the link, retried with back-off.
+
+use prost::Message as _;
+use sixfold_proto::wire::{RefusalDetail, RefusalReason};
 
 /// Why a node refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,22 +17,15 @@ pub enum Refusal {
     Other,
 }
 
-/// Classifies a refusal by its gRPC status.
+/// Classifies a refusal by the reason in its status's details.
 pub fn classify(status: &tonic::Status) -> Refusal {
-    classify_parts(status.code(), status.message())
-}
-
-/// [`classify`] on a status already turned into its code and message.
-pub fn classify_parts(code: tonic::Code, message: &str) -> Refusal {
-    if code != tonic::Code::FailedPrecondition {
-        return Refusal::Other;
-    }
-    if message.contains("stale membership") {
-        Refusal::StaleMembership
-    } else if message.contains("fenced") {
-        Refusal::Fenced
-    } else {
-        Refusal::Other
+    let reason = RefusalDetail::decode(status.details())
+        .ok()
+        .and_then(|detail| RefusalReason::try_from(detail.reason).ok());
+    match reason {
+        Some(RefusalReason::RefusalFenced) => Refusal::Fenced,
+        Some(RefusalReason::RefusalStaleMembership) => Refusal::StaleMembership,
+        _ => Refusal::Other,
     }
 }
 
@@ -36,20 +33,42 @@ pub fn classify_parts(code: tonic::Code, message: &str) -> Refusal {
 mod tests {
     use super::*;
 
+    fn refused(reason: RefusalReason, message: &str) -> tonic::Status {
+        let detail = RefusalDetail {
+            reason: reason as i32,
+        };
+        tonic::Status::with_details(
+            tonic::Code::FailedPrecondition,
+            message,
+            detail.encode_to_vec().into(),
+        )
+    }
+
     #[test]
-    fn refusals_by_code_and_reason() {
-        let refused = |m: &str| classify(&tonic::Status::failed_precondition(m));
+    fn refusals_by_their_structured_reason_never_by_text() {
         assert_eq!(
-            refused("volume v: fenced: request epoch 1 is older"),
+            classify(&refused(RefusalReason::RefusalFenced, "epoch 1 is older")),
             Refusal::Fenced
         );
         assert_eq!(
-            refused("segment v/PG 0: stale membership: the request's membership epoch 1"),
+            classify(&refused(RefusalReason::RefusalStaleMembership, "")),
             Refusal::StaleMembership
         );
-        assert_eq!(refused("segment behind"), Refusal::Other);
         assert_eq!(
-            classify(&tonic::Status::unavailable("fenced")),
+            classify(&refused(RefusalReason::RefusalBehind, "fenced")),
+            Refusal::Other
+        );
+        // A message that says "fenced" without the detail (a proxy, a link error) is not one.
+        assert_eq!(
+            classify(&tonic::Status::failed_precondition("volume v: fenced")),
+            Refusal::Other
+        );
+        assert_eq!(
+            classify(&tonic::Status::with_details(
+                tonic::Code::FailedPrecondition,
+                "garbage detail",
+                vec![0xff, 0xff, 0xff].into()
+            )),
             Refusal::Other
         );
     }

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use prost::Message as _;
+use sixfold_proto::wire::{RefusalDetail, RefusalReason};
 use sixfold_proto::{Epoch, Lsn, PgId};
 use thiserror::Error;
 
@@ -214,20 +216,33 @@ impl StoreError {
     }
 
     /// The gRPC status a client sees.
+    /// The gRPC status of a refusal: a code, the message for people, and the structured reason
+    /// ([`RefusalDetail`]) in the status's details, which is what callers decide by.
     pub fn to_status(&self) -> tonic::Status {
-        let message = self.to_string();
-        match self {
-            StoreError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            StoreError::Fenced { .. }
-            | StoreError::Behind { .. }
-            | StoreError::Folded { .. }
-            | StoreError::Conflict(_)
-            | StoreError::StaleMembership { .. } => tonic::Status::failed_precondition(message),
-            StoreError::NotHosted { .. } => tonic::Status::not_found(message),
-            StoreError::Corrupt { .. } => tonic::Status::data_loss(message),
-            StoreError::Io { .. } => tonic::Status::internal(message),
-            StoreError::LogFailed | StoreError::ShuttingDown => tonic::Status::unavailable(message),
-            StoreError::NoRoom(_) => tonic::Status::resource_exhausted(message),
-        }
+        use tonic::Code;
+        let (code, reason) = match self {
+            StoreError::InvalidArgument(_) => {
+                (Code::InvalidArgument, RefusalReason::RefusalInvalidArgument)
+            }
+            StoreError::Fenced { .. } => (Code::FailedPrecondition, RefusalReason::RefusalFenced),
+            StoreError::Behind { .. } => (Code::FailedPrecondition, RefusalReason::RefusalBehind),
+            StoreError::Folded { .. } => (Code::FailedPrecondition, RefusalReason::RefusalFolded),
+            StoreError::Conflict(_) => (Code::FailedPrecondition, RefusalReason::RefusalConflict),
+            StoreError::StaleMembership { .. } => (
+                Code::FailedPrecondition,
+                RefusalReason::RefusalStaleMembership,
+            ),
+            StoreError::NotHosted { .. } => (Code::NotFound, RefusalReason::RefusalNotHosted),
+            StoreError::Corrupt { .. } => (Code::DataLoss, RefusalReason::RefusalCorrupt),
+            StoreError::Io { .. } => (Code::Internal, RefusalReason::RefusalUnavailable),
+            StoreError::LogFailed | StoreError::ShuttingDown => {
+                (Code::Unavailable, RefusalReason::RefusalUnavailable)
+            }
+            StoreError::NoRoom(_) => (Code::ResourceExhausted, RefusalReason::RefusalNoRoom),
+        };
+        let detail = RefusalDetail {
+            reason: reason as i32,
+        };
+        tonic::Status::with_details(code, self.to_string(), detail.encode_to_vec().into())
     }
 }
