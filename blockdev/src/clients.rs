@@ -97,7 +97,7 @@ where
                     Err(_) => Err("timed out".to_string()),
                     Ok(Err(status)) => {
                         refusal = classify(&status);
-                        Err(format!("{:?}: {}", status.code(), status.message()))
+                        Err(sixfold_transport::status_text(&status))
                     }
                     Ok(Ok(response)) => Ok(response.into_inner()),
                 },

@@ -389,9 +389,7 @@ impl Volume {
                             .await
                         {
                             Err(_) => Err("timed out".to_string()),
-                            Ok(Err(status)) => {
-                                Err(format!("{:?}: {}", status.code(), status.message()))
-                            }
+                            Ok(Err(status)) => Err(sixfold_transport::status_text(&status)),
                             Ok(Ok(response)) => {
                                 let data = response.into_inner().data;
                                 if data.len() == PAGE_SIZE {

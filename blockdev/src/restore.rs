@@ -238,13 +238,13 @@ async fn restore_segment(
     let mut stream = tokio::time::timeout(PROGRESS_TIMEOUT, client.restore_segment(request))
         .await
         .map_err(|_| format!("no answer within {PROGRESS_TIMEOUT:?}"))?
-        .map_err(|status| status.message().to_owned())?
+        .map_err(|status| sixfold_transport::status_text(&status))?
         .into_inner();
     loop {
         let next = tokio::time::timeout(PROGRESS_TIMEOUT, stream.message())
             .await
             .map_err(|_| format!("no progress within {PROGRESS_TIMEOUT:?}"))?
-            .map_err(|status| status.message().to_owned())?;
+            .map_err(|status| sixfold_transport::status_text(&status))?;
         let Some(progress) = next else {
             return Err("the node ended the restore without an answer".into());
         };

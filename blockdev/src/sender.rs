@@ -349,9 +349,9 @@ async fn send_batch(
                     }
                     Refusal::StaleMembership => {
                         crate::membership::on_stale(shared, pg, addr, status.message());
-                        Err(format!("{:?}: {}", status.code(), status.message()))
+                        Err(sixfold_transport::status_text(&status))
                     }
-                    Refusal::Other => Err(format!("{:?}: {}", status.code(), status.message())),
+                    Refusal::Other => Err(sixfold_transport::status_text(&status)),
                 },
                 Ok(Ok(response)) => Ok(Lsn(response.into_inner().scl)),
             }

@@ -83,7 +83,7 @@ impl AppendStream {
                     "append stream not opened within {APPEND_TIMEOUT:?}"
                 ))
             }
-            Ok(Err(status)) => return Err(format!("{:?}: {}", status.code(), status.message())),
+            Ok(Err(status)) => return Err(sixfold_transport::status_text(&status)),
             Ok(Ok(response)) => response.into_inner(),
         };
         let queue = Arc::new(Mutex::new(Queue::default()));
@@ -178,9 +178,9 @@ async fn read_answers(
             }
             Ok(Err(status)) if refusal::classify(&status) == Refusal::StaleMembership => {
                 crate::membership::on_stale(&shared, pg, &addr, status.message());
-                break format!("{:?}: {}", status.code(), status.message());
+                break sixfold_transport::status_text(&status);
             }
-            Ok(Err(status)) => break format!("{:?}: {}", status.code(), status.message()),
+            Ok(Err(status)) => break sixfold_transport::status_text(&status),
         }
     };
     let failed: Vec<InFlight> = {

@@ -91,7 +91,11 @@ pub fn run(args: DrainArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
                     }
                     format!("{left} segment(s) left on {}", node.id)
                 }
-                Ok(Err(status)) => format!("{} does not answer: {}", node.addr, status.message()),
+                Ok(Err(status)) => format!(
+                    "{} does not answer: {}",
+                    node.addr,
+                    sixfold_transport::status_text(&status)
+                ),
                 Err(_) => format!("{} does not answer", node.addr),
             };
             if line != last_line {

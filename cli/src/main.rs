@@ -12,7 +12,7 @@
 //! - [`laptop`]: `sixfold up` / `sixfold down`, the embedded six-node default.
 //! - [`backup`]: `sixfold snapshot` and `sixfold restore`.
 //! - [`cluster`]: `sixfold cluster nodes|add|remove`, the cluster's node list.
-//! - [`tls`]: `--ca/--cert/--key/--insecure` on every command, and `sixfold ca`.
+//! - [`tls`]: `--tls-ca/--tls-cert/--tls-key/--insecure` on every command, and `sixfold ca`.
 //! - [`wait`]: `--wait`, for commands started before their nodes answer.
 
 mod backup;

@@ -84,10 +84,10 @@ pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     if let Some(NodeCommand::Drain(drain)) = args.command {
         return crate::drain::run(drain, tls);
     }
-    let security = tls.security(None, sixfold_transport::Role::Node)?;
     let (Some(listen), Some(az), Some(data_dir)) = (args.listen, args.az, args.data_dir) else {
         anyhow::bail!("a node needs --listen, --az and --data");
     };
+    let security = tls.security(None, sixfold_transport::Role::Node)?;
     let args = Node {
         listen,
         az,

@@ -1,4 +1,4 @@
-//! How a command secures its connections (`--ca`, `--cert`, `--key` or `--insecure`, on every
+//! How a command secures its connections (`--tls-ca`, `--tls-cert`, `--tls-key` or `--insecure`, on every
 //! command) and `sixfold ca`, which makes the cluster's CA and certificates.
 //!
 //! Secure is the default: a command that talks to the nodes needs a certificate signed by the
@@ -18,14 +18,14 @@ pub const STATE_TLS_DIR: &str = "tls";
 #[derive(Clone, Debug, Default, Args)]
 pub struct TlsArgs {
     /// The cluster CA's certificate (PEM), made by `sixfold ca init`.
-    #[arg(long, global = true, env = "SIXFOLD_CA", value_name = "FILE")]
-    pub ca: Option<PathBuf>,
+    #[arg(long, global = true, env = "SIXFOLD_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// This process's certificate (PEM), made by `sixfold ca issue`.
-    #[arg(long, global = true, env = "SIXFOLD_CERT", value_name = "FILE")]
-    pub cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "SIXFOLD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
     /// This process's private key (PEM).
-    #[arg(long, global = true, env = "SIXFOLD_KEY", value_name = "FILE")]
-    pub key: Option<PathBuf>,
+    #[arg(long, global = true, env = "SIXFOLD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Plaintext connections, no certificates. Gives up all protection in flight: anyone who
     /// reaches a node's port can read any volume, overwrite its metadata or fence its writer.
     #[arg(
@@ -43,13 +43,13 @@ impl TlsArgs {
     /// beside its cluster.toml).
     pub fn security(&self, cluster_file: Option<&Path>, role: Role) -> anyhow::Result<Security> {
         let state = cluster_file.and_then(Path::parent);
-        let named = [&self.ca, &self.cert, &self.key]
+        let named = [&self.tls_ca, &self.tls_cert, &self.tls_key]
             .iter()
             .filter(|f| f.is_some())
             .count();
         if self.insecure {
             if named > 0 {
-                anyhow::bail!("--insecure and --ca/--cert/--key exclude each other");
+                anyhow::bail!("--insecure and --tls-ca/--tls-cert/--tls-key exclude each other");
             }
             tracing::warn!(
                 "--insecure: plaintext connections without certificates; anyone who reaches a \
@@ -57,22 +57,25 @@ impl TlsArgs {
             );
             return Ok(Security::Insecure);
         }
-        let files = match (&self.ca, &self.cert, &self.key) {
+        let files = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             (Some(ca), Some(cert), Some(key)) => TlsFiles {
                 ca: ca.clone(),
                 cert: cert.clone(),
                 key: key.clone(),
             },
             _ if named > 0 => {
-                anyhow::bail!("name all three of --ca, --cert and --key (or none, with --state)")
+                anyhow::bail!(
+                    "name all three of --tls-ca, --tls-cert and --tls-key (or none, to use those \
+                     of `sixfold up` beside the cluster file)"
+                )
             }
             _ => match state {
                 Some(state) => {
                     let files = state_files(state, role.as_str());
                     if !files.cert.exists() {
                         anyhow::bail!(
-                            "no certificate named, and {} holds no {} certificate: pass --ca, \
-                             --cert and --key (or --insecure for a cluster started with it)",
+                            "no certificate named, and {} holds no {} certificate: pass --tls-ca, \
+                             --tls-cert and --tls-key (or --insecure for a cluster started with it)",
                             state.join(STATE_TLS_DIR).display(),
                             role
                         );
@@ -80,19 +83,19 @@ impl TlsArgs {
                     files
                 }
                 None => anyhow::bail!(
-                    "no certificate: pass --ca FILE --cert FILE --key FILE (or set SIXFOLD_CA, \
-                     SIXFOLD_CERT, SIXFOLD_KEY) with a {role} certificate made by `sixfold ca \
+                    "no certificate: pass --tls-ca FILE --tls-cert FILE --tls-key FILE (or set SIXFOLD_TLS_CA, \
+                     SIXFOLD_TLS_CERT, SIXFOLD_TLS_KEY) with a {role} certificate made by `sixfold ca \
                      issue --role {role}`, or --insecure for plaintext"
                 ),
             },
         };
         let security = Security::load(&files).context("load the TLS certificate")?;
         if security.role() != Some(role) {
-            tracing::warn!(
-                cert = %files.cert.display(),
-                "the certificate's role is {}, not {role}: the nodes will refuse what a {} may not do",
+            anyhow::bail!(
+                "{} is a certificate of role {}, and this command needs one of role {role} \
+                 (issue one with `sixfold ca issue --role {role}`)",
+                files.cert.display(),
                 security.role().map(|r| r.as_str()).unwrap_or("none"),
-                security.role().map(|r| r.as_str()).unwrap_or("certificate without a role"),
             );
         }
         Ok(security)
@@ -158,7 +161,7 @@ pub fn run(args: CaArgs) -> anyhow::Result<()> {
         CaCommand::Init { dir } => {
             let cert = ca::init(&dir).context("make the CA")?;
             println!(
-                "sixfold ca: made a CA in {} ({}); give {} to every process as --ca, keep {} secret",
+                "sixfold ca: made a CA in {} ({}); give {} to every process as --tls-ca, keep {} secret",
                 dir.display(),
                 cert.display(),
                 ca::CA_CERT_FILE,
@@ -174,7 +177,7 @@ pub fn run(args: CaArgs) -> anyhow::Result<()> {
         } => {
             let out = out.unwrap_or_else(|| dir.clone());
             let issued = ca::issue(&dir, role, &name, ca::Validity::days(days), &out)
-                .with_context(|| format!("issue a {role} certificate for {name}"))?;
+                .with_context(|| format!("issue the {role} certificate {name}"))?;
             println!(
                 "sixfold ca: issued a {role} certificate for {name}, valid {days} days: {} and {}",
                 issued.cert.display(),

@@ -451,7 +451,7 @@ async fn fetch_up_to(
                 truncations,
             })
         }
-        Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
+        Ok(Err(status)) => Err(sixfold_transport::status_text(&status)),
         Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
     }
 }

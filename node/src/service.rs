@@ -292,6 +292,11 @@ impl StorageNode for Service {
                 "seal a segment (advance its epoch)",
             )?;
         }
+        if !request.get_ref().learn.is_empty() {
+            // A truncation history drops records and carries epochs: only a recovering writer
+            // hands one over (repair and rebalance ask with none).
+            access::require(&request, &[Role::Writer], "hand a segment truncations")?;
+        }
         let request = request.into_inner();
         let (key, membership) = request::segment_key(request.segment.as_ref())
             .and_then(|key| Ok((key, request::membership(request.membership.as_ref())?)))
@@ -561,12 +566,7 @@ impl StorageNode for Service {
         &self,
         request: Request<PutNodeListRequest>,
     ) -> Result<Response<PutNodeListResponse>, Status> {
-        if access::role(&request) == Some(Role::Writer) && self.store.node_list().is_some() {
-            return Err(Status::permission_denied(
-                "a certificate of role writer may only create the node list, not change it \
-                 (use `sixfold cluster` with an admin certificate)",
-            ));
-        }
+        let writer = access::role(&request) == Some(Role::Writer);
         let list = request
             .into_inner()
             .list
@@ -575,6 +575,15 @@ impl StorageNode for Service {
                 NodeList::from_wire(&list).map_err(|e| StoreError::InvalidArgument(e.to_string()))
             })
             .map_err(|e| status("PutNodeList", e))?;
+        // A writer may only create the list (version 1, from its cluster file, on a cluster
+        // that has none): a node holding any list keeps it, so two writers creating it at once
+        // both succeed, and neither can change a list. Changing it is an admin's command.
+        if writer && list.version != 1 {
+            return Err(Status::permission_denied(
+                "a certificate of role writer may only create the node list (version 1), not \
+                 change it (use `sixfold cluster` with an admin certificate)",
+            ));
+        }
         let version = self
             .store
             .put_node_list(list)

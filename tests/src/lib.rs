@@ -263,9 +263,9 @@ impl Cluster {
                 let mut command = Command::new(sixfold_bin());
                 command
                     .env_remove("SIXFOLD_INSECURE")
-                    .env("SIXFOLD_CA", tls.join("ca.pem"))
-                    .env("SIXFOLD_CERT", tls.join(format!("{name}.pem")))
-                    .env("SIXFOLD_KEY", tls.join(format!("{name}.key")));
+                    .env("SIXFOLD_TLS_CA", tls.join("ca.pem"))
+                    .env("SIXFOLD_TLS_CERT", tls.join(format!("{name}.pem")))
+                    .env("SIXFOLD_TLS_KEY", tls.join(format!("{name}.key")));
                 command
             }
         }

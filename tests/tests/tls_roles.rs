@@ -19,7 +19,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{
-    AppendRequest, FetchPagesRequest, NodeStatusRequest, PutNodeListRequest, SegmentStateRequest,
+    AppendRequest, FetchPagesRequest, GetNodeListRequest, NodeStatusRequest, PutNodeListRequest,
+    SegmentStateRequest, Truncation,
 };
 use sixfold_tests::{log_tail, pattern, require_fuse, sixfold_bin, test_dir, Cluster, Mount};
 use sixfold_transport::{ca, ChannelOptions, Role, Security, TlsFiles};
@@ -227,12 +228,46 @@ fn certificates_and_roles_are_checked() -> Result<()> {
             refused.code() == Code::PermissionDenied && refused.message().contains("seal"),
             "{refused:?}"
         );
+        let refused = client(&addr, &node)?
+            .segment_state(SegmentStateRequest {
+                learn: vec![Truncation {
+                    epoch: u64::MAX,
+                    truncate_after: 0,
+                }],
+                ..Default::default()
+            })
+            .await
+            .err()
+            .context("a node certificate must not hand a segment truncations")?;
+        ensure!(
+            refused.code() == Code::PermissionDenied && refused.message().contains("truncations"),
+            "{refused:?}"
+        );
+        let held = client(&addr, &admin)?
+            .get_node_list(GetNodeListRequest {})
+            .await?
+            .into_inner()
+            .list
+            .context("the mount created the node list")?;
+        let mut changed = held.clone();
+        changed.version += 1;
         let refused = client(&addr, &writer)?
-            .put_node_list(PutNodeListRequest::default())
+            .put_node_list(PutNodeListRequest {
+                list: Some(changed),
+            })
             .await
             .err()
             .context("a writer must not change the node list")?;
         ensure!(refused.code() == Code::PermissionDenied, "{refused:?}");
+        // Creating it (version 1) is the writer's, and a node that holds one keeps it.
+        let mut first = held.clone();
+        first.version = 1;
+        let kept = client(&addr, &writer)?
+            .put_node_list(PutNodeListRequest { list: Some(first) })
+            .await?
+            .into_inner()
+            .version;
+        ensure!(kept == held.version, "the node keeps its list: {kept}");
         client(&addr, &admin)?
             .node_status(NodeStatusRequest {})
             .await
@@ -266,9 +301,9 @@ fn certificates_and_roles_are_checked() -> Result<()> {
         .args(["status", "--volume", "secure", "--cluster"])
         .arg(&cluster.cluster_file)
         .env_remove("SIXFOLD_INSECURE")
-        .env("SIXFOLD_CA", &ca_file)
-        .env("SIXFOLD_CERT", &expired.cert)
-        .env("SIXFOLD_KEY", &expired.key)
+        .env("SIXFOLD_TLS_CA", &ca_file)
+        .env("SIXFOLD_TLS_CERT", &expired.cert)
+        .env("SIXFOLD_TLS_KEY", &expired.key)
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(

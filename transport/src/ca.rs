@@ -89,6 +89,7 @@ pub fn issue(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         || name.starts_with('.')
+        || name == "ca"
     {
         return Err(TransportError::BadName { name: name.into() });
     }
@@ -128,6 +129,11 @@ pub fn issue(
         cert: out_dir.join(format!("{name}.pem")),
         key: out_dir.join(format!("{name}.key")),
     };
+    if issued.cert.exists() || issued.key.exists() {
+        return Err(TransportError::Exists {
+            path: issued.cert.clone(),
+        });
+    }
     write_private(&issued.key, key.serialize_pem().as_bytes())?;
     write_private(&issued.cert, cert.pem().as_bytes())?;
     Ok(issued)

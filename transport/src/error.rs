@@ -37,7 +37,9 @@ pub enum TransportError {
     BadAddress { addr: String, detail: String },
     #[error("a CA already exists in {}: issuing from a new one would orphan every certificate of the old", dir.display())]
     CaExists { dir: PathBuf },
-    #[error("certificate name {name:?}: use letters, digits, '-', '_' and '.'")]
+    #[error("{} exists: issuing again would replace a certificate in use (remove it first)", path.display())]
+    Exists { path: PathBuf },
+    #[error("certificate name {name:?}: use letters, digits, '-', '_' and '.' (and not \"ca\")")]
     BadName { name: String },
     #[error("making a certificate: {detail}")]
     Ca { detail: String },

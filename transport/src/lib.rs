@@ -29,3 +29,20 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// out without waiting for window updates.
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
+/// A gRPC status as one line (`Code: message: cause: cause`), with the causes tonic keeps only
+/// in its source chain: a failed connection's reason (an unknown CA, a certificate the node
+/// refused, no route) would otherwise show as a bare "transport error".
+pub fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

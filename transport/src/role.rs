@@ -51,15 +51,20 @@ impl Role {
         ServerName::try_from(self.subject_name()).expect("the three role names are valid DNS names")
     }
 
-    /// The role of an end-entity certificate, if it carries one. A certificate that (against
-    /// `sixfold ca issue`'s rule) carries several counts as the first of node, writer, admin.
+    /// The role of an end-entity certificate, if it carries exactly one. A certificate valid
+    /// for several role names (against `sixfold ca issue`'s rule, or through a wildcard such as
+    /// `*.role.sixfold`, which webpki's name check honours) has none, and may call nothing.
     pub fn of_certificate(certificate: &CertificateDer<'_>) -> Option<Role> {
         let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
-        Role::ALL.into_iter().find(|role| {
+        let mut roles = Role::ALL.into_iter().filter(|role| {
             parsed
                 .verify_is_valid_for_subject_name(&role.server_name())
                 .is_ok()
-        })
+        });
+        match (roles.next(), roles.next()) {
+            (Some(role), None) => Some(role),
+            _ => None,
+        }
     }
 }
 
@@ -80,5 +85,37 @@ mod tests {
             assert!(role.subject_name().ends_with(".role.sixfold"));
         }
         assert_eq!(Role::parse("root"), None);
+    }
+
+    fn certificate(names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        rcgen::CertificateParams::new(names)
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .clone()
+    }
+
+    #[test]
+    fn a_certificate_has_a_role_only_when_it_names_exactly_one() {
+        assert_eq!(
+            Role::of_certificate(&certificate(&["writer.role.sixfold"])),
+            Some(Role::Writer)
+        );
+        assert_eq!(
+            Role::of_certificate(&certificate(&["node.role.sixfold", "admin.role.sixfold"])),
+            None
+        );
+        assert_eq!(
+            Role::of_certificate(&certificate(&["*.role.sixfold"])),
+            None
+        );
+        assert_eq!(Role::of_certificate(&certificate(&["storage-1"])), None);
+        assert_eq!(
+            Role::of_certificate(&CertificateDer::from(vec![1, 2, 3])),
+            None
+        );
     }
 }

@@ -5,16 +5,17 @@
 //! connects and says nothing holds no one else up. A refused handshake is logged with the peer's
 //! address and rustls's reason (no certificate, unknown CA, expired...).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -25,12 +26,59 @@ use tracing::{debug, warn};
 use crate::{Role, Security};
 
 /// How long a client may take to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshaken connections waiting for the server to take them.
 const ACCEPTED_QUEUE: usize = 64;
-/// Handshakes under way at once; the listener waits for one to end beyond that, so that a flood
-/// of silent connections costs a bounded number of tasks.
-const HANDSHAKES_MAX: usize = 256;
+/// Handshakes under way at once, and from one address. A connection beyond either bound is
+/// closed at once (never waited for: the listener keeps accepting), so that silent connections
+/// cost a bounded number of tasks and one address cannot starve the others.
+const HANDSHAKES_MAX: usize = 1024;
+const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
+
+/// Handshakes under way, in all and per client address.
+#[derive(Default)]
+struct Handshakes {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// One handshake's place in [`Handshakes`], given back when dropped.
+struct HandshakeSlot {
+    handshakes: Arc<Mutex<Handshakes>>,
+    ip: IpAddr,
+}
+
+impl HandshakeSlot {
+    fn take(handshakes: &Arc<Mutex<Handshakes>>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut state = handshakes.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_ip = state.per_address.get(&ip).copied().unwrap_or(0);
+        if state.total >= HANDSHAKES_MAX || from_ip >= HANDSHAKES_PER_ADDRESS_MAX {
+            return None;
+        }
+        state.total += 1;
+        state.per_address.insert(ip, from_ip + 1);
+        Some(HandshakeSlot {
+            handshakes: handshakes.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut state = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.total = state.total.saturating_sub(1);
+        if let Some(count) = state.per_address.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.per_address.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug)]
@@ -91,7 +139,7 @@ async fn accept_loop(
     security: Security,
     sender: mpsc::Sender<io::Result<ServerIo>>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
     let acceptor = match &security {
         Security::Tls(tls) => Some(TlsAcceptor::from(tls.server.clone())),
         Security::Insecure => None,
@@ -123,13 +171,14 @@ async fn accept_loop(
                 }
             }
             Some(acceptor) => {
-                let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                    return;
+                let Some(slot) = HandshakeSlot::take(&handshakes, addr.ip()) else {
+                    debug!(peer = %addr, "too many TLS handshakes under way: connection closed");
+                    continue;
                 };
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _slot = slot;
                     if let Some(io) = handshake(acceptor, stream, addr).await {
                         let _ = sender.send(Ok(io)).await;
                     }

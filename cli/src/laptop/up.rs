@@ -90,7 +90,11 @@ pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::
         println!("  backup: the nodes archive to {}", backup.store);
     }
     let exe = std::env::current_exe().context("find the sixfold executable")?;
-    let laptop_tls = LaptopTls::prepare(&state, tls, cluster.nodes.len())?;
+    let running = (1..=cluster.nodes.len()).any(|number| {
+        let marker = state.node_data(number).to_string_lossy().into_owned();
+        running_from_pid_file(&state.node_pid(number), &marker).is_some()
+    });
+    let laptop_tls = LaptopTls::prepare(&state, tls, cluster.nodes.len(), running)?;
 
     // Nodes.
     let mut started: Vec<(usize, Child)> = Vec::new();
@@ -222,7 +226,15 @@ pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::
         ),
         cluster.nodes.len()
     );
-    println!("  status: sixfold status --state {}", state.root.display());
+    println!(
+        "  status: sixfold status --state {}{}",
+        state.root.display(),
+        if laptop_tls.is_insecure() {
+            " --insecure"
+        } else {
+            ""
+        }
+    );
     println!("  stop:   sixfold down {}", dir.display());
     Ok(())
 }
