@@ -23,8 +23,9 @@
 //!   writer is acknowledged after the fencing OpenSegment/PutVolumeMeta was.
 //!
 //! Crash consistency: see [`crate::hotlog`]. After a write or fsync error the state of the log tail
-//! is unknown (fsync errors may drop dirty pages silently), so the appender refuses every later
-//! write ([`StoreError::LogFailed`]) until a restart replays the log and cuts what is torn.
+//! is unknown (fsync errors may drop dirty pages silently), so the appender records where the log
+//! was last synced and refuses every later write ([`StoreError::LogFailed`]) until a restart
+//! replays the log and cuts what the failed fsync covered.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -664,6 +665,13 @@ impl Appender {
         }
         error!("failed to harden the hot log: {e}; refusing writes until restart");
         self.failed = true;
+        // What the failed write or fsync covered must never be read back as durable.
+        if let Err(marker) = self.writer.record_sync_failure() {
+            error!(
+                "could not record where the hot log was last synced ({marker}): after a restart \
+                 the node trusts its log as it reads back"
+            );
+        }
         *lock(&self.shared.log_error) = Some(format!(
             "{e}; the node refuses writes until it is restarted"
         ));

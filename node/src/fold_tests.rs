@@ -256,3 +256,31 @@ async fn hydration_from_a_peers_pages_gives_the_same_reads() {
         a.close().await;
     }
 }
+
+/// A peer's fold point is its claim: a segment adopts it only up to the PG's commit point it
+/// knows, so that a wrong or hostile peer cannot make it count records it never stored as held
+/// (and acknowledge later writes at or below that point without storing them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_fold_point_is_adopted_only_up_to_the_known_commit_point() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let temp = TempDir::new("hydrate-bound");
+    let b = Store::open(temp.path()).expect("open").0;
+    let records = random_records(&mut rng, 0, 10);
+    let last = records.last().map_or(0, |r| r.lsn);
+    append(&b, &records, last).await;
+    let scl = b.segment_state(&key()).scl;
+    assert_eq!(scl.0, last);
+    let refused = b
+        .finish_hydration_from_peer(&key(), Lsn(last + 1_000_000))
+        .await
+        .expect_err("a fold point beyond the known commit point is refused");
+    assert!(refused.to_string().contains("beyond the PG's commit point"));
+    assert_eq!(b.segment_state(&key()).scl, scl, "the SCL did not move");
+    // At or below the commit point it knows, the peer's fold point is taken.
+    let adopted = b
+        .finish_hydration_from_peer(&key(), Lsn(last))
+        .await
+        .expect("within the commit point");
+    assert_eq!(adopted.0, last);
+    b.close().await;
+}

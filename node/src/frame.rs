@@ -124,6 +124,24 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
     Encoded { bytes, body_offset }
 }
 
+/// Whether a frame could start at the start of `buf`: a length in range that fits in `buf` and a
+/// known kind. A cheap filter before [`decode`]'s crc when replay looks for the next intact frame
+/// after damage (a false positive costs one crc; the crc decides).
+pub fn plausible_start(buf: &[u8]) -> bool {
+    let Some(header) = buf.get(..FRAME_HEADER_BYTES) else {
+        return false;
+    };
+    let payload_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if payload_len == 0 || payload_len > FRAME_PAYLOAD_MAX {
+        return false;
+    }
+    buf.len() >= FRAME_HEADER_BYTES + payload_len
+        && matches!(
+            buf[FRAME_HEADER_BYTES],
+            KIND_RECORD | KIND_EPOCH | KIND_TRUNCATION | KIND_HISTORY | KIND_MEMBERSHIP
+        )
+}
+
 /// The result of decoding the frame at the start of a buffer.
 #[derive(Debug, PartialEq)]
 pub enum Decoded {

@@ -15,11 +15,26 @@
 //! `sync_data` of every file the batch touched (a file that fills up is synced before the next
 //! one is created, and the directory is synced after each creation, so a new file's name is
 //! durable before anything in it is acknowledged). A crash (kill -9, power loss) can therefore
-//! only damage frames that were never acknowledged, all at the end of the newest file: replay cuts
-//! the newest file at its first torn or corrupt frame and the node continues from there. A bad
-//! frame inside an older file is damage to acknowledged data (bit rot): replay logs an error,
-//! skips the rest of that file and continues with the next; the hole it leaves in a segment's
-//! chain holds its SCL down until gap-fill fetches the missing records from peers.
+//! only damage frames that were never acknowledged, all at the end of the newest file. Replay
+//! tells the two kinds of bad bytes apart by what follows them:
+//! - bad bytes with an intact frame after them (found by scanning forward; the crc decides) are
+//!   damage, wherever they are (bit rot, a lost write in the middle of a batch): replay logs an
+//!   error, keeps every intact frame after them (acknowledged data, never zeroed) and goes on;
+//!   the hole in a segment's chain holds its SCL down until gap-fill fetches the missing records
+//!   from peers;
+//! - bad bytes with no intact frame after them, at the end of the newest file, are a torn tail
+//!   (a write cut short: nothing in it was acknowledged): replay zeroes them and the node appends
+//!   from there. At the end of an older file they are damage, skipped.
+//!
+//! After a failed write or fsync (the PostgreSQL "fsyncgate" lesson): the kernel may have dropped
+//! the dirty pages, or kept them in its page cache marked clean without their reaching the disk,
+//! so what a later read of the file returns proves nothing about what is durable. The appender
+//! then records where the log was last synced ([`LogWriter::record_sync_failure`], the file
+//! [`UNSYNCED_MARKER`], written and synced on its own) and refuses every write until a restart;
+//! replay zeroes everything after that point before it reads a frame, so no frame that a failed
+//! fsync covered is ever taken for durable (none of them was acknowledged). If even the marker
+//! cannot be written (the disk is gone), the node logs it loudly: its log is then trusted as it
+//! reads back, the one case not covered.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -125,6 +140,10 @@ impl LogFiles {
     }
 }
 
+/// Written in the log directory after a failed write or fsync: `FILE OFFSET`, where the log was
+/// last synced. Replay cuts everything after it, then removes it.
+pub const UNSYNCED_MARKER: &str = "unsynced-after";
+
 /// Appends frames to the newest log file. Owned by the appender thread alone.
 #[derive(Debug)]
 pub struct LogWriter {
@@ -142,6 +161,8 @@ pub struct LogWriter {
     written_bytes: Arc<AtomicU64>,
     /// Data bytes per file, shared with [`LogFiles`].
     file_bytes: FileBytes,
+    /// Where the log was last synced (file number, bytes): everything before it is durable.
+    synced: (u32, u64),
 }
 
 impl LogWriter {
@@ -165,7 +186,23 @@ impl LogWriter {
     /// durable. After an error the writer must not be used again (the tail may be partial).
     pub fn commit(&mut self) -> io::Result<()> {
         self.write_buffer()?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.synced = (self.number, self.size);
+        Ok(())
+    }
+
+    /// After a failed write or fsync: records, durably and apart from the log, where the log was
+    /// last synced, so that replay cuts what came after (see the module docs).
+    pub fn record_sync_failure(&self) -> io::Result<()> {
+        let (file, offset) = self.synced;
+        let temp = self.dir.join(format!("{UNSYNCED_MARKER}.tmp"));
+        {
+            let mut marker = File::create(&temp)?;
+            io::Write::write_all(&mut marker, format!("{file} {offset}\n").as_bytes())?;
+            marker.sync_all()?;
+        }
+        std::fs::rename(&temp, self.dir.join(UNSYNCED_MARKER))?;
+        sync_dir(&self.dir)
     }
 
     pub fn total_bytes(&self) -> Arc<AtomicU64> {
@@ -204,12 +241,15 @@ impl LogWriter {
     fn roll(&mut self) -> io::Result<()> {
         self.write_buffer()?;
         self.file.sync_data()?;
+        self.synced = (self.number, self.size);
         let number = self.number + 1;
         match create_file(&self.dir, number) {
             Ok(file) => {
                 self.file = file;
                 self.number = number;
                 self.size = 0;
+                // Created zero-filled, synced, its name durable.
+                self.synced = (number, 0);
                 Ok(())
             }
             Err(e) => {
@@ -271,8 +311,37 @@ pub struct ReplayStats {
     pub log_bytes: u64,
     /// Bytes cut from the tail of the newest file (a torn write).
     pub torn_bytes_cut: u64,
-    /// Older files whose rest was skipped after a bad frame.
+    /// Files with damaged bytes that were skipped (intact frames after them were kept).
     pub damaged_files: usize,
+    /// Bytes cut because a failed fsync covered them ([`UNSYNCED_MARKER`]).
+    pub unsynced_bytes_cut: u64,
+}
+
+/// The last synced point a failed fsync left in [`UNSYNCED_MARKER`], if any.
+fn read_unsynced_marker(dir: &Path) -> Result<Option<(u32, u64)>, NodeError> {
+    let path = dir.join(UNSYNCED_MARKER);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(NodeError::io("read the unsynced marker", &path)(e)),
+    };
+    let mut fields = text.split_whitespace();
+    let parsed = match (fields.next(), fields.next(), fields.next()) {
+        (Some(file), Some(offset), None) => {
+            file.parse::<u32>().ok().zip(offset.parse::<u64>().ok())
+        }
+        _ => None,
+    };
+    match parsed {
+        Some(point) => Ok(Some(point)),
+        // A marker that does not parse still says a sync failed, but not where: refuse to guess.
+        None => Err(NodeError::io("parse the unsynced marker", &path)(
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{text:?} is not `FILE OFFSET`; the log's durable point is unknown"),
+            ),
+        )),
+    }
 }
 
 /// Replays every log file in `dir` in order, handing each intact frame (records verified against
@@ -298,6 +367,7 @@ pub fn open(
         }
     }
     numbers.sort_unstable();
+    let unsynced = read_unsynced_marker(dir)?;
     let mut stats = ReplayStats {
         files: numbers.len(),
         ..ReplayStats::default()
@@ -306,17 +376,55 @@ pub fn open(
     let mut file_bytes = BTreeMap::new();
     for (position, &number) in numbers.iter().enumerate() {
         let path = dir.join(file_name(number));
-        let bytes = std::fs::read(&path).map_err(io_error("read log file", &path))?;
+        let mut bytes = std::fs::read(&path).map_err(io_error("read log file", &path))?;
         let is_last = position + 1 == numbers.len();
-        let (good_len, frames, problem) = replay_file(&bytes, number, &mut on_frame);
-        stats.frames += frames;
-        if let Some(problem) = problem {
+        if let Some((synced_file, synced_offset)) = unsynced {
+            // A failed fsync covered what follows the last synced point: whatever reads back
+            // there was never acknowledged and may not be on the disk.
+            let cut_from = match number.cmp(&synced_file) {
+                std::cmp::Ordering::Less => None,
+                std::cmp::Ordering::Equal => Some(synced_offset.min(bytes.len() as u64)),
+                std::cmp::Ordering::Greater => Some(0),
+            };
+            if let Some(cut_from) = cut_from {
+                let cut = data_end(&bytes, cut_from as usize) - cut_from;
+                if cut > 0 {
+                    warn!(
+                        path = %path.display(), offset = cut_from, bytes_cut = cut,
+                        "cutting what a failed fsync covered off the hot log (never acknowledged)"
+                    );
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_error("open log file", &path))?;
+                    zero_fill(&file, cut_from, bytes.len() as u64)
+                        .map_err(io_error("zero the unsynced tail of log file", &path))?;
+                    file.sync_all().map_err(io_error("sync log file", &path))?;
+                    bytes[cut_from as usize..].fill(0);
+                    stats.unsynced_bytes_cut += cut;
+                }
+            }
+        }
+        let replayed = replay_file(&bytes, number, &mut on_frame);
+        let good_len = replayed.good_len;
+        stats.frames += replayed.frames;
+        for (start, end, problem) in &replayed.damaged {
+            error!(
+                path = %path.display(), offset = start, bytes_skipped = end - start, %problem,
+                "damaged bytes inside the hot log: skipped, the intact frames after them kept \
+                 (gap-fill fetches the records they held from peers)"
+            );
+        }
+        if !replayed.damaged.is_empty() {
+            stats.damaged_files += 1;
+        }
+        if let Some(problem) = replayed.tail_problem {
             let cut = data_end(&bytes, good_len as usize) - good_len;
             if is_last {
                 warn!(
                     path = %path.display(), offset = good_len, bytes_cut = cut, %problem,
-                    "cutting a torn or corrupt tail off the hot log (a torn write of unacknowledged \
-                     records, or damage: gap-fill fetches lost records again from peers)"
+                    "cutting a torn tail off the hot log (no intact frame follows it: a write \
+                     cut short, nothing in it was acknowledged)"
                 );
                 let file = OpenOptions::new()
                     .write(true)
@@ -329,9 +437,11 @@ pub fn open(
             } else {
                 error!(
                     path = %path.display(), offset = good_len, bytes_skipped = cut, %problem,
-                    "bad frame inside an older hot-log file: skipping the rest of the file"
+                    "bad frame at the end of an older hot-log file: skipping the rest of the file"
                 );
-                stats.damaged_files += 1;
+                if replayed.damaged.is_empty() {
+                    stats.damaged_files += 1;
+                }
             }
         }
         stats.log_bytes += good_len;
@@ -339,6 +449,11 @@ pub fn open(
         if is_last {
             last_size = good_len;
         }
+    }
+    if unsynced.is_some() {
+        let marker = dir.join(UNSYNCED_MARKER);
+        std::fs::remove_file(&marker).map_err(io_error("remove the unsynced marker", &marker))?;
+        sync_dir(dir).map_err(io_error("sync log directory", dir))?;
     }
     let total_bytes = Arc::new(AtomicU64::new(stats.log_bytes));
     let file_bytes = Arc::new(Mutex::new(file_bytes));
@@ -358,6 +473,7 @@ pub fn open(
                 total_bytes,
                 written_bytes: Arc::new(AtomicU64::new(0)),
                 file_bytes,
+                synced: (number, last_size),
             }
         }
         None => LogWriter {
@@ -369,6 +485,7 @@ pub fn open(
             total_bytes,
             written_bytes: Arc::new(AtomicU64::new(0)),
             file_bytes,
+            synced: (1, 0),
         },
     };
     Ok((writer, stats))
@@ -384,45 +501,87 @@ fn data_end(bytes: &[u8], start: usize) -> u64 {
     end as u64
 }
 
-/// Replays the frames of one file. Returns the length of its intact prefix, the number of frames
-/// in it, and what stopped replay early (if anything).
+/// What replaying one file found.
+struct FileReplay {
+    /// Where the file's last intact frame ends (appends continue there in the newest file).
+    good_len: u64,
+    frames: u64,
+    /// Damaged ranges `[start, end)` with an intact frame at `end`, and what was wrong.
+    damaged: Vec<(u64, u64, String)>,
+    /// Bad bytes after `good_len` with no intact frame after them (a torn tail in the newest
+    /// file), and what was wrong with them.
+    tail_problem: Option<String>,
+}
+
+/// Replays the frames of one file, skipping damaged bytes that an intact frame follows.
 fn replay_file(
     bytes: &[u8],
     number: u32,
     on_frame: &mut impl FnMut(Frame, Location),
-) -> (u64, u64, Option<String>) {
+) -> FileReplay {
+    let mut replay = FileReplay {
+        good_len: 0,
+        frames: 0,
+        damaged: Vec::new(),
+        tail_problem: None,
+    };
     let mut position = 0usize;
-    let mut frames = 0u64;
     while position < bytes.len() {
         if bytes[position..].iter().all(|b| *b == 0) {
             break; // the zeroes after the last frame: the end of the file's data
         }
-        let (frame, len, body_offset) = match frame::decode(&bytes[position..]) {
-            Decoded::Frame {
-                frame,
-                len,
-                body_offset,
-            } => (frame, len, body_offset),
-            Decoded::Incomplete => {
-                return (position as u64, frames, Some("torn frame".to_string()))
+        match intact_frame(&bytes[position..]) {
+            Ok((frame, len, body_offset)) => {
+                let location = Location {
+                    file: number,
+                    offset: (position + body_offset) as u64,
+                    len: (len - body_offset) as u32,
+                };
+                on_frame(frame, location);
+                replay.frames += 1;
+                position += len;
+                replay.good_len = position as u64;
             }
-            Decoded::Corrupt(reason) => return (position as u64, frames, Some(reason)),
-        };
-        if let FrameBody::Record(record) = &frame.body {
-            if let Err(e) = record::validate(record, frame.pg) {
-                return (position as u64, frames, Some(format!("record frame: {e}")));
-            }
+            Err(problem) => match next_intact_frame(bytes, position + 1) {
+                Some(next) => {
+                    replay.damaged.push((position as u64, next as u64, problem));
+                    position = next;
+                }
+                None => {
+                    replay.tail_problem = Some(problem);
+                    break;
+                }
+            },
         }
-        let location = Location {
-            file: number,
-            offset: (position + body_offset) as u64,
-            len: (len - body_offset) as u32,
-        };
-        on_frame(frame, location);
-        frames += 1;
-        position += len;
     }
-    (position as u64, frames, None)
+    replay
+}
+
+/// The intact frame at the start of `buf` (its record's checksum verified too), with its length
+/// and body offset, or what is wrong with it.
+fn intact_frame(buf: &[u8]) -> Result<(Frame, usize, usize), String> {
+    match frame::decode(buf) {
+        Decoded::Frame {
+            frame,
+            len,
+            body_offset,
+        } => {
+            if let FrameBody::Record(record) = &frame.body {
+                record::validate(record, frame.pg).map_err(|e| format!("record frame: {e}"))?;
+            }
+            Ok((frame, len, body_offset))
+        }
+        Decoded::Incomplete => Err("torn frame".to_string()),
+        Decoded::Corrupt(reason) => Err(reason),
+    }
+}
+
+/// The offset of the first intact frame at or after `from`, if any.
+fn next_intact_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    let end = data_end(bytes, from.min(bytes.len())) as usize;
+    (from..end).find(|&offset| {
+        frame::plausible_start(&bytes[offset..]) && intact_frame(&bytes[offset..]).is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -527,8 +686,8 @@ mod tests {
         writer.append(&record_frame(3)).expect("append");
         writer.commit().expect("commit");
         drop(writer);
-        // Flip a byte in the first frame of the older file: its two frames are skipped, the newer
-        // file still replays.
+        // Flip a byte in the first frame of the older file: that frame is skipped, the one after
+        // it and the newer file still replay.
         let older = temp.path().join(file_name(1));
         let mut bytes = std::fs::read(&older).expect("read");
         bytes[20] ^= 0xff;
@@ -540,13 +699,63 @@ mod tests {
         bytes[good as usize..good as usize + 30].fill(0xab);
         std::fs::write(&newest, &bytes).expect("write");
         let (_, stats, seen) = replay(temp.path());
-        assert_eq!(seen.len(), 1);
+        assert_eq!(seen.len(), 2);
         assert_eq!(stats.damaged_files, 1);
         assert_eq!(stats.torn_bytes_cut, 30);
         assert_eq!(data_end(&std::fs::read(&newest).expect("read"), 0), good);
         // Zeroes after the last frame are the normal end of data, not damage.
         let (_, stats, seen) = replay(temp.path());
-        assert_eq!((seen.len(), stats.torn_bytes_cut), (1, 0));
+        assert_eq!((seen.len(), stats.torn_bytes_cut), (2, 0));
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_newest_file_keeps_the_frames_after_it() {
+        let temp = TempDir::new("hotlog-middle");
+        let (mut writer, _, _) = replay(temp.path());
+        let mut locations = Vec::new();
+        for lsn in 1..=4 {
+            locations.push(writer.append(&record_frame(lsn)).expect("append"));
+        }
+        writer.commit().expect("commit");
+        drop(writer);
+        let path = temp.path().join(file_name(1));
+        let before = std::fs::read(&path).expect("read");
+        let end = data_end(&before, 0);
+        // Bit rot in the second frame, and a lost write (zeroes) over part of the third:
+        // acknowledged frames 1 and 4 stay, nothing after the damage is zeroed.
+        let mut bytes = before.clone();
+        bytes[locations[1].offset as usize + 10] ^= 0x5a;
+        let third = locations[2].offset as usize;
+        bytes[third..third + 16].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let (mut writer, stats, seen) = replay(temp.path());
+        let lsns: Vec<u64> = seen
+            .iter()
+            .filter_map(|(f, _)| match &f.body {
+                FrameBody::Record(r) => Some(r.lsn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lsns, vec![1, 4]);
+        assert_eq!(
+            seen[1].1, locations[3],
+            "frame 4 replays where it was written"
+        );
+        assert_eq!((stats.damaged_files, stats.torn_bytes_cut), (1, 0));
+        assert_eq!(
+            data_end(&std::fs::read(&path).expect("read"), 0),
+            end,
+            "no intact frame after the damage is zeroed"
+        );
+        // Appends continue after the last intact frame, and everything replays again.
+        let fifth = writer.append(&record_frame(5)).expect("append");
+        assert_eq!(fifth.file, 1);
+        assert!(fifth.offset > locations[3].offset);
+        writer.commit().expect("commit");
+        drop(writer);
+        let (_, stats, seen) = replay(temp.path());
+        assert_eq!(seen.len(), 3);
+        assert_eq!(stats.torn_bytes_cut, 0);
     }
 
     #[test]
@@ -560,5 +769,35 @@ mod tests {
         assert!(temp.path().join(file_name(2)).exists());
         assert_eq!(parse_file_name("00000002.log"), Some(2));
         assert_eq!(parse_file_name("2.log"), None);
+    }
+
+    #[test]
+    fn after_a_failed_sync_replay_cuts_what_the_sync_covered() {
+        let temp = TempDir::new("hotlog-fsyncgate");
+        let (mut writer, _, _) = replay(temp.path());
+        for lsn in 1..=2 {
+            writer.append(&record_frame(lsn)).expect("append");
+        }
+        writer.commit().expect("commit");
+        let path = temp.path().join(file_name(1));
+        let synced = data_end(&std::fs::read(&path).expect("read"), 0);
+        // Frames 3 and 4 are written but their fsync fails: the page cache still returns them,
+        // intact, though the disk may never have got them and nobody was acknowledged.
+        for lsn in 3..=4 {
+            writer.append(&record_frame(lsn)).expect("append");
+        }
+        writer.write_buffer().expect("write");
+        writer.record_sync_failure().expect("marker");
+        drop(writer);
+        let (mut writer, stats, seen) = replay(temp.path());
+        assert_eq!(seen.len(), 2, "only what was synced replays");
+        assert!(stats.unsynced_bytes_cut > 0);
+        assert_eq!(data_end(&std::fs::read(&path).expect("read"), 0), synced);
+        assert!(!temp.path().join(UNSYNCED_MARKER).exists());
+        writer.append(&record_frame(3)).expect("append");
+        writer.commit().expect("commit");
+        drop(writer);
+        let (_, stats, seen) = replay(temp.path());
+        assert_eq!((seen.len(), stats.unsynced_bytes_cut), (3, 0));
     }
 }

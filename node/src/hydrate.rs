@@ -9,7 +9,9 @@
 //!    the scan goes on (each call renews the hold); if it moved anyway (a fold step that was
 //!    already running), a second pass copies what changed after the first pass's point.
 //! 3. Once a whole pass saw one `F`, the segment starts at `F` (fold point and SCL), durably in
-//!    the checkpoint, and gap-fill takes the records after `F` from the peers' logs.
+//!    the checkpoint, and gap-fill takes the records after `F` from the peers' logs. `F` is the
+//!    peer's claim: it is adopted only up to the PG's commit point the segment knows
+//!    ([`Store::finish_hydration_from_peer`]).
 //!
 //! Safety: until step 3 the segment's SCL stays `S`, so no read above `S` is served from it
 //! (required SCL), and a stored image newer than a read point is never served for it (the store
@@ -101,7 +103,7 @@ pub async fn hydrate(
         }
         if first == last {
             let scl_new = store
-                .finish_hydration(key, last)
+                .finish_hydration_from_peer(key, last)
                 .await
                 .map_err(|e| e.to_string())?;
             learn_history(store, key, peer, &client, scl_new).await;

@@ -141,10 +141,11 @@ async fn open_store(config: &NodeConfig) -> Result<Store, NodeError> {
             action: "recover the node's state",
             message: e.to_string(),
         })??;
-    if stats.torn_bytes_cut > 0 || stats.damaged_files > 0 {
+    if stats.torn_bytes_cut > 0 || stats.damaged_files > 0 || stats.unsynced_bytes_cut > 0 {
         warn!(
             torn_bytes_cut = stats.torn_bytes_cut,
             damaged_files = stats.damaged_files,
+            unsynced_bytes_cut = stats.unsynced_bytes_cut,
             "hot log needed repair during recovery"
         );
     }

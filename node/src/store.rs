@@ -125,6 +125,8 @@ pub struct RecoveryStats {
     pub frames: u64,
     pub torn_bytes_cut: u64,
     pub damaged_files: usize,
+    /// Bytes a failed fsync covered, cut at replay (see `hotlog::UNSYNCED_MARKER`).
+    pub unsynced_bytes_cut: u64,
     pub volumes_with_meta: usize,
     pub elapsed: Duration,
 }
@@ -294,6 +296,7 @@ impl Store {
             frames: replay.frames,
             torn_bytes_cut: replay.torn_bytes_cut,
             damaged_files: replay.damaged_files,
+            unsynced_bytes_cut: replay.unsynced_bytes_cut,
             volumes_with_meta,
             elapsed: started.elapsed(),
         };
@@ -1078,6 +1081,30 @@ impl Store {
                 .map_or(Lsn::ZERO, |s| s.scl()))
         })
         .await
+    }
+
+    /// [`Store::finish_hydration`] at a peer's fold point, which is a claim from the network: it
+    /// is adopted only up to the PG's commit point this segment knows (the PGCL its writer
+    /// reported, or the target its repair driver gave). A segment that took a larger one would
+    /// count records it never stored as held, and acknowledge later writes at or below it
+    /// without storing them. A peer's true fold point is never above the PG's commit point
+    /// (nodes fold only what a write quorum holds); a hint a heartbeat behind only delays.
+    pub async fn finish_hydration_from_peer(
+        &self,
+        key: &SegmentKey,
+        to: Lsn,
+    ) -> Result<Lsn, StoreError> {
+        let known = lock(&self.shared.index)
+            .slot(key)
+            .map_or(Lsn::ZERO, |slot| slot.pgcl_hint);
+        if to > known {
+            return Err(StoreError::Conflict(format!(
+                "segment {key}: a peer's fold point {to} is beyond the PG's commit point {known} \
+                 this segment knows; not adopted (its writer's next heartbeat or its repair \
+                 driver tells it the current one)"
+            )));
+        }
+        self.finish_hydration(key, to).await
     }
 
     pub fn segment_state(&self, key: &SegmentKey) -> SegmentSummary {

@@ -142,13 +142,13 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> R
 }
 
 /// The last lines of a log file, for failure messages.
-/// The last `lines` lines of a process's log, each cut to 400 characters, after any panic
+/// The last `lines` lines of a process's log, each cut to 4000 characters, after any panic
 /// message the log holds (so that a report cut short by the test runner still shows why the
 /// process died).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
-    let short = |line: &&str| -> String { line.chars().take(400).collect() };
+    let short = |line: &&str| -> String { line.chars().take(4000).collect() };
     let mut out: Vec<String> = Vec::new();
     for (index, _) in all
         .iter()
