@@ -35,20 +35,26 @@ pub fn check(policy: Policy, peer: Option<&Peer>, path: &str) -> Result<(), toni
             "unknown method {path}: refused to every certificate"
         )));
     };
-    let Some(role) = peer.role else {
-        return Err(tonic::Status::unauthenticated(format!(
-            "the client certificate carries no sixfold role, so it may call nothing \
-             ({method} needs {})",
+    role_allows(peer, allowed, &format!("call {method}"))
+}
+
+/// Refuses `peer` unless the connection is plaintext (nothing to check) or its certificate's
+/// role is one of `allowed`; `what` says what it tried ("call Append", "seal a segment"). The
+/// one place a role is compared, for the method policy and for the service's field rules.
+pub fn role_allows(peer: &Peer, allowed: &[Role], what: &str) -> Result<(), tonic::Status> {
+    if !peer.tls {
+        return Ok(());
+    }
+    match peer.role {
+        Some(role) if allowed.contains(&role) => Ok(()),
+        Some(role) => Err(tonic::Status::permission_denied(format!(
+            "a certificate of role {role} may not {what} (it needs {})",
             names(allowed)
-        )));
-    };
-    if allowed.contains(&role) {
-        Ok(())
-    } else {
-        Err(tonic::Status::permission_denied(format!(
-            "a certificate of role {role} may not call {method} (it needs {})",
+        ))),
+        None => Err(tonic::Status::unauthenticated(format!(
+            "the client certificate carries no sixfold role, so it may not {what} (it needs {})",
             names(allowed)
-        )))
+        ))),
     }
 }
 

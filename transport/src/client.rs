@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -20,6 +19,7 @@ use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::TransportError;
+use crate::stream::Connection;
 use crate::{Role, Security, CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 
 /// How a channel behaves.
@@ -98,10 +98,10 @@ impl Service<Uri> for Connector {
             let stream = TcpStream::connect(&authority).await?;
             stream.set_nodelay(true)?;
             let io = match tls {
-                None => ClientIo::Plain(stream),
+                None => ClientIo::plain(stream, ()),
                 Some(tls) => {
                     let stream = tls.connect(Role::Node.server_name(), stream).await?;
-                    ClientIo::Tls(Box::new(stream))
+                    ClientIo::tls(stream, ())
                 }
             };
             Ok(TokioIo::new(io))
@@ -110,65 +110,4 @@ impl Service<Uri> for Connector {
 }
 
 /// A connection to a node: plaintext or TLS.
-pub enum ClientIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-macro_rules! delegate {
-    ($self:ident, $io:ident => $call:expr) => {
-        match $self.get_mut() {
-            ClientIo::Plain(stream) => {
-                let $io = Pin::new(stream);
-                $call
-            }
-            ClientIo::Tls(stream) => {
-                let $io = Pin::new(stream.as_mut());
-                $call
-            }
-        }
-    };
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientIo::Plain(stream) => stream.is_write_vectored(),
-            ClientIo::Tls(stream) => stream.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_shutdown(cx))
-    }
-}
+pub type ClientIo = Connection<TlsStream<TcpStream>, ()>;

@@ -15,6 +15,7 @@ mod error;
 mod role;
 mod security;
 mod server;
+mod stream;
 
 pub use access::{Authorized, Policy};
 pub use client::{channel, ChannelOptions};

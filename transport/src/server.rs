@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,6 +22,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
+use crate::stream::Connection;
 use crate::{Role, Security};
 
 /// How long a client may take to finish its TLS handshake.
@@ -90,19 +90,14 @@ pub struct Peer {
     pub role: Option<Role>,
 }
 
-/// An accepted connection: plaintext or TLS.
-pub enum ServerIo {
-    Plain(TcpStream, Peer),
-    Tls(Box<TlsStream<TcpStream>>, Peer),
-}
+/// An accepted connection: plaintext or TLS, with who is on the other end.
+pub type ServerIo = Connection<TlsStream<TcpStream>, Peer>;
 
 impl Connected for ServerIo {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
-        match self {
-            ServerIo::Plain(_, peer) | ServerIo::Tls(_, peer) => peer.clone(),
-        }
+        self.info().clone()
     }
 }
 
@@ -163,7 +158,7 @@ async fn accept_loop(
                     role: None,
                 };
                 if sender
-                    .send(Ok(ServerIo::Plain(stream, peer)))
+                    .send(Ok(ServerIo::plain(stream, peer)))
                     .await
                     .is_err()
                 {
@@ -221,63 +216,5 @@ async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -
         tls: true,
         role,
     };
-    Some(ServerIo::Tls(Box::new(stream), peer))
-}
-
-macro_rules! delegate {
-    ($self:ident, $io:ident => $call:expr) => {
-        match $self.get_mut() {
-            ServerIo::Plain(stream, _) => {
-                let $io = Pin::new(stream);
-                $call
-            }
-            ServerIo::Tls(stream, _) => {
-                let $io = Pin::new(stream.as_mut());
-                $call
-            }
-        }
-    };
-}
-
-impl AsyncRead for ServerIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for ServerIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerIo::Plain(stream, _) => stream.is_write_vectored(),
-            ServerIo::Tls(stream, _) => stream.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_shutdown(cx))
-    }
+    Some(ServerIo::tls(stream, peer))
 }
