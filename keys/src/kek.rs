@@ -83,7 +83,7 @@ pub struct Kek {
 }
 
 enum Inner {
-    Local(LessSafeKey),
+    Local(Box<LessSafeKey>),
     Command(String),
 }
 
@@ -129,7 +129,7 @@ impl Kek {
             .map_err(|_| "a key-encryption key is 256 bits".to_string())?;
         Ok(Kek {
             id,
-            inner: Inner::Local(LessSafeKey::new(unbound)),
+            inner: Inner::Local(Box::new(LessSafeKey::new(unbound))),
         })
     }
 
