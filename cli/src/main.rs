@@ -19,6 +19,7 @@ mod backup;
 mod cluster;
 mod drain;
 mod grow;
+mod keyargs;
 mod laptop;
 mod mount;
 mod node;
@@ -61,7 +62,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 // Each subcommand's help (about, long_about) is on its arguments struct.
 enum Command {
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     Mount(mount::MountArgs),
     Status(status::StatusArgs),
     Grow(grow::GrowArgs),
@@ -72,6 +73,7 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     Rebalance(rebalance::RebalanceArgs),
     Ca(tls::CaArgs),
+    Key(keyargs::KeyCommandArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Node(args) => node::run(args, &cli.tls),
+        Command::Node(args) => node::run(*args, &cli.tls),
         Command::Mount(args) => mount::run(args, &cli.tls),
         Command::Status(args) => status::run(args, &cli.tls),
         Command::Grow(args) => grow::run(args),
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args, &cli.tls),
         Command::Rebalance(args) => rebalance::run(args, &cli.tls),
         Command::Ca(args) => tls::run(args),
+        Command::Key(args) => keyargs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

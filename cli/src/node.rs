@@ -73,6 +73,8 @@ pub struct NodeArgs {
     /// How often each PG's archiver runs a retention pass.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "backup")]
     retention_pass_every: std::time::Duration,
+    #[command(flatten)]
+    key: crate::keyargs::KeyArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -88,6 +90,7 @@ pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
         anyhow::bail!("a node needs --listen, --az and --data");
     };
     let security = tls.security(None, sixfold_transport::Role::Node)?;
+    let key = args.key.source()?;
     let args = Node {
         listen,
         az,
@@ -146,6 +149,7 @@ pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
         },
         metrics_listen: args.metrics_listen,
         security,
+        key,
     };
     tracing::info!(listen = %args.listen, az = %args.az, data = %args.data_dir.display(), "starting storage node");
     runtime

@@ -150,9 +150,7 @@ impl fmt::Debug for DataKey {
 
 impl DataKey {
     /// A new random key: its id and secret bytes (to wrap), and the key itself.
-    pub fn generate(
-        nonces: Arc<NonceSource>,
-    ) -> Result<(DataKey, Zeroizing<[u8; 32]>), KeyError> {
+    pub fn generate(nonces: Arc<NonceSource>) -> Result<(DataKey, Zeroizing<[u8; 32]>), KeyError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         SystemRandom::new()
             .fill(secret.as_mut())
@@ -229,11 +227,7 @@ impl DataKey {
         let aad = aad(&self.id.0, context);
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
-                data,
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), data)
             .map_err(|_| KeyError::Malformed("unit too long to seal".into()))?;
         let mut tag_bytes = [0u8; TAG_BYTES];
         tag_bytes.copy_from_slice(tag.as_ref());
@@ -333,9 +327,6 @@ mod tests {
         assert_eq!(&a[..4], &3u32.to_be_bytes());
         assert_ne!(a, b);
         source.counter.store(u64::MAX, Ordering::Relaxed);
-        assert!(matches!(
-            source.next(id),
-            Err(KeyError::NoncesExhausted(_))
-        ));
+        assert!(matches!(source.next(id), Err(KeyError::NoncesExhausted(_))));
     }
 }

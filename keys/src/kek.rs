@@ -213,11 +213,8 @@ impl Kek {
                 Ok(secret)
             }
             Inner::Command(command) => {
-                let out = Zeroizing::new(run_command(
-                    command,
-                    "unwrap",
-                    Some(&hex::encode(wrapped)),
-                )?);
+                let out =
+                    Zeroizing::new(run_command(command, "unwrap", Some(&hex::encode(wrapped)))?);
                 let mut secret = Zeroizing::new([0u8; 32]);
                 hex::decode_to_slice(out.trim(), secret.as_mut()).map_err(|_| {
                     KeyError::Command {
@@ -240,8 +237,8 @@ fn wrap_aad(key: KeyId) -> [u8; 24] {
 
 fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| KeyError::Kek(format!("{}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| KeyError::Kek(format!("{}: {e}", path.display())))?;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(KeyError::Kek(format!(

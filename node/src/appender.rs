@@ -613,7 +613,7 @@ impl Appender {
         };
         let (dir, new) = (dir.0, &dir.1);
         // Only this thread writes metadata files, so nothing changes between the check and here.
-        if let Err(e) = meta::write_durable(&dir, new) {
+        if let Err(e) = meta::write_durable(&dir, new, &self.shared.keys) {
             error!(volume = %new.name, "failed to store volume metadata: {e}");
             return Err(io_error("store volume metadata", &e));
         }
@@ -632,7 +632,7 @@ impl Appender {
         let Some(updated) = updated else {
             return Ok(epoch);
         };
-        if let Err(e) = meta::write_durable(&dir, &updated) {
+        if let Err(e) = meta::write_durable(&dir, &updated, &self.shared.keys) {
             error!(volume = %job.volume, "failed to store volume metadata: {e}");
             return Err(io_error("store volume metadata", &e));
         }
@@ -737,9 +737,9 @@ impl<'a> GroupView<'a> {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| {
-                    segment
-                        .and_then(|s| s.get(r.lsn))
-                        .is_some_and(|m| m.location.len as usize == r.frame.body_len())
+                    segment.and_then(|s| s.get(r.lsn)).is_some_and(|m| {
+                        m.location.len as usize == r.frame.stored_body_len(m.location.sealed)
+                    })
                 })
                 .map(|(i, _)| i)
                 .collect();

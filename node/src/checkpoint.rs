@@ -15,6 +15,7 @@ use prost::Message;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
 use crate::index::SegmentKey;
+use crate::keyring::{Keyring, NODE_SCOPE};
 use crate::members::HeldMembership;
 use crate::segment::Truncation;
 
@@ -23,6 +24,21 @@ use crate::segment::Truncation;
 const MAGIC_V1: u64 = 0x5346_4348_4b50_5431; // "SFCHKPT1"
 const MAGIC: u64 = 0x5346_4348_4b50_5432; // "SFCHKPT2"
 pub const FILE_NAME: &str = "checkpoint";
+/// A sealed checkpoint (encryption at rest): `"SFCS" | sealed box of the plaintext encoding`.
+const SEALED_MAGIC: &[u8; 4] = b"SFCS";
+const CONTEXT: &[u8] = b"sixfold checkpoint";
+
+/// The plaintext of a checkpoint file: itself, or its sealed box opened. `Ok(None)` never: a
+/// checkpoint that does not open is an error (the log it summarizes may be gone).
+fn open_sealed(bytes: Vec<u8>, keys: &Keyring) -> io::Result<Option<Vec<u8>>> {
+    match bytes.strip_prefix(SEALED_MAGIC) {
+        None => Ok(Some(bytes)),
+        Some(sealed) => keys
+            .open_box(CONTEXT, sealed.to_vec())
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("checkpoint: {e}"))),
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SegmentCheckpoint {
@@ -152,25 +168,34 @@ impl Checkpoint {
 
     /// Reads the checkpoint of `data_dir`: `Ok(None)` if there is none; an error if it is
     /// damaged (never silently ignored: the log it summarizes may be gone).
-    pub fn load(data_dir: &Path) -> io::Result<Option<Checkpoint>> {
+    pub fn load(data_dir: &Path, keys: &Keyring) -> io::Result<Option<Checkpoint>> {
         let path = data_dir.join(FILE_NAME);
         match std::fs::read(&path) {
-            Ok(bytes) => Checkpoint::decode(&bytes).map(Some).ok_or_else(|| {
+            Ok(bytes) => open_sealed(bytes, keys)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        .map_or(Ok(None), |bytes| {
+            Checkpoint::decode(&bytes).map(Some).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{} is damaged (checksum or format)", path.display()),
                 )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+            })
+        })
     }
 
     /// Replaces the checkpoint of `data_dir` atomically and durably.
-    pub fn store(&self, data_dir: &Path) -> io::Result<()> {
+    pub fn store(&self, data_dir: &Path, keys: &Keyring) -> io::Result<()> {
+        let mut bytes = self.encode();
+        if let Some(key) = keys.sealer(NODE_SCOPE).map_err(io::Error::other)? {
+            let sealed = key.seal(CONTEXT, &bytes).map_err(io::Error::other)?;
+            bytes = SEALED_MAGIC.to_vec();
+            bytes.extend_from_slice(&sealed);
+        }
         let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
         let mut file = File::create(&tmp)?;
-        file.write_all(&self.encode())?;
+        file.write_all(&bytes)?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, data_dir.join(FILE_NAME))?;
@@ -213,10 +238,16 @@ mod tests {
         flipped[10] ^= 1;
         assert_eq!(Checkpoint::decode(&flipped), None);
         let temp = crate::testutil::TempDir::new("checkpoint");
-        assert_eq!(Checkpoint::load(temp.path()).expect("load"), None);
-        c.store(temp.path()).expect("store");
-        assert_eq!(Checkpoint::load(temp.path()).expect("load"), Some(c));
+        assert_eq!(
+            Checkpoint::load(temp.path(), &Keyring::plaintext()).expect("load"),
+            None
+        );
+        c.store(temp.path(), &Keyring::plaintext()).expect("store");
+        assert_eq!(
+            Checkpoint::load(temp.path(), &Keyring::plaintext()).expect("load"),
+            Some(c)
+        );
         std::fs::write(temp.path().join(FILE_NAME), b"junk").expect("damage");
-        assert!(Checkpoint::load(temp.path()).is_err());
+        assert!(Checkpoint::load(temp.path(), &Keyring::plaintext()).is_err());
     }
 }

@@ -19,6 +19,11 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("encryption at rest: {}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: sixfold_keys::KeyError,
+    },
     #[error("failed to listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

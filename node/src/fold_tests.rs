@@ -101,16 +101,29 @@ fn folded(store: &Store) -> Lsn {
     index.segment(&key()).map_or(Lsn::ZERO, |s| s.folded())
 }
 
-fn reopen(dir: &Path) -> Store {
-    Store::open(dir).expect("reopen").0
+/// Opens the store of `dir`, sealed under the KEK `kek` (hex) if given.
+fn reopen(dir: &Path, kek: Option<&str>) -> Store {
+    let kek = kek.map(|hex| sixfold_keys::Kek::from_hex(hex).expect("kek"));
+    Store::open_with_key(dir, kek).expect("reopen").0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_agree_before_and_after_folding_and_restarts() {
+    fold_property(None).await;
+}
+
+/// The same with encryption at rest: sealed frames, page slots, journals and checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_agree_before_and_after_folding_and_restarts_sealed() {
+    let kek = sixfold_keys::Kek::generate_hex().expect("kek");
+    fold_property(Some(&kek)).await;
+}
+
+async fn fold_property(kek: Option<&str>) {
     for seed in 0..24u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let temp = TempDir::new("fold-prop");
-        let store = Store::open(temp.path()).expect("open").0;
+        let store = reopen(temp.path(), kek);
         let n = rng.random_range(5..60);
         let first = random_records(&mut rng, 0, n);
         let first_last = first.last().map_or(0, |r| r.lsn);
@@ -142,7 +155,7 @@ async fn reads_agree_before_and_after_folding_and_restarts() {
         store.close().await;
         drop(store);
         // Restart: the checkpoint and the page store, with the log replayed on top.
-        let store = reopen(temp.path());
+        let store = reopen(temp.path(), kek);
         assert_eq!(
             folded(&store),
             point,
@@ -171,7 +184,7 @@ async fn reads_agree_before_and_after_folding_and_restarts() {
         .expect("lose the newest checkpoint");
         let written: Vec<u64> = third.iter().map(|r| r.page).collect();
         tear_pages(temp.path(), &written, &mut rng);
-        let store = reopen(temp.path());
+        let store = reopen(temp.path(), kek);
         assert_eq!(
             folded(&store).0,
             all_last,
@@ -179,6 +192,69 @@ async fn reads_agree_before_and_after_folding_and_restarts() {
         );
         check_reads(&store, &all, all_last, seed, "after a crash mid-fold").await;
         store.close().await;
+    }
+}
+
+/// Every file under `dir` (recursively) that contains `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .expect("read")
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// With a key, no file of the node holds a record's bytes in the clear (hot log, page store,
+/// journal, checkpoint); without one the same search finds them (it can fail); a sealed store
+/// refuses to open without its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_store_writes_no_plaintext() {
+    const MARKER: &[u8] = b"sixfold-marker-7f3e19a2c4";
+    let records: Vec<Record> = (1..=20u64)
+        .map(|lsn| partial(lsn, lsn - 1, 1, lsn % PAGES, 100, MARKER))
+        .collect();
+    let kek = sixfold_keys::Kek::generate_hex().expect("kek");
+    for sealed in [false, true] {
+        let temp = TempDir::new("sealed");
+        let kek = sealed.then_some(kek.as_str());
+        let store = reopen(temp.path(), kek);
+        append(&store, &records[..10], 10).await;
+        folder::round(store.shared_for_tests());
+        append(&store, &records[10..], 10).await;
+        check_reads(&store, &records, 10, 0, "before restart").await;
+        store.close().await;
+        drop(store);
+        let found = files_containing(temp.path(), MARKER);
+        if sealed {
+            assert!(found.is_empty(), "plaintext in {found:?}");
+        } else {
+            assert!(
+                found.len() >= 2,
+                "the search finds the log and the pages: {found:?}"
+            );
+        }
+        let store = reopen(temp.path(), kek);
+        check_reads(&store, &records, 10, 0, "after restart").await;
+        store.close().await;
+        drop(store);
+        if sealed {
+            match Store::open_with_key(temp.path(), None) {
+                Ok(_) => panic!("a sealed store opened without its key"),
+                Err(err) => assert!(err.to_string().contains("kek-"), "{err}"),
+            }
+        }
     }
 }
 

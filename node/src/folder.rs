@@ -55,6 +55,7 @@ use tracing::{debug, error, info};
 use crate::checkpoint::{Checkpoint, SegmentCheckpoint};
 use crate::error::{NodeError, StoreError};
 use crate::index::{Index, SegmentKey, SegmentSlot};
+use crate::keyring::Keyring;
 use crate::lock;
 use crate::pagestore::{PageImage, PageStore, Stored};
 use crate::segment::RecordMeta;
@@ -95,7 +96,7 @@ fn store_dir(data_dir: &Path, key: &SegmentKey) -> std::path::PathBuf {
 /// Returns, per segment, the store and the fold point a redone journal brought it to.
 pub type OpenedStores = HashMap<SegmentKey, (Arc<PageStore>, Option<Lsn>)>;
 
-pub fn open_page_stores(data_dir: &Path) -> Result<OpenedStores, NodeError> {
+pub fn open_page_stores(data_dir: &Path, keys: &Arc<Keyring>) -> Result<OpenedStores, NodeError> {
     let mut out = HashMap::new();
     let root = data_dir.join("pages");
     let volumes = match std::fs::read_dir(&root) {
@@ -120,7 +121,7 @@ pub fn open_page_stores(data_dir: &Path) -> Result<OpenedStores, NodeError> {
                 continue;
             };
             let path = pg.path();
-            let (store, redone) = PageStore::open(&path, PgId(number))
+            let (store, redone) = PageStore::open(&path, PgId(number), &name, Arc::clone(keys))
                 .map_err(NodeError::io("open page store", &path))?;
             if let Some(to) = redone {
                 info!(path = %path.display(), %to, "redid the newest fold from its journal");
@@ -343,10 +344,13 @@ pub(crate) fn page_store(shared: &Shared, key: &SegmentKey) -> Result<Arc<PageSt
         return Ok(Arc::clone(store));
     }
     let dir = store_dir(&shared.data_dir, key);
-    let (store, _) = PageStore::open(&dir, key.pg).map_err(|source| StoreError::Io {
-        action: "create a page store",
-        source,
-    })?;
+    let (store, _) =
+        PageStore::open(&dir, key.pg, &key.volume, Arc::clone(&shared.keys)).map_err(|source| {
+            StoreError::Io {
+                action: "create a page store",
+                source,
+            }
+        })?;
     let store = Arc::new(store);
     lock(&shared.pages).insert(key.clone(), Arc::clone(&store));
     Ok(store)
@@ -498,7 +502,7 @@ pub(crate) fn checkpoint_and_collect(shared: &Shared) -> Result<(usize, u64), St
     };
     let io = |action: &'static str| move |source| StoreError::Io { action, source };
     checkpoint
-        .store(&shared.data_dir)
+        .store(&shared.data_dir, &shared.keys)
         .map_err(io("write the checkpoint"))?;
     let first_kept = oldest_live.map_or(applied, |o| o.min(applied));
     shared

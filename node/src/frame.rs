@@ -12,6 +12,12 @@
 //!
 //! all little-endian.
 //!
+//! With encryption at rest on ([`crate::keyring`]), the payload is a sealed box of the payload
+//! above (`sixfold_keys`: it starts with `SEAL_MAGIC`, which is no kind, and names its data key,
+//! the volume's), sealed with [`FRAME_CONTEXT`]: the crc still covers the bytes as stored, so
+//! replay tells torn tails and damage from intact frames without opening them, and opening one
+//! authenticates it.
+//!
 //! Invariants: a frame's payload is at most [`FRAME_PAYLOAD_MAX`] bytes and starts with a known
 //! kind; the crc covers the whole payload, so a torn or flipped frame never decodes. A record frame
 //! holds a record whose own checksum the caller verifies (`record::validate`) after decoding: the
@@ -22,6 +28,9 @@ use sixfold_proto::record;
 use sixfold_proto::wire::Record;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
+use sixfold_keys::{KeyError, SEAL_MAGIC, SEAL_OVERHEAD};
+
+use crate::keyring::Keyring;
 use crate::members::HeldMembership;
 use crate::segment::Truncation;
 
@@ -64,17 +73,69 @@ pub struct Frame {
     pub body: FrameBody,
 }
 
+/// Authenticated data of every sealed frame payload.
+pub const FRAME_CONTEXT: &[u8] = b"sixfold hot-log frame";
+
 /// An encoded frame and where its body sits inside it (a record's body is what reads fetch back).
+/// A sealed frame's "body" is its whole sealed payload: reads open it ([`body_of_payload`]).
 #[derive(Clone, Debug)]
 pub struct Encoded {
     pub bytes: Vec<u8>,
     pub body_offset: usize,
+    pub sealed: bool,
 }
 
 impl Encoded {
     pub fn body_len(&self) -> usize {
         self.bytes.len() - self.body_offset
     }
+
+    /// The length a plaintext frame's body takes in the log once stored sealed (`sealed`) or
+    /// as it is.
+    pub fn stored_body_len(&self, sealed: bool) -> usize {
+        if sealed && !self.sealed {
+            self.bytes.len() - FRAME_HEADER_BYTES + SEAL_OVERHEAD
+        } else {
+            self.body_len()
+        }
+    }
+}
+
+/// Seals a plaintext frame under its volume's data key; `None` when encryption is off.
+pub fn seal(encoded: &Encoded, keys: &Keyring) -> Result<Option<Encoded>, KeyError> {
+    let payload = &encoded.bytes[FRAME_HEADER_BYTES..];
+    let volume = payload
+        .get(1..3)
+        .map(|l| u16::from_le_bytes([l[0], l[1]]) as usize)
+        .and_then(|len| payload.get(3..3 + len))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .ok_or_else(|| KeyError::Malformed("frame without a volume name".into()))?;
+    let Some(key) = keys.sealer(volume)? else {
+        return Ok(None);
+    };
+    let sealed = key.seal(FRAME_CONTEXT, payload)?;
+    let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + sealed.len());
+    bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&sealed).to_le_bytes());
+    bytes.extend_from_slice(&sealed);
+    Ok(Some(Encoded {
+        bytes,
+        body_offset: FRAME_HEADER_BYTES,
+        sealed: true,
+    }))
+}
+
+/// The record bytes a stored body holds: itself for a plaintext frame, for a sealed one the
+/// body inside its opened payload.
+pub fn body_of_payload(stored: Vec<u8>, sealed: bool, keys: &Keyring) -> Result<Vec<u8>, String> {
+    if !sealed {
+        return Ok(stored);
+    }
+    let payload = keys
+        .open_box(FRAME_CONTEXT, stored)
+        .map_err(|e| e.to_string())?;
+    let (_, body_offset) = decode_payload(&payload)?;
+    Ok(payload[body_offset..].to_vec())
 }
 
 /// Encodes one frame. `volume` must be a validated volume name (at most 255 bytes).
@@ -121,7 +182,11 @@ pub fn encode(volume: &str, pg: PgId, body: &FrameBody) -> Encoded {
     let crc = crc32c::crc32c(&bytes[FRAME_HEADER_BYTES..]);
     bytes[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
     bytes[4..8].copy_from_slice(&crc.to_le_bytes());
-    Encoded { bytes, body_offset }
+    Encoded {
+        bytes,
+        body_offset,
+        sealed: false,
+    }
 }
 
 /// Whether a frame could start at the start of `buf`: a length in range that fits in `buf` and a
@@ -138,27 +203,39 @@ pub fn plausible_start(buf: &[u8]) -> bool {
     buf.len() >= FRAME_HEADER_BYTES + payload_len
         && matches!(
             buf[FRAME_HEADER_BYTES],
-            KIND_RECORD | KIND_EPOCH | KIND_TRUNCATION | KIND_HISTORY | KIND_MEMBERSHIP
+            KIND_RECORD
+                | KIND_EPOCH
+                | KIND_TRUNCATION
+                | KIND_HISTORY
+                | KIND_MEMBERSHIP
+                | SEAL_MAGIC
         )
 }
 
 /// The result of decoding the frame at the start of a buffer.
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
-    /// A whole, intact frame of `len` bytes; its body starts `body_offset` bytes into it.
+    /// A whole, intact frame of `len` bytes; its body starts `body_offset` bytes into it (a
+    /// sealed frame's: its payload, see [`Encoded`]).
     Frame {
         frame: Frame,
         len: usize,
         body_offset: usize,
+        sealed: bool,
     },
     /// The buffer ends inside the frame (a torn write at the end of a log file).
     Incomplete,
     /// The bytes are not a frame (bad length, crc mismatch, unknown kind, malformed payload).
     Corrupt(String),
+    /// An intact sealed frame (its crc matches) that does not open with the node's keys: a
+    /// missing data key, or bytes changed by someone who fixed the crc. Never a torn write, so
+    /// never cut: replay stops instead.
+    Unopenable(String),
 }
 
-/// Decodes the frame at the start of `buf`. Never panics, whatever the bytes.
-pub fn decode(buf: &[u8]) -> Decoded {
+/// Decodes the frame at the start of `buf`, opening it with `keys` if it is sealed. Never panics,
+/// whatever the bytes.
+pub fn decode(buf: &[u8], keys: &Keyring) -> Decoded {
     let Some(header) = buf.get(..FRAME_HEADER_BYTES) else {
         return Decoded::Incomplete;
     };
@@ -176,11 +253,27 @@ pub fn decode(buf: &[u8]) -> Decoded {
             "frame crc mismatch (stored {crc_stored:#010x}, computed {crc_computed:#010x})"
         ));
     }
+    if payload[0] == SEAL_MAGIC {
+        let opened = match keys.open_box(FRAME_CONTEXT, payload.to_vec()) {
+            Ok(opened) => opened,
+            Err(e) => return Decoded::Unopenable(format!("sealed frame: {e}")),
+        };
+        return match decode_payload(&opened) {
+            Ok((frame, _)) => Decoded::Frame {
+                frame,
+                len: FRAME_HEADER_BYTES + payload_len,
+                body_offset: FRAME_HEADER_BYTES,
+                sealed: true,
+            },
+            Err(reason) => Decoded::Corrupt(reason),
+        };
+    }
     match decode_payload(payload) {
         Ok((frame, body_offset)) => Decoded::Frame {
             frame,
             len: FRAME_HEADER_BYTES + payload_len,
             body_offset: FRAME_HEADER_BYTES + body_offset,
+            sealed: false,
         },
         Err(reason) => Decoded::Corrupt(reason),
     }
@@ -314,11 +407,12 @@ mod tests {
         ];
         for body in bodies {
             let encoded = encode("vol-1", PgId(2), &body);
-            match decode(&encoded.bytes) {
+            match decode(&encoded.bytes, &Keyring::plaintext()) {
                 Decoded::Frame {
                     frame,
                     len,
                     body_offset,
+                    sealed: false,
                 } => {
                     assert_eq!(len, encoded.bytes.len());
                     assert_eq!(body_offset, encoded.body_offset);
@@ -344,7 +438,7 @@ mod tests {
         let encoded = encode("v", PgId(0), &FrameBody::Record(sample_record()));
         for cut in 0..encoded.bytes.len() {
             assert_eq!(
-                decode(&encoded.bytes[..cut]),
+                decode(&encoded.bytes[..cut], &Keyring::plaintext()),
                 Decoded::Incomplete,
                 "cut at {cut}"
             );
@@ -353,14 +447,20 @@ mod tests {
             let mut bytes = encoded.bytes.clone();
             bytes[position] ^= 0x40;
             assert!(
-                !matches!(decode(&bytes), Decoded::Frame { .. }),
+                !matches!(decode(&bytes, &Keyring::plaintext()), Decoded::Frame { .. }),
                 "flip at {position} went unnoticed"
             );
         }
         let mut zeroes = vec![0u8; 64];
-        assert!(matches!(decode(&zeroes), Decoded::Corrupt(_)));
+        assert!(matches!(
+            decode(&zeroes, &Keyring::plaintext()),
+            Decoded::Corrupt(_)
+        ));
         zeroes[0..4].copy_from_slice(&(u32::MAX).to_le_bytes());
-        assert!(matches!(decode(&zeroes), Decoded::Corrupt(_)));
+        assert!(matches!(
+            decode(&zeroes, &Keyring::plaintext()),
+            Decoded::Corrupt(_)
+        ));
     }
 
     #[test]
@@ -377,7 +477,7 @@ mod tests {
                 let crc = crc32c::crc32c(&bytes[8..]);
                 bytes[4..8].copy_from_slice(&crc.to_le_bytes());
             }
-            let _ = decode(&bytes);
+            let _ = decode(&bytes, &Keyring::plaintext());
         }
     }
 }

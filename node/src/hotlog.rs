@@ -49,6 +49,7 @@ use tracing::{error, warn};
 
 use crate::error::NodeError;
 use crate::frame::{self, Decoded, Encoded, Frame, FrameBody};
+use crate::keyring::Keyring;
 use crate::lock;
 use crate::segment::Location;
 
@@ -83,6 +84,7 @@ pub struct LogFiles {
     open: Mutex<HashMap<u32, Arc<File>>>,
     file_bytes: FileBytes,
     total_bytes: Arc<AtomicU64>,
+    keys: Arc<Keyring>,
 }
 
 impl LogFiles {
@@ -92,6 +94,7 @@ impl LogFiles {
             open: Mutex::new(HashMap::new()),
             file_bytes: Arc::clone(&writer.file_bytes),
             total_bytes: writer.total_bytes(),
+            keys: Arc::clone(&writer.keys),
         }
     }
 
@@ -121,12 +124,13 @@ impl LogFiles {
         Ok((doomed.len(), freed))
     }
 
-    /// Reads the bytes at `location` (a record's canonical encoding).
+    /// Reads the record at `location`: its canonical encoding (opened, if it was sealed).
     pub fn read(&self, location: Location) -> io::Result<Vec<u8>> {
         let file = self.file(location.file)?;
         let mut bytes = vec![0u8; location.len as usize];
         file.read_exact_at(&mut bytes, location.offset)?;
-        Ok(bytes)
+        frame::body_of_payload(bytes, location.sealed, &self.keys)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     fn file(&self, number: u32) -> io::Result<Arc<File>> {
@@ -163,12 +167,20 @@ pub struct LogWriter {
     file_bytes: FileBytes,
     /// Where the log was last synced (file number, bytes): everything before it is durable.
     synced: (u32, u64),
+    /// Seals frames when encryption at rest is on.
+    keys: Arc<Keyring>,
 }
 
 impl LogWriter {
     /// Buffers a frame; returns where its body will be once committed. Rolls to a new file first
     /// when the frame would push the current one past [`LOG_FILE_BYTES_MAX`].
     pub fn append(&mut self, encoded: &Encoded) -> io::Result<Location> {
+        let sealed = if encoded.sealed {
+            None
+        } else {
+            frame::seal(encoded, &self.keys).map_err(io::Error::other)?
+        };
+        let encoded = sealed.as_ref().unwrap_or(encoded);
         let pending = self.size + self.buffer.len() as u64;
         if pending > 0 && pending + encoded.bytes.len() as u64 > LOG_FILE_BYTES_MAX {
             self.roll()?;
@@ -179,6 +191,7 @@ impl LogWriter {
             file: self.number,
             offset: frame_offset + encoded.body_offset as u64,
             len: encoded.body_len() as u32,
+            sealed: encoded.sealed,
         })
     }
 
@@ -349,6 +362,7 @@ fn read_unsynced_marker(dir: &Path) -> Result<Option<(u32, u64)>, NodeError> {
 /// then opens the newest file for appending (creating file 1 in an empty directory).
 pub fn open(
     dir: &Path,
+    keys: Arc<Keyring>,
     mut on_frame: impl FnMut(Frame, Location),
 ) -> Result<(LogWriter, ReplayStats), NodeError> {
     let io_error = NodeError::io;
@@ -405,7 +419,16 @@ pub fn open(
                 }
             }
         }
-        let replayed = replay_file(&bytes, number, &mut on_frame);
+        let replayed = replay_file(&bytes, number, &keys, &mut on_frame);
+        if let Some((offset, problem)) = &replayed.unopenable {
+            return Err(NodeError::Key {
+                path: path.clone(),
+                source: sixfold_keys::KeyError::Kek(format!(
+                    "the hot-log frame at offset {offset} is intact but does not open ({problem}); \
+                     nothing was cut: start the node with the key its data was written with"
+                )),
+            });
+        }
         let good_len = replayed.good_len;
         stats.frames += replayed.frames;
         for (start, end, problem) in &replayed.damaged {
@@ -474,6 +497,7 @@ pub fn open(
                 written_bytes: Arc::new(AtomicU64::new(0)),
                 file_bytes,
                 synced: (number, last_size),
+                keys,
             }
         }
         None => LogWriter {
@@ -486,6 +510,7 @@ pub fn open(
             written_bytes: Arc::new(AtomicU64::new(0)),
             file_bytes,
             synced: (1, 0),
+            keys,
         },
     };
     Ok((writer, stats))
@@ -511,12 +536,15 @@ struct FileReplay {
     /// Bad bytes after `good_len` with no intact frame after them (a torn tail in the newest
     /// file), and what was wrong with them.
     tail_problem: Option<String>,
+    /// An intact frame that does not open with the node's keys, where, and why: replay stops.
+    unopenable: Option<(usize, String)>,
 }
 
 /// Replays the frames of one file, skipping damaged bytes that an intact frame follows.
 fn replay_file(
     bytes: &[u8],
     number: u32,
+    keys: &Keyring,
     on_frame: &mut impl FnMut(Frame, Location),
 ) -> FileReplay {
     let mut replay = FileReplay {
@@ -524,25 +552,31 @@ fn replay_file(
         frames: 0,
         damaged: Vec::new(),
         tail_problem: None,
+        unopenable: None,
     };
     let mut position = 0usize;
     while position < bytes.len() {
         if bytes[position..].iter().all(|b| *b == 0) {
             break; // the zeroes after the last frame: the end of the file's data
         }
-        match intact_frame(&bytes[position..]) {
-            Ok((frame, len, body_offset)) => {
+        match intact_frame(&bytes[position..], keys) {
+            Ok((frame, len, body_offset, sealed)) => {
                 let location = Location {
                     file: number,
                     offset: (position + body_offset) as u64,
                     len: (len - body_offset) as u32,
+                    sealed,
                 };
                 on_frame(frame, location);
                 replay.frames += 1;
                 position += len;
                 replay.good_len = position as u64;
             }
-            Err(problem) => match next_intact_frame(bytes, position + 1) {
+            Err(FrameProblem::Unopenable(problem)) => {
+                replay.unopenable = Some((position, problem));
+                break;
+            }
+            Err(FrameProblem::Bad(problem)) => match next_intact_frame(bytes, position + 1, keys) {
                 Some(next) => {
                     replay.damaged.push((position as u64, next as u64, problem));
                     position = next;
@@ -559,28 +593,39 @@ fn replay_file(
 
 /// The intact frame at the start of `buf` (its record's checksum verified too), with its length
 /// and body offset, or what is wrong with it.
-fn intact_frame(buf: &[u8]) -> Result<(Frame, usize, usize), String> {
-    match frame::decode(buf) {
+fn intact_frame(buf: &[u8], keys: &Keyring) -> Result<(Frame, usize, usize, bool), FrameProblem> {
+    match frame::decode(buf, keys) {
         Decoded::Frame {
             frame,
             len,
             body_offset,
+            sealed,
         } => {
             if let FrameBody::Record(record) = &frame.body {
-                record::validate(record, frame.pg).map_err(|e| format!("record frame: {e}"))?;
+                record::validate(record, frame.pg)
+                    .map_err(|e| FrameProblem::Bad(format!("record frame: {e}")))?;
             }
-            Ok((frame, len, body_offset))
+            Ok((frame, len, body_offset, sealed))
         }
-        Decoded::Incomplete => Err("torn frame".to_string()),
-        Decoded::Corrupt(reason) => Err(reason),
+        Decoded::Incomplete => Err(FrameProblem::Bad("torn frame".to_string())),
+        Decoded::Corrupt(reason) => Err(FrameProblem::Bad(reason)),
+        Decoded::Unopenable(reason) => Err(FrameProblem::Unopenable(reason)),
     }
 }
 
+/// Why the bytes at a position are no frame to replay.
+enum FrameProblem {
+    /// Torn or damaged: skipped, or cut as a torn tail.
+    Bad(String),
+    /// Intact but sealed under a key the node cannot open it with.
+    Unopenable(String),
+}
+
 /// The offset of the first intact frame at or after `from`, if any.
-fn next_intact_frame(bytes: &[u8], from: usize) -> Option<usize> {
+fn next_intact_frame(bytes: &[u8], from: usize, keys: &Keyring) -> Option<usize> {
     let end = data_end(bytes, from.min(bytes.len())) as usize;
     (from..end).find(|&offset| {
-        frame::plausible_start(&bytes[offset..]) && intact_frame(&bytes[offset..]).is_ok()
+        frame::plausible_start(&bytes[offset..]) && intact_frame(&bytes[offset..], keys).is_ok()
     })
 }
 
@@ -608,8 +653,10 @@ mod tests {
 
     fn replay(dir: &Path) -> (LogWriter, ReplayStats, Vec<(Frame, Location)>) {
         let mut seen = Vec::new();
-        let (writer, stats) =
-            open(dir, |frame, location| seen.push((frame, location))).expect("opens");
+        let (writer, stats) = open(dir, Keyring::plaintext(), |frame, location| {
+            seen.push((frame, location))
+        })
+        .expect("opens");
         (writer, stats, seen)
     }
 
@@ -632,6 +679,54 @@ mod tests {
         let record = record::decode_canonical(&bytes).expect("decodes");
         assert_eq!(record.lsn, 3);
         record::validate(&record, PgId(0)).expect("valid");
+    }
+
+    /// Sealed frames: no record byte in the clear, read back after a reopen, a torn sealed
+    /// tail is cut like a plaintext one, and an intact frame the node cannot open stops replay
+    /// without cutting anything.
+    #[test]
+    fn sealed_frames_read_back_and_an_unopenable_one_is_never_cut() {
+        let temp = TempDir::new("hotlog-sealed");
+        let log = temp.path().join("log");
+        let hex = sixfold_keys::Kek::generate_hex().expect("kek");
+        let keyring = |hex: &str| {
+            let kek = sixfold_keys::Kek::from_hex(hex).expect("kek");
+            Arc::new(Keyring::open(temp.path(), Some(kek)).expect("keyring"))
+        };
+        let (mut writer, _) = open(&log, keyring(&hex), |_, _| {}).expect("open");
+        let mut locations = Vec::new();
+        for lsn in 1..=4 {
+            locations.push(writer.append(&record_frame(lsn)).expect("append"));
+        }
+        writer.commit().expect("commit");
+        drop(writer);
+        assert!(locations.iter().all(|l| l.sealed));
+        let bytes = std::fs::read(log.join(file_name(1))).expect("read");
+        assert!(
+            !bytes.windows(100).any(|w| w == [3u8; 100]),
+            "a record's bytes are in the clear"
+        );
+        let mut seen = Vec::new();
+        let (writer, stats) = open(&log, keyring(&hex), |f, l| seen.push((f, l))).expect("reopen");
+        assert_eq!(stats.frames, 4);
+        assert_eq!(seen.iter().map(|(_, l)| *l).collect::<Vec<_>>(), locations);
+        let files = LogFiles::new(log.clone(), &writer);
+        let record =
+            record::decode_canonical(&files.read(locations[2]).expect("read")).expect("decodes");
+        assert_eq!(record.lsn, 3);
+        drop((writer, files));
+
+        // The data key's file gone: the frames are intact but do not open. Replay refuses, and
+        // the log is left as it was.
+        for entry in std::fs::read_dir(temp.path().join("keys")).expect("keys") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "key") {
+                std::fs::remove_file(path).expect("remove key");
+            }
+        }
+        let err = open(&log, keyring(&hex), |_, _| {}).expect_err("refused");
+        assert!(err.to_string().contains("does not open"), "{err}");
+        assert_eq!(std::fs::read(log.join(file_name(1))).expect("read"), bytes);
     }
 
     #[test]

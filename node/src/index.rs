@@ -360,6 +360,7 @@ mod tests {
                     file: 1,
                     offset: lsn * 100,
                     len: 50,
+                    sealed: false,
                 },
                 page: PageId(0),
                 backlink: Lsn(backlink),

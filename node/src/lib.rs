@@ -38,6 +38,7 @@ mod hotlog;
 mod hydrate;
 mod identity;
 pub mod index;
+pub mod keyring;
 pub mod members;
 mod meta;
 mod metrics;
@@ -100,6 +101,9 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How gRPC connections, served and made, are secured (mutual TLS, or `--insecure`).
     pub security: Security,
+    /// Encryption at rest: where the key-encryption key comes from (None: data is written in
+    /// the clear, and a data directory holding sealed data refuses to open).
+    pub key: Option<sixfold_keys::KekSource>,
 }
 
 /// Opens (recovers) the node's state from `data_dir`, then serves gRPC on `config.listen` until
@@ -135,12 +139,25 @@ pub async fn run_with_listener(
 
 async fn open_store(config: &NodeConfig) -> Result<Store, NodeError> {
     let data_dir = config.data_dir.clone();
-    let (store, stats) = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .map_err(|e| NodeError::Task {
-            action: "recover the node's state",
-            message: e.to_string(),
-        })??;
+    let key = config.key.clone();
+    let (store, stats) = tokio::task::spawn_blocking(move || {
+        let kek = match &key {
+            Some(source) => Some(sixfold_keys::Kek::load(source).map_err(|e| NodeError::Key {
+                path: data_dir.clone(),
+                source: e,
+            })?),
+            None => {
+                warn!("encryption at rest is off: this node writes its data in the clear");
+                None
+            }
+        };
+        Store::open_with_key(&data_dir, kek)
+    })
+    .await
+    .map_err(|e| NodeError::Task {
+        action: "recover the node's state",
+        message: e.to_string(),
+    })??;
     if stats.torn_bytes_cut > 0 || stats.damaged_files > 0 || stats.unsynced_bytes_cut > 0 {
         warn!(
             torn_bytes_cut = stats.torn_bytes_cut,

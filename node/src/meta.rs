@@ -14,12 +14,14 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message;
 use sixfold_proto::wire::VolumeMeta;
 use tracing::{error, warn};
 
 use crate::error::NodeError;
+use crate::keyring::{Keyring, NODE_SCOPE};
 use crate::request;
 
 const SUFFIX: &str = ".meta";
@@ -57,7 +59,7 @@ pub struct MetaStore {
 
 impl MetaStore {
     /// Loads every metadata file of `dir` (created if missing).
-    pub fn open(dir: &Path) -> Result<MetaStore, NodeError> {
+    pub fn open(dir: &Path, keys: Arc<Keyring>) -> Result<MetaStore, NodeError> {
         let io_error = NodeError::io;
         std::fs::create_dir_all(dir).map_err(io_error("create metadata directory", dir))?;
         let mut volumes = BTreeMap::new();
@@ -79,7 +81,7 @@ impl MetaStore {
                 continue;
             };
             let bytes = std::fs::read(&path).map_err(io_error("read metadata file", &path))?;
-            match decode(&bytes) {
+            match decode(&bytes, stem, &keys) {
                 Some(meta)
                     if file_stem(&meta.name) == stem
                         && request::volume_name(&meta.name).is_ok() =>
@@ -177,7 +179,7 @@ impl MetaStore {
     /// Writes `meta` durably, then caches it.
     #[cfg(test)]
     pub fn put(&mut self, meta: VolumeMeta) -> io::Result<()> {
-        write_durable(&self.dir, &meta)?;
+        write_durable(&self.dir, &meta, &Keyring::plaintext())?;
         self.insert(meta);
         Ok(())
     }
@@ -199,13 +201,30 @@ fn without_memberships(meta: &VolumeMeta) -> VolumeMeta {
 
 /// Writes `meta` to `dir` durably ([`crate::durable::write_checked`]). The caller has
 /// validated the name (a file name by construction) and checked [`MetaStore::stale`].
-pub fn write_durable(dir: &Path, meta: &VolumeMeta) -> io::Result<()> {
-    let name = format!("{}{SUFFIX}", file_stem(&meta.name));
-    crate::durable::write_checked(dir, &name, &meta.encode_to_vec())
+/// With encryption at rest on, the body is sealed under the node's data key, with the file's
+/// name as authenticated data (a volume's file copied over another's does not open).
+pub fn write_durable(dir: &Path, meta: &VolumeMeta, keys: &Keyring) -> io::Result<()> {
+    let stem = file_stem(&meta.name);
+    let body = keys
+        .seal_box(NODE_SCOPE, &context(&stem), meta.encode_to_vec())
+        .map_err(io::Error::other)?;
+    crate::durable::write_checked(dir, &format!("{stem}{SUFFIX}"), &body)
 }
 
-fn decode(bytes: &[u8]) -> Option<VolumeMeta> {
-    VolumeMeta::decode(crate::durable::decode_checked(bytes)?).ok()
+fn context(stem: &str) -> Vec<u8> {
+    format!("sixfold volume metadata {stem}").into_bytes()
+}
+
+fn decode(bytes: &[u8], stem: &str, keys: &Keyring) -> Option<VolumeMeta> {
+    let body = crate::durable::decode_checked(bytes)?;
+    let body = match keys.open_box(&context(stem), body.to_vec()) {
+        Ok(body) => body,
+        Err(e) => {
+            error!("metadata file {stem}{SUFFIX} does not open: {e}");
+            return None;
+        }
+    };
+    VolumeMeta::decode(body.as_slice()).ok()
 }
 
 #[cfg(test)]
@@ -229,7 +248,7 @@ mod tests {
     #[test]
     fn put_survives_reopen_and_versions_only_rise() {
         let temp = TempDir::new("meta");
-        let mut store = MetaStore::open(temp.path()).expect("open");
+        let mut store = MetaStore::open(temp.path(), Keyring::plaintext()).expect("open");
         assert_eq!(store.stale(&meta(1)), None);
         store.put(meta(3)).expect("put");
         assert_eq!(store.stale(&meta(3)), Some(3));
@@ -237,7 +256,7 @@ mod tests {
         assert_eq!(store.stale(&meta(4)), None);
         std::fs::write(temp.path().join("other.meta.tmp"), b"half").expect("write");
         std::fs::write(temp.path().join("bad.meta"), b"garbage!").expect("write");
-        let store = MetaStore::open(temp.path()).expect("reopen");
+        let store = MetaStore::open(temp.path(), Keyring::plaintext()).expect("reopen");
         assert_eq!(store.get("vol"), Some(&meta(3)));
         assert_eq!(store.get("bad"), None);
         assert!(!temp.path().join("other.meta.tmp").exists());
@@ -246,7 +265,7 @@ mod tests {
     #[test]
     fn longest_names_fit_a_file_name() {
         let temp = TempDir::new("meta-long");
-        let mut store = MetaStore::open(temp.path()).expect("open");
+        let mut store = MetaStore::open(temp.path(), Keyring::plaintext()).expect("open");
         let long = VolumeMeta {
             name: "x".repeat(255),
             ..meta(1)
@@ -257,7 +276,7 @@ mod tests {
         };
         store.put(long.clone()).expect("put");
         store.put(other.clone()).expect("put");
-        let store = MetaStore::open(temp.path()).expect("reopen");
+        let store = MetaStore::open(temp.path(), Keyring::plaintext()).expect("reopen");
         assert_eq!(store.get(&long.name), Some(&long));
         assert_eq!(store.get(&other.name), Some(&other));
     }

@@ -5,8 +5,16 @@
 //! - `pages.dat`: page slot `i` (the i-th page of the PG) at byte `i * PAGE_SIZE`; sparse, so an
 //!   unwritten page costs nothing;
 //! - `pages.meta`: [`META_BYTES`] per slot: the LSN of the newest record folded into the page and
-//!   a crc32c over page bytes, LSN and page id; an all-zero entry means "never written" (zeros);
+//!   a crc32c over page bytes as stored, LSN and page id; an all-zero entry means "never written"
+//!   (zeros). `lsn u64 | crc u32 | magic u32 | key id [16] | nonce [12] | tag [16] | 0 u32`;
 //! - `fold.journal`: the page images of the newest fold, checksummed (a double-write buffer).
+//!
+//! With encryption at rest on ([`crate::keyring`]), a slot holds its page sealed in place under
+//! the volume's data key (AES-256-GCM, same length), and its meta entry the key id, nonce and tag
+//! (magic [`META_MAGIC_SEALED`]); the page id and LSN are authenticated with it, so an image moved
+//! to another slot or given another LSN does not open. Every rewrite of a slot is a new seal with
+//! a new nonce. The journal is one sealed box (`"SFJS" | len u32 | box`). Plaintext slots and
+//! journals (written with encryption off) still read.
 //!
 //! A fold writes its page images to the journal and fsyncs it, then overwrites the slots in place
 //! and fsyncs them. A crash during the in-place writes can tear a page; the journal, complete and
@@ -27,14 +35,19 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
 
+use sixfold_keys::{Detached, KeyId, NONCE_BYTES, TAG_BYTES};
+
+use crate::keyring::Keyring;
 use crate::pagewrite::{SlotWriter, RUN_PAGES_MAX};
 
-const META_BYTES: u64 = 16;
+const META_BYTES: u64 = 64;
 const META_MAGIC: u32 = 0x5346_5047; // "SFPG"
+const META_MAGIC_SEALED: u32 = 0x5346_5045; // "SFPE"
+const JOURNAL_SEALED_MAGIC: &[u8; 4] = b"SFJS";
 const JOURNAL_MAGIC: u64 = 0x5346_464f_4c44_4a31; // "SFFOLDJ1"
 const JOURNAL_HEADER_BYTES: usize = 8 + 8 + 4;
 const JOURNAL_ENTRY_BYTES: usize = 8 + 8 + PAGE_SIZE;
@@ -98,6 +111,9 @@ pub enum Stored {
 pub struct PageStore {
     dir: PathBuf,
     pg: PgId,
+    /// The volume the PG belongs to (names its data key and is authenticated with each page).
+    volume: String,
+    keys: Arc<Keyring>,
     io: RwLock<Files>,
     /// The directory was fsync'd after the journal file existed, in this process.
     journal_dir_synced: AtomicBool,
@@ -116,12 +132,31 @@ fn page_checksum(page: PageId, lsn: Lsn, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, &page.0.to_le_bytes())
 }
 
-fn meta_entry(image: &PageImage) -> [u8; META_BYTES as usize] {
+/// The meta entry of a slot that stores `stored` (the page, or its ciphertext with `sealed`).
+fn meta_entry(
+    page: PageId,
+    lsn: Lsn,
+    stored: &[u8],
+    sealed: Option<(KeyId, Detached)>,
+) -> [u8; META_BYTES as usize] {
     let mut meta = [0u8; META_BYTES as usize];
-    meta[0..8].copy_from_slice(&image.lsn.0.to_le_bytes());
-    meta[8..12].copy_from_slice(&page_checksum(image.page, image.lsn, &image.data).to_le_bytes());
-    meta[12..16].copy_from_slice(&META_MAGIC.to_le_bytes());
+    meta[0..8].copy_from_slice(&lsn.0.to_le_bytes());
+    meta[8..12].copy_from_slice(&page_checksum(page, lsn, stored).to_le_bytes());
+    match sealed {
+        None => meta[12..16].copy_from_slice(&META_MAGIC.to_le_bytes()),
+        Some((key, detached)) => {
+            meta[12..16].copy_from_slice(&META_MAGIC_SEALED.to_le_bytes());
+            meta[16..32].copy_from_slice(&key.0);
+            meta[32..32 + NONCE_BYTES].copy_from_slice(&detached.nonce);
+            meta[44..44 + TAG_BYTES].copy_from_slice(&detached.tag);
+        }
+    }
     meta
+}
+
+/// What a sealed page's authenticated data says: which page of which volume, at which LSN.
+fn page_context(volume: &str, page: PageId, lsn: Lsn) -> Vec<u8> {
+    format!("sixfold page {volume} {} {}", page.0, lsn.0).into_bytes()
 }
 
 fn open_rw(path: &Path) -> io::Result<File> {
@@ -136,7 +171,12 @@ fn open_rw(path: &Path) -> io::Result<File> {
 impl PageStore {
     /// Opens (creating) the store in `dir` and redoes the newest fold if its journal is valid.
     /// Returns the store and the fold LSN the journal brought the pages to, if any.
-    pub fn open(dir: &Path, pg: PgId) -> io::Result<(PageStore, Option<Lsn>)> {
+    pub fn open(
+        dir: &Path,
+        pg: PgId,
+        volume: &str,
+        keys: Arc<Keyring>,
+    ) -> io::Result<(PageStore, Option<Lsn>)> {
         std::fs::create_dir_all(dir)?;
         let files = Files {
             data: open_rw(&dir.join("pages.dat"))?,
@@ -150,11 +190,16 @@ impl PageStore {
         let store = PageStore {
             dir: dir.to_owned(),
             pg,
+            volume: volume.to_owned(),
+            keys,
             io: RwLock::new(files),
             journal_dir_synced: AtomicBool::new(false),
         };
         let redone = match std::fs::read(store.journal_path()) {
-            Ok(bytes) => match decode_journal(&bytes, pg) {
+            Ok(bytes) => match store
+                .open_journal(bytes)
+                .and_then(|b| decode_journal(&b, pg))
+            {
                 Some((to_lsn, images)) => {
                     store.write_in_place(&images, Replace::OlderOnly)?;
                     Some(to_lsn)
@@ -169,6 +214,27 @@ impl PageStore {
 
     fn journal_path(&self) -> PathBuf {
         self.dir.join("fold.journal")
+    }
+
+    fn journal_context(&self) -> Vec<u8> {
+        format!("sixfold fold journal {} {}", self.volume, self.pg.0).into_bytes()
+    }
+
+    /// A journal's plaintext: itself, or the box it is sealed in opened (`None`: torn, damaged
+    /// or not openable, which is a journal not to redo).
+    fn open_journal(&self, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        if bytes.get(..4) != Some(JOURNAL_SEALED_MAGIC) {
+            return Some(bytes);
+        }
+        let len = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?) as usize;
+        let sealed = bytes.get(8..8usize.checked_add(len)?)?.to_vec();
+        match self.keys.open_box(&self.journal_context(), sealed) {
+            Ok(plain) => Some(plain),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "fold journal does not open: {e}");
+                None
+            }
+        }
     }
 
     fn slot(&self, page: PageId) -> io::Result<u64> {
@@ -210,7 +276,7 @@ impl PageStore {
         let lsn = Lsn(u64::from_le_bytes(meta[0..8].try_into().expect("8 bytes")));
         let crc = u32::from_le_bytes(meta[8..12].try_into().expect("4 bytes"));
         let magic = u32::from_le_bytes(meta[12..16].try_into().expect("4 bytes"));
-        if magic != META_MAGIC {
+        if magic != META_MAGIC && magic != META_MAGIC_SEALED {
             return Ok(Stored::Corrupt(format!(
                 "bad meta entry for {page} (magic {magic:#x})"
             )));
@@ -222,6 +288,19 @@ impl PageStore {
             return Ok(Stored::Corrupt(format!(
                 "checksum mismatch for {page} (image of {lsn})"
             )));
+        }
+        if magic == META_MAGIC_SEALED {
+            let key = KeyId(meta[16..32].try_into().expect("16 bytes"));
+            let detached = Detached {
+                nonce: meta[32..32 + NONCE_BYTES].try_into().expect("12 bytes"),
+                tag: meta[44..44 + TAG_BYTES].try_into().expect("16 bytes"),
+            };
+            let opened = self.keys.key(key).and_then(|key| {
+                key.open_detached(&page_context(&self.volume, page, lsn), &detached, &mut data)
+            });
+            if let Err(e) = opened {
+                return Ok(Stored::Corrupt(format!("{page} (image of {lsn}): {e}")));
+            }
         }
         Ok(Stored::Page { lsn, data })
     }
@@ -321,7 +400,16 @@ impl PageStore {
     /// no slot was touched yet) or, if not even the header was written, the previous one intact
     /// (redoing it never regresses a page).
     fn write_journal(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
-        let journal = encode_journal(to_lsn, images);
+        let mut journal = encode_journal(to_lsn, images);
+        if let Some(key) = self.keys.sealer(&self.volume).map_err(io::Error::other)? {
+            let sealed = key
+                .seal(&self.journal_context(), &journal)
+                .map_err(io::Error::other)?;
+            journal = Vec::with_capacity(8 + sealed.len());
+            journal.extend_from_slice(JOURNAL_SEALED_MAGIC);
+            journal.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+            journal.extend_from_slice(&sealed);
+        }
         let path = self.journal_path();
         let file = OpenOptions::new()
             .write(true)
@@ -360,6 +448,7 @@ impl PageStore {
                 false
             }
         });
+        let sealer = self.keys.sealer(&self.volume).map_err(io::Error::other)?;
         let mut guard = self.io.write().unwrap_or_else(|p| p.into_inner());
         let files = &mut *guard;
         for run in runs(&slotted) {
@@ -375,7 +464,8 @@ impl PageStore {
                         let entry = &current[at..at + META_BYTES as usize];
                         let lsn = u64::from_le_bytes(entry[0..8].try_into().expect("8 bytes"));
                         let magic = u32::from_le_bytes(entry[12..16].try_into().expect("4 bytes"));
-                        !(magic == META_MAGIC && lsn > image.lsn.0)
+                        let valid = magic == META_MAGIC || magic == META_MAGIC_SEALED;
+                        !(valid && lsn > image.lsn.0)
                     })
                     .copied()
                     .collect()
@@ -383,12 +473,39 @@ impl PageStore {
                 run.to_vec()
             };
             for part in runs(&keep) {
-                let pages: Vec<&[u8]> = part.iter().map(|(_, image)| &image.data[..]).collect();
+                let mut meta: Vec<u8> = Vec::with_capacity(part.len() * META_BYTES as usize);
+                let mut sealed_pages: Vec<Vec<u8>> = Vec::new();
+                if let Some(key) = &sealer {
+                    for (_, image) in part {
+                        let mut data = image.data.clone();
+                        let context = page_context(&self.volume, image.page, image.lsn);
+                        let detached = key
+                            .seal_detached(&context, &mut data)
+                            .map_err(io::Error::other)?;
+                        meta.extend_from_slice(&meta_entry(
+                            image.page,
+                            image.lsn,
+                            &data,
+                            Some((key.id(), detached)),
+                        ));
+                        sealed_pages.push(data);
+                    }
+                } else {
+                    for (_, image) in part {
+                        meta.extend_from_slice(&meta_entry(
+                            image.page,
+                            image.lsn,
+                            &image.data,
+                            None,
+                        ));
+                    }
+                }
+                let pages: Vec<&[u8]> = if sealer.is_some() {
+                    sealed_pages.iter().map(|p| &p[..]).collect()
+                } else {
+                    part.iter().map(|(_, image)| &image.data[..]).collect()
+                };
                 files.writer.write_run(&files.data, part[0].0, &pages)?;
-                let meta: Vec<u8> = part
-                    .iter()
-                    .flat_map(|(_, image)| meta_entry(image))
-                    .collect();
                 files.meta.write_all_at(&meta, part[0].0 * META_BYTES)?;
             }
         }
@@ -534,7 +651,7 @@ mod tests {
         let dir = temp.path().to_owned();
         let pg = PgId(1);
         let first = pg.first_page().0;
-        let (store, redone) = PageStore::open(&dir, pg).expect("open");
+        let (store, redone) = PageStore::open(&dir, pg, "v", Keyring::plaintext()).expect("open");
         assert_eq!(redone, None);
         assert_eq!(store.read(PageId(first + 5)).expect("read"), Stored::Absent);
         store
@@ -549,7 +666,7 @@ mod tests {
         );
         assert!(store.read(PageId(0)).is_err(), "a page of another PG");
         drop(store);
-        let (store, redone) = PageStore::open(&dir, pg).expect("reopen");
+        let (store, redone) = PageStore::open(&dir, pg, "v", Keyring::plaintext()).expect("reopen");
         assert_eq!(
             redone,
             Some(Lsn(9)),
@@ -566,7 +683,7 @@ mod tests {
         let temp = crate::testutil::TempDir::new("pagestore-torn");
         let dir = temp.path().to_owned();
         let pg = PgId(0);
-        let (store, _) = PageStore::open(&dir, pg).expect("open");
+        let (store, _) = PageStore::open(&dir, pg, "v", Keyring::plaintext()).expect("open");
         store.fold(Lsn(3), &[image(2, 3, 7)]).expect("fold");
         drop(store);
         // A crash tore the in-place write: half the page is old.
@@ -586,6 +703,8 @@ mod tests {
         let raw = PageStore {
             dir: dir.clone(),
             pg,
+            volume: "v".into(),
+            keys: Keyring::plaintext(),
             io: RwLock::new(files),
             journal_dir_synced: AtomicBool::new(false),
         };
@@ -594,7 +713,7 @@ mod tests {
             Stored::Corrupt(_)
         ));
         drop(raw);
-        let (store, redone) = PageStore::open(&dir, pg).expect("reopen");
+        let (store, redone) = PageStore::open(&dir, pg, "v", Keyring::plaintext()).expect("reopen");
         assert_eq!(redone, Some(Lsn(3)));
         assert_eq!(
             store.read(PageId(2)).expect("read"),
@@ -610,13 +729,13 @@ mod tests {
         let temp = crate::testutil::TempDir::new("pagestore-journal");
         let dir = temp.path().to_owned();
         let pg = PgId(0);
-        let (store, _) = PageStore::open(&dir, pg).expect("open");
+        let (store, _) = PageStore::open(&dir, pg, "v", Keyring::plaintext()).expect("open");
         store.fold(Lsn(3), &[image(2, 3, 7)]).expect("fold");
         drop(store);
         let path = dir.join("fold.journal");
         let bytes = std::fs::read(&path).expect("journal");
         std::fs::write(&path, &bytes[..bytes.len() - 100]).expect("tear journal");
-        let (store, redone) = PageStore::open(&dir, pg).expect("reopen");
+        let (store, redone) = PageStore::open(&dir, pg, "v", Keyring::plaintext()).expect("reopen");
         assert_eq!(redone, None);
         assert!(matches!(
             store.read(PageId(2)).expect("read"),

@@ -50,6 +50,9 @@ pub struct Location {
     pub offset: u64,
     /// Length of the canonical encoding, checksum included.
     pub len: u32,
+    /// The frame is sealed (encryption at rest): `offset` and `len` are its sealed payload's,
+    /// which reads open ([`crate::frame::body_of_payload`]).
+    pub sealed: bool,
 }
 
 /// What the index keeps of a record (its bytes stay in the hot log).
@@ -517,6 +520,7 @@ mod tests {
                 file: 1,
                 offset: 0,
                 len: 100,
+                sealed: false,
             },
             page: PageId(page),
             backlink: Lsn(backlink),

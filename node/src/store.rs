@@ -39,6 +39,7 @@ use crate::folder;
 use crate::frame::{Frame, FrameBody};
 use crate::hotlog::{self, LogFiles};
 use crate::index::{Effect, Index, SegmentKey};
+use crate::keyring::Keyring;
 use crate::lock;
 use crate::meta::MetaStore;
 use crate::nodelist::NodeListStore;
@@ -113,6 +114,8 @@ pub struct Shared {
     /// This node's copy of the cluster's node list. Locked only for in-memory work and the
     /// small durable write of a put (off the async runtime).
     pub node_list: Mutex<NodeListStore>,
+    /// The data keys everything this node writes to disk is sealed with (encryption at rest).
+    pub keys: Arc<Keyring>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -241,20 +244,32 @@ fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
 }
 
 impl Store {
-    /// Recovers the node's state from `data_dir` (blocking I/O) and starts the appender thread.
+    /// Recovers the node's state from `data_dir` (blocking I/O) and starts the appender thread;
+    /// no encryption at rest (a data directory with sealed data refuses to open).
+    #[cfg(test)]
     pub fn open(data_dir: &Path) -> Result<(Store, RecoveryStats), NodeError> {
+        Store::open_with_key(data_dir, None)
+    }
+
+    /// [`Store::open`] with the operator's key-encryption key: everything the node writes from
+    /// now on is sealed ([`crate::keyring`]).
+    pub fn open_with_key(
+        data_dir: &Path,
+        kek: Option<sixfold_keys::Kek>,
+    ) -> Result<(Store, RecoveryStats), NodeError> {
         let started = Instant::now();
         std::fs::create_dir_all(data_dir).map_err(|source| NodeError::Io {
             action: "create data directory",
             path: data_dir.to_owned(),
             source,
         })?;
+        let keys = Arc::new(Keyring::open(data_dir, kek)?);
         let node_id = crate::identity::load_or_create(data_dir)?;
         let node_list = NodeListStore::open(data_dir)?;
         let log_dir = data_dir.join("log");
         let mut index = Index::default();
         // The checkpoint and the page stores first: the log replays on top of them.
-        let checkpoint = Checkpoint::load(data_dir)
+        let checkpoint = Checkpoint::load(data_dir, &keys)
             .map_err(NodeError::io(
                 "read the checkpoint",
                 &data_dir.join(checkpoint::FILE_NAME),
@@ -264,7 +279,7 @@ impl Store {
             index.raise_epoch(volume, *epoch);
         }
         let mut restored: BTreeMap<SegmentKey, SegmentCheckpoint> = checkpoint.segments;
-        let pages = folder::open_page_stores(data_dir)?;
+        let pages = folder::open_page_stores(data_dir, &keys)?;
         for (key, (_, redone)) in &pages {
             if let Some(to) = redone {
                 let entry = restored.entry(key.clone()).or_default();
@@ -279,10 +294,10 @@ impl Store {
                 segment.membership,
             );
         }
-        let (writer, replay) = hotlog::open(&log_dir, |frame, location| {
+        let (writer, replay) = hotlog::open(&log_dir, Arc::clone(&keys), |frame, location| {
             apply_frame(&mut index, frame, location)
         })?;
-        let meta = MetaStore::open(&data_dir.join("meta"))?;
+        let meta = MetaStore::open(&data_dir.join("meta"), Arc::clone(&keys))?;
         let mut volumes_with_meta = 0;
         for stored in meta.all() {
             index.raise_epoch(&stored.name, Epoch(stored.epoch));
@@ -326,6 +341,7 @@ impl Store {
             data_dir: data_dir.to_owned(),
             node_id,
             node_list: Mutex::new(node_list),
+            keys,
         });
         let (jobs, receiver) = mpsc::channel(APPEND_QUEUE_JOBS_MAX);
         let appender = Appender::new(Arc::clone(&shared), writer);

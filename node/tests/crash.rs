@@ -44,6 +44,7 @@ fn crash_child_node() {
             backup: None,
             repair: Default::default(),
             metrics_listen: None,
+            key: None,
         };
         let port_file = dir.join("port");
         let temp = dir.join("port.tmp");

@@ -70,6 +70,7 @@ impl Node {
             backup: None,
             repair: Default::default(),
             metrics_listen: None,
+            key: None,
         };
         let task = tokio::spawn(run_with_listener(config, listener, async {
             let _ = stopped.await;

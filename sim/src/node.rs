@@ -279,6 +279,7 @@ impl SimNode {
                     file: 0,
                     offset: r.lsn.0,
                     len: 1,
+                    sealed: false,
                 },
                 page: PageId(r.page),
                 backlink: r.backlink,

@@ -848,12 +848,18 @@ pub struct Up {
 
 impl Up {
     pub fn start(dir: &Path, state: &Path, size: &str) -> Result<Up> {
+        Up::start_with(dir, state, size, &[])
+    }
+
+    /// [`Up::start`] with more `sixfold up` options (`--no-encryption`, `--no-backup`...).
+    pub fn start_with(dir: &Path, state: &Path, size: &str, options: &[&str]) -> Result<Up> {
         run(Command::new(sixfold_bin())
             .arg("up")
             .arg(dir)
             .arg("--state")
             .arg(state)
-            .args(["--size", size]))?;
+            .args(["--size", size])
+            .args(options))?;
         Ok(Up {
             dir: dir.to_owned(),
             state: state.to_owned(),
@@ -932,4 +938,30 @@ pub fn remove_test_dir(dir: &Path) {
     if std::env::var_os("SIXFOLD_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Runs `script` through the `sqlite3` shell on `db` (stops at the first error); its output.
+pub fn sqlite(db: &Path, script: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = Command::new("sqlite3")
+        .arg("-bail")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run sqlite3 (installed by scripts/setup.sh)")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(script.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "sqlite3 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }

@@ -3,38 +3,13 @@
 //! and after `sixfold down` / `sixfold up`.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{bail, Context};
-use sixfold_tests::{require_fuse, run, test_dir, Up};
+use anyhow::Context;
+use sixfold_tests::{require_fuse, run, sqlite, test_dir, Up};
 
 const TRANSACTIONS: usize = 2000;
-
-fn sqlite(db: &Path, script: &str) -> anyhow::Result<String> {
-    let mut child = Command::new("sqlite3")
-        .arg("-bail")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run sqlite3 (installed by scripts/setup.sh)")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(script.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!(
-            "sqlite3 failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
 
 /// One transaction per statement group: inserts, some updates and deletes.
 fn workload(mode: &str) -> String {

@@ -66,6 +66,12 @@ pub struct UpArgs {
     /// STATE/backup; snapshots and restores need it). Applies to a new state directory only.
     #[arg(long)]
     no_backup: bool,
+    /// Create the cluster without encryption at rest: the nodes then write volume data, pages
+    /// and metadata to their disks and to the backup in the clear, readable by anyone who can
+    /// read those files. Default: a key-encryption key is made at STATE/kek (0600) and every
+    /// node seals what it writes with AES-256-GCM. Applies to a new state directory only.
+    #[arg(long)]
+    no_encryption: bool,
 }
 
 pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
@@ -84,8 +90,25 @@ pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::
     }
     let state = StateDir::for_mount_dir(&dir, args.state.as_deref())?;
     println!("sixfold up: state directory {}", state.root.display());
+    let new_state = !state.cluster_file().exists();
     state.create_layout()?;
     let cluster = state.load_or_create_cluster(usize::from(args.nodes), !args.no_backup)?;
+    let kek_file = state.root.join("kek");
+    if new_state && !args.no_encryption && !kek_file.exists() {
+        crate::keyargs::write_new_key(&kek_file)?;
+    }
+    if kek_file.exists() {
+        println!(
+            "  encryption at rest: on, key-encryption key {} (keep a copy: the data cannot be \
+             read without it)",
+            kek_file.display()
+        );
+    } else {
+        println!(
+            "  WARNING: encryption at rest is off (created with --no-encryption): the nodes \
+             write data in the clear"
+        );
+    }
     if let Some(backup) = &cluster.backup {
         println!("  backup: the nodes archive to {}", backup.store);
     }
@@ -125,6 +148,9 @@ pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::
             LAPTOP_REPAIR_BANDWIDTH.into(),
         ];
         node_args.extend(laptop_tls.args(&format!("node-{number}")));
+        if kek_file.exists() {
+            node_args.extend(["--key-file".into(), kek_file.clone().into_os_string()]);
+        }
         if let Some(backup) = &cluster.backup {
             node_args.extend(["--backup".into(), backup.store.clone().into()]);
             if let Some(endpoint) = &backup.endpoint {

@@ -1,0 +1,100 @@
+//! Where a node's key-encryption key comes from (encryption at rest, `sixfold_keys`): one of
+//! `--key-file`, `SIXFOLD_KEY` (64 hex digits) or `--key-command`; none means data is written in
+//! the clear.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use sixfold_keys::{KekSource, KEY_ENV};
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct KeyArgs {
+    /// Encrypt everything this node writes (hot log, pages, journals, checkpoint, metadata)
+    /// with AES-256-GCM under data keys wrapped by the key-encryption key in FILE (64 hex
+    /// digits, mode 0600; `sixfold key new FILE` makes one). The key itself may instead come from
+    /// SIXFOLD_KEY (64 hex digits) or --key-command.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SIXFOLD_KEY_FILE",
+        conflicts_with = "key_command"
+    )]
+    key_file: Option<PathBuf>,
+    /// A command that holds the key-encryption key (the hook for a KMS): run as
+    /// `sh -c CMD sixfold-key OP` with OP `id`, `wrap` or `unwrap`, hex on stdin and stdout.
+    #[arg(long, value_name = "CMD", env = "SIXFOLD_KEY_COMMAND")]
+    key_command: Option<String>,
+}
+
+impl KeyArgs {
+    /// The configured source, if any (`SIXFOLD_KEY` last: a file or command named explicitly wins).
+    pub fn source(&self) -> anyhow::Result<Option<KekSource>> {
+        if let Some(path) = &self.key_file {
+            return Ok(Some(KekSource::File(path.clone())));
+        }
+        if let Some(command) = &self.key_command {
+            return Ok(Some(KekSource::Command(command.clone())));
+        }
+        match std::env::var(KEY_ENV) {
+            Ok(hex) if !hex.trim().is_empty() => Ok(Some(KekSource::Hex(hex))),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("{KEY_ENV} is not 64 hex digits")
+            }
+        }
+    }
+}
+
+/// `sixfold key new FILE`: makes a key-encryption key file.
+#[derive(Debug, Args)]
+#[command(
+    about = "Make or manage key-encryption keys (encryption at rest)",
+    long_about = "Make or manage key-encryption keys. `sixfold key new FILE` writes a new random \
+                  256-bit key-encryption key as 64 hex digits to FILE, mode 0600, and refuses to \
+                  overwrite one: losing it loses every volume sealed under it. Give it to each \
+                  node with --key-file FILE (or its hex in SIXFOLD_KEY)."
+)]
+pub struct KeyCommandArgs {
+    #[command(subcommand)]
+    command: KeySub,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeySub {
+    /// Write a new key-encryption key to FILE (0600; never overwrites).
+    New {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+pub fn run(args: KeyCommandArgs) -> anyhow::Result<()> {
+    match args.command {
+        KeySub::New { file } => {
+            write_new_key(&file)?;
+            println!(
+                "wrote a new key-encryption key to {} (mode 0600); keep a copy somewhere safe: \
+                 data sealed under it cannot be read without it",
+                file.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Writes a fresh KEK to `file`, 0600, failing if the file exists.
+pub fn write_new_key(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let hex = sixfold_keys::Kek::generate_hex()?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| anyhow::anyhow!("create {}: {e}", file.display()))?;
+    out.write_all(hex.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The node's keyring: the data keys it seals with, stored wrapped by the operator's
+//! key-encryption key in `data_dir/keys/` ([`sixfold_keys`] for the hierarchy and the nonce
+//! scheme). One data key per volume (scope = the volume's name) and one for the node's own
+//! files (scope ""), made the first time something of that scope is sealed.
+//!
+//! Files: `keys/<key id>.key` (durable, crc | generation u32 | [`WrappedKey`]) and
+//! `keys/incarnation` (durable, u32): raised at every open before anything is sealed, which is
+//! what keeps nonces unique across restarts.
+//!
+//! Invariants:
+//! - a data key is on disk, wrapped and durable, before the first unit sealed with it is written
+//!   anywhere, so whatever this node wrote can be opened again by a process with the KEK;
+//! - a keyring without a KEK seals nothing; a data directory with keys refuses to open without
+//!   the KEK they are wrapped by (its error names that KEK), and with another one;
+//! - of a scope's keys the one of the highest generation seals new data; every key opens.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sixfold_keys::{DataKey, Kek, KeyError, KeyId, NonceSource, Sealed, WrappedKey};
+use tracing::info;
+
+use crate::durable;
+use crate::error::NodeError;
+use crate::lock;
+
+const DIR: &str = "keys";
+const INCARNATION_FILE: &str = "incarnation";
+/// The scope of the node's own files (checkpoint, volume metadata).
+pub const NODE_SCOPE: &str = "";
+
+#[derive(Debug)]
+pub struct Keyring {
+    dir: PathBuf,
+    kek: Option<Kek>,
+    nonces: Arc<NonceSource>,
+    keys: RwLock<HashMap<KeyId, Arc<DataKey>>>,
+    /// Per scope, the key that seals new data and its generation.
+    current: Mutex<HashMap<String, (u32, Arc<DataKey>)>>,
+}
+
+impl Keyring {
+    /// Opens the keyring of `data_dir` with the operator's KEK (None: no encryption).
+    pub fn open(data_dir: &Path, kek: Option<Kek>) -> Result<Keyring, NodeError> {
+        let dir = data_dir.join(DIR);
+        let mut stored = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(NodeError::io("list the keyring", &dir))?;
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if !name.ends_with(".key") {
+                        continue;
+                    }
+                    let path = entry.path();
+                    let body = durable::read_checked(&path)
+                        .map_err(NodeError::io("read the data key", &path))?
+                        .unwrap_or_default();
+                    stored.push(decode_key_file(&body).map_err(|e| NodeError::Key {
+                        path: path.clone(),
+                        source: e,
+                    })?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::io("list the keyring", &dir)(e)),
+        }
+        let Some(kek) = kek else {
+            if let Some((_, first)) = stored.first() {
+                return Err(NodeError::Key {
+                    path: dir,
+                    source: KeyError::Kek(format!(
+                        "this data directory holds data sealed with keys wrapped by \
+                         key-encryption key {}; start the node with it (--key-file, SIXFOLD_KEY \
+                         or --key-command)",
+                        first.kek
+                    )),
+                });
+            }
+            return Ok(Keyring {
+                dir,
+                kek: None,
+                nonces: NonceSource::new(0),
+                keys: RwLock::new(HashMap::new()),
+                current: Mutex::new(HashMap::new()),
+            });
+        };
+        // A wrong KEK is refused before anything changes (the incarnation included).
+        if let Some((_, wrong)) = stored.iter().find(|(_, w)| &w.kek != kek.id()) {
+            return Err(NodeError::Key {
+                path: dir.join(key_file_name(wrong.key)),
+                source: KeyError::WrongKek {
+                    key: wrong.key,
+                    wrapped_by: wrong.kek.clone(),
+                    have: kek.id().clone(),
+                },
+            });
+        }
+        std::fs::create_dir_all(&dir).map_err(NodeError::io("create the keyring", &dir))?;
+        let incarnation = next_incarnation(&dir)?;
+        let nonces = NonceSource::new(incarnation);
+        let mut keys = HashMap::new();
+        let mut current: HashMap<String, (u32, Arc<DataKey>)> = HashMap::new();
+        for (generation, wrapped) in stored {
+            let key = Arc::new(wrapped.unwrap(&kek, Arc::clone(&nonces)).map_err(|e| {
+                NodeError::Key {
+                    path: dir.join(key_file_name(wrapped.key)),
+                    source: e,
+                }
+            })?);
+            keys.insert(wrapped.key, Arc::clone(&key));
+            let newer = current
+                .get(&wrapped.scope)
+                .is_none_or(|(g, _)| generation > *g);
+            if newer {
+                current.insert(wrapped.scope.clone(), (generation, key));
+            }
+        }
+        info!(
+            kek = %kek.id(),
+            data_keys = keys.len(),
+            incarnation,
+            "encryption at rest: on"
+        );
+        Ok(Keyring {
+            dir,
+            kek: Some(kek),
+            nonces,
+            keys: RwLock::new(keys),
+            current: Mutex::new(current),
+        })
+    }
+
+    /// A keyring that seals nothing and opens nothing (tests of plaintext formats).
+    pub fn plaintext() -> Arc<Keyring> {
+        Arc::new(Keyring {
+            dir: PathBuf::new(),
+            kek: None,
+            nonces: NonceSource::new(0),
+            keys: RwLock::new(HashMap::new()),
+            current: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.kek.is_some()
+    }
+
+    /// The KEK's id, when encryption is on.
+    pub fn kek_id(&self) -> Option<String> {
+        self.kek.as_ref().map(|k| k.id().to_string())
+    }
+
+    /// The key that seals new data of `scope` (made, wrapped and stored durably the first
+    /// time); `None` when encryption is off.
+    pub fn sealer(&self, scope: &str) -> Result<Option<Arc<DataKey>>, KeyError> {
+        let Some(kek) = &self.kek else {
+            return Ok(None);
+        };
+        let mut current = lock(&self.current);
+        if let Some((_, key)) = current.get(scope) {
+            return Ok(Some(Arc::clone(key)));
+        }
+        let (wrapped, key) = WrappedKey::generate(kek, scope, Arc::clone(&self.nonces))?;
+        let generation = 1;
+        durable::write_checked(
+            &self.dir,
+            &key_file_name(wrapped.key),
+            &encode_key_file(generation, &wrapped),
+        )
+        .map_err(|e| KeyError::Kek(format!("storing data key {}: {e}", wrapped.key)))?;
+        let key = Arc::new(key);
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wrapped.key, Arc::clone(&key));
+        current.insert(scope.to_owned(), (generation, Arc::clone(&key)));
+        info!(key = %wrapped.key, scope, "made a data key");
+        Ok(Some(key))
+    }
+
+    /// The key `id`, to open what it sealed.
+    pub fn key(&self, id: KeyId) -> Result<Arc<DataKey>, KeyError> {
+        if self.kek.is_none() {
+            return Err(KeyError::Kek(format!(
+                "found data sealed with data key {id}, but this node has no key-encryption key"
+            )));
+        }
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| KeyError::Kek(format!("data key {id} is not in this node's keyring")))
+    }
+
+    /// Seals `plaintext` of `scope` as a sealed box, or returns it as it is when encryption is
+    /// off.
+    pub fn seal_box(
+        &self,
+        scope: &str,
+        context: &[u8],
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>, KeyError> {
+        match self.sealer(scope)? {
+            Some(key) => key.seal(context, &plaintext),
+            None => Ok(plaintext),
+        }
+    }
+
+    /// Opens a sealed box (any key of the keyring); bytes that are no sealed box are returned
+    /// as they are (written before encryption was on, or with it off), when `plain_ok`.
+    pub fn open_box(&self, context: &[u8], bytes: Vec<u8>) -> Result<Vec<u8>, KeyError> {
+        if !Sealed::is_sealed(&bytes) {
+            return Ok(bytes);
+        }
+        let sealed = Sealed::parse(&bytes)?;
+        self.key(sealed.key)?.open(context, &sealed)
+    }
+}
+
+fn key_file_name(id: KeyId) -> String {
+    format!("{}.key", id.hex())
+}
+
+fn encode_key_file(generation: u32, wrapped: &WrappedKey) -> Vec<u8> {
+    let mut body = generation.to_le_bytes().to_vec();
+    body.extend_from_slice(&wrapped.encode());
+    body
+}
+
+fn decode_key_file(body: &[u8]) -> Result<(u32, WrappedKey), KeyError> {
+    let generation = body
+        .get(..4)
+        .map(|g| u32::from_le_bytes([g[0], g[1], g[2], g[3]]))
+        .ok_or_else(|| KeyError::Malformed("key file is cut short".into()))?;
+    Ok((generation, WrappedKey::decode(&body[4..])?))
+}
+
+/// Raises the stored incarnation by one, durably, and returns the new value.
+fn next_incarnation(dir: &Path) -> Result<u32, NodeError> {
+    let path = dir.join(INCARNATION_FILE);
+    let last = match durable::read_checked(&path)
+        .map_err(NodeError::io("read the keyring's incarnation", &path))?
+    {
+        Some(body) => u32::from_le_bytes(body.as_slice().try_into().map_err(|_| {
+            NodeError::io("read the keyring's incarnation", &path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not 4 bytes",
+            ))
+        })?),
+        None => 0,
+    };
+    let next = last.checked_add(1).ok_or_else(|| NodeError::Key {
+        path: path.clone(),
+        source: KeyError::Kek("the keyring's incarnations are used up: make new data keys".into()),
+    })?;
+    durable::write_checked(dir, INCARNATION_FILE, &next.to_le_bytes())
+        .map_err(NodeError::io("store the keyring's incarnation", &path))?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kek(hex: &str) -> Kek {
+        Kek::from_hex(hex).expect("kek")
+    }
+
+    #[test]
+    fn keys_persist_and_incarnations_rise_and_a_wrong_kek_is_named() {
+        let temp = crate::testutil::TempDir::new("keyring");
+        let hex = Kek::generate_hex().expect("hex");
+        let ring = Keyring::open(temp.path(), Some(kek(&hex))).expect("open");
+        let sealed = ring
+            .seal_box("vol", b"ctx", b"marker".to_vec())
+            .expect("seal");
+        assert_ne!(sealed, b"marker");
+        drop(ring);
+
+        let ring = Keyring::open(temp.path(), Some(kek(&hex))).expect("reopen");
+        assert_eq!(
+            ring.open_box(b"ctx", sealed.clone()).expect("open"),
+            b"marker"
+        );
+        assert_eq!(
+            durable::read_checked(&temp.path().join(DIR).join(INCARNATION_FILE))
+                .expect("read")
+                .expect("present"),
+            2u32.to_le_bytes()
+        );
+        // The scope's key is reused, not replaced.
+        let again = ring.seal_box("vol", b"ctx", b"m".to_vec()).expect("seal");
+        assert_eq!(
+            Sealed::parse(&again).unwrap().key,
+            Sealed::parse(&sealed).unwrap().key
+        );
+        drop(ring);
+
+        let err = Keyring::open(temp.path(), None).expect_err("no kek");
+        assert!(err.to_string().contains("kek-"), "{err}");
+        let other = Kek::generate_hex().expect("hex");
+        let err = Keyring::open(temp.path(), Some(kek(&other))).expect_err("wrong kek");
+        assert!(err.to_string().contains("wrapped by"), "{err}");
+    }
+}
