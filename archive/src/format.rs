@@ -87,6 +87,49 @@ pub fn decode<M: Message + Default>(kind: &[u8; 4], body: &[u8]) -> Result<M, Fo
     M::decode(raw.as_slice()).map_err(|e| FormatError::Parse(e.to_string()))
 }
 
+/// First bytes of a sealed object (encryption at rest; the node seals, see its `archive_seal`).
+pub const SEALED: &[u8; 4] = b"SXFE";
+
+/// A sealed object: `"SXFE" | clear_len u32 LE | clear | sealed`, where `clear` is what may be
+/// read without keys (a run's consistency points: an object of the same kind with no volume
+/// data; empty for page chunks) and `sealed` the sealed box of the whole plaintext object.
+pub fn sealed_envelope(clear: &[u8], sealed: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(8 + clear.len() + sealed.len());
+    out.put_slice(SEALED);
+    out.put_u32_le(clear.len() as u32);
+    out.put_slice(clear);
+    out.put_slice(sealed);
+    out.freeze()
+}
+
+/// The two parts of a sealed object ([`sealed_envelope`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SealedParts<'a> {
+    pub clear: &'a [u8],
+    pub sealed: &'a [u8],
+}
+
+/// The parts of a sealed object; `None` for a plaintext object.
+pub fn split_sealed(body: &[u8]) -> Result<Option<SealedParts<'_>>, FormatError> {
+    let Some(rest) = body.strip_prefix(SEALED) else {
+        return Ok(None);
+    };
+    let len = rest
+        .get(..4)
+        .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .ok_or(FormatError::Short(body.len()))?;
+    let clear = rest.get(4..4 + len).ok_or(FormatError::Short(body.len()))?;
+    Ok(Some(SealedParts {
+        clear,
+        sealed: &rest[4 + len..],
+    }))
+}
+
+/// What can be decoded without keys: a sealed object's clear part, or a plaintext object whole.
+pub fn clear_part(body: &[u8]) -> Result<&[u8], FormatError> {
+    Ok(split_sealed(body)?.map_or(body, |parts| parts.clear))
+}
+
 pub fn encode_run(run: &ArchiveRun) -> Bytes {
     encode(RUN, run)
 }
@@ -133,6 +176,22 @@ mod tests {
     fn round_trip() {
         let body = encode_run(&run());
         assert_eq!(decode_run(&body).unwrap(), run());
+    }
+
+    #[test]
+    fn sealed_envelopes_split_and_keep_their_clear_part_readable() {
+        let clear = encode_run(&run());
+        let body = sealed_envelope(&clear, b"opaque sealed box");
+        let parts = split_sealed(&body).unwrap().expect("sealed");
+        assert_eq!(parts.clear, &clear[..]);
+        assert_eq!(parts.sealed, b"opaque sealed box");
+        assert_eq!(decode_run(clear_part(&body).unwrap()).unwrap(), run());
+        let plain = encode_run(&run());
+        assert_eq!(split_sealed(&plain).unwrap(), None);
+        assert_eq!(clear_part(&plain).unwrap(), &plain[..]);
+        for len in 4..8 + clear.len() {
+            assert!(split_sealed(&body[..len]).is_err(), "cut to {len} accepted");
+        }
     }
 
     #[test]

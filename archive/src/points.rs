@@ -201,7 +201,13 @@ pub async fn run_marks(
 ) -> Result<Vec<(Lsn, u64)>, ObjectError> {
     let key = keys::run_key(volume, pg, run);
     let body = store.get(&key).await?;
-    let decoded = format::decode_run(&body).map_err(|e| ObjectError::Corrupt {
+    // A sealed run keeps its consistency points in the clear: no key is needed here.
+    let clear = format::clear_part(&body).map_err(|e| ObjectError::Corrupt {
+        store: store.describe(),
+        key: key.clone(),
+        why: e.to_string(),
+    })?;
+    let decoded = format::decode_run(clear).map_err(|e| ObjectError::Corrupt {
         store: store.describe(),
         key: key.clone(),
         why: e.to_string(),

@@ -47,6 +47,8 @@ use bytes::Bytes;
 use sixfold_archive::keys::{self, RunKey};
 use sixfold_archive::manifest::{BaseChunk, BaseManifest};
 use sixfold_archive::{catalog::PgCatalog, format, ObjectError, ObjectStore};
+
+use crate::archive_seal::ArchiveSealer;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{ArchiveMark, ArchivePages, ArchiveRun, NodeStatusRequest};
 use sixfold_proto::{Lsn, PG_PAGES};
@@ -106,6 +108,7 @@ pub struct ArchiveConfig {
 /// not answer) holds up no other PG.
 pub async fn run(store: Store, config: ArchiveConfig, own_address: String, security: Security) {
     let ctx = Arc::new(Ctx {
+        sealer: ArchiveSealer::new(store.keys()),
         store,
         security,
         config,
@@ -196,6 +199,8 @@ struct Ctx {
     /// What this node knows of its peers' ability to archive (pinged at most every
     /// [`PEER_PING_EVERY`], whichever PG asks).
     peers: Mutex<HashMap<String, PeerState>>,
+    /// Seals the objects that hold volume data (encryption at rest).
+    sealer: ArchiveSealer,
 }
 
 /// One PG's archiving on this node.
@@ -535,12 +540,29 @@ impl PgArchiver {
             time_us,
         };
         let records = run.records.len();
-        // Compression off the runtime thread: the node serves requests on one thread.
-        let body = tokio::task::spawn_blocking(move || format::encode_run(&run))
-            .await
-            .map_err(|e| failed("encode a run of", e.to_string()))?;
-        let bytes = body.len() as u64;
+        // Compression off the runtime thread: the node serves requests on one thread. The
+        // marks alone (no records) are what a sealed run keeps in the clear.
+        let (clear, body) = tokio::task::spawn_blocking(move || {
+            let marks_only = ArchiveRun {
+                volume: run.volume.clone(),
+                pg: run.pg,
+                start: run.start,
+                end: run.end,
+                marks: run.marks.clone(),
+                records: Vec::new(),
+            };
+            (format::encode_run(&marks_only), format::encode_run(&run))
+        })
+        .await
+        .map_err(|e| failed("encode a run of", e.to_string()))?;
         let object = keys::run_key(&key.volume, key.pg, &run_key);
+        let body = self
+            .ctx
+            .sealer
+            .seal(&self.ctx.config.objects, &key.volume, &object, clear, body)
+            .await
+            .map_err(|e| failed("seal a run of", e))?;
+        let bytes = body.len() as u64;
         self.ctx.config.objects.put(&object, body).await?;
         self.ctx.store.count_archived(bytes);
         self.put_head(key, end).await?;
@@ -622,8 +644,20 @@ impl PgArchiver {
                 let body = tokio::task::spawn_blocking(move || format::encode_pages(&pages))
                     .await
                     .map_err(|e| failed(e.to_string()))?;
-                let bytes = body.len() as u64;
                 let object = keys::base_chunk_key(&key.volume, key.pg, lsn, index);
+                let body = self
+                    .ctx
+                    .sealer
+                    .seal(
+                        &self.ctx.config.objects,
+                        &key.volume,
+                        &object,
+                        Bytes::new(),
+                        body,
+                    )
+                    .await
+                    .map_err(failed)?;
+                let bytes = body.len() as u64;
                 self.ctx.config.objects.put(&object, body).await?;
                 self.ctx.store.count_archived(bytes);
                 pages_total += images.len() as u64;

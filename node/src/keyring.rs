@@ -36,6 +36,8 @@ pub struct Keyring {
     kek: Option<Kek>,
     nonces: Arc<NonceSource>,
     keys: RwLock<HashMap<KeyId, Arc<DataKey>>>,
+    /// This node's keys as stored (wrapped), to publish beside archived objects.
+    wrapped: RwLock<HashMap<KeyId, WrappedKey>>,
     /// Per scope, the key that seals new data and its generation.
     current: Mutex<HashMap<String, (u32, Arc<DataKey>)>>,
 }
@@ -84,6 +86,7 @@ impl Keyring {
                 kek: None,
                 nonces: NonceSource::new(0),
                 keys: RwLock::new(HashMap::new()),
+                wrapped: RwLock::new(HashMap::new()),
                 current: Mutex::new(HashMap::new()),
             });
         };
@@ -102,6 +105,7 @@ impl Keyring {
         let incarnation = next_incarnation(&dir)?;
         let nonces = NonceSource::new(incarnation);
         let mut keys = HashMap::new();
+        let mut wrapped_keys = HashMap::new();
         let mut current: HashMap<String, (u32, Arc<DataKey>)> = HashMap::new();
         for (generation, wrapped) in stored {
             let key = Arc::new(wrapped.unwrap(&kek, Arc::clone(&nonces)).map_err(|e| {
@@ -117,6 +121,7 @@ impl Keyring {
             if newer {
                 current.insert(wrapped.scope.clone(), (generation, key));
             }
+            wrapped_keys.insert(wrapped.key, wrapped);
         }
         info!(
             kek = %kek.id(),
@@ -129,6 +134,7 @@ impl Keyring {
             kek: Some(kek),
             nonces,
             keys: RwLock::new(keys),
+            wrapped: RwLock::new(wrapped_keys),
             current: Mutex::new(current),
         })
     }
@@ -140,6 +146,7 @@ impl Keyring {
             kek: None,
             nonces: NonceSource::new(0),
             keys: RwLock::new(HashMap::new()),
+            wrapped: RwLock::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
         })
     }
@@ -176,6 +183,10 @@ impl Keyring {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(wrapped.key, Arc::clone(&key));
+        self.wrapped
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wrapped.key, wrapped.clone());
         current.insert(scope.to_owned(), (generation, Arc::clone(&key)));
         info!(key = %wrapped.key, scope, "made a data key");
         Ok(Some(key))
@@ -194,6 +205,42 @@ impl Keyring {
             .get(&id)
             .cloned()
             .ok_or_else(|| KeyError::Kek(format!("data key {id} is not in this node's keyring")))
+    }
+
+    /// Key `id` as stored (wrapped), if it is one of this node's.
+    pub fn wrapped(&self, id: KeyId) -> Option<WrappedKey> {
+        self.wrapped
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Takes another node's data key (read from the object store beside what it sealed) to open
+    /// with; kept in memory only, never used to seal. Refused, naming both, when it is wrapped by
+    /// another KEK than this node's.
+    pub fn adopt(&self, wrapped: &WrappedKey) -> Result<Arc<DataKey>, KeyError> {
+        if let Some(key) = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&wrapped.key)
+        {
+            return Ok(Arc::clone(key));
+        }
+        let Some(kek) = &self.kek else {
+            return Err(KeyError::Kek(format!(
+                "found data sealed with data key {} (wrapped by key-encryption key {}), but this \
+                 node has no key-encryption key",
+                wrapped.key, wrapped.kek
+            )));
+        };
+        let key = Arc::new(wrapped.unwrap(kek, Arc::clone(&self.nonces))?);
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wrapped.key, Arc::clone(&key));
+        Ok(key)
     }
 
     /// Seals `plaintext` of `scope` as a sealed box, or returns it as it is when encryption is

@@ -26,6 +26,7 @@
 
 mod access;
 mod appender;
+mod archive_seal;
 mod archiver;
 pub mod bandwidth;
 mod checkpoint;

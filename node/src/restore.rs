@@ -25,6 +25,7 @@ use sixfold_proto::{Lsn, PgId};
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::archive_seal;
 use crate::error::StoreError;
 use crate::index::SegmentKey;
 use crate::pagestore::PageImage;
@@ -176,7 +177,9 @@ async fn restore(
     for run in &job.runs {
         let object = keys::run_key(source.0, source.1, run);
         let body = objects.get(&object).await.map_err(|e| e.to_string())?;
-        let decoded = decode(body.clone(), format::decode_run)
+        let fetched = body.len() as u64;
+        let body = archive_seal::open(&store.keys(), objects, source.0, &object, body).await?;
+        let decoded = decode(body, format::decode_run)
             .await
             .map_err(|e| format!("object {object}: {e}"))?;
         if decoded.volume != *source.0
@@ -217,7 +220,7 @@ async fn restore(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        reporter.add(body.len() as u64).await;
+        reporter.add(fetched).await;
     }
     if last_applied > at {
         store
@@ -264,7 +267,9 @@ async fn restore_base(
     for chunk in &manifest.chunks {
         let object = keys::base_chunk_key(volume, pg, base, chunk.index);
         let body = objects.get(&object).await.map_err(|e| e.to_string())?;
-        let decoded = decode(body.clone(), format::decode_pages)
+        let fetched = body.len() as u64;
+        let body = archive_seal::open(&store.keys(), objects, volume, &object, body).await?;
+        let decoded = decode(body, format::decode_pages)
             .await
             .map_err(|e| format!("object {object}: {e}"))?;
         if decoded.pages.len() as u64 != chunk.pages {
@@ -286,7 +291,7 @@ async fn restore_base(
             .store_hydrated_pages(key, images)
             .await
             .map_err(|e| e.to_string())?;
-        reporter.add(body.len() as u64).await;
+        reporter.add(fetched).await;
     }
     store
         .finish_hydration(key, base)

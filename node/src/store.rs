@@ -1129,6 +1129,11 @@ impl Store {
     }
 
     /// This node's stable id.
+    /// The keyring everything this node writes is sealed with.
+    pub fn keys(&self) -> Arc<Keyring> {
+        Arc::clone(&self.shared.keys)
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.shared.node_id
     }

@@ -1,0 +1,137 @@
+//! Archived objects under encryption at rest: the archiver seals the objects that hold volume
+//! data (runs of records, base-image chunks) with this node's data key of the volume, and
+//! restore opens them on any node with the same key-encryption key.
+//!
+//! ```text
+//! sealed object = "SXFE" | clear_len u32 | clear | sealed box of the plaintext object
+//!                 (sixfold_archive::format::sealed_envelope; the box's context is the object's key)
+//! VOLUME/keys/ID.key = the data key ID, wrapped (sixfold_keys::WrappedKey)
+//! ```
+//!
+//! `clear` is what the admin's commands read without a key: a run's consistency points (the
+//! run with its records left out), so that `snapshot` and `restore --to-time` need no key;
+//! nothing for page chunks.
+//!
+//! Invariants: a data key's wrapped form is in the object store before the first object sealed
+//! with it (so whatever is archived can be opened by a process with the KEK, even after this
+//! node is gone); an object opens only under the key it was put at (its key is authenticated),
+//! so objects cannot be swapped or replayed to other places. Heads, base manifests and
+//! snapshot manifests hold LSNs, times and counts, no volume data, and stay in the clear.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sixfold_archive::{format, ObjectStore};
+use sixfold_keys::{KeyId, Sealed, WrappedKey};
+
+use crate::keyring::Keyring;
+use crate::lock;
+
+/// Where a volume's data key `id` is published in the object store.
+pub fn data_key_object(volume: &str, id: KeyId) -> String {
+    format!("{volume}/keys/{}.key", id.hex())
+}
+
+/// Seals archive objects; remembers which data keys it has published in this process.
+#[derive(Debug)]
+pub struct ArchiveSealer {
+    keys: Arc<Keyring>,
+    published: Mutex<HashSet<(String, KeyId)>>,
+}
+
+impl ArchiveSealer {
+    pub fn new(keys: Arc<Keyring>) -> ArchiveSealer {
+        ArchiveSealer {
+            keys,
+            published: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Seals `body` (to be put at `object`, of `volume`) when encryption is on, with `clear` in
+    /// the clear beside it, publishing the data key first; returns `body` unchanged when off.
+    /// Sealing runs off the runtime thread.
+    pub async fn seal(
+        &self,
+        objects: &ObjectStore,
+        volume: &str,
+        object: &str,
+        clear: Bytes,
+        body: Bytes,
+    ) -> Result<Bytes, String> {
+        let Some(key) = self.keys.sealer(volume).map_err(|e| e.to_string())? else {
+            return Ok(body);
+        };
+        let published = (volume.to_owned(), key.id());
+        if !lock(&self.published).contains(&published) {
+            let wrapped = self
+                .keys
+                .wrapped(key.id())
+                .ok_or_else(|| format!("data key {} is not in the keyring", key.id()))?;
+            objects
+                .put(
+                    &data_key_object(volume, key.id()),
+                    Bytes::from(wrapped.encode()),
+                )
+                .await
+                .map_err(|e| format!("publish data key {}: {e}", key.id()))?;
+            lock(&self.published).insert(published);
+        }
+        let context = object.as_bytes().to_vec();
+        tokio::task::spawn_blocking(move || {
+            let sealed = key.seal(&context, &body).map_err(|e| e.to_string())?;
+            Ok(format::sealed_envelope(&clear, &sealed))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+/// Opens an object fetched from `object` of `volume`'s archive: a plaintext one as it is, a
+/// sealed one with its data key (this node's, or fetched from the store and unwrapped with this
+/// node's KEK). A wrong or missing KEK is an error that names the key the object needs.
+pub async fn open(
+    keys: &Arc<Keyring>,
+    objects: &ObjectStore,
+    volume: &str,
+    object: &str,
+    body: Bytes,
+) -> Result<Bytes, String> {
+    let id = match format::split_sealed(&body).map_err(|e| format!("object {object}: {e}"))? {
+        None => return Ok(body),
+        Some(parts) => {
+            Sealed::parse(parts.sealed)
+                .map_err(|e| format!("object {object}: {e}"))?
+                .key
+        }
+    };
+    let key = match keys.key(id) {
+        Ok(key) => key,
+        Err(_) => {
+            let published = data_key_object(volume, id);
+            let bytes = objects
+                .get(&published)
+                .await
+                .map_err(|e| format!("object {object} needs data key {id}: {e}"))?;
+            let wrapped = WrappedKey::decode(&bytes).map_err(|e| format!("{published}: {e}"))?;
+            if wrapped.key != id {
+                return Err(format!("{published} holds data key {}", wrapped.key));
+            }
+            keys.adopt(&wrapped)
+                .map_err(|e| format!("object {object}: {e}"))?
+        }
+    };
+    let context = object.as_bytes().to_vec();
+    tokio::task::spawn_blocking(move || {
+        let parts = format::split_sealed(&body)
+            .map_err(|e| e.to_string())?
+            .ok_or("not sealed")?;
+        let sealed = Sealed::parse(parts.sealed).map_err(|e| e.to_string())?;
+        key.open(&context, &sealed)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("object {object}: {e}"))
+}
