@@ -333,7 +333,9 @@ impl Volume {
         let mut attempts = Vec::new();
         loop {
             // The read point and the segments to try, best first.
-            let (read_lsn, required_scl, candidates) = {
+            // With the PG's truncations: a segment that missed a recovery refuses (it may hold
+            // records that recovery dropped) and the next candidate serves.
+            let (read_lsn, required_scl, candidates, truncations) = {
                 let state = shared.lock();
                 let Some(chain) = state.ledger.pg(pg) else {
                     // Never allocated: never written.
@@ -370,7 +372,12 @@ impl Volume {
                     })
                     .collect();
                 candidates.sort();
-                (read_lsn, required_scl, candidates)
+                (
+                    read_lsn,
+                    required_scl,
+                    candidates,
+                    queue.truncations.clone(),
+                )
             };
             for (_, _, _, _, addr) in candidates {
                 let request = ReadPageRequest {
@@ -381,6 +388,8 @@ impl Volume {
                     page: page.0,
                     read_lsn: read_lsn.0,
                     required_scl: required_scl.0,
+                    epoch: shared.epoch.0,
+                    truncations: truncations.clone(),
                 };
                 let result = match shared.clients.get(&addr) {
                     Err(error) => Err(error),

@@ -33,6 +33,16 @@ pub fn data_key_object(volume: &str, id: KeyId) -> String {
     format!("{volume}/keys/{}.key", id.hex())
 }
 
+/// What a sealed object's box authenticates: the object's key (no object opens at another
+/// place) and its clear part (consistency points changed in the clear make it fail to open).
+fn context(object: &str, clear: &[u8]) -> Vec<u8> {
+    let mut context = Vec::with_capacity(object.len() + clear.len() + 4);
+    context.extend_from_slice(&(object.len() as u32).to_le_bytes());
+    context.extend_from_slice(object.as_bytes());
+    context.extend_from_slice(clear);
+    context
+}
+
 /// Seals archive objects; remembers which data keys it has published in this process.
 #[derive(Debug)]
 pub struct ArchiveSealer {
@@ -59,7 +69,15 @@ impl ArchiveSealer {
         clear: Bytes,
         body: Bytes,
     ) -> Result<Bytes, String> {
-        let Some(key) = self.keys.sealer(volume).map_err(|e| e.to_string())? else {
+        // Making a volume's first key writes a file (and may run a KMS command): off the
+        // runtime thread.
+        let keys = Arc::clone(&self.keys);
+        let scope = volume.to_owned();
+        let sealer = tokio::task::spawn_blocking(move || keys.sealer(&scope))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(key) = sealer else {
             return Ok(body);
         };
         let published = (volume.to_owned(), key.id());
@@ -77,7 +95,7 @@ impl ArchiveSealer {
                 .map_err(|e| format!("publish data key {}: {e}", key.id()))?;
             lock(&self.published).insert(published);
         }
-        let context = object.as_bytes().to_vec();
+        let context = context(object, &clear);
         tokio::task::spawn_blocking(move || {
             let sealed = key.seal(&context, &body).map_err(|e| e.to_string())?;
             Ok(format::sealed_envelope(&clear, &sealed))
@@ -117,17 +135,20 @@ pub async fn open(
             if wrapped.key != id {
                 return Err(format!("{published} holds data key {}", wrapped.key));
             }
-            keys.adopt(&wrapped)
+            let keys = Arc::clone(keys);
+            tokio::task::spawn_blocking(move || keys.adopt(&wrapped))
+                .await
+                .map_err(|e| e.to_string())?
                 .map_err(|e| format!("object {object}: {e}"))?
         }
     };
-    let context = object.as_bytes().to_vec();
+    let object_key = object.to_owned();
     tokio::task::spawn_blocking(move || {
         let parts = format::split_sealed(&body)
             .map_err(|e| e.to_string())?
             .ok_or("not sealed")?;
         let sealed = Sealed::parse(parts.sealed).map_err(|e| e.to_string())?;
-        key.open(&context, &sealed)
+        key.open(&context(&object_key, parts.clear), &sealed)
             .map(Bytes::from)
             .map_err(|e| e.to_string())
     })

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use prost::Message as _;
 use sixfold_proto::wire::{RefusalDetail, RefusalReason};
 use sixfold_proto::{Epoch, Lsn, PgId};
+
+use crate::segment::Truncation;
 use thiserror::Error;
 
 /// Why the node could not start or stopped serving.
@@ -59,6 +61,16 @@ pub enum StoreError {
         pg: u32,
         scl: u64,
         required: u64,
+    },
+    #[error(
+        "segment {volume}/PG {pg}: missed the recovery of epoch {epoch} (truncation after LSN \
+         {after}): it cannot serve reads until it learns it (another segment can)"
+    )]
+    HistoryBehind {
+        volume: String,
+        pg: u32,
+        epoch: u64,
+        after: u64,
     },
     #[error("segment {volume}/PG {pg}: corrupt data on disk (at LSN {lsn}): {detail}")]
     Corrupt {
@@ -167,6 +179,17 @@ impl StoreError {
                 scl: *scl,
                 required: *required,
             },
+            StoreError::HistoryBehind {
+                volume,
+                pg,
+                epoch,
+                after,
+            } => StoreError::HistoryBehind {
+                volume: volume.clone(),
+                pg: *pg,
+                epoch: *epoch,
+                after: *after,
+            },
             StoreError::Corrupt {
                 volume,
                 pg,
@@ -220,6 +243,15 @@ impl StoreError {
         }
     }
 
+    pub fn history_behind(volume: &str, pg: PgId, missing: Truncation) -> StoreError {
+        StoreError::HistoryBehind {
+            volume: volume.to_string(),
+            pg: pg.0,
+            epoch: missing.epoch.0,
+            after: missing.after.0,
+        }
+    }
+
     /// The gRPC status a client sees.
     /// The gRPC status of a refusal: a code, the message for people, and the structured reason
     /// ([`RefusalDetail`]) in the status's details, which is what callers decide by.
@@ -230,7 +262,9 @@ impl StoreError {
                 (Code::InvalidArgument, RefusalReason::RefusalInvalidArgument)
             }
             StoreError::Fenced { .. } => (Code::FailedPrecondition, RefusalReason::RefusalFenced),
-            StoreError::Behind { .. } => (Code::FailedPrecondition, RefusalReason::RefusalBehind),
+            StoreError::Behind { .. } | StoreError::HistoryBehind { .. } => {
+                (Code::FailedPrecondition, RefusalReason::RefusalBehind)
+            }
             StoreError::Folded { .. } => (Code::FailedPrecondition, RefusalReason::RefusalFolded),
             StoreError::Conflict(_) => (Code::FailedPrecondition, RefusalReason::RefusalConflict),
             StoreError::StaleMembership { .. } => (

@@ -114,6 +114,12 @@ pub fn seal(encoded: &Encoded, keys: &Keyring) -> Result<Option<Encoded>, KeyErr
         return Ok(None);
     };
     let sealed = key.seal(FRAME_CONTEXT, payload)?;
+    if sealed.len() > FRAME_PAYLOAD_MAX {
+        return Err(KeyError::Malformed(format!(
+            "sealed frame payload of {} bytes (at most {FRAME_PAYLOAD_MAX})",
+            sealed.len()
+        )));
+    }
     let mut bytes = Vec::with_capacity(FRAME_HEADER_BYTES + sealed.len());
     bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(&sealed).to_le_bytes());

@@ -117,6 +117,16 @@ impl Gossip {
     async fn repair_pages(&mut self) {
         for (key, page, point, peers) in self.store.take_repairs(REPAIRS_PER_ROUND_MAX) {
             let mut repaired = false;
+            let history: Vec<sixfold_proto::wire::Truncation> = self
+                .store
+                .segment_state(&key)
+                .truncations
+                .iter()
+                .map(|t| sixfold_proto::wire::Truncation {
+                    epoch: t.epoch.0,
+                    truncate_after: t.after.0,
+                })
+                .collect();
             for peer in &peers {
                 if self.own_addresses.contains(peer) {
                     continue;
@@ -132,6 +142,9 @@ impl Gossip {
                     page: page.0,
                     read_lsn: point.0,
                     required_scl: point.0,
+                    epoch: 0,
+                    // A peer that missed a recovery this segment applied serves no repair.
+                    truncations: history.clone(),
                 };
                 let data = match tokio::time::timeout(REQUEST_TIMEOUT, client.read_page(request))
                     .await

@@ -624,8 +624,14 @@ enum FrameProblem {
 /// The offset of the first intact frame at or after `from`, if any.
 fn next_intact_frame(bytes: &[u8], from: usize, keys: &Keyring) -> Option<usize> {
     let end = data_end(bytes, from.min(bytes.len())) as usize;
+    // An intact frame that does not open counts as found: replay then stops on it instead of
+    // taking everything before it for a torn tail.
     (from..end).find(|&offset| {
-        frame::plausible_start(&bytes[offset..]) && intact_frame(&bytes[offset..], keys).is_ok()
+        frame::plausible_start(&bytes[offset..])
+            && !matches!(
+                intact_frame(&bytes[offset..], keys),
+                Err(FrameProblem::Bad(_))
+            )
     })
 }
 

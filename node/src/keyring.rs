@@ -101,7 +101,23 @@ impl Keyring {
                 },
             });
         }
-        std::fs::create_dir_all(&dir).map_err(NodeError::io("create the keyring", &dir))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(NodeError::io("create the keyring", &dir))?;
+            crate::hotlog::sync_dir(data_dir).map_err(NodeError::io("sync", data_dir))?;
+        }
+        if !stored.is_empty() && !dir.join(INCARNATION_FILE).exists() {
+            // Its keys sealed with nonces of incarnations it no longer knows: starting over at 1
+            // could repeat one.
+            return Err(NodeError::Key {
+                path: dir.join(INCARNATION_FILE),
+                source: KeyError::Kek(
+                    "the keyring has data keys but lost its incarnation file; restore the file \
+                     from a backup of this directory, or wipe the node's data directory and let \
+                     repair copy its segments back"
+                        .into(),
+                ),
+            });
+        }
         let incarnation = next_incarnation(&dir)?;
         let nonces = NonceSource::new(incarnation);
         let mut keys = HashMap::new();
@@ -177,7 +193,13 @@ impl Keyring {
             &key_file_name(wrapped.key),
             &encode_key_file(generation, &wrapped),
         )
-        .map_err(|e| KeyError::Kek(format!("storing data key {}: {e}", wrapped.key)))?;
+        .map_err(|e| {
+            KeyError::Malformed(format!(
+                "cannot store new data key {} in {}: {e}",
+                wrapped.key,
+                self.dir.display()
+            ))
+        })?;
         let key = Arc::new(key);
         self.keys
             .write()
@@ -204,7 +226,14 @@ impl Keyring {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
-            .ok_or_else(|| KeyError::Kek(format!("data key {id} is not in this node's keyring")))
+            .ok_or_else(|| {
+                KeyError::Kek(format!(
+                    "data key {id} is not in this node's keyring: its file keys/{}.key is missing \
+                     (restore it from a backup of the data directory, or from VOLUME/keys/ in \
+                     the backup store)",
+                    id.hex()
+                ))
+            })
     }
 
     /// Key `id` as stored (wrapped), if it is one of this node's.
@@ -258,7 +287,7 @@ impl Keyring {
     }
 
     /// Opens a sealed box (any key of the keyring); bytes that are no sealed box are returned
-    /// as they are (written before encryption was on, or with it off), when `plain_ok`.
+    /// as they are (written before encryption was on, or with it off).
     pub fn open_box(&self, context: &[u8], bytes: Vec<u8>) -> Result<Vec<u8>, KeyError> {
         if !Sealed::is_sealed(&bytes) {
             return Ok(bytes);
@@ -302,7 +331,11 @@ fn next_incarnation(dir: &Path) -> Result<u32, NodeError> {
     };
     let next = last.checked_add(1).ok_or_else(|| NodeError::Key {
         path: path.clone(),
-        source: KeyError::Kek("the keyring's incarnations are used up: make new data keys".into()),
+        source: KeyError::Kek(
+            "the keyring's incarnations are used up: wipe the node's data directory and let \
+             repair copy its segments back (with new keys)"
+                .into(),
+        ),
     })?;
     durable::write_checked(dir, INCARNATION_FILE, &next.to_le_bytes())
         .map_err(NodeError::io("store the keyring's incarnation", &path))?;

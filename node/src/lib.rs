@@ -30,6 +30,7 @@ mod archive_seal;
 mod archiver;
 pub mod bandwidth;
 mod checkpoint;
+mod dirlock;
 mod durable;
 pub mod error;
 mod folder;

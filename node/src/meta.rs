@@ -81,7 +81,11 @@ impl MetaStore {
                 continue;
             };
             let bytes = std::fs::read(&path).map_err(io_error("read metadata file", &path))?;
-            match decode(&bytes, stem, &keys) {
+            let decoded = decode(&bytes, stem, &keys).map_err(|source| NodeError::Key {
+                path: path.clone(),
+                source,
+            })?;
+            match decoded {
                 Some(meta)
                     if file_stem(&meta.name) == stem
                         && request::volume_name(&meta.name).is_ok() =>
@@ -215,16 +219,19 @@ fn context(stem: &str) -> Vec<u8> {
     format!("sixfold volume metadata {stem}").into_bytes()
 }
 
-fn decode(bytes: &[u8], stem: &str, keys: &Keyring) -> Option<VolumeMeta> {
-    let body = crate::durable::decode_checked(bytes)?;
-    let body = match keys.open_box(&context(stem), body.to_vec()) {
-        Ok(body) => body,
-        Err(e) => {
-            error!("metadata file {stem}{SUFFIX} does not open: {e}");
-            return None;
-        }
+/// The metadata in a file's bytes; `Ok(None)` when they are damaged (crc or format); an error
+/// when they are intact but do not open with this node's keys (never taken for damage: the file
+/// would then be ignored and overwritten).
+fn decode(
+    bytes: &[u8],
+    stem: &str,
+    keys: &Keyring,
+) -> Result<Option<VolumeMeta>, sixfold_keys::KeyError> {
+    let Some(body) = crate::durable::decode_checked(bytes) else {
+        return Ok(None);
     };
-    VolumeMeta::decode(body.as_slice()).ok()
+    let body = keys.open_box(&context(stem), body.to_vec())?;
+    Ok(VolumeMeta::decode(body.as_slice()).ok())
 }
 
 #[cfg(test)]

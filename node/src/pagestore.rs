@@ -4,7 +4,7 @@
 //! Files, in `data_dir/pages/<volume>/pg-<N>/`:
 //! - `pages.dat`: page slot `i` (the i-th page of the PG) at byte `i * PAGE_SIZE`; sparse, so an
 //!   unwritten page costs nothing;
-//! - `pages.meta`: [`META_BYTES`] per slot: the LSN of the newest record folded into the page and
+//! - `pages.slots`: [`META_BYTES`] per slot: the LSN of the newest record folded into the page and
 //!   a crc32c over page bytes as stored, LSN and page id; an all-zero entry means "never written"
 //!   (zeros). `lsn u64 | crc u32 | magic u32 | key id [16] | nonce [12] | tag [16] | 0 u32`;
 //! - `fold.journal`: the page images of the newest fold, checksummed (a double-write buffer).
@@ -45,6 +45,10 @@ use crate::keyring::Keyring;
 use crate::pagewrite::{SlotWriter, RUN_PAGES_MAX};
 
 const META_BYTES: u64 = 64;
+/// The slots' meta entries. (`pages.meta`, 16 bytes per slot, was the layout before
+/// encryption at rest; a store that still has one is refused at open, never misread.)
+const META_FILE: &str = "pages.slots";
+const OLD_META_FILE: &str = "pages.meta";
 const META_MAGIC: u32 = 0x5346_5047; // "SFPG"
 const META_MAGIC_SEALED: u32 = 0x5346_5045; // "SFPE"
 const JOURNAL_SEALED_MAGIC: &[u8; 4] = b"SFJS";
@@ -178,9 +182,20 @@ impl PageStore {
         keys: Arc<Keyring>,
     ) -> io::Result<(PageStore, Option<Lsn>)> {
         std::fs::create_dir_all(dir)?;
+        if dir.join(OLD_META_FILE).exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} holds a page store of an older format ({OLD_META_FILE}); this version \
+                     cannot read it: wipe the node's data directory and let repair copy its \
+                     segments back from their peers",
+                    dir.display()
+                ),
+            ));
+        }
         let files = Files {
             data: open_rw(&dir.join("pages.dat"))?,
-            meta: open_rw(&dir.join("pages.meta"))?,
+            meta: open_rw(&dir.join(META_FILE))?,
             writer: SlotWriter::open(&dir.join("pages.dat")),
         };
         if let Some(parent) = dir.parent() {
@@ -517,7 +532,7 @@ impl PageStore {
     /// Bytes the store's files occupy on disk (sparse files count only what is allocated).
     pub fn disk_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        ["pages.dat", "pages.meta", "fold.journal"]
+        ["pages.dat", META_FILE, "fold.journal"]
             .iter()
             .filter_map(|name| std::fs::metadata(self.dir.join(name)).ok())
             .map(|m| m.blocks() * 512)
@@ -697,7 +712,7 @@ mod tests {
         // Read without the redo: the checksum catches it.
         let files = Files {
             data: open_rw(&dir.join("pages.dat")).expect("data"),
-            meta: open_rw(&dir.join("pages.meta")).expect("meta"),
+            meta: open_rw(&dir.join(META_FILE)).expect("meta"),
             writer: SlotWriter::open(&dir.join("pages.dat")),
         };
         let raw = PageStore {

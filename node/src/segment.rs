@@ -163,6 +163,16 @@ impl Segment {
         &self.truncations
     }
 
+    /// The first of `history` (a reader's view of the PG's truncations) this segment has not
+    /// applied: while there is one, the segment may hold records that truncation dropped, and
+    /// must not serve reads to that reader.
+    pub fn missing_truncation(&self, history: &[Truncation]) -> Option<Truncation> {
+        history
+            .iter()
+            .find(|t| !self.truncations.iter().any(|own| own.implies(t)))
+            .copied()
+    }
+
     /// Oldest hot-log file holding one of this segment's records.
     pub fn oldest_log_file(&self) -> Option<u32> {
         self.records.values().map(|m| m.location.file).min()

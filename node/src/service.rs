@@ -211,9 +211,24 @@ impl StorageNode for Service {
         let key =
             request::segment_key(request.segment.as_ref()).map_err(|e| status("ReadPage", e))?;
         let page = page_in_pg(key.pg, request.page).map_err(|e| status("ReadPage", e))?;
+        let history = request::truncations(&request.truncations)
+            .and_then(|list| {
+                // A reader's history is never newer than its epoch (when it names one).
+                if request.epoch > 0 {
+                    request::history_not_newer(&list, Epoch(request.epoch))?;
+                }
+                Ok(list)
+            })
+            .map_err(|e| status("ReadPage", e))?;
         let (data, scl) = self
             .store
-            .read_page(&key, page, Lsn(request.read_lsn), Lsn(request.required_scl))
+            .read_page_for(
+                &key,
+                page,
+                Lsn(request.read_lsn),
+                Lsn(request.required_scl),
+                &history,
+            )
             .await
             .map_err(|e| status("ReadPage", e))?;
         Ok(Response::new(ReadPageResponse {

@@ -211,6 +211,9 @@ pub struct Store {
     append_budget: Arc<Semaphore>,
     appender: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     folder: Arc<Mutex<Option<folder::Folder>>>,
+    /// This process's hold on the data directory: released by [`Store::close`], once nothing
+    /// writes any more (or when the process exits).
+    dir_lock: Arc<Mutex<Option<crate::dirlock::DirLock>>>,
 }
 
 fn apply_frame(index: &mut Index, frame: Frame, location: Location) {
@@ -263,6 +266,7 @@ impl Store {
             path: data_dir.to_owned(),
             source,
         })?;
+        let dir_lock = crate::dirlock::lock(data_dir)?;
         let keys = Arc::new(Keyring::open(data_dir, kek)?);
         let node_id = crate::identity::load_or_create(data_dir)?;
         let node_list = NodeListStore::open(data_dir)?;
@@ -365,6 +369,7 @@ impl Store {
             append_budget: Arc::new(Semaphore::new(APPEND_QUEUE_KIB_MAX)),
             appender: Arc::new(Mutex::new(Some(handle))),
             folder: Arc::new(Mutex::new(Some(folder))),
+            dir_lock: Arc::new(Mutex::new(Some(dir_lock))),
         };
         Ok((store, stats))
     }
@@ -717,6 +722,7 @@ impl Store {
     }
 
     /// The page as of `read_lsn`, if the segment's SCL is at least `required_scl`; and the SCL.
+    #[cfg(test)]
     pub async fn read_page(
         &self,
         key: &SegmentKey,
@@ -724,10 +730,28 @@ impl Store {
         read_lsn: Lsn,
         required_scl: Lsn,
     ) -> Result<(Vec<u8>, Lsn), StoreError> {
+        self.read_page_for(key, page, read_lsn, required_scl, &[])
+            .await
+    }
+
+    /// [`Store::read_page`] for a reader that knows the PG's truncations `history`: refused
+    /// while the segment has not applied one of them (it missed a recovery; a record it still
+    /// holds above that truncation is no longer part of the PG).
+    pub async fn read_page_for(
+        &self,
+        key: &SegmentKey,
+        page: PageId,
+        read_lsn: Lsn,
+        required_scl: Lsn,
+        history: &[Truncation],
+    ) -> Result<(Vec<u8>, Lsn), StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.read_page_once(key, page, read_lsn, required_scl).await {
+            match self
+                .read_page_once(key, page, read_lsn, required_scl, history)
+                .await
+            {
                 // A fold and hot-log GC ran between planning and reading: plan again (the
                 // page store now holds what the deleted file did).
                 Err(StoreError::Io { source, .. })
@@ -743,12 +767,16 @@ impl Store {
         page: PageId,
         read_lsn: Lsn,
         required_scl: Lsn,
+        history: &[Truncation],
     ) -> Result<(Vec<u8>, Lsn), StoreError> {
         let (plan, scl, folded) = {
             let index = lock(&self.shared.index);
             let segment = index
                 .segment(key)
                 .ok_or_else(|| StoreError::not_hosted(&key.volume, key.pg))?;
+            if let Some(missing) = segment.missing_truncation(history) {
+                return Err(StoreError::history_behind(&key.volume, key.pg, missing));
+            }
             if segment.scl() < required_scl {
                 return Err(StoreError::behind(
                     &key.volume,
@@ -1128,12 +1156,12 @@ impl Store {
         summarize(&index, key)
     }
 
-    /// This node's stable id.
     /// The keyring everything this node writes is sealed with.
     pub fn keys(&self) -> Arc<Keyring> {
         Arc::clone(&self.shared.keys)
     }
 
+    /// This node's stable id.
     pub fn node_id(&self) -> NodeId {
         self.shared.node_id
     }
@@ -1243,6 +1271,7 @@ impl Store {
                 error!("the appender thread panicked");
             }
         }
+        lock(&self.dir_lock).take();
     }
 }
 

@@ -12,6 +12,7 @@ use crate::appender::Source;
 use crate::error::StoreError;
 use crate::index::SegmentKey;
 use crate::request::prepare_records;
+use crate::segment::Truncation;
 use crate::store::Store;
 use crate::testutil::{full, partial, TempDir};
 
@@ -721,5 +722,42 @@ async fn writer_appends_wait_while_the_hot_log_is_over_its_limit() {
         Lsn(40)
     );
     assert!(started.elapsed() < Duration::from_secs(1));
+    store.close().await;
+}
+
+/// Issue 16, defensive reads: a segment that missed a recovery still holds the records that
+/// recovery truncated; a reader that names the truncation is refused (it reads elsewhere) instead
+/// of being served a record that is no longer part of the PG. Fails with a read path that ignores
+/// the reader's history (it serves record 6 of epoch 1).
+#[tokio::test]
+async fn a_segment_that_missed_a_recovery_serves_no_read_of_a_reader_that_knows_it() {
+    let temp = TempDir::new("read-history");
+    let store = open(temp.path());
+    let k = key("v", 0);
+    let records: Vec<Record> = (1..=6u64)
+        .map(|lsn| full(lsn, lsn - 1, 1, 0, lsn as u8))
+        .collect();
+    append(&store, &k, 1, &records).await.expect("append");
+    let recovery = [Truncation {
+        epoch: Epoch(2),
+        after: Lsn(3),
+    }];
+    let refused = store
+        .read_page_for(&k, PageId(0), Lsn(6), Lsn(0), &recovery)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::HistoryBehind {
+                epoch: 2,
+                after: 3,
+                ..
+            })
+        ),
+        "expected a refusal, got {:?}",
+        refused.map(|(_, scl)| format!("a page (SCL {scl})"))
+    );
+    // A reader that knows no truncation is served, as before.
+    assert_eq!(page(&store, &k, 0, 6).await, vec![6u8; PAGE_SIZE]);
     store.close().await;
 }

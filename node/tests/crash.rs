@@ -244,6 +244,7 @@ async fn kill_9_keeps_acknowledged_records() {
                     page,
                     read_lsn: *acked,
                     required_scl: *acked,
+                    ..Default::default()
                 })
                 .await
                 .expect("read")

@@ -165,6 +165,7 @@ fn read(volume: &str, pg: u32, page: u64, read_lsn: u64, required_scl: u64) -> R
         page,
         read_lsn,
         required_scl,
+        ..Default::default()
     }
 }
 

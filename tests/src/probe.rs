@@ -75,6 +75,7 @@ impl NodeProbe {
             page,
             read_lsn: lsn,
             required_scl: lsn,
+            ..Default::default()
         };
         let response = self.runtime.block_on(self.client.read_page(request))?;
         Ok(response.into_inner().data.to_vec())

@@ -132,6 +132,7 @@ async fn still_serves(client: &mut StorageNodeClient<Channel>, lsn: u64, backlin
             page: 5,
             read_lsn: lsn,
             required_scl: lsn,
+            ..Default::default()
         })
         .await
         .expect("a valid read after bad input")
@@ -218,6 +219,7 @@ fn node_answers_garbage_with_errors_and_keeps_serving() -> anyhow::Result<()> {
             page,
             read_lsn: 1,
             required_scl: 0,
+            ..Default::default()
         };
         expect_code(
             "read of a segment not hosted",
@@ -230,6 +232,7 @@ fn node_answers_garbage_with_errors_and_keeps_serving() -> anyhow::Result<()> {
             page: PG_PAGES * 3,
             read_lsn: 1,
             required_scl: 0,
+            ..Default::default()
         };
         expect_code(
             "read of a page outside the PG",

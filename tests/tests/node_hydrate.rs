@@ -38,7 +38,7 @@ fn a_wiped_node_hydrates_from_its_peers_pages() -> anyhow::Result<()> {
         .enumerate()
         .filter(|(i, _)| *i != victim)
     {
-        let meta = node.data.join("pages/hydrate/pg-0/pages.meta");
+        let meta = node.data.join("pages/hydrate/pg-0/pages.slots");
         while std::fs::metadata(&meta).map_or(0, |m| m.len()) == 0 {
             assert!(Instant::now() < deadline, "node {i} never folded");
             std::thread::sleep(Duration::from_millis(100));

@@ -46,9 +46,9 @@ fn flipped_bytes_are_found_repaired_and_never_served() -> anyhow::Result<()> {
     // Wait for the victim to fold the early chunks into its page store.
     let pages = cluster.nodes[victim]
         .data
-        .join("pages/scrub/pg-0/pages.meta");
+        .join("pages/scrub/pg-0/pages.slots");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::metadata(&pages).map_or(0, |m| m.len()) < (DAMAGED_PAGE + 1) * 16 {
+    while std::fs::metadata(&pages).map_or(0, |m| m.len()) < (DAMAGED_PAGE + 1) * 64 {
         assert!(Instant::now() < deadline, "node {victim} never folded");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -92,11 +92,13 @@ pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::
     println!("sixfold up: state directory {}", state.root.display());
     let new_state = !state.cluster_file().exists();
     state.create_layout()?;
-    let cluster = state.load_or_create_cluster(usize::from(args.nodes), !args.no_backup)?;
+    // The key before the cluster file: a state directory with a cluster file is not new, so an
+    // `up` cut short in between must not leave it without its key.
     let kek_file = state.root.join("kek");
     if new_state && !args.no_encryption && !kek_file.exists() {
         crate::keyargs::write_new_key(&kek_file)?;
     }
+    let cluster = state.load_or_create_cluster(usize::from(args.nodes), !args.no_backup)?;
     if kek_file.exists() {
         println!(
             "  encryption at rest: on, key-encryption key {} (keep a copy: the data cannot be \
@@ -105,8 +107,9 @@ pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::
         );
     } else {
         println!(
-            "  WARNING: encryption at rest is off (created with --no-encryption): the nodes \
-             write data in the clear"
+            "  WARNING: encryption at rest is off (no {}): the nodes write data in the clear; \
+             a new state directory made without --no-encryption has it",
+            kek_file.display()
         );
     }
     if let Some(backup) = &cluster.backup {
