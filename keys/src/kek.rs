@@ -24,6 +24,9 @@ pub const KEY_ENV: &str = "SIXFOLD_KEY";
 
 /// Longest wrapped data key a key command may return, in bytes.
 const WRAPPED_MAX: usize = 4096;
+/// How long a key command may take: a KMS that does not answer is an error, not a node that
+/// waits forever (the first seal of a new volume waits for it).
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A KEK's name as written in wrapped keys: `kek-` and 16 hex digits of a keyed hash for local
 /// keys, what the command says for KMS keys.
@@ -260,6 +263,16 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
 }
 
 fn run_command(command: &str, op: &str, input: Option<&str>) -> Result<String, KeyError> {
+    run_command_within(command, op, input, COMMAND_TIMEOUT)
+}
+
+fn run_command_within(
+    command: &str,
+    op: &str,
+    input: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<String, KeyError> {
+    use std::io::Read;
     let fail = |reason: String| KeyError::Command {
         command: command.to_owned(),
         reason,
@@ -278,21 +291,44 @@ fn run_command(command: &str, op: &str, input: Option<&str>) -> Result<String, K
             let _ = stdin.write_all(b"\n");
         }
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("`{op}`: {e}")))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    // What it prints is small (at most a few KiB, less than a pipe holds), so it can all be
+    // read once it has exited; one that prints more blocks, times out and is killed.
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "`{op}` did not answer within {} s",
+                    timeout.as_secs_f64()
+                )));
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => return Err(fail(format!("`{op}`: {e}"))),
+        }
+    };
+    let limit = (2 * WRAPPED_MAX + 3) as u64;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = out.take(limit).read_to_end(&mut stdout);
+    }
+    if let Some(err) = child.stderr.take() {
+        let _ = err.take(4096).read_to_end(&mut stderr);
+    }
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
         return Err(fail(format!(
-            "`{op}` exited with {}: {}",
-            out.status,
+            "`{op}` exited with {status}: {}",
             stderr.trim().chars().take(300).collect::<String>()
         )));
     }
-    if out.stdout.len() > 2 * WRAPPED_MAX + 2 {
-        return Err(fail(format!("`{op}` printed {} bytes", out.stdout.len())));
+    if stdout.len() > 2 * WRAPPED_MAX + 2 {
+        return Err(fail(format!("`{op}` printed {} bytes", stdout.len())));
     }
-    String::from_utf8(out.stdout).map_err(|_| fail(format!("`{op}` printed no text")))
+    String::from_utf8(stdout).map_err(|_| fail(format!("`{op}` printed no text")))
 }
 
 #[cfg(test)]
@@ -348,5 +384,17 @@ mod tests {
         let failing = Kek::load(&KekSource::Command("echo nope >&2; exit 3".into()));
         let err = failing.unwrap_err().to_string();
         assert!(err.contains("nope"), "{err}");
+        // A KMS that does not answer is an error after the timeout, not a wait forever.
+        let started = std::time::Instant::now();
+        let err = run_command_within(
+            "sleep 10",
+            "id",
+            None,
+            std::time::Duration::from_millis(200),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("did not answer"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }
