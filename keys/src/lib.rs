@@ -37,8 +37,11 @@
 //! count of writes is unbounded by the 2^32 limit that random 96-bit nonces would impose.
 //! Restores and clones create new volumes, sealed under data keys of their own (the archived
 //! objects they read are opened with the archiving node's key, never sealed with it again).
-//! The one way to break this is to run two copies of one data directory (two nodes with one
-//! keyring); a node's identity forbids that already.
+//! Two processes on one data directory are kept out by the node's lock on it (`DIR/lock`). What
+//! this scheme does not survive is a data directory rolled back to an older copy (a VM snapshot
+//! restored, a backup of the directory put back) or copied to a second machine: it would seal
+//! again with incarnations already used. Never do either with a node's directory (SEMANTICS 19);
+//! a fresh data key per start would close this, and is not built yet.
 //!
 //! Wrapping a data key under a local KEK uses a random nonce: a node wraps a handful of keys in
 //! its life, far below the 2^32 wraps per KEK that random nonces allow.
