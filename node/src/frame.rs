@@ -104,12 +104,8 @@ impl Encoded {
 /// Seals a plaintext frame under its volume's data key; `None` when encryption is off.
 pub fn seal(encoded: &Encoded, keys: &Keyring) -> Result<Option<Encoded>, KeyError> {
     let payload = &encoded.bytes[FRAME_HEADER_BYTES..];
-    let volume = payload
-        .get(1..3)
-        .map(|l| u16::from_le_bytes([l[0], l[1]]) as usize)
-        .and_then(|len| payload.get(3..3 + len))
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .ok_or_else(|| KeyError::Malformed("frame without a volume name".into()))?;
+    let (volume, _) = payload_head(payload)
+        .map_err(|_| KeyError::Malformed("frame without a volume name".into()))?;
     let Some(key) = keys.sealer(volume)? else {
         return Ok(None);
     };
@@ -137,11 +133,27 @@ pub fn body_of_payload(stored: Vec<u8>, sealed: bool, keys: &Keyring) -> Result<
     if !sealed {
         return Ok(stored);
     }
-    let payload = keys
+    let mut payload = keys
         .open_box(FRAME_CONTEXT, stored)
         .map_err(|e| e.to_string())?;
-    let (_, body_offset) = decode_payload(&payload)?;
-    Ok(payload[body_offset..].to_vec())
+    // The reader checks the record's own checksum; only the head is parsed here.
+    let (_, body_offset) = payload_head(&payload)?;
+    Ok(payload.split_off(body_offset))
+}
+
+/// A payload's volume name and where its body starts: `kind u8 | volume_len u16 | volume |
+/// pg u32 | body`.
+fn payload_head(payload: &[u8]) -> Result<(&str, usize), String> {
+    let malformed = || "frame payload is malformed".to_string();
+    let volume_len = u16::from_le_bytes(take::<2>(payload, 1).ok_or_else(malformed)?) as usize;
+    let volume_bytes = payload.get(3..3 + volume_len).ok_or_else(malformed)?;
+    let volume = std::str::from_utf8(volume_bytes)
+        .map_err(|_| "frame volume name is not UTF-8".to_string())?;
+    let body_offset = 3 + volume_len + 4;
+    if payload.len() < body_offset {
+        return Err(malformed());
+    }
+    Ok((volume, body_offset))
 }
 
 /// Encodes one frame. `volume` must be a validated volume name (at most 255 bytes).
@@ -288,15 +300,11 @@ pub fn decode(buf: &[u8], keys: &Keyring) -> Decoded {
 fn decode_payload(payload: &[u8]) -> Result<(Frame, usize), String> {
     let malformed = || "frame payload is malformed".to_string();
     let kind = *payload.first().ok_or_else(malformed)?;
-    let volume_len = u16::from_le_bytes(take::<2>(payload, 1).ok_or_else(malformed)?) as usize;
-    let volume_bytes = payload.get(3..3 + volume_len).ok_or_else(malformed)?;
-    let volume = std::str::from_utf8(volume_bytes)
-        .map_err(|_| "frame volume name is not UTF-8".to_string())?
-        .to_string();
+    let (volume, body_offset) = payload_head(payload)?;
+    let volume = volume.to_string();
     let pg = PgId(u32::from_le_bytes(
-        take::<4>(payload, 3 + volume_len).ok_or_else(malformed)?,
+        take::<4>(payload, body_offset - 4).ok_or_else(malformed)?,
     ));
-    let body_offset = 3 + volume_len + 4;
     let body = &payload[body_offset..];
     let body = match kind {
         KIND_RECORD => FrameBody::Record(

@@ -81,14 +81,7 @@ impl Keyring {
                     )),
                 });
             }
-            return Ok(Keyring {
-                dir,
-                kek: None,
-                nonces: NonceSource::new(0),
-                keys: RwLock::new(HashMap::new()),
-                wrapped: RwLock::new(HashMap::new()),
-                current: Mutex::new(HashMap::new()),
-            });
+            return Ok(Keyring::without_kek(dir));
         };
         // A wrong KEK is refused before anything changes (the incarnation included).
         if let Some((_, wrong)) = stored.iter().find(|(_, w)| &w.kek != kek.id()) {
@@ -157,14 +150,19 @@ impl Keyring {
 
     /// A keyring that seals nothing and opens nothing (tests of plaintext formats).
     pub fn plaintext() -> Arc<Keyring> {
-        Arc::new(Keyring {
-            dir: PathBuf::new(),
+        Arc::new(Keyring::without_kek(PathBuf::new()))
+    }
+
+    /// Encryption off: seals nothing, opens nothing.
+    fn without_kek(dir: PathBuf) -> Keyring {
+        Keyring {
+            dir,
             kek: None,
             nonces: NonceSource::new(0),
             keys: RwLock::new(HashMap::new()),
             wrapped: RwLock::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub fn enabled(&self) -> bool {
