@@ -39,6 +39,78 @@ pub struct NodeReport {
     pub backup_store: Option<String>,
     pub archived_objects: u64,
     pub archived_bytes: u64,
+    /// Encryption at rest (None: off, or the node did not answer).
+    pub encryption: Option<EncryptionReport>,
+}
+
+/// A node's encryption at rest: its KEK, its current data keys, and how far its re-seal pass is
+/// (after `sixfold key rotate`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EncryptionReport {
+    pub kek: String,
+    /// "scope: generation N" per current data key ("node" for the node's own files).
+    pub keys: Vec<String>,
+    pub pages_resealed: u64,
+    pub slots_swept: u64,
+    pub slots_total: u64,
+    pub stores_left: u64,
+    pub log_files_left: u64,
+    pub checkpoint_left: bool,
+    /// Nothing on the node is left under an older key.
+    pub resealed: bool,
+}
+
+impl EncryptionReport {
+    pub fn from_wire(status: &sixfold_proto::wire::EncryptionStatus) -> EncryptionReport {
+        EncryptionReport {
+            kek: status.kek.clone(),
+            keys: status
+                .keys
+                .iter()
+                .map(|k| {
+                    let scope = if k.scope.is_empty() { "node" } else { &k.scope };
+                    format!("{scope}: generation {}", k.generation)
+                })
+                .collect(),
+            pages_resealed: status.pages_resealed,
+            slots_swept: status.slots_swept,
+            slots_total: status.slots_total,
+            stores_left: status.stores_left,
+            log_files_left: status.log_files_left,
+            checkpoint_left: status.checkpoint_left,
+            resealed: status.stores_left == 0
+                && status.log_files_left == 0
+                && !status.checkpoint_left,
+        }
+    }
+
+    /// One line for a person.
+    fn line(&self) -> String {
+        let state = if self.resealed {
+            "nothing under older keys".to_string()
+        } else {
+            let percent = (self.slots_swept.saturating_mul(100))
+                .checked_div(self.slots_total)
+                .unwrap_or(100);
+            format!(
+                "RE-SEALING: page stores {percent}% swept ({} left), {} page(s) re-sealed, {} \
+                 hot-log file(s) under older keys{}",
+                self.stores_left,
+                self.pages_resealed,
+                self.log_files_left,
+                if self.checkpoint_left {
+                    ", checkpoint"
+                } else {
+                    ""
+                }
+            )
+        };
+        format!(
+            "encrypted ({}; {}): {state}",
+            self.kek,
+            self.keys.join(", ")
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -420,6 +492,14 @@ impl StatusReport {
                         human_bytes(node.archived_bytes)
                     );
                 }
+                match &node.encryption {
+                    Some(encryption) => {
+                        let _ = writeln!(out, "  {:<22} {}", "", encryption.line());
+                    }
+                    None => {
+                        let _ = writeln!(out, "  {:<22} NOT ENCRYPTED at rest", "");
+                    }
+                }
                 if node.corrupt_found > 0 {
                     let _ = writeln!(
                         out,
@@ -646,6 +726,7 @@ pub async fn collect(
                         .then(|| status.backup_store.clone()),
                     archived_objects: status.archived_objects,
                     archived_bytes: status.archived_bytes,
+                    encryption: status.encryption.as_ref().map(EncryptionReport::from_wire),
                 });
             }
             other => {
@@ -670,6 +751,7 @@ pub async fn collect(
                     backup_store: None,
                     archived_objects: 0,
                     archived_bytes: 0,
+                    encryption: None,
                 });
             }
         }

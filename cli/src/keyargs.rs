@@ -45,14 +45,17 @@ impl KeyArgs {
     }
 }
 
-/// `sixfold key new FILE`: makes a key-encryption key file.
+/// `sixfold key new FILE`: makes a key-encryption key file; `sixfold key rotate`: new data keys.
 #[derive(Debug, Args)]
 #[command(
     about = "Make or manage key-encryption keys (encryption at rest)",
     long_about = "Make or manage key-encryption keys. `sixfold key new FILE` writes a new random \
                   256-bit key-encryption key as 64 hex digits to FILE, mode 0600, and refuses to \
                   overwrite one: losing it loses every volume sealed under it. Give it to each \
-                  node with --key-file FILE (or its hex in SIXFOLD_KEY)."
+                  node with --key-file FILE (or its hex in SIXFOLD_KEY). `sixfold key rotate` \
+                  gives every node new data keys: new data is sealed with them at once, and each \
+                  node re-seals its pages, checkpoint and metadata in the background and lets \
+                  its older hot-log files go once folded (archived objects keep their keys)."
 )]
 pub struct KeyCommandArgs {
     #[command(subcommand)]
@@ -66,9 +69,12 @@ enum KeySub {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Give every node new data keys for new data; each node then re-seals what it holds under
+    /// the older ones in the background (shown until done, and in `sixfold status`).
+    Rotate(crate::keyrotate::RotateArgs),
 }
 
-pub fn run(args: KeyCommandArgs) -> anyhow::Result<()> {
+pub fn run(args: KeyCommandArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     match args.command {
         KeySub::New { file } => {
             write_new_key(&file)?;
@@ -79,6 +85,7 @@ pub fn run(args: KeyCommandArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        KeySub::Rotate(args) => crate::keyrotate::run(args, tls),
     }
 }
 

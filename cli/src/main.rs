@@ -20,6 +20,7 @@ mod cluster;
 mod drain;
 mod grow;
 mod keyargs;
+mod keyrotate;
 mod laptop;
 mod mount;
 mod node;
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args, &cli.tls),
         Command::Rebalance(args) => rebalance::run(args, &cli.tls),
         Command::Ca(args) => tls::run(args),
-        Command::Key(args) => keyargs::run(args),
+        Command::Key(args) => keyargs::run(args, &cli.tls),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@
 //! - `node` (a peer): gossip and hydration (FetchRecords, FetchPages, ReadPage), repair
 //!   (SegmentState without sealing, ChangeMembership, PromiseMembership, PutPgMembership).
 //! - `admin` (an operator's command): status, the node list, volume metadata (restore), the
-//!   membership steps of `rebalance --apply`, RestoreSegment.
+//!   membership steps of `rebalance --apply`, RestoreSegment, RotateKeys.
 //!
 //! Some rules depend on a request's fields, not only on its method; the service checks those
 //! with [`require`] (sealing is the writer's alone).
@@ -36,7 +36,7 @@ pub fn policy(path: &str) -> Option<&'static [Role]> {
         "SegmentState" | "NodeStatus" => ALL,
         "PutVolumeMeta" | "GetVolumeMeta" | "GetNodeList" | "PutNodeList" => WRITER_ADMIN,
         "ChangeMembership" | "PutPgMembership" => NODE_ADMIN,
-        "RestoreSegment" => ADMIN,
+        "RestoreSegment" | "RotateKeys" => ADMIN,
         _ => return None,
     })
 }

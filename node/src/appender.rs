@@ -66,6 +66,9 @@ pub enum Job {
     Promise(PromiseJob),
     MergeMembership(MergeJob),
     PutMeta(MetaJob),
+    /// The data keys were rotated: start a new hot-log file (the older ones go once folded)
+    /// and store every volume's metadata again under the node's new key.
+    Rotated(Reply<()>),
     /// Finish what is queued before it, then exit.
     Stop,
 }
@@ -239,6 +242,9 @@ impl Appender {
                     let _ = job.reply.send(result);
                 }
                 Job::PutMeta(job) => self.put_meta(job),
+                Job::Rotated(reply) => {
+                    let _ = reply.send(self.rotated());
+                }
                 Job::MergeMembership(job) => {
                     let result = self.merge_membership(&job);
                     let _ = job.reply.send(result);
@@ -589,6 +595,28 @@ impl Appender {
             .map(drop)
             .and_then(|()| self.commit());
         hardened.map_err(|e| self.fail("harden a membership to the hot log", &e))
+    }
+
+    fn rotated(&mut self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::LogFailed);
+        }
+        if let Err(e) = self.writer.roll_if_written() {
+            return Err(self.fail("start a new hot-log file after a key rotation", &e));
+        }
+        let (dir, metas) = {
+            let store = lock(&self.shared.meta);
+            (
+                store.dir().to_owned(),
+                store.all().cloned().collect::<Vec<_>>(),
+            )
+        };
+        // Only this thread writes metadata files: the copies cannot be overtaken meanwhile.
+        for meta in &metas {
+            meta::write_durable(&dir, meta, &self.shared.keys)
+                .map_err(|e| io_error("store volume metadata under the new key", &e))?;
+        }
+        Ok(())
     }
 
     fn put_meta(&mut self, job: MetaJob) {

@@ -178,6 +178,7 @@ fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
     let mut foldable_since = HashMap::new();
     let mut rounds = 0u64;
     let mut behind = false;
+    let mut reseal = crate::reseal::Reseal::default();
     loop {
         {
             // A round that folded under pressure is followed at once by the next: the hot log
@@ -197,6 +198,7 @@ fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
             }
         }
         behind = lazy_round(shared, &mut foldable_since);
+        reseal.round(shared);
         rounds += 1;
         if rounds >= SCRUB_EVERY_ROUNDS {
             rounds = 0;

@@ -36,7 +36,7 @@
 //! cannot be written (the disk is gone), the node logs it loudly: its log is then trusted as it
 //! reads back, the one case not covered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -52,6 +52,7 @@ use crate::frame::{self, Decoded, Encoded, Frame, FrameBody};
 use crate::keyring::Keyring;
 use crate::lock;
 use crate::segment::Location;
+use sixfold_keys::{KeyId, Sealed};
 
 /// A log file is rolled once it would grow past this size.
 pub const LOG_FILE_BYTES_MAX: u64 = 64 << 20;
@@ -76,6 +77,20 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Data bytes of each log file, kept by the writer and by garbage collection.
 pub type FileBytes = Arc<Mutex<BTreeMap<u32, u64>>>;
 
+/// Per log file, the data keys its frames are sealed with (`None`: frames in the clear), kept by
+/// replay and the writer, so that the re-seal pass knows which files still hold data under
+/// keys that no longer seal ([`LogFiles::files_under_old_keys`]).
+pub type FileKeys = Arc<Mutex<BTreeMap<u32, BTreeSet<Option<KeyId>>>>>;
+
+/// The key a stored frame is sealed with (`None`: in the clear).
+fn frame_key(frame: &[u8]) -> Option<KeyId> {
+    frame
+        .get(frame::FRAME_HEADER_BYTES..)
+        .filter(|payload| Sealed::is_sealed(payload))
+        .and_then(|payload| Sealed::parse(payload).ok())
+        .map(|sealed| sealed.key)
+}
+
 /// Read access to the log files, shared by every reader (positional reads, no seek state), and
 /// their garbage collection.
 #[derive(Debug)]
@@ -83,6 +98,7 @@ pub struct LogFiles {
     dir: PathBuf,
     open: Mutex<HashMap<u32, Arc<File>>>,
     file_bytes: FileBytes,
+    file_keys: FileKeys,
     total_bytes: Arc<AtomicU64>,
     keys: Arc<Keyring>,
 }
@@ -93,6 +109,7 @@ impl LogFiles {
             dir,
             open: Mutex::new(HashMap::new()),
             file_bytes: Arc::clone(&writer.file_bytes),
+            file_keys: Arc::clone(&writer.file_keys),
             total_bytes: writer.total_bytes(),
             keys: Arc::clone(&writer.keys),
         }
@@ -115,6 +132,7 @@ impl LogFiles {
             }
             lock(&self.open).remove(number);
             lock(&self.file_bytes).remove(number);
+            lock(&self.file_keys).remove(number);
             self.total_bytes.fetch_sub(*bytes, Ordering::Relaxed);
             freed += bytes;
         }
@@ -122,6 +140,21 @@ impl LogFiles {
             sync_dir(&self.dir)?;
         }
         Ok((doomed.len(), freed))
+    }
+
+    /// Log files that hold frames in the clear or under keys that no longer seal new data, with
+    /// encryption on (they go once folded and collected: see [`crate::reseal`]).
+    pub fn files_under_old_keys(&self) -> usize {
+        if !self.keys.enabled() {
+            return 0;
+        }
+        lock(&self.file_keys)
+            .values()
+            .filter(|keys| {
+                keys.iter()
+                    .any(|key| key.is_none_or(|id| !self.keys.is_current(id)))
+            })
+            .count()
     }
 
     /// Reads the record at `location`: its canonical encoding (opened, if it was sealed).
@@ -165,6 +198,8 @@ pub struct LogWriter {
     written_bytes: Arc<AtomicU64>,
     /// Data bytes per file, shared with [`LogFiles`].
     file_bytes: FileBytes,
+    /// Keys per file, shared with [`LogFiles`].
+    file_keys: FileKeys,
     /// Where the log was last synced (file number, bytes): everything before it is durable.
     synced: (u32, u64),
     /// Seals frames when encryption at rest is on.
@@ -187,12 +222,25 @@ impl LogWriter {
         }
         let frame_offset = self.size + self.buffer.len() as u64;
         self.buffer.extend_from_slice(&encoded.bytes);
+        lock(&self.file_keys)
+            .entry(self.number)
+            .or_default()
+            .insert(frame_key(&encoded.bytes));
         Ok(Location {
             file: self.number,
             offset: frame_offset + encoded.body_offset as u64,
             len: encoded.body_len() as u32,
             sealed: encoded.sealed,
         })
+    }
+
+    /// Starts a new file now if the current one holds anything (after a key rotation: the
+    /// frames sealed under the older key then sit in files that go once folded).
+    pub fn roll_if_written(&mut self) -> io::Result<()> {
+        if self.size + self.buffer.len() as u64 == 0 {
+            return Ok(());
+        }
+        self.roll()
     }
 
     /// Writes the buffered frames and fsyncs: when this returns Ok, every frame appended so far is
@@ -388,6 +436,7 @@ pub fn open(
     };
     let mut last_size = 0u64;
     let mut file_bytes = BTreeMap::new();
+    let mut file_keys: BTreeMap<u32, BTreeSet<Option<KeyId>>> = BTreeMap::new();
     for (position, &number) in numbers.iter().enumerate() {
         let path = dir.join(file_name(number));
         let mut bytes = std::fs::read(&path).map_err(io_error("read log file", &path))?;
@@ -420,6 +469,7 @@ pub fn open(
             }
         }
         let replayed = replay_file(&bytes, number, &keys, &mut on_frame);
+        file_keys.insert(number, replayed.keys.clone());
         if let Some((offset, problem)) = &replayed.unopenable {
             return Err(NodeError::Key {
                 path: path.clone(),
@@ -480,6 +530,7 @@ pub fn open(
     }
     let total_bytes = Arc::new(AtomicU64::new(stats.log_bytes));
     let file_bytes = Arc::new(Mutex::new(file_bytes));
+    let file_keys = Arc::new(Mutex::new(file_keys));
     let writer = match numbers.last() {
         Some(&number) => {
             let path = dir.join(file_name(number));
@@ -496,6 +547,7 @@ pub fn open(
                 total_bytes,
                 written_bytes: Arc::new(AtomicU64::new(0)),
                 file_bytes,
+                file_keys,
                 synced: (number, last_size),
                 keys,
             }
@@ -509,6 +561,7 @@ pub fn open(
             total_bytes,
             written_bytes: Arc::new(AtomicU64::new(0)),
             file_bytes,
+            file_keys,
             synced: (1, 0),
             keys,
         },
@@ -538,6 +591,8 @@ struct FileReplay {
     tail_problem: Option<String>,
     /// An intact frame that does not open with the node's keys, where, and why: replay stops.
     unopenable: Option<(usize, String)>,
+    /// The keys its intact frames are sealed with (`None`: frames in the clear).
+    keys: BTreeSet<Option<KeyId>>,
 }
 
 /// Replays the frames of one file, skipping damaged bytes that an intact frame follows.
@@ -553,6 +608,7 @@ fn replay_file(
         damaged: Vec::new(),
         tail_problem: None,
         unopenable: None,
+        keys: BTreeSet::new(),
     };
     let mut position = 0usize;
     while position < bytes.len() {
@@ -568,6 +624,9 @@ fn replay_file(
                     sealed,
                 };
                 on_frame(frame, location);
+                replay
+                    .keys
+                    .insert(frame_key(&bytes[position..position + len]));
                 replay.frames += 1;
                 position += len;
                 replay.good_len = position as u64;

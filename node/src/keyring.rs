@@ -13,6 +13,12 @@
 //! - a keyring without a KEK seals nothing; a data directory with keys refuses to open without
 //!   the KEK they are wrapped by (its error names that KEK), and with another one;
 //! - of a scope's keys the one of the highest generation seals new data; every key opens.
+//!
+//! Rotation ([`Keyring::rotate`], `sixfold key rotate`): every scope that has a key gets a new
+//! one of the next generation, durable before it seals anything; older keys stay in the keyring
+//! (the units they sealed open until the re-seal pass has rewritten them, and archived objects
+//! keep naming them). What still holds data under an older key is what [`Keyring::is_current`]
+//! says no to; the folder's re-seal pass ([`crate::reseal`]) rewrites it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +46,16 @@ pub struct Keyring {
     wrapped: RwLock<HashMap<KeyId, WrappedKey>>,
     /// Per scope, the key that seals new data and its generation.
     current: Mutex<HashMap<String, (u32, Arc<DataKey>)>>,
+    /// Rotations since this keyring was opened (the re-seal pass starts a sweep at each).
+    rotations: std::sync::atomic::AtomicU64,
+}
+
+/// A scope's current key, as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentKey {
+    pub scope: String,
+    pub generation: u32,
+    pub key: KeyId,
 }
 
 impl Keyring {
@@ -145,6 +161,7 @@ impl Keyring {
             keys: RwLock::new(keys),
             wrapped: RwLock::new(wrapped_keys),
             current: Mutex::new(current),
+            rotations: Default::default(),
         })
     }
 
@@ -162,6 +179,7 @@ impl Keyring {
             keys: RwLock::new(HashMap::new()),
             wrapped: RwLock::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
+            rotations: Default::default(),
         }
     }
 
@@ -184,8 +202,45 @@ impl Keyring {
         if let Some((_, key)) = current.get(scope) {
             return Ok(Some(Arc::clone(key)));
         }
+        let key = self.make_key(kek, scope, 1)?;
+        current.insert(scope.to_owned(), (1, Arc::clone(&key)));
+        Ok(Some(key))
+    }
+
+    /// Rotation: gives every scope that has a key a new one of the next generation, durably,
+    /// and makes it the one that seals new data. Returns the new current keys (empty when
+    /// encryption is off). A failure part way leaves the scopes done so far rotated; rotating
+    /// again finishes the rest.
+    pub fn rotate(&self) -> Result<Vec<CurrentKey>, KeyError> {
+        let Some(kek) = &self.kek else {
+            return Ok(Vec::new());
+        };
+        let mut current = lock(&self.current);
+        let mut scopes: Vec<(String, u32)> =
+            current.iter().map(|(s, (g, _))| (s.clone(), *g)).collect();
+        scopes.sort();
+        let mut rotated = Vec::with_capacity(scopes.len());
+        for (scope, generation) in scopes {
+            let generation = generation.checked_add(1).ok_or_else(|| {
+                KeyError::Kek(format!("scope {scope:?} has used up its key generations"))
+            })?;
+            let key = self.make_key(kek, &scope, generation)?;
+            rotated.push(CurrentKey {
+                scope: scope.clone(),
+                generation,
+                key: key.id(),
+            });
+            current.insert(scope, (generation, key));
+        }
+        self.rotations
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        info!(keys = rotated.len(), "rotated the data keys");
+        Ok(rotated)
+    }
+
+    /// Makes a new data key of `scope`, stores it wrapped and durable, and adds it to the ring.
+    fn make_key(&self, kek: &Kek, scope: &str, generation: u32) -> Result<Arc<DataKey>, KeyError> {
         let (wrapped, key) = WrappedKey::generate(kek, scope, Arc::clone(&self.nonces))?;
-        let generation = 1;
         durable::write_checked(
             &self.dir,
             &key_file_name(wrapped.key),
@@ -207,9 +262,33 @@ impl Keyring {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(wrapped.key, wrapped.clone());
-        current.insert(scope.to_owned(), (generation, Arc::clone(&key)));
-        info!(key = %wrapped.key, scope, "made a data key");
-        Ok(Some(key))
+        info!(key = %wrapped.key, scope, generation, "made a data key");
+        Ok(key)
+    }
+
+    /// Rotations since the keyring was opened.
+    pub fn rotations(&self) -> u64 {
+        self.rotations.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// True when `id` is the key that seals new data of its scope (data under any other key is
+    /// for the re-seal pass).
+    pub fn is_current(&self, id: KeyId) -> bool {
+        lock(&self.current).values().any(|(_, key)| key.id() == id)
+    }
+
+    /// Every scope's current key, sorted by scope.
+    pub fn current_keys(&self) -> Vec<CurrentKey> {
+        let mut keys: Vec<CurrentKey> = lock(&self.current)
+            .iter()
+            .map(|(scope, (generation, key))| CurrentKey {
+                scope: scope.clone(),
+                generation: *generation,
+                key: key.id(),
+            })
+            .collect();
+        keys.sort_by(|a, b| a.scope.cmp(&b.scope));
+        keys
     }
 
     /// The key `id`, to open what it sealed.
@@ -383,5 +462,45 @@ mod tests {
         let other = Kek::generate_hex().expect("hex");
         let err = Keyring::open(temp.path(), Some(kek(&other))).expect_err("wrong kek");
         assert!(err.to_string().contains("wrapped by"), "{err}");
+    }
+
+    #[test]
+    fn rotation_makes_the_next_generation_current_and_keeps_the_old_key() {
+        let temp = crate::testutil::TempDir::new("keyring-rotate");
+        let hex = Kek::generate_hex().expect("hex");
+        let ring = Keyring::open(temp.path(), Some(kek(&hex))).expect("open");
+        let old = ring.seal_box("vol", b"ctx", b"old".to_vec()).expect("seal");
+        let node = ring
+            .seal_box(NODE_SCOPE, b"ctx", b"n".to_vec())
+            .expect("seal");
+        let old_id = Sealed::parse(&old).unwrap().key;
+        assert!(ring.is_current(old_id));
+        let rotated = ring.rotate().expect("rotate");
+        assert_eq!(
+            rotated
+                .iter()
+                .map(|k| (k.scope.as_str(), k.generation))
+                .collect::<Vec<_>>(),
+            vec![(NODE_SCOPE, 2), ("vol", 2)]
+        );
+        assert_eq!(ring.rotations(), 1);
+        assert!(!ring.is_current(old_id));
+        let new = ring.seal_box("vol", b"ctx", b"new".to_vec()).expect("seal");
+        let new_id = Sealed::parse(&new).unwrap().key;
+        assert_ne!(new_id, old_id);
+        assert!(ring.is_current(new_id));
+        drop(ring);
+
+        // After a restart the newest generation still seals, and every key still opens.
+        let ring = Keyring::open(temp.path(), Some(kek(&hex))).expect("reopen");
+        assert_eq!(ring.current_keys(), rotated);
+        assert_eq!(ring.open_box(b"ctx", old).expect("old opens"), b"old");
+        assert_eq!(ring.open_box(b"ctx", node).expect("node opens"), b"n");
+        assert_eq!(ring.open_box(b"ctx", new).expect("new opens"), b"new");
+        let again = ring.seal_box("vol", b"ctx", b"x".to_vec()).expect("seal");
+        assert_eq!(Sealed::parse(&again).unwrap().key, new_id);
+
+        // Without encryption there is nothing to rotate.
+        assert!(Keyring::plaintext().rotate().expect("off").is_empty());
     }
 }

@@ -52,6 +52,7 @@ mod repair;
 pub mod repair_pass;
 pub mod repair_plan;
 mod request;
+mod reseal;
 mod restore;
 mod retention;
 pub mod segment;

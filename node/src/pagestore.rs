@@ -158,6 +158,17 @@ fn meta_entry(
     meta
 }
 
+/// True when a meta entry is of an intact-looking image stored in the clear or under a key that
+/// no longer seals new data (with encryption on): the re-seal pass rewrites it.
+fn stale_entry(entry: &[u8], keys: &Keyring) -> bool {
+    let magic = u32::from_le_bytes(entry[12..16].try_into().expect("4 bytes"));
+    match magic {
+        META_MAGIC => keys.enabled(),
+        META_MAGIC_SEALED => !keys.is_current(KeyId(entry[16..32].try_into().expect("16 bytes"))),
+        _ => false,
+    }
+}
+
 /// What a sealed page's authenticated data says: which page of which volume, at which LSN.
 fn page_context(volume: &str, page: PageId, lsn: Lsn) -> Vec<u8> {
     format!("sixfold page {volume} {} {}", page.0, lsn.0).into_bytes()
@@ -382,6 +393,48 @@ impl PageStore {
             }
         }
         Ok((damaged, (end < slots).then_some(end)))
+    }
+
+    /// One step of the re-seal pass ([`crate::reseal`]) over slots `cursor..cursor + count`:
+    /// every image stored under a key that no longer seals new data (or in the clear, with
+    /// encryption now on) is sealed again under the current key, through the journal like a
+    /// fold, at its own LSN. Damaged slots are left to the scrubber. The caller holds the
+    /// node's `fold_lock` (no one else writes a slot meanwhile). Returns the pages re-sealed and
+    /// the slot to go on from (`None` at the end of the store).
+    pub fn reseal(&self, cursor: u64, count: u64) -> io::Result<(usize, Option<u64>)> {
+        if !self.keys.enabled() {
+            return Ok((0, None));
+        }
+        let slots = self.slots()?;
+        let end = slots.min(cursor.saturating_add(count));
+        let mut meta = vec![0u8; (end.saturating_sub(cursor) * META_BYTES) as usize];
+        {
+            let files = self.io.read().unwrap_or_else(|p| p.into_inner());
+            read_fully_or_zero(&files.meta, &mut meta, cursor * META_BYTES)?;
+        }
+        let mut images = Vec::new();
+        for (i, entry) in meta.chunks_exact(META_BYTES as usize).enumerate() {
+            if !stale_entry(entry, &self.keys) {
+                continue;
+            }
+            let page = PageId(self.pg.first_page().0 + cursor + i as u64);
+            if let Stored::Page { lsn, data } = self.read(page)? {
+                images.push(PageImage { page, lsn, data });
+            }
+        }
+        if let Some(newest) = images.iter().map(|i| i.lsn).max() {
+            // Every image is at or below the segment's fold point, so redoing this journal at
+            // open never raises the fold point past what it was.
+            self.write_journal(newest, &images)?;
+            self.write_in_place(&images, Replace::OlderOnly)?;
+        }
+        Ok((images.len(), (end < slots).then_some(end)))
+    }
+
+    /// Slots the meta file covers (written ones and the holes between them).
+    pub fn slots(&self) -> io::Result<u64> {
+        let files = self.io.read().unwrap_or_else(|p| p.into_inner());
+        Ok(files.meta.metadata()?.len() / META_BYTES)
     }
 
     /// Replaces a damaged page with a good image from a peer, whatever the damaged slot says
@@ -658,6 +711,64 @@ mod tests {
         // Cut short: nothing.
         assert_eq!(decode_journal(&short[..short.len() - 1], pg), None);
         assert_eq!(decode_journal(&[], pg), None);
+    }
+
+    /// The re-seal pass: slots in the clear and under a rotated-out key are sealed again under
+    /// the current key at their own LSN; a second step finds nothing left.
+    #[test]
+    fn reseal_rewrites_clear_and_old_key_slots_under_the_current_key() {
+        let temp = crate::testutil::TempDir::new("pagestore-reseal");
+        let dir = temp.path().join("store");
+        let pg = PgId(1);
+        let first = pg.first_page().0;
+        let (store, _) = PageStore::open(&dir, pg, "v", Keyring::plaintext()).expect("open");
+        store
+            .fold(Lsn(5), &[image(first, 5, 0x11), image(first + 2, 4, 0x22)])
+            .expect("fold in the clear");
+        drop(store);
+
+        let hex = sixfold_keys::Kek::generate_hex().expect("hex");
+        let kek = sixfold_keys::Kek::from_hex(&hex).expect("kek");
+        let keys = Arc::new(Keyring::open(&temp.path().join("ring"), Some(kek)).expect("ring"));
+        let (store, _) = PageStore::open(&dir, pg, "v", Arc::clone(&keys)).expect("reopen");
+        store
+            .fold(Lsn(9), &[image(first + 3, 9, 0x33)])
+            .expect("fold sealed");
+        let old = keys.sealer("v").expect("sealer").expect("on").id();
+        keys.rotate().expect("rotate");
+        let new = keys.sealer("v").expect("sealer").expect("on").id();
+        assert_ne!(old, new);
+
+        let stale = |store: &PageStore| {
+            let files = store.io.read().expect("lock");
+            let mut meta = vec![0u8; (store.slots().expect("slots") * META_BYTES) as usize];
+            read_fully_or_zero(&files.meta, &mut meta, 0).expect("read meta");
+            meta.chunks_exact(META_BYTES as usize)
+                .filter(|e| stale_entry(e, &keys))
+                .count()
+        };
+        assert_eq!(stale(&store), 3, "two in the clear, one under the old key");
+        // Two steps of two slots each, then the end.
+        let (resealed, next) = store.reseal(0, 2).expect("step");
+        assert_eq!((resealed, next), (1, Some(2)));
+        let (resealed, next) = store.reseal(2, 2).expect("step");
+        assert_eq!((resealed, next), (2, None));
+        assert_eq!(stale(&store), 0);
+        assert_eq!(store.reseal(0, 100).expect("again"), (0, None));
+        for (page, lsn, fill) in [(first, 5, 0x11), (first + 2, 4, 0x22), (first + 3, 9, 0x33)] {
+            assert_eq!(
+                store.read(PageId(page)).expect("read"),
+                Stored::Page {
+                    lsn: Lsn(lsn),
+                    data: vec![fill; PAGE_SIZE]
+                }
+            );
+        }
+        let data = std::fs::read(dir.join("pages.dat")).expect("data");
+        assert!(
+            !data.windows(64).any(|w| w.iter().all(|b| *b == 0x11)),
+            "no page left in the clear"
+        );
     }
 
     #[test]

@@ -7,14 +7,15 @@ use sixfold_proto::collision::Ballot;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::storage_node_server::StorageNode;
 use sixfold_proto::wire::{
-    AppendRequest, AppendResponse, ChangeMembershipRequest, ChangeMembershipResponse,
+    AppendRequest, AppendResponse, ChangeMembershipRequest, ChangeMembershipResponse, DataKeyState,
     FetchPagesRequest, FetchPagesResponse, FetchRecordsRequest, FetchRecordsResponse,
     GetNodeListRequest, GetNodeListResponse, GetVolumeMetaRequest, GetVolumeMetaResponse,
     NodeStatusRequest, NodeStatusResponse, OpenSegmentRequest, OpenSegmentResponse, PageImage,
     PromiseMembershipRequest, PromiseMembershipResponse, PutNodeListRequest, PutNodeListResponse,
     PutPgMembershipRequest, PutPgMembershipResponse, PutVolumeMetaRequest, PutVolumeMetaResponse,
-    ReadPageRequest, ReadPageResponse, RestoreSegmentProgress, RestoreSegmentRequest, SegmentRef,
-    SegmentStateRequest, SegmentStateResponse, SegmentStatus, VolumeWriterState,
+    ReadPageRequest, ReadPageResponse, RestoreSegmentProgress, RestoreSegmentRequest,
+    RotateKeysRequest, RotateKeysResponse, SegmentRef, SegmentStateRequest, SegmentStateResponse,
+    SegmentStatus, VolumeWriterState,
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 use sixfold_transport::Role;
@@ -607,6 +608,20 @@ impl StorageNode for Service {
         Ok(Response::new(PutNodeListResponse { version }))
     }
 
+    async fn rotate_keys(
+        &self,
+        _request: Request<RotateKeysRequest>,
+    ) -> Result<Response<RotateKeysResponse>, Status> {
+        let keys = self.store.rotate_keys().await.map_err(|e| e.to_status())?;
+        info!(
+            keys = keys.len(),
+            "rotated the data keys at an admin's request"
+        );
+        Ok(Response::new(RotateKeysResponse {
+            keys: keys.into_iter().map(key_state).collect(),
+        }))
+    }
+
     async fn node_status(
         &self,
         _request: Request<NodeStatusRequest>,
@@ -662,6 +677,7 @@ impl StorageNode for Service {
             hot_log_bytes: snapshot.log_bytes,
             hot_log_written_bytes: snapshot.log_written_bytes,
             node_id: self.store.node_id().0,
+            encryption: self.store.encryption_status(),
             node_list_version: self.store.node_list().map_or(0, |l| l.version),
             page_store_bytes: snapshot.page_store_bytes,
             gap_fill_records: snapshot.gap_fill_records,
@@ -682,5 +698,13 @@ impl StorageNode for Service {
                 })
                 .collect(),
         }))
+    }
+}
+
+fn key_state(key: crate::keyring::CurrentKey) -> DataKeyState {
+    DataKeyState {
+        scope: key.scope,
+        key: key.key.hex(),
+        generation: key.generation,
     }
 }

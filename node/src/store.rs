@@ -39,7 +39,7 @@ use crate::folder;
 use crate::frame::{Frame, FrameBody};
 use crate::hotlog::{self, LogFiles};
 use crate::index::{Effect, Index, SegmentKey};
-use crate::keyring::Keyring;
+use crate::keyring::{CurrentKey, Keyring};
 use crate::lock;
 use crate::meta::MetaStore;
 use crate::nodelist::NodeListStore;
@@ -116,6 +116,8 @@ pub struct Shared {
     pub node_list: Mutex<NodeListStore>,
     /// The data keys everything this node writes to disk is sealed with (encryption at rest).
     pub keys: Arc<Keyring>,
+    /// How far the re-seal pass is ([`crate::reseal`]).
+    pub reseal: Mutex<crate::reseal::ResealProgress>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -338,6 +340,7 @@ impl Store {
             hydrated_bytes: AtomicU64::new(0),
             applied_file: AtomicU32::new(writer.file_number()),
             fold_lock: Mutex::new(()),
+            reseal: Mutex::default(),
             backup_store: Mutex::new(None),
             archived_objects: AtomicU64::new(0),
             archived_bytes: AtomicU64::new(0),
@@ -715,6 +718,30 @@ impl Store {
     pub async fn put_meta(&self, meta: VolumeMeta) -> Result<u64, StoreError> {
         self.submit(|reply| Job::PutMeta(MetaJob { meta, reply }))
             .await
+    }
+
+    /// Key rotation: every scope gets a new data key that seals new data from now on, the hot
+    /// log starts a new file and volume metadata is stored again under the new key; the folder's
+    /// re-seal pass ([`crate::reseal`]) rewrites the rest. Returns the new current keys.
+    pub async fn rotate_keys(&self) -> Result<Vec<CurrentKey>, StoreError> {
+        let keys = Arc::clone(&self.shared.keys);
+        if !keys.enabled() {
+            return Err(StoreError::InvalidArgument(
+                "this node has no key-encryption key: encryption at rest is off, there is no \
+                 data key to rotate"
+                    .into(),
+            ));
+        }
+        // Making keys writes files and may run the KMS command: off the runtime.
+        let rotated = tokio::task::spawn_blocking(move || keys.rotate())
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
+            .map_err(|e| StoreError::Io {
+                action: "rotate the data keys",
+                source: std::io::Error::other(e),
+            })?;
+        self.submit(Job::Rotated).await?;
+        Ok(rotated)
     }
 
     pub fn get_meta(&self, volume: &str) -> Option<VolumeMeta> {
@@ -1228,6 +1255,31 @@ impl Store {
             corrupt_repaired: self.shared.corrupt_repaired.load(Ordering::Relaxed),
             appends_held_ms: self.shared.appends_held_ms.load(Ordering::Relaxed),
         }
+    }
+
+    /// Encryption at rest as status shows it (None: off).
+    pub fn encryption_status(&self) -> Option<sixfold_proto::wire::EncryptionStatus> {
+        let keys = &self.shared.keys;
+        let kek = keys.kek_id()?;
+        let progress = lock(&self.shared.reseal).clone();
+        Some(sixfold_proto::wire::EncryptionStatus {
+            kek,
+            keys: keys
+                .current_keys()
+                .into_iter()
+                .map(|key| sixfold_proto::wire::DataKeyState {
+                    scope: key.scope,
+                    key: key.key.hex(),
+                    generation: key.generation,
+                })
+                .collect(),
+            pages_resealed: progress.pages_resealed,
+            slots_swept: progress.slots_swept,
+            slots_total: progress.slots_total,
+            stores_left: progress.stores_left,
+            log_files_left: self.shared.files.files_under_old_keys() as u64,
+            checkpoint_left: progress.checkpoint_left,
+        })
     }
 
     /// Up to `limit` segments with a hole in their chain and known peers, starting after `cursor`
