@@ -99,7 +99,7 @@ fn write_load(db: PathBuf, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
             out.trim() == want,
             "after row {rows}: read {out:?}, want {want}"
         );
-        if rows % 20 == 0 {
+        if rows.is_multiple_of(20) {
             check_rows(&db, rows)?;
         }
     }
