@@ -52,33 +52,52 @@ impl fmt::Debug for KeyId {
 }
 
 /// Where a data key's nonces come from: the sealing process's incarnation (raised durably at
-/// every start, before any seal) and a counter within it. Shared by every data key of the process:
-/// each key sees a strictly increasing subsequence of one counter, so no two of its seals in one
-/// incarnation share a nonce.
+/// every start, before any seal) and a 64-bit counter within it that starts at a random offset.
+/// Shared by every data key of the process: each key sees a strictly increasing subsequence of
+/// one count, so no two of its seals in one incarnation share a nonce; the random start is what
+/// keeps a rolled-back or copied data directory, which repeats an incarnation, off the nonces
+/// the first process used (see the crate docs).
 #[derive(Debug)]
 pub struct NonceSource {
     incarnation: u32,
-    counter: AtomicU64,
+    /// Where the counter starts (random per process).
+    start: u64,
+    /// Seals so far in this process (the counter is `start + used`, mod 2^64).
+    used: AtomicU64,
 }
 
 impl NonceSource {
     /// `incarnation` must never have been used to seal under any key this source will seal with
     /// (the keyring raises it durably at start).
-    pub fn new(incarnation: u32) -> Arc<NonceSource> {
-        Arc::new(NonceSource {
+    pub fn new(incarnation: u32) -> Result<Arc<NonceSource>, KeyError> {
+        let mut start = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut start)
+            .map_err(|_| KeyError::Random)?;
+        Ok(Arc::new(NonceSource {
             incarnation,
-            counter: AtomicU64::new(0),
+            start: u64::from_le_bytes(start),
+            used: AtomicU64::new(0),
+        }))
+    }
+
+    /// A source for a keyring that never seals (encryption off).
+    pub fn unused() -> Arc<NonceSource> {
+        Arc::new(NonceSource {
+            incarnation: 0,
+            start: 0,
+            used: AtomicU64::new(u64::MAX),
         })
     }
 
     fn next(&self, key: KeyId) -> Result<[u8; NONCE_BYTES], KeyError> {
-        let count = self
-            .counter
+        let used = self
+            .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_add(1))
             .map_err(|_| KeyError::NoncesExhausted(key))?;
         let mut nonce = [0u8; NONCE_BYTES];
         nonce[..4].copy_from_slice(&self.incarnation.to_be_bytes());
-        nonce[4..].copy_from_slice(&count.to_be_bytes());
+        nonce[4..].copy_from_slice(&self.start.wrapping_add(used).to_be_bytes());
         Ok(nonce)
     }
 }
@@ -281,7 +300,9 @@ mod tests {
     use super::*;
 
     fn key(incarnation: u32) -> DataKey {
-        DataKey::generate(NonceSource::new(incarnation)).unwrap().0
+        DataKey::generate(NonceSource::new(incarnation).unwrap())
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -320,13 +341,21 @@ mod tests {
 
     #[test]
     fn nonces_are_incarnation_then_counter_and_never_repeat() {
-        let source = NonceSource::new(3);
+        let source = NonceSource::new(3).unwrap();
         let id = KeyId([0; 16]);
         let a = source.next(id).unwrap();
         let b = source.next(id).unwrap();
         assert_eq!(&a[..4], &3u32.to_be_bytes());
         assert_ne!(a, b);
-        source.counter.store(u64::MAX, Ordering::Relaxed);
+        // The counter runs on from a random start, through 2^64 back to below it...
+        let count = |n: &[u8; NONCE_BYTES]| u64::from_be_bytes(n[4..].try_into().unwrap());
+        assert_eq!(count(&b), count(&a).wrapping_add(1));
+        // ...and a second process of the same incarnation (a rolled-back directory) starts
+        // elsewhere.
+        let again = NonceSource::new(3).unwrap();
+        assert_ne!(again.next(id).unwrap(), a);
+        source.used.store(u64::MAX, Ordering::Relaxed);
         assert!(matches!(source.next(id), Err(KeyError::NoncesExhausted(_))));
+        assert!(NonceSource::unused().next(id).is_err(), "never seals");
     }
 }

@@ -30,18 +30,23 @@
 //! A nonce is `incarnation u32 | counter u64` (big-endian). Only the node that made a data key
 //! ever seals with it (others only open what it sealed: peers' archived objects at restore). The
 //! node's incarnation is a number in its keyring that it raises durably at every start before it
-//! seals anything ([`NonceSource`]), and the counter counts seals within one incarnation in
-//! memory, from 0, never wrapping (sealing fails at 2^64). So two seals under one key share a
-//! nonce only if they happen in the same incarnation with the same counter, which cannot be.
-//! Pages are rewritten in place many times: each rewrite is a new seal with a new nonce, so the
-//! count of writes is unbounded by the 2^32 limit that random 96-bit nonces would impose.
-//! Restores and clones create new volumes, sealed under data keys of their own (the archived
-//! objects they read are opened with the archiving node's key, never sealed with it again).
-//! Two processes on one data directory are kept out by the node's lock on it (`DIR/lock`). What
-//! this scheme does not survive is a data directory rolled back to an older copy (a VM snapshot
-//! restored, a backup of the directory put back) or copied to a second machine: it would seal
-//! again with incarnations already used. Never do either with a node's directory (SEMANTICS 19);
-//! a fresh data key per start would close this, and is not built yet.
+//! seals anything ([`NonceSource`]); the counter counts seals within one incarnation in memory,
+//! from a random 64-bit start, mod 2^64, and sealing fails after 2^64 seals. So two seals under
+//! one key share a nonce only if they happen in the same incarnation with the same count, which
+//! cannot be. Pages are rewritten in place many times: each rewrite is a new seal with a new
+//! nonce, so the count of writes is unbounded by the 2^32 limit that random 96-bit nonces would
+//! impose. Restores and clones create new volumes, sealed under data keys of their own (the
+//! archived objects they read are opened with the archiving node's key, never sealed with it
+//! again). Two processes on one data directory are kept out by the node's lock on it
+//! (`DIR/lock`). `sixfold key rotate` starts new keys (and their nonces) altogether.
+//!
+//! A data directory rolled back to an older copy (a VM snapshot restored, a backup of the
+//! directory put back) or copied to a second machine repeats incarnations: there the random
+//! start is what keeps nonces apart. Two processes of one incarnation that seal `a` and `b`
+//! times overlap with probability about `(a + b) / 2^64` (at most 2^-32 for up to 2^31 seals
+//! each), where a counter from 0 would overlap for certain. Still never do either with a node's
+//! directory (SEMANTICS 19): its data is stale as well, and the guarantee above is the
+//! deterministic one only without it.
 //!
 //! Wrapping a data key under a local KEK uses a random nonce: a node wraps a handful of keys in
 //! its life, far below the 2^32 wraps per KEK that random nonces allow.

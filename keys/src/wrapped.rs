@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn wrapped_keys_round_trip_and_name_the_wrong_kek() {
         let kek = Kek::from_hex(&Kek::generate_hex().unwrap()).unwrap();
-        let nonces = NonceSource::new(1);
+        let nonces = NonceSource::new(1).unwrap();
         let (wrapped, key) = WrappedKey::generate(&kek, "vol", Arc::clone(&nonces)).unwrap();
         let bytes = wrapped.encode();
         let decoded = WrappedKey::decode(&bytes).unwrap();

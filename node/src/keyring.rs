@@ -128,7 +128,10 @@ impl Keyring {
             });
         }
         let incarnation = next_incarnation(&dir)?;
-        let nonces = NonceSource::new(incarnation);
+        let nonces = NonceSource::new(incarnation).map_err(|e| NodeError::Key {
+            path: dir.clone(),
+            source: e,
+        })?;
         let mut keys = HashMap::new();
         let mut wrapped_keys = HashMap::new();
         let mut current: HashMap<String, (u32, Arc<DataKey>)> = HashMap::new();
@@ -175,7 +178,7 @@ impl Keyring {
         Keyring {
             dir,
             kek: None,
-            nonces: NonceSource::new(0),
+            nonces: NonceSource::unused(),
             keys: RwLock::new(HashMap::new()),
             wrapped: RwLock::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
