@@ -56,6 +56,7 @@ pub struct EncryptionReport {
     pub stores_left: u64,
     pub log_files_left: u64,
     pub checkpoint_left: bool,
+    pub meta_left: u64,
     /// Nothing on the node is left under an older key.
     pub resealed: bool,
 }
@@ -78,8 +79,10 @@ impl EncryptionReport {
             stores_left: status.stores_left,
             log_files_left: status.log_files_left,
             checkpoint_left: status.checkpoint_left,
+            meta_left: status.meta_left,
             resealed: status.stores_left == 0
                 && status.log_files_left == 0
+                && status.meta_left == 0
                 && !status.checkpoint_left,
         }
     }
@@ -98,10 +101,11 @@ impl EncryptionReport {
                 self.stores_left,
                 self.pages_resealed,
                 self.log_files_left,
-                if self.checkpoint_left {
-                    ", checkpoint"
-                } else {
-                    ""
+                match (self.checkpoint_left, self.meta_left) {
+                    (false, 0) => String::new(),
+                    (true, 0) => ", checkpoint".to_string(),
+                    (false, n) => format!(", metadata of {n} volume(s)"),
+                    (true, n) => format!(", checkpoint, metadata of {n} volume(s)"),
                 }
             )
         };

@@ -66,9 +66,9 @@ pub enum Job {
     Promise(PromiseJob),
     MergeMembership(MergeJob),
     PutMeta(MetaJob),
-    /// The data keys were rotated: start a new hot-log file (the older ones go once folded)
-    /// and store every volume's metadata again under the node's new key.
-    Rotated(Reply<()>),
+    /// After a key rotation, and once at start: start a new hot-log file if the current one
+    /// holds frames under an older key, and store again the volume metadata that is under one.
+    Reseal(Reply<()>),
     /// Finish what is queued before it, then exit.
     Stop,
 }
@@ -242,8 +242,12 @@ impl Appender {
                     let _ = job.reply.send(result);
                 }
                 Job::PutMeta(job) => self.put_meta(job),
-                Job::Rotated(reply) => {
-                    let _ = reply.send(self.rotated());
+                Job::Reseal(reply) => {
+                    let result = self.reseal();
+                    if let Err(e) = &result {
+                        error!("re-seal of the hot log and volume metadata failed: {e}");
+                    }
+                    let _ = reply.send(result);
                 }
                 Job::MergeMembership(job) => {
                     let result = self.merge_membership(&job);
@@ -597,24 +601,30 @@ impl Appender {
         hardened.map_err(|e| self.fail("harden a membership to the hot log", &e))
     }
 
-    fn rotated(&mut self) -> Result<(), StoreError> {
+    /// The re-seal pass's part that writes the log and metadata ([`crate::reseal`]): after a key
+    /// rotation, and once at start. Starts a new hot-log file if the current one holds frames
+    /// under an older key (or in the clear), and writes again every volume's metadata that is.
+    fn reseal(&mut self) -> Result<(), StoreError> {
         if self.failed {
             return Err(StoreError::LogFailed);
         }
-        if let Err(e) = self.writer.roll_if_written() {
-            return Err(self.fail("start a new hot-log file after a key rotation", &e));
+        if self.shared.files.is_stale(self.writer.file_number()) {
+            if let Err(e) = self.writer.roll_if_written() {
+                return Err(self.fail("start a new hot-log file after a key rotation", &e));
+            }
         }
-        let (dir, metas) = {
+        let (dir, stale) = {
             let store = lock(&self.shared.meta);
             (
                 store.dir().to_owned(),
-                store.all().cloned().collect::<Vec<_>>(),
+                store.under_old_keys(&self.shared.keys),
             )
         };
         // Only this thread writes metadata files: the copies cannot be overtaken meanwhile.
-        for meta in &metas {
-            meta::write_durable(&dir, meta, &self.shared.keys)
+        for meta in stale {
+            let sealed_with = meta::write_durable(&dir, &meta, &self.shared.keys)
                 .map_err(|e| io_error("store volume metadata under the new key", &e))?;
+            lock(&self.shared.meta).insert(meta, sealed_with);
         }
         Ok(())
     }
@@ -641,11 +651,14 @@ impl Appender {
         };
         let (dir, new) = (dir.0, &dir.1);
         // Only this thread writes metadata files, so nothing changes between the check and here.
-        if let Err(e) = meta::write_durable(&dir, new, &self.shared.keys) {
-            error!(volume = %new.name, "failed to store volume metadata: {e}");
-            return Err(io_error("store volume metadata", &e));
-        }
-        lock(&self.shared.meta).insert(new.clone());
+        let sealed_with = match meta::write_durable(&dir, new, &self.shared.keys) {
+            Ok(sealed_with) => sealed_with,
+            Err(e) => {
+                error!(volume = %new.name, "failed to store volume metadata: {e}");
+                return Err(io_error("store volume metadata", &e));
+            }
+        };
+        lock(&self.shared.meta).insert(new.clone(), sealed_with);
         lock(&self.shared.index).raise_epoch(&new.name, Epoch(new.epoch));
         Ok(new.version)
     }
@@ -660,11 +673,14 @@ impl Appender {
         let Some(updated) = updated else {
             return Ok(epoch);
         };
-        if let Err(e) = meta::write_durable(&dir, &updated, &self.shared.keys) {
-            error!(volume = %job.volume, "failed to store volume metadata: {e}");
-            return Err(io_error("store volume metadata", &e));
-        }
-        lock(&self.shared.meta).insert(updated);
+        let sealed_with = match meta::write_durable(&dir, &updated, &self.shared.keys) {
+            Ok(sealed_with) => sealed_with,
+            Err(e) => {
+                error!(volume = %job.volume, "failed to store volume metadata: {e}");
+                return Err(io_error("store volume metadata", &e));
+            }
+        };
+        lock(&self.shared.meta).insert(updated, sealed_with);
         Ok(epoch)
     }
 

@@ -258,6 +258,82 @@ async fn a_sealed_store_writes_no_plaintext() {
     }
 }
 
+/// A rotation cut short (the node stopped after its keys rotated, before the appender and the
+/// folder re-sealed anything) finishes after the restart: the start-up pass writes the
+/// metadata, the log, the checkpoint and every page again under the current keys, so no file
+/// outside the keyring still names the older keys, and the data reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_cut_short_by_a_restart_is_finished_after_it() {
+    let records: Vec<Record> = (1..=20u64)
+        .map(|lsn| partial(lsn, lsn - 1, 1, lsn % PAGES, 100, b"rotate"))
+        .collect();
+    let kek = sixfold_keys::Kek::generate_hex().expect("kek");
+    let temp = TempDir::new("rotation-restart");
+    let store = reopen(temp.path(), Some(&kek));
+    append(&store, &records[..10], 10).await;
+    folder::round(store.shared_for_tests());
+    append(&store, &records[10..], 10).await;
+    store
+        .put_meta(sixfold_proto::wire::VolumeMeta {
+            name: "fold".into(),
+            size_bytes: 1 << 30,
+            page_size: PAGE_SIZE as u32,
+            epoch: 1,
+            version: 1,
+            pgs: Vec::new(),
+            writer: 0,
+            restoring: false,
+        })
+        .await
+        .expect("metadata");
+    let old: Vec<sixfold_keys::KeyId> = store
+        .shared_for_tests()
+        .keys
+        .current_keys()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert_eq!(old.len(), 2, "a volume key and the node's");
+    // The keyring rotates (durably) and the node stops before anything is re-sealed.
+    store.shared_for_tests().keys.rotate().expect("rotate");
+    store.close().await;
+    drop(store);
+
+    let store = reopen(temp.path(), Some(&kek));
+    // The writer comes back and lets the rest fold (its fold limit is soft state): the log files
+    // under the older key go once their records are folded.
+    append(&store, &records[10..], 20).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = store.encryption_status().expect("encryption on");
+        let done = status.stores_left == 0
+            && status.log_files_left == 0
+            && status.meta_left == 0
+            && !status.checkpoint_left;
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-seal pass did not finish: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    check_reads(&store, &records, 10, 0, "after the re-seal").await;
+    store.close().await;
+    drop(store);
+    let outside_keyring = |found: Vec<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
+        found
+            .into_iter()
+            .filter(|p| !p.starts_with(temp.path().join("keys")))
+            .collect()
+    };
+    for id in &old {
+        let found = outside_keyring(files_containing(temp.path(), &id.0));
+        assert!(found.is_empty(), "{id} still seals {found:?}");
+    }
+}
+
 /// Zeroes the second half of some of the slots the last fold wrote in place, as a crash in the
 /// middle of those writes would (slots of earlier folds were fsync'd before it began).
 fn tear_pages(data_dir: &Path, written: &[u64], rng: &mut StdRng) {

@@ -198,7 +198,10 @@ fn run(shared: &Arc<Shared>, stop: &(Mutex<bool>, Condvar)) {
             }
         }
         behind = lazy_round(shared, &mut foldable_since);
-        reseal.round(shared);
+        if !behind {
+            // Background work: only while folding keeps up.
+            reseal.round(shared);
+        }
         rounds += 1;
         if rounds >= SCRUB_EVERY_ROUNDS {
             rounds = 0;

@@ -301,6 +301,9 @@ fn decode_payload(payload: &[u8]) -> Result<(Frame, usize), String> {
     let malformed = || "frame payload is malformed".to_string();
     let kind = *payload.first().ok_or_else(malformed)?;
     let (volume, body_offset) = payload_head(payload)?;
+    // Every frame was written for a validated name; anything else is damage (or a hand-made
+    // file), never a segment to rebuild.
+    crate::request::volume_name(volume).map_err(|e| format!("frame names no valid volume: {e}"))?;
     let volume = volume.to_string();
     let pg = PgId(u32::from_le_bytes(
         take::<4>(payload, body_offset - 4).ok_or_else(malformed)?,

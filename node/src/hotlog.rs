@@ -145,16 +145,20 @@ impl LogFiles {
     /// Log files that hold frames in the clear or under keys that no longer seal new data, with
     /// encryption on (they go once folded and collected: see [`crate::reseal`]).
     pub fn files_under_old_keys(&self) -> usize {
+        let numbers: Vec<u32> = lock(&self.file_keys).keys().copied().collect();
+        numbers.into_iter().filter(|n| self.is_stale(*n)).count()
+    }
+
+    /// Whether log file `number` holds frames in the clear or under a key that no longer seals,
+    /// with encryption on.
+    pub fn is_stale(&self, number: u32) -> bool {
         if !self.keys.enabled() {
-            return 0;
+            return false;
         }
-        lock(&self.file_keys)
-            .values()
-            .filter(|keys| {
-                keys.iter()
-                    .any(|key| key.is_none_or(|id| !self.keys.is_current(id)))
-            })
-            .count()
+        lock(&self.file_keys).get(&number).is_some_and(|keys| {
+            keys.iter()
+                .any(|key| key.is_none_or(|id| !self.keys.is_current(id)))
+        })
     }
 
     /// Reads the record at `location`: its canonical encoding (opened, if it was sealed).

@@ -48,6 +48,8 @@ pub struct Keyring {
     current: Mutex<HashMap<String, (u32, Arc<DataKey>)>>,
     /// Rotations since this keyring was opened (the re-seal pass starts a sweep at each).
     rotations: std::sync::atomic::AtomicU64,
+    /// Held through a rotation (one at a time).
+    rotating: Mutex<()>,
 }
 
 /// A scope's current key, as status shows it.
@@ -165,6 +167,7 @@ impl Keyring {
             wrapped: RwLock::new(wrapped_keys),
             current: Mutex::new(current),
             rotations: Default::default(),
+            rotating: Mutex::new(()),
         })
     }
 
@@ -183,6 +186,7 @@ impl Keyring {
             wrapped: RwLock::new(HashMap::new()),
             current: Mutex::new(HashMap::new()),
             rotations: Default::default(),
+            rotating: Mutex::new(()),
         }
     }
 
@@ -218,27 +222,53 @@ impl Keyring {
         let Some(kek) = &self.kek else {
             return Ok(Vec::new());
         };
-        let mut current = lock(&self.current);
-        let mut scopes: Vec<(String, u32)> =
-            current.iter().map(|(s, (g, _))| (s.clone(), *g)).collect();
+        // One rotation at a time; the keys are made (a file write each, perhaps a KMS call)
+        // without holding `current`, which every seal takes.
+        let _rotating = lock(&self.rotating);
+        let mut scopes: Vec<(String, u32)> = lock(&self.current)
+            .iter()
+            .map(|(s, (g, _))| (s.clone(), *g))
+            .collect();
         scopes.sort();
-        let mut rotated = Vec::with_capacity(scopes.len());
+        let mut made = Vec::with_capacity(scopes.len());
+        let mut failure = None;
         for (scope, generation) in scopes {
-            let generation = generation.checked_add(1).ok_or_else(|| {
-                KeyError::Kek(format!("scope {scope:?} has used up its key generations"))
-            })?;
-            let key = self.make_key(kek, &scope, generation)?;
-            rotated.push(CurrentKey {
-                scope: scope.clone(),
-                generation,
-                key: key.id(),
-            });
-            current.insert(scope, (generation, key));
+            let Some(generation) = generation.checked_add(1) else {
+                failure = Some(KeyError::Kek(format!(
+                    "scope {scope:?} has used up its key generations"
+                )));
+                break;
+            };
+            match self.make_key(kek, &scope, generation) {
+                Ok(key) => made.push((scope, generation, key)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
-        self.rotations
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        info!(keys = rotated.len(), "rotated the data keys");
-        Ok(rotated)
+        let mut rotated = Vec::with_capacity(made.len());
+        {
+            let mut current = lock(&self.current);
+            for (scope, generation, key) in made {
+                rotated.push(CurrentKey {
+                    scope: scope.clone(),
+                    generation,
+                    key: key.id(),
+                });
+                current.insert(scope, (generation, key));
+            }
+        }
+        if !rotated.is_empty() {
+            // Whatever rotated gets its re-seal sweep, even when a later scope failed.
+            self.rotations
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            info!(keys = rotated.len(), "rotated the data keys");
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(rotated),
+        }
     }
 
     /// Makes a new data key of `scope`, stores it wrapped and durable, and adds it to the ring.

@@ -35,6 +35,8 @@ mod durable;
 pub mod error;
 mod folder;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod gossip;
 mod hotlog;
 mod hydrate;
@@ -62,6 +64,8 @@ mod store_archive;
 
 #[cfg(test)]
 mod fold_tests;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -23,6 +23,7 @@ use tracing::{error, warn};
 use crate::error::NodeError;
 use crate::keyring::{Keyring, NODE_SCOPE};
 use crate::request;
+use sixfold_keys::{KeyId, Sealed};
 
 const SUFFIX: &str = ".meta";
 const TEMP_SUFFIX: &str = ".meta.tmp";
@@ -55,6 +56,9 @@ fn file_stem(volume: &str) -> String {
 pub struct MetaStore {
     dir: PathBuf,
     volumes: BTreeMap<String, VolumeMeta>,
+    /// The data key each volume's file is sealed with (None: in the clear), for the re-seal
+    /// pass ([`MetaStore::under_old_keys`]).
+    sealed_with: BTreeMap<String, Option<KeyId>>,
 }
 
 impl MetaStore {
@@ -63,6 +67,7 @@ impl MetaStore {
         let io_error = NodeError::io;
         std::fs::create_dir_all(dir).map_err(io_error("create metadata directory", dir))?;
         let mut volumes = BTreeMap::new();
+        let mut sealed_with = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(io_error("list metadata directory", dir))? {
             let entry = entry.map_err(io_error("list metadata directory", dir))?;
             let path = entry.path();
@@ -90,6 +95,7 @@ impl MetaStore {
                     if file_stem(&meta.name) == stem
                         && request::volume_name(&meta.name).is_ok() =>
                 {
+                    sealed_with.insert(meta.name.clone(), sealed_key(&bytes));
                     volumes.insert(meta.name.clone(), meta);
                 }
                 Some(meta) => error!(
@@ -102,6 +108,7 @@ impl MetaStore {
         Ok(MetaStore {
             dir: dir.to_owned(),
             volumes,
+            sealed_with,
         })
     }
 
@@ -175,16 +182,36 @@ impl MetaStore {
         &self.dir
     }
 
-    /// Caches metadata that [`write_durable`] has written.
-    pub fn insert(&mut self, meta: VolumeMeta) {
+    /// Caches metadata that [`write_durable`] has written, sealed with `sealed_with`.
+    pub fn insert(&mut self, meta: VolumeMeta, sealed_with: Option<KeyId>) {
+        self.sealed_with.insert(meta.name.clone(), sealed_with);
         self.volumes.insert(meta.name.clone(), meta);
+    }
+
+    /// The volumes whose file is in the clear or under a key that no longer seals, with
+    /// encryption on: the re-seal pass writes them again.
+    pub fn under_old_keys(&self, keys: &Keyring) -> Vec<VolumeMeta> {
+        if !keys.enabled() {
+            return Vec::new();
+        }
+        self.volumes
+            .values()
+            .filter(|meta| {
+                self.sealed_with
+                    .get(&meta.name)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|key| !keys.is_current(key))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Writes `meta` durably, then caches it.
     #[cfg(test)]
     pub fn put(&mut self, meta: VolumeMeta) -> io::Result<()> {
-        write_durable(&self.dir, &meta, &Keyring::plaintext())?;
-        self.insert(meta);
+        let sealed_with = write_durable(&self.dir, &meta, &Keyring::plaintext())?;
+        self.insert(meta, sealed_with);
         Ok(())
     }
 }
@@ -207,12 +234,24 @@ fn without_memberships(meta: &VolumeMeta) -> VolumeMeta {
 /// validated the name (a file name by construction) and checked [`MetaStore::stale`].
 /// With encryption at rest on, the body is sealed under the node's data key, with the file's
 /// name as authenticated data (a volume's file copied over another's does not open).
-pub fn write_durable(dir: &Path, meta: &VolumeMeta, keys: &Keyring) -> io::Result<()> {
+/// Returns the data key the file is sealed with (None: in the clear).
+pub fn write_durable(dir: &Path, meta: &VolumeMeta, keys: &Keyring) -> io::Result<Option<KeyId>> {
     let stem = file_stem(&meta.name);
     let body = keys
         .seal_box(NODE_SCOPE, &context(&stem), meta.encode_to_vec())
         .map_err(io::Error::other)?;
-    crate::durable::write_checked(dir, &format!("{stem}{SUFFIX}"), &body)
+    crate::durable::write_checked(dir, &format!("{stem}{SUFFIX}"), &body)?;
+    Ok(Sealed::is_sealed(&body)
+        .then(|| Sealed::parse(&body).ok().map(|s| s.key))
+        .flatten())
+}
+
+/// The data key a metadata file's bytes are sealed with (None: in the clear, or damaged).
+fn sealed_key(bytes: &[u8]) -> Option<KeyId> {
+    let body = crate::durable::decode_checked(bytes)?;
+    Sealed::is_sealed(body)
+        .then(|| Sealed::parse(body).ok().map(|s| s.key))
+        .flatten()
 }
 
 fn context(stem: &str) -> Vec<u8> {
@@ -222,7 +261,7 @@ fn context(stem: &str) -> Vec<u8> {
 /// The metadata in a file's bytes; `Ok(None)` when they are damaged (crc or format); an error
 /// when they are intact but do not open with this node's keys (never taken for damage: the file
 /// would then be ignored and overwritten).
-fn decode(
+pub(crate) fn decode(
     bytes: &[u8],
     stem: &str,
     keys: &Keyring,

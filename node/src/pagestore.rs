@@ -30,6 +30,7 @@
 //!   above its LSN (the page-LSN rule), so images from a peer (hydration) and from a redone
 //!   journal compose with the records of the log.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -39,12 +40,12 @@ use std::sync::{Arc, RwLock};
 
 use sixfold_proto::{Lsn, PageId, PgId, PAGE_SIZE};
 
-use sixfold_keys::{Detached, KeyId, NONCE_BYTES, TAG_BYTES};
+use sixfold_keys::{DataKey, Detached, KeyId, NONCE_BYTES, TAG_BYTES};
 
 use crate::keyring::Keyring;
 use crate::pagewrite::{SlotWriter, RUN_PAGES_MAX};
 
-const META_BYTES: u64 = 64;
+pub(crate) const META_BYTES: u64 = 64;
 /// The slots' meta entries. (`pages.meta`, 16 bytes per slot, was the layout before
 /// encryption at rest; a store that still has one is refused at open, never misread.)
 const META_FILE: &str = "pages.slots";
@@ -96,6 +97,18 @@ enum Replace {
     OlderOnly,
     /// Any (repair of a damaged slot).
     Any,
+}
+
+/// What one step of the re-seal pass did ([`PageStore::reseal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResealStep {
+    /// Pages sealed again under the current key.
+    pub resealed: usize,
+    /// Pages under an older key (or in the clear) that do not read back intact: left to the
+    /// scrubber's repair; the pass sweeps their store again.
+    pub unreadable: usize,
+    /// The slot to go on from (`None`: the end of the store).
+    pub next: Option<u64>,
 }
 
 /// What reading a slot found.
@@ -156,6 +169,74 @@ fn meta_entry(
         }
     }
     meta
+}
+
+/// What a slot's meta entry and its stored bytes (one page) hold: the image, checked (and
+/// opened, if sealed), or what is wrong with them. Pure apart from the keys; never panics on
+/// any bytes (fuzzed: [`crate::fuzz`]).
+pub(crate) fn decode_slot(
+    volume: &str,
+    page: PageId,
+    meta: &[u8; META_BYTES as usize],
+    mut data: Vec<u8>,
+    keys: &Keyring,
+) -> Stored {
+    if meta.iter().all(|b| *b == 0) {
+        return Stored::Absent;
+    }
+    let word = |at: usize| u32::from_le_bytes([meta[at], meta[at + 1], meta[at + 2], meta[at + 3]]);
+    let mut lsn = [0u8; 8];
+    lsn.copy_from_slice(&meta[0..8]);
+    let lsn = Lsn(u64::from_le_bytes(lsn));
+    let (crc, magic) = (word(8), word(12));
+    if magic != META_MAGIC && magic != META_MAGIC_SEALED {
+        return Stored::Corrupt(format!("bad meta entry for {page} (magic {magic:#x})"));
+    }
+    if data.len() != PAGE_SIZE {
+        return Stored::Corrupt(format!("{page}: {} bytes stored, not a page", data.len()));
+    }
+    if page_checksum(page, lsn, &data) != crc {
+        return Stored::Corrupt(format!("checksum mismatch for {page} (image of {lsn})"));
+    }
+    if magic == META_MAGIC_SEALED {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&meta[16..32]);
+        let mut detached = Detached {
+            nonce: [0; NONCE_BYTES],
+            tag: [0; TAG_BYTES],
+        };
+        detached.nonce.copy_from_slice(&meta[32..32 + NONCE_BYTES]);
+        detached.tag.copy_from_slice(&meta[44..44 + TAG_BYTES]);
+        let opened = keys.key(KeyId(key)).and_then(|key| {
+            key.open_detached(&page_context(volume, page, lsn), &detached, &mut data)
+        });
+        if let Err(e) = opened {
+            return Stored::Corrupt(format!("{page} (image of {lsn}): {e}"));
+        }
+    }
+    Stored::Page { lsn, data }
+}
+
+/// The meta entry and the bytes to store in the slot for `image`: sealed under `sealer`, or in
+/// the clear.
+pub(crate) fn stored_form<'a>(
+    volume: &str,
+    image: &'a PageImage,
+    sealer: Option<&DataKey>,
+) -> Result<([u8; META_BYTES as usize], Cow<'a, [u8]>), sixfold_keys::KeyError> {
+    match sealer {
+        Some(key) => {
+            let mut data = image.data.clone();
+            let context = page_context(volume, image.page, image.lsn);
+            let detached = key.seal_detached(&context, &mut data)?;
+            let meta = meta_entry(image.page, image.lsn, &data, Some((key.id(), detached)));
+            Ok((meta, Cow::Owned(data)))
+        }
+        None => Ok((
+            meta_entry(image.page, image.lsn, &image.data, None),
+            Cow::Borrowed(&image.data),
+        )),
+    }
 }
 
 /// True when a meta entry is of an intact-looking image stored in the clear or under a key that
@@ -227,7 +308,8 @@ impl PageStore {
                 .and_then(|b| decode_journal(&b, pg))
             {
                 Some((to_lsn, images)) => {
-                    store.write_in_place(&images, Replace::OlderOnly)?;
+                    let sealer = store.sealer()?;
+                    store.write_in_place(&images, Replace::OlderOnly, sealer.as_deref())?;
                     Some(to_lsn)
                 }
                 None => None,
@@ -299,36 +381,10 @@ impl PageStore {
         if meta.iter().all(|b| *b == 0) {
             return Ok(Stored::Absent);
         }
-        let lsn = Lsn(u64::from_le_bytes(meta[0..8].try_into().expect("8 bytes")));
-        let crc = u32::from_le_bytes(meta[8..12].try_into().expect("4 bytes"));
-        let magic = u32::from_le_bytes(meta[12..16].try_into().expect("4 bytes"));
-        if magic != META_MAGIC && magic != META_MAGIC_SEALED {
-            return Ok(Stored::Corrupt(format!(
-                "bad meta entry for {page} (magic {magic:#x})"
-            )));
-        }
         let mut data = vec![0u8; PAGE_SIZE];
         read_fully_or_zero(&files.data, &mut data, slot * PAGE_SIZE as u64)?;
         drop(files);
-        if page_checksum(page, lsn, &data) != crc {
-            return Ok(Stored::Corrupt(format!(
-                "checksum mismatch for {page} (image of {lsn})"
-            )));
-        }
-        if magic == META_MAGIC_SEALED {
-            let key = KeyId(meta[16..32].try_into().expect("16 bytes"));
-            let detached = Detached {
-                nonce: meta[32..32 + NONCE_BYTES].try_into().expect("12 bytes"),
-                tag: meta[44..44 + TAG_BYTES].try_into().expect("16 bytes"),
-            };
-            let opened = self.keys.key(key).and_then(|key| {
-                key.open_detached(&page_context(&self.volume, page, lsn), &detached, &mut data)
-            });
-            if let Err(e) = opened {
-                return Ok(Stored::Corrupt(format!("{page} (image of {lsn}): {e}")));
-            }
-        }
-        Ok(Stored::Page { lsn, data })
+        Ok(decode_slot(&self.volume, page, &meta, data, &self.keys))
     }
 
     /// Images newer than `after` from page slot `cursor` on, at most `max_pages` of them, and the
@@ -395,15 +451,26 @@ impl PageStore {
         Ok((damaged, (end < slots).then_some(end)))
     }
 
+    /// The key that seals new data of the volume (None: encryption off).
+    fn sealer(&self) -> io::Result<Option<Arc<DataKey>>> {
+        self.keys.sealer(&self.volume).map_err(io::Error::other)
+    }
+
     /// One step of the re-seal pass ([`crate::reseal`]) over slots `cursor..cursor + count`:
     /// every image stored under a key that no longer seals new data (or in the clear, with
     /// encryption now on) is sealed again under the current key, through the journal like a
-    /// fold, at its own LSN. Damaged slots are left to the scrubber. The caller holds the
-    /// node's `fold_lock` (no one else writes a slot meanwhile). Returns the pages re-sealed and
-    /// the slot to go on from (`None` at the end of the store).
-    pub fn reseal(&self, cursor: u64, count: u64) -> io::Result<(usize, Option<u64>)> {
+    /// fold, at its own LSN. `folded` is the segment's fold point, what the journal names (an
+    /// image may be above it: repaired at the PGCL, or copied by a hydration still going on; the
+    /// journal must never raise the fold point when it is redone at open). The caller holds the
+    /// node's `fold_lock` (no one else writes a slot meanwhile).
+    pub fn reseal(&self, cursor: u64, count: u64, folded: Lsn) -> io::Result<ResealStep> {
+        let mut step = ResealStep {
+            resealed: 0,
+            unreadable: 0,
+            next: None,
+        };
         if !self.keys.enabled() {
-            return Ok((0, None));
+            return Ok(step);
         }
         let slots = self.slots()?;
         let end = slots.min(cursor.saturating_add(count));
@@ -418,17 +485,59 @@ impl PageStore {
                 continue;
             }
             let page = PageId(self.pg.first_page().0 + cursor + i as u64);
-            if let Stored::Page { lsn, data } = self.read(page)? {
-                images.push(PageImage { page, lsn, data });
+            match self.read(page)? {
+                Stored::Page { lsn, data } => images.push(PageImage { page, lsn, data }),
+                // Damaged: the scrubber has it repaired from a peer (under the current key).
+                Stored::Corrupt(_) => step.unreadable += 1,
+                Stored::Absent => {}
             }
         }
-        if let Some(newest) = images.iter().map(|i| i.lsn).max() {
-            // Every image is at or below the segment's fold point, so redoing this journal at
-            // open never raises the fold point past what it was.
-            self.write_journal(newest, &images)?;
-            self.write_in_place(&images, Replace::OlderOnly)?;
+        if !images.is_empty() {
+            let sealer = self.sealer()?;
+            self.write_journal(folded, &images, sealer.as_deref())?;
+            self.write_in_place(&images, Replace::OlderOnly, sealer.as_deref())?;
         }
-        Ok((images.len(), (end < slots).then_some(end)))
+        step.resealed = images.len();
+        step.next = (end < slots).then_some(end);
+        Ok(step)
+    }
+
+    /// The end of a store's re-seal sweep: a fold journal left in the clear or under an older key
+    /// is written again under the current one (same fold point, same images: redoing it means
+    /// what it meant), or removed when it is torn (a torn journal is never redone). True when it
+    /// changed anything. The caller holds `fold_lock`.
+    pub fn reseal_journal(&self) -> io::Result<bool> {
+        if !self.keys.enabled() {
+            return Ok(false);
+        }
+        let path = self.journal_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let current = bytes.get(..4) == Some(JOURNAL_SEALED_MAGIC)
+            && bytes
+                .get(8..)
+                .and_then(|b| sixfold_keys::Sealed::parse(b).ok())
+                .is_some_and(|sealed| self.keys.is_current(sealed.key));
+        if current {
+            return Ok(false);
+        }
+        match self
+            .open_journal(bytes)
+            .and_then(|b| decode_journal(&b, self.pg))
+        {
+            Some((to_lsn, images)) => {
+                let sealer = self.sealer()?;
+                self.write_journal(to_lsn, &images, sealer.as_deref())?;
+            }
+            None => {
+                std::fs::remove_file(&path)?;
+                crate::hotlog::sync_dir(&self.dir)?;
+            }
+        }
+        Ok(true)
     }
 
     /// Slots the meta file covers (written ones and the holes between them).
@@ -441,8 +550,9 @@ impl PageStore {
     /// (its LSN cannot be trusted), through the journal like a fold.
     pub fn repair(&self, folded: Lsn, image: PageImage) -> io::Result<()> {
         let images = std::slice::from_ref(&image);
-        self.write_journal(folded, images)?;
-        self.write_in_place(images, Replace::Any)
+        let sealer = self.sealer()?;
+        self.write_journal(folded, images, sealer.as_deref())?;
+        self.write_in_place(images, Replace::Any, sealer.as_deref())
     }
 
     /// Stores page images copied from a peer (hydration) in place, without the journal: they
@@ -453,13 +563,17 @@ impl PageStore {
     /// peer. An older fold's journal redone at open never replaces a newer copy (never-regress).
     /// Half the disk writes of [`PageStore::fold`]: hydration runs at the disk's write speed.
     pub fn store_copies(&self, images: &[PageImage]) -> io::Result<()> {
-        self.write_in_place(images, Replace::OlderOnly)
+        let sealer = self.sealer()?;
+        self.write_in_place(images, Replace::OlderOnly, sealer.as_deref())
     }
 
     /// Stores `images` durably as the fold up to `to_lsn`: journal, fsync, in place, fsync.
     pub fn fold(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
-        self.write_journal(to_lsn, images)?;
-        self.write_in_place(images, Replace::OlderOnly)
+        // One key for the journal and the slots: a rotation in between must not leave the
+        // journal under the older one.
+        let sealer = self.sealer()?;
+        self.write_journal(to_lsn, images, sealer.as_deref())?;
+        self.write_in_place(images, Replace::OlderOnly, sealer.as_deref())
     }
 
     /// Replaces the journal with `images` (fold point `to_lsn`), durably. Written over the old
@@ -467,9 +581,14 @@ impl PageStore {
     /// the write); a crash mid-write leaves a journal whose checksum fails (nothing is redone:
     /// no slot was touched yet) or, if not even the header was written, the previous one intact
     /// (redoing it never regresses a page).
-    fn write_journal(&self, to_lsn: Lsn, images: &[PageImage]) -> io::Result<()> {
+    fn write_journal(
+        &self,
+        to_lsn: Lsn,
+        images: &[PageImage],
+        sealer: Option<&DataKey>,
+    ) -> io::Result<()> {
         let mut journal = encode_journal(to_lsn, images);
-        if let Some(key) = self.keys.sealer(&self.volume).map_err(io::Error::other)? {
+        if let Some(key) = sealer {
             let sealed = key
                 .seal(&self.journal_context(), &journal)
                 .map_err(io::Error::other)?;
@@ -495,7 +614,12 @@ impl PageStore {
         Ok(())
     }
 
-    fn write_in_place(&self, images: &[PageImage], replace: Replace) -> io::Result<()> {
+    fn write_in_place(
+        &self,
+        images: &[PageImage],
+        replace: Replace,
+        sealer: Option<&DataKey>,
+    ) -> io::Result<()> {
         let mut slotted = Vec::with_capacity(images.len());
         for image in images {
             if image.data.len() != PAGE_SIZE {
@@ -516,7 +640,6 @@ impl PageStore {
                 false
             }
         });
-        let sealer = self.keys.sealer(&self.volume).map_err(io::Error::other)?;
         let mut guard = self.io.write().unwrap_or_else(|p| p.into_inner());
         let files = &mut *guard;
         for run in runs(&slotted) {
@@ -542,37 +665,14 @@ impl PageStore {
             };
             for part in runs(&keep) {
                 let mut meta: Vec<u8> = Vec::with_capacity(part.len() * META_BYTES as usize);
-                let mut sealed_pages: Vec<Vec<u8>> = Vec::new();
-                if let Some(key) = &sealer {
-                    for (_, image) in part {
-                        let mut data = image.data.clone();
-                        let context = page_context(&self.volume, image.page, image.lsn);
-                        let detached = key
-                            .seal_detached(&context, &mut data)
-                            .map_err(io::Error::other)?;
-                        meta.extend_from_slice(&meta_entry(
-                            image.page,
-                            image.lsn,
-                            &data,
-                            Some((key.id(), detached)),
-                        ));
-                        sealed_pages.push(data);
-                    }
-                } else {
-                    for (_, image) in part {
-                        meta.extend_from_slice(&meta_entry(
-                            image.page,
-                            image.lsn,
-                            &image.data,
-                            None,
-                        ));
-                    }
+                let mut stored = Vec::with_capacity(part.len());
+                for (_, image) in part {
+                    let (entry, bytes) =
+                        stored_form(&self.volume, image, sealer).map_err(io::Error::other)?;
+                    meta.extend_from_slice(&entry);
+                    stored.push(bytes);
                 }
-                let pages: Vec<&[u8]> = if sealer.is_some() {
-                    sealed_pages.iter().map(|p| &p[..]).collect()
-                } else {
-                    part.iter().map(|(_, image)| &image.data[..]).collect()
-                };
+                let pages: Vec<&[u8]> = stored.iter().map(|p| &p[..]).collect();
                 files.writer.write_run(&files.data, part[0].0, &pages)?;
                 files.meta.write_all_at(&meta, part[0].0 * META_BYTES)?;
             }
@@ -627,7 +727,7 @@ fn read_fully_or_zero(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bo
     Ok(done > 0)
 }
 
-fn encode_journal(to_lsn: Lsn, images: &[PageImage]) -> Vec<u8> {
+pub(crate) fn encode_journal(to_lsn: Lsn, images: &[PageImage]) -> Vec<u8> {
     let mut out = Vec::with_capacity(JOURNAL_HEADER_BYTES + images.len() * JOURNAL_ENTRY_BYTES + 4);
     out.extend_from_slice(&JOURNAL_MAGIC.to_le_bytes());
     out.extend_from_slice(&to_lsn.0.to_le_bytes());
@@ -643,7 +743,7 @@ fn encode_journal(to_lsn: Lsn, images: &[PageImage]) -> Vec<u8> {
 }
 
 /// The journal's fold LSN and images, if it is complete, intact and of this PG.
-fn decode_journal(bytes: &[u8], pg: PgId) -> Option<(Lsn, Vec<PageImage>)> {
+pub(crate) fn decode_journal(bytes: &[u8], pg: PgId) -> Option<(Lsn, Vec<PageImage>)> {
     // The journal is overwritten in place, never truncated: its header says how long it is, and
     // whatever follows is a longer, older journal's tail.
     let count = u32::from_le_bytes(bytes.get(16..20)?.try_into().ok()?) as usize;
@@ -749,12 +849,13 @@ mod tests {
         };
         assert_eq!(stale(&store), 3, "two in the clear, one under the old key");
         // Two steps of two slots each, then the end.
-        let (resealed, next) = store.reseal(0, 2).expect("step");
-        assert_eq!((resealed, next), (1, Some(2)));
-        let (resealed, next) = store.reseal(2, 2).expect("step");
-        assert_eq!((resealed, next), (2, None));
+        let step = store.reseal(0, 2, Lsn(9)).expect("step");
+        assert_eq!((step.resealed, step.unreadable, step.next), (1, 0, Some(2)));
+        let step = store.reseal(2, 2, Lsn(9)).expect("step");
+        assert_eq!((step.resealed, step.next), (2, None));
         assert_eq!(stale(&store), 0);
-        assert_eq!(store.reseal(0, 100).expect("again"), (0, None));
+        let step = store.reseal(0, 100, Lsn(9)).expect("again");
+        assert_eq!((step.resealed, step.next), (0, None));
         for (page, lsn, fill) in [(first, 5, 0x11), (first + 2, 4, 0x22), (first + 3, 9, 0x33)] {
             assert_eq!(
                 store.read(PageId(page)).expect("read"),
@@ -764,6 +865,40 @@ mod tests {
                 }
             );
         }
+
+        // An image above the segment's fold point (a hydration's copy, a repair at the PGCL):
+        // the journal a re-seal writes names the fold point, so redoing it at open never raises
+        // the fold point (the records above it are still only in the hot log).
+        store
+            .store_copies(&[image(first + 7, 50, 0x77)])
+            .expect("copy");
+        keys.rotate().expect("rotate again");
+        let step = store.reseal(0, 100, Lsn(9)).expect("step");
+        assert_eq!((step.resealed, step.next), (4, None));
+        assert!(!store.reseal_journal().expect("journal"), "just written");
+        keys.rotate().expect("rotate a third time");
+        assert!(
+            store.reseal_journal().expect("journal"),
+            "under the older key"
+        );
+        assert!(
+            !store.reseal_journal().expect("journal"),
+            "under the current key"
+        );
+        drop(store);
+        let (store, redone) = PageStore::open(&dir, pg, "v", Arc::clone(&keys)).expect("reopen");
+        assert_eq!(
+            redone,
+            Some(Lsn(9)),
+            "a re-seal journal raised the fold point"
+        );
+        assert_eq!(
+            store.read(PageId(first + 7)).expect("read"),
+            Stored::Page {
+                lsn: Lsn(50),
+                data: vec![0x77; PAGE_SIZE]
+            }
+        );
         let data = std::fs::read(dir.join("pages.dat")).expect("data");
         assert!(
             !data.windows(64).any(|w| w.iter().all(|b| *b == 0x11)),

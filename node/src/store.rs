@@ -366,6 +366,12 @@ impl Store {
                 path: data_dir.to_owned(),
                 source,
             })?;
+        if shared.keys.enabled() {
+            // The re-seal pass's log and metadata part, once at start (crate::reseal): first in
+            // the queue; its outcome is logged by the appender.
+            let (reply, _) = oneshot::channel();
+            let _ = jobs.try_send(Job::Reseal(reply));
+        }
         let store = Store {
             shared,
             jobs,
@@ -740,7 +746,7 @@ impl Store {
                 action: "rotate the data keys",
                 source: std::io::Error::other(e),
             })?;
-        self.submit(Job::Rotated).await?;
+        self.submit(Job::Reseal).await?;
         Ok(rotated)
     }
 
@@ -1261,7 +1267,14 @@ impl Store {
     pub fn encryption_status(&self) -> Option<sixfold_proto::wire::EncryptionStatus> {
         let keys = &self.shared.keys;
         let kek = keys.kek_id()?;
-        let progress = lock(&self.shared.reseal).clone();
+        let mut progress = lock(&self.shared.reseal).clone();
+        if progress.sweep_of != Some(keys.rotations()) {
+            // The folder has not started the sweep of the latest rotation yet: all of it is left.
+            progress.stores_left = lock(&self.shared.pages).len() as u64;
+            progress.slots_swept = 0;
+            progress.checkpoint_left = true;
+        }
+        let meta_left = lock(&self.shared.meta).under_old_keys(keys).len() as u64;
         Some(sixfold_proto::wire::EncryptionStatus {
             kek,
             keys: keys
@@ -1279,6 +1292,7 @@ impl Store {
             stores_left: progress.stores_left,
             log_files_left: self.shared.files.files_under_old_keys() as u64,
             checkpoint_left: progress.checkpoint_left,
+            meta_left,
         })
     }
 

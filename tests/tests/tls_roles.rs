@@ -169,15 +169,24 @@ fn certificates_and_roles_are_checked() -> Result<()> {
             "a client with {what} is refused naming why ({alert}): {error}"
         );
     }
-    let log = std::fs::read_to_string(&node_log)?;
+    // The client sees the alert before the node has written its log line: wait for it.
     for reason in [
         "peer sent no certificates",
         "UnknownIssuer",
         "certificate expired",
     ] {
+        let logged = sixfold_tests::wait_for(
+            &format!("the node's log line for {reason}"),
+            std::time::Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&node_log).is_ok_and(|log| {
+                    log.lines()
+                        .any(|l| l.contains("refused a connection") && l.contains(reason))
+                })
+            },
+        );
         ensure!(
-            log.lines()
-                .any(|l| l.contains("refused a connection") && l.contains(reason)),
+            logged.is_ok(),
             "the node logs a refusal naming {reason}:\n{}",
             log_tail(&node_log, 20)
         );
