@@ -33,15 +33,18 @@ else
 fi
 
 echo "building the fuzz targets (sanitizer $sanitizer)..."
-cargo fuzz build --sanitizer "$sanitizer"
+# Inside the workspace's target directory (its own subdirectory: another profile and target).
+target_dir="$PWD/target/fuzz"
+cargo fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
 summary=()
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target" "fuzz/regressions/$target"
     log=$(mktemp)
     echo "fuzzing $target for $seconds s..."
-    if ! cargo fuzz run --sanitizer "$sanitizer" "$target" "fuzz/corpus/$target" \
+    if ! cargo fuzz run --sanitizer "$sanitizer" --target-dir "$target_dir" "$target" \
+        "fuzz/corpus/$target" \
         "fuzz/regressions/$target" -- -max_total_time="$seconds" -print_final_stats=1 \
-        -rss_limit_mb=4096 >"$log" 2>&1; then
+        -rss_limit_mb=4096 -max_len=12288 >"$log" 2>&1; then
         tail -40 "$log"
         echo "fuzz target $target failed: the input is in fuzz/artifacts/$target/;" \
             "replay it with: cargo fuzz run --sanitizer $sanitizer $target fuzz/artifacts/$target/FILE" >&2

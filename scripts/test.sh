@@ -11,3 +11,6 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 # The end-to-end tests (tests/) start this binary.
 export SIXFOLD_BIN="$PWD/target/release/sixfold"
 cargo test --release --workspace
+# Coverage-guided fuzzing of every decoder and the segment, briefly (the unit tests above ran
+# the same targets over a fixed set of inputs; longer runs: scripts/fuzz.sh SECONDS).
+scripts/fuzz.sh "${SIXFOLD_FUZZ_SECONDS:-5}"

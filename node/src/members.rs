@@ -56,7 +56,13 @@ impl HeldMembership {
         wire::MembershipStep {
             base: self.base.as_ref().map(Membership::to_wire),
             current: Some(self.current.to_wire()),
-            accepted: self.accepted.to_wire(),
+            // Without a base, an absent ballot reads back as learned (frames from before
+            // collision recovery): a fast-round acceptance (a catch-up that named its own base)
+            // is written out, or a restart would turn it into a learned one.
+            accepted: match (self.base.is_none(), self.accepted) {
+                (true, Ballot::FAST) => Some(sixfold_proto::wire::Ballot::default()),
+                (_, accepted) => accepted.to_wire(),
+            },
             promised_epoch: promise.map_or(0, |p| p.epoch.0),
             promised: promise.and_then(|p| p.ballot.to_wire()),
         }
@@ -67,10 +73,13 @@ impl HeldMembership {
         let current =
             Membership::from_wire(step.current.as_ref().ok_or(MembershipError::NotAStep)?)?;
         let base = step.base.as_ref().map(Membership::from_wire).transpose()?;
-        let promise = (step.promised_epoch != 0).then(|| Promise {
-            epoch: MembershipEpoch(step.promised_epoch),
-            ballot: Ballot::from_wire(step.promised.as_ref()),
-        });
+        // A promise of the fast round is no promise (to_wire never writes one; none is made).
+        let promise = (step.promised_epoch != 0)
+            .then(|| Promise {
+                epoch: MembershipEpoch(step.promised_epoch),
+                ballot: Ballot::from_wire(step.promised.as_ref()),
+            })
+            .filter(|p| p.ballot != Ballot::FAST);
         Ok(HeldMembership {
             current,
             base,

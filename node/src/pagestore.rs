@@ -53,7 +53,7 @@ const OLD_META_FILE: &str = "pages.meta";
 const META_MAGIC: u32 = 0x5346_5047; // "SFPG"
 const META_MAGIC_SEALED: u32 = 0x5346_5045; // "SFPE"
 const JOURNAL_SEALED_MAGIC: &[u8; 4] = b"SFJS";
-const JOURNAL_MAGIC: u64 = 0x5346_464f_4c44_4a31; // "SFFOLDJ1"
+pub(crate) const JOURNAL_MAGIC: u64 = 0x5346_464f_4c44_4a31; // "SFFOLDJ1"
 const JOURNAL_HEADER_BYTES: usize = 8 + 8 + 4;
 const JOURNAL_ENTRY_BYTES: usize = 8 + 8 + PAGE_SIZE;
 
