@@ -289,7 +289,10 @@ impl Appender {
         // 1. Decide, against the index and what earlier jobs of this group will add.
         let plans: Vec<Result<Chosen, StoreError>> = {
             let index = lock(&self.shared.index);
-            let mut group = GroupView::default();
+            let mut group = GroupView {
+                segments_max: self.segments_max(),
+                ..GroupView::default()
+            };
             jobs.iter().map(|job| group.decide(&index, job)).collect()
         };
         // 2. Write the new frames and fsync once.
@@ -427,6 +430,7 @@ impl Appender {
         }
         let adopt_membership = {
             let index = lock(&self.shared.index);
+            index.room_for(&job.key, self.segments_max())?;
             if let Some(epoch) = job.epoch {
                 let known = index.epoch(&job.key.volume);
                 if epoch < known {
@@ -544,6 +548,7 @@ impl Appender {
         }
         let adopted = {
             let index = lock(&self.shared.index);
+            index.room_for(&job.key, self.segments_max())?;
             let held = index.slot(&job.key).and_then(|s| s.held_membership());
             members::adopt_change(held.as_ref(), &job.base, &job.proposed, &job.mode)
                 .map_err(|e| membership_refusal(&job.key, e))?
@@ -684,6 +689,10 @@ impl Appender {
         Ok(epoch)
     }
 
+    fn segments_max(&self) -> usize {
+        self.shared.segments_max.load(Ordering::Relaxed)
+    }
+
     fn commit(&mut self) -> io::Result<()> {
         self.writer.commit()?;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
@@ -727,6 +736,8 @@ impl Appender {
 /// memberships they adopt.
 #[derive(Default)]
 struct GroupView<'a> {
+    /// Most segments the node holds (a job that would create one more is refused).
+    segments_max: usize,
     epochs: HashMap<&'a str, Epoch>,
     lsns: HashMap<&'a SegmentKey, HashSet<Lsn>>,
     memberships: HashMap<&'a SegmentKey, &'a Membership>,
@@ -742,6 +753,7 @@ struct Chosen {
 impl<'a> GroupView<'a> {
     /// What `job` writes, or why the job is refused.
     fn decide(&mut self, index: &Index, job: &'a AppendJob) -> Result<Chosen, StoreError> {
+        index.room_for(&job.key, self.segments_max)?;
         let volume = job.key.volume.as_str();
         let mut adopt = None;
         if let Source::Writer {

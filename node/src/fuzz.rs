@@ -196,7 +196,7 @@ pub fn volume_meta(data: &[u8]) {
         }
     }
     if let Ok(meta) = VolumeMeta::decode(data) {
-        let _ = request::volume_name(&meta.name);
+        let _ = request::volume_meta(&meta);
         assert_eq!(
             VolumeMeta::decode(meta.encode_to_vec().as_slice()),
             Ok(meta)

@@ -6,7 +6,8 @@
 //! 2. It asks one peer, page by page range (FetchPages, the next call in flight while a batch is
 //!    written), for every stored page whose image is newer than `S`, and stores each batch
 //!    durably, without the fold journal ([`crate::pagestore::PageStore::store_copies`]). The peer's fold point `F` holds still while
-//!    the scan goes on (each call renews the hold); if it moved anyway (a fold step that was
+//!    the scan goes on (each call renews the hold, for at most `FOLD_HOLD_MAX` in a row: a
+//!    hydration longer than that sees it move); if it moved anyway (a fold step that was
 //!    already running), a second pass copies what changed after the first pass's point.
 //! 3. Once a whole pass saw one `F`, the segment starts at `F` (fold point and SCL), durably in
 //!    the checkpoint, and gap-fill takes the records after `F` from the peers' logs. `F` is the

@@ -18,6 +18,7 @@ use sixfold_proto::collision::{Ballot, Promise};
 use sixfold_proto::membership::Membership;
 use sixfold_proto::{Epoch, Lsn, PgId};
 
+use crate::error::StoreError;
 use crate::members::HeldMembership;
 use crate::segment::{Admission, RecordMeta, Segment, Truncation};
 
@@ -68,6 +69,8 @@ pub struct SegmentSlot {
     pub fold_limit_hint: Lsn,
     /// A peer is hydrating from this segment's pages: do not fold until then (soft state).
     pub fold_hold_until: Option<std::time::Instant>,
+    /// When the current run of holds began ([`renew_fold_hold`] bounds how long a run lasts).
+    pub fold_hold_since: Option<std::time::Instant>,
     /// The archiver is taking a base image of the page store: do not fold (soft state).
     pub image_hold: bool,
     /// The address the writer knows this node by (soft state, with `peers`).
@@ -291,6 +294,18 @@ impl Index {
         self.volumes.get_mut(volume).expect("inserted above")
     }
 
+    /// Whether the node may hold `key`: it does already, or it holds fewer than `max` segments
+    /// (a request that would create one more is refused: a full node, as with a full disk).
+    pub fn room_for(&self, key: &SegmentKey, max: usize) -> Result<(), StoreError> {
+        if self.segments.contains_key(key) || self.segments.len() < max {
+            return Ok(());
+        }
+        Err(StoreError::NoRoom(format!(
+            "this node holds {} segments, as many as it takes ({max}): no segment {key} here",
+            self.segments.len()
+        )))
+    }
+
     /// The segment, if the node holds it (never creates one).
     pub fn slot_mut_existing(&mut self, key: &SegmentKey) -> Option<&mut SegmentSlot> {
         self.segments.get_mut(key)
@@ -426,5 +441,58 @@ mod tests {
         };
         assert_eq!(state(&a), (Lsn(10), Lsn(10), 3, Epoch(2)));
         assert_eq!(state(&a), state(&b));
+    }
+}
+
+/// A peer's FetchPages at `now` holds the segment's fold point for `hold` more, within a run
+/// of holds that began at `since` and lasts at most `max`; after a run, no hold for `hold`, so
+/// that the folder gets its turn. A peer that keeps asking cannot keep the segment from folding
+/// for ever: its hydration then copies what changed in a next pass ([`crate::hydrate`]).
+/// Returns the new (until, since). Pure: tested on its own.
+pub fn renew_fold_hold(
+    until: Option<std::time::Instant>,
+    since: Option<std::time::Instant>,
+    now: std::time::Instant,
+    hold: std::time::Duration,
+    max: std::time::Duration,
+) -> (Option<std::time::Instant>, Option<std::time::Instant>) {
+    match since {
+        // In a run: hold, up to the run's end.
+        Some(since) if now < since + max => (Some((now + hold).min(since + max)), Some(since)),
+        // The pause after a run: no hold.
+        Some(since) if now < since + max + hold => (until, Some(since)),
+        // A new run.
+        _ => (Some(now + hold), Some(now)),
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::renew_fold_hold;
+    use std::time::{Duration, Instant};
+
+    /// A peer asking every 10 s for an hour no longer holds the fold point for that hour: the
+    /// holds come in runs of at most `max`, each followed by a pause the folder can fold in.
+    #[test]
+    fn fold_holds_renewed_without_end_end_after_their_bound() {
+        let (hold, max) = (Duration::from_secs(30), Duration::from_secs(600));
+        let start = Instant::now();
+        let (mut until, mut since) = (None, None);
+        let (mut held_for, mut longest, mut free) = (0u64, 0u64, 0u64);
+        for second in 0..3600u64 {
+            let now = start + Duration::from_secs(second);
+            if second % 10 == 0 {
+                (until, since) = renew_fold_hold(until, since, now, hold, max);
+            }
+            if until.is_some_and(|until| now < until) {
+                held_for += 1;
+                longest = longest.max(held_for);
+            } else {
+                held_for = 0;
+                free += 1;
+            }
+        }
+        assert!(longest <= max.as_secs(), "held {longest} s in a row");
+        assert!(free >= 5 * 20, "free for only {free} s in an hour");
     }
 }

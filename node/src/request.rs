@@ -198,6 +198,55 @@ pub fn membership(
     .transpose()
 }
 
+/// Most bytes of one volume's metadata: its PG map at the largest volume ([`PG_COUNT_MAX`] PGs
+/// with six nodes and a membership each) takes about 1.5 MiB.
+pub const VOLUME_META_BYTES_MAX: usize = 3 << 20;
+
+/// Volume metadata as a writer or admin puts it (PutVolumeMeta), checked before the node
+/// stores it: a valid name, at most [`PG_COUNT_MAX`] PGs, each within range, with at most
+/// [`PEERS_MAX`] node addresses of at most [`PEER_ADDRESS_BYTES_MAX`] bytes and a valid
+/// membership, and at most [`VOLUME_META_BYTES_MAX`] bytes in all.
+pub fn volume_meta(meta: &wire::VolumeMeta) -> Result<(), StoreError> {
+    volume_name(&meta.name)?;
+    let volume = &meta.name;
+    if meta.pgs.len() > PG_COUNT_MAX as usize {
+        return Err(invalid(format!(
+            "volume {volume}: {} PGs in its metadata (at most {PG_COUNT_MAX})",
+            meta.pgs.len()
+        )));
+    }
+    for placement in &meta.pgs {
+        if placement.pg >= PG_COUNT_MAX {
+            return Err(invalid(format!(
+                "volume {volume}: PG {} is beyond the largest volume",
+                placement.pg
+            )));
+        }
+        if placement.nodes.len() > PEERS_MAX
+            || placement
+                .nodes
+                .iter()
+                .any(|addr| addr.len() > PEER_ADDRESS_BYTES_MAX)
+        {
+            return Err(invalid(format!(
+                "volume {volume}: PG {} names {} nodes (at most {PEERS_MAX}, each at most \
+                 {PEER_ADDRESS_BYTES_MAX} bytes)",
+                placement.pg,
+                placement.nodes.len()
+            )));
+        }
+        membership(placement.membership.as_ref())
+            .map_err(|e| invalid(format!("volume {volume}: PG {}: {e}", placement.pg)))?;
+    }
+    let bytes = prost::Message::encoded_len(meta);
+    if bytes > VOLUME_META_BYTES_MAX {
+        return Err(invalid(format!(
+            "volume {volume}: metadata of {bytes} bytes (at most {VOLUME_META_BYTES_MAX})"
+        )));
+    }
+    Ok(())
+}
+
 pub fn peers(list: &[String]) -> Result<Vec<String>, StoreError> {
     if list.len() > PEERS_MAX {
         return Err(invalid(format!(
@@ -238,6 +287,54 @@ mod tests {
             assert!(volume_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(volume_name(&"x".repeat(255)).is_ok());
+    }
+
+    /// Metadata a writer or admin puts is bounded: PG count, PG numbers, node lists, addresses,
+    /// memberships, total size; a normal map passes.
+    #[test]
+    fn volume_metadata_is_checked() {
+        let placement = |pg: u32| wire::PgPlacement {
+            pg,
+            nodes: (0..6).map(|i| format!("10.0.0.{i}:7001")).collect(),
+            membership_epoch: 0,
+            membership: None,
+        };
+        let meta = |pgs: Vec<wire::PgPlacement>| wire::VolumeMeta {
+            name: "v".into(),
+            size_bytes: 1 << 40,
+            page_size: 4096,
+            epoch: 1,
+            version: 1,
+            pgs,
+            writer: 0,
+            restoring: false,
+        };
+        assert!(volume_meta(&meta((0..103).map(placement).collect())).is_ok());
+        let too_many = meta((0..PG_COUNT_MAX + 1).map(placement).collect());
+        assert!(volume_meta(&too_many).is_err());
+        assert!(volume_meta(&meta(vec![placement(PG_COUNT_MAX)])).is_err());
+        let mut crowded = placement(0);
+        crowded.nodes = vec!["n:1".into(); PEERS_MAX + 1];
+        assert!(volume_meta(&meta(vec![crowded])).is_err());
+        let mut long = placement(0);
+        long.nodes[0] = "x".repeat(PEER_ADDRESS_BYTES_MAX + 1);
+        assert!(volume_meta(&meta(vec![long])).is_err());
+        let mut bad_membership = placement(0);
+        bad_membership.membership = Some(wire::Membership {
+            epoch: 1,
+            members: vec![1, 1, 1],
+            changes: Vec::new(),
+        });
+        assert!(volume_meta(&meta(vec![bad_membership])).is_err());
+        let mut huge = meta((0..6000).map(placement).collect());
+        for placement in &mut huge.pgs {
+            placement.nodes = vec!["y".repeat(PEER_ADDRESS_BYTES_MAX); PEERS_MAX];
+        }
+        let err = volume_meta(&huge).expect_err("24 MB of metadata");
+        assert!(err.to_string().contains("bytes"), "{err}");
+        let mut unnamed = meta(Vec::new());
+        unnamed.name = "../etc".into();
+        assert!(volume_meta(&unnamed).is_err());
     }
 
     #[test]

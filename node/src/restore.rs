@@ -16,14 +16,22 @@
 //!
 //! A failed restore leaves a segment the new volume's metadata does not name as usable (the
 //! restore command marks the volume `restoring` until every PG is built).
+//!
+//! Limits: a node runs at most [`RESTORES_RUNNING_MAX`] restores at once (each decodes and
+//! writes at the disk's pace; more would only share it), keeps at most
+//! [`RESTORES_WAITING_MAX`] more waiting their turn, and refuses beyond (RESOURCE_EXHAUSTED). A
+//! restore whose caller goes away (the command killed, its connection lost) stops at its next
+//! step: nothing is left running for no one.
 
 use sixfold_archive::keys::{self, RunKey};
 use sixfold_archive::manifest::BaseManifest;
 use sixfold_archive::{format, ObjectStore};
 use sixfold_proto::wire::{RestoreSegmentProgress, RestoreSegmentRequest};
 use sixfold_proto::{Lsn, PgId};
-use tokio::sync::mpsc;
-use tracing::info;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
 
 use crate::archive_seal;
 use crate::error::StoreError;
@@ -31,6 +39,38 @@ use crate::index::SegmentKey;
 use crate::pagestore::PageImage;
 use crate::request;
 use crate::store::Store;
+
+/// Restores a node runs at once.
+pub const RESTORES_RUNNING_MAX: usize = 2;
+/// Restores a node keeps waiting for their turn; more are refused.
+pub const RESTORES_WAITING_MAX: usize = 64;
+
+/// The node's restore slots: admission (running and waiting) and running.
+#[derive(Clone, Debug)]
+pub struct RestoreSlots {
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+}
+
+impl Default for RestoreSlots {
+    fn default() -> RestoreSlots {
+        RestoreSlots::new(RESTORES_RUNNING_MAX, RESTORES_WAITING_MAX)
+    }
+}
+
+impl RestoreSlots {
+    pub fn new(running: usize, waiting: usize) -> RestoreSlots {
+        RestoreSlots {
+            admitted: Arc::new(Semaphore::new(running + waiting)),
+            running: Arc::new(Semaphore::new(running)),
+        }
+    }
+
+    /// A place for one more restore, or None when the node has as many as it keeps.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.admitted).try_acquire_owned().ok()
+    }
+}
 
 /// A validated RestoreSegment request.
 #[derive(Debug)]
@@ -104,14 +144,34 @@ impl Reporter {
     }
 }
 
-/// Runs the job, sending progress and then the final answer (or the error) on `sender`.
+/// Runs the job once one of the node's restore slots is free, sending progress and then the
+/// final answer (or the error) on `sender`; stops, without an answer, as soon as the receiver
+/// is gone (the caller went away). `admitted` is the job's place among the node's restores.
 pub async fn run(
     store: Store,
     objects: ObjectStore,
     job: RestoreJob,
     sender: mpsc::Sender<Result<RestoreSegmentProgress, tonic::Status>>,
+    slots: RestoreSlots,
+    admitted: OwnedSemaphorePermit,
 ) {
-    let result = restore(&store, &objects, &job, sender.clone()).await;
+    let _admitted = admitted;
+    let work = async {
+        let _running = slots
+            .running
+            .acquire()
+            .await
+            .map_err(|_| "the node is shutting down".to_string())?;
+        restore(&store, &objects, &job, sender.clone()).await
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = sender.closed() => {
+            warn!(segment = %job.key, "restore stopped: its caller went away (the segment is left \
+                  incomplete, as after a failed restore)");
+            return;
+        }
+    };
     let message = match result {
         Ok((scl, max_epoch, bytes)) => Ok(RestoreSegmentProgress {
             bytes,
@@ -144,6 +204,7 @@ async fn restore(
             "this node already holds segment {key}: restore into a new volume name"
         ));
     }
+    store.room_for_segment(key).map_err(|e| e.to_string())?;
     let source = (&job.source_volume, job.source_pg);
     // Sizes, for progress: one listing of the PG's archive.
     let prefix = keys::pg_prefix(source.0, source.1);
@@ -298,4 +359,121 @@ async fn restore_base(
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{full, TempDir};
+    use sixfold_proto::wire::ArchiveRun;
+
+    const RUNS: u64 = 60;
+
+    /// An archive of `RUNS` one-record runs of volume "src", PG 0, in `dir`.
+    async fn archive(dir: &std::path::Path) -> (ObjectStore, Vec<RunKey>) {
+        let objects = ObjectStore::open(&dir.display().to_string(), None)
+            .await
+            .expect("object store");
+        let mut runs = Vec::new();
+        for lsn in 1..=RUNS {
+            let run = RunKey {
+                start: Lsn(lsn - 1),
+                end: Lsn(lsn),
+                time_us: lsn,
+            };
+            let body = format::encode_run(&ArchiveRun {
+                volume: "src".into(),
+                pg: 0,
+                start: lsn - 1,
+                end: lsn,
+                records: vec![full(lsn, lsn - 1, 1, lsn % 8, lsn as u8)],
+                marks: Vec::new(),
+            });
+            objects
+                .put(&keys::run_key("src", PgId(0), &run), body)
+                .await
+                .expect("put");
+            runs.push(run);
+        }
+        (objects, runs)
+    }
+
+    fn job(volume: &str, runs: &[RunKey]) -> RestoreJob {
+        RestoreJob {
+            key: SegmentKey {
+                volume: volume.into(),
+                pg: PgId(0),
+            },
+            source_volume: "src".into(),
+            source_pg: PgId(0),
+            base: None,
+            runs: runs.to_vec(),
+            target: Lsn(RUNS),
+        }
+    }
+
+    /// A restore whose caller goes away stops at its next step, leaving the rest undone; with
+    /// its caller there, the same restore completes. And a node keeps only so many restores.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_stops_when_its_caller_goes_away() {
+        let temp = TempDir::new("restore-cancel");
+        let (store, _) = Store::open(&temp.path().join("node")).expect("store");
+        let (objects, runs) = archive(&temp.path().join("archive")).await;
+        let slots = RestoreSlots::new(1, 1);
+
+        let (sender, mut receiver) = mpsc::channel(16);
+        let admitted = slots.admit().expect("a slot");
+        let whole = tokio::spawn(run(
+            store.clone(),
+            objects.clone(),
+            job("whole", &runs),
+            sender,
+            slots.clone(),
+            admitted,
+        ));
+        let mut last = None;
+        while let Some(message) = receiver.recv().await {
+            last = Some(message.expect("progress"));
+        }
+        whole.await.expect("join");
+        let last = last.expect("an answer");
+        assert!(last.done && last.scl == RUNS, "{last:?}");
+
+        let (sender, mut receiver) = mpsc::channel(16);
+        let admitted = slots.admit().expect("a slot");
+        let cut = tokio::spawn(run(
+            store.clone(),
+            objects,
+            job("cut", &runs),
+            sender,
+            slots.clone(),
+            admitted,
+        ));
+        let first = receiver.recv().await.expect("progress").expect("ok");
+        assert!(!first.done);
+        drop(receiver);
+        tokio::time::timeout(std::time::Duration::from_secs(10), cut)
+            .await
+            .expect("the restore stops")
+            .expect("join");
+        let key = SegmentKey {
+            volume: "cut".into(),
+            pg: PgId(0),
+        };
+        let scl = store.segment_state(&key).scl;
+        assert!(
+            scl < Lsn(RUNS / 2),
+            "the restore went on without its caller (SCL {scl})"
+        );
+
+        let held = (slots.admit(), slots.admit());
+        assert!(held.0.is_some() && held.1.is_some());
+        assert!(
+            slots.admit().is_none(),
+            "one running and one waiting at most"
+        );
+        drop(held);
+        assert!(slots.admit().is_some());
+        store.close().await;
+    }
 }

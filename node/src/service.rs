@@ -38,11 +38,17 @@ pub struct Service {
     az: String,
     /// The backup store (None: backup off, restores refused).
     objects: Option<ObjectStore>,
+    restores: crate::restore::RestoreSlots,
 }
 
 impl Service {
     pub fn new(store: Store, az: String, objects: Option<ObjectStore>) -> Service {
-        Service { store, az, objects }
+        Service {
+            store,
+            az,
+            objects,
+            restores: crate::restore::RestoreSlots::default(),
+        }
     }
 }
 
@@ -398,7 +404,7 @@ impl StorageNode for Service {
             .into_inner()
             .meta
             .ok_or_else(|| StoreError::InvalidArgument("request carries no volume metadata".into()))
-            .and_then(|meta| request::volume_name(&meta.name).map(|()| meta))
+            .and_then(|meta| request::volume_meta(&meta).map(|()| meta))
             .map_err(|e| status("PutVolumeMeta", e))?;
         let version = self
             .store
@@ -560,12 +566,21 @@ impl StorageNode for Service {
                 "this node has no backup store (start it with --backup)",
             ));
         };
+        let Some(admitted) = self.restores.admit() else {
+            return Err(Status::resource_exhausted(format!(
+                "this node already runs {} restores and keeps {} waiting: try again later",
+                crate::restore::RESTORES_RUNNING_MAX,
+                crate::restore::RESTORES_WAITING_MAX
+            )));
+        };
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(crate::restore::run(
             self.store.clone(),
             objects,
             job,
             sender,
+            self.restores.clone(),
+            admitted,
         ));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }

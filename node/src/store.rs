@@ -55,8 +55,15 @@ pub const APPEND_QUEUE_KIB_MAX: usize = 256 << 10;
 /// looks.
 pub const APPEND_HOLD_MAX: Duration = Duration::from_secs(2);
 const APPEND_HOLD_POLL: Duration = Duration::from_millis(10);
-/// How long a segment's fold point holds still after a peer's FetchPages.
+/// Most segments a node holds (160 TiB of 10 GiB PGs): a request that would create one more is
+/// refused as from a full node, so that no caller can grow its index, files and checkpoint
+/// without bound.
+pub const SEGMENTS_MAX: usize = 16_384;
+/// How long a segment's fold point holds still after a peer's FetchPages...
 pub const FOLD_HOLD: Duration = Duration::from_secs(30);
+/// ...and at most how long holds renewed one after the other last (a hydration that takes
+/// longer starts again at the newer fold point).
+pub const FOLD_HOLD_MAX: Duration = Duration::from_secs(600);
 /// Most pages one FetchPages answers with.
 pub const FETCH_PAGES_MAX: usize = 2048;
 /// Most bytes of records one FetchRecords answers with.
@@ -118,6 +125,8 @@ pub struct Shared {
     pub keys: Arc<Keyring>,
     /// How far the re-seal pass is ([`crate::reseal`]).
     pub reseal: Mutex<crate::reseal::ResealProgress>,
+    /// Most segments the node holds ([`SEGMENTS_MAX`]; tests lower it).
+    pub segments_max: std::sync::atomic::AtomicUsize,
 }
 
 /// What recovery found, for the start-up log line.
@@ -341,6 +350,7 @@ impl Store {
             applied_file: AtomicU32::new(writer.file_number()),
             fold_lock: Mutex::new(()),
             reseal: Mutex::default(),
+            segments_max: std::sync::atomic::AtomicUsize::new(SEGMENTS_MAX),
             backup_store: Mutex::new(None),
             archived_objects: AtomicU64::new(0),
             archived_bytes: AtomicU64::new(0),
@@ -947,7 +957,14 @@ impl Store {
             if index.segment(key).is_none() {
                 return Err(StoreError::not_hosted(&key.volume, key.pg));
             }
-            index.slot_mut(key).fold_hold_until = Some(Instant::now() + FOLD_HOLD);
+            let slot = index.slot_mut(key);
+            (slot.fold_hold_until, slot.fold_hold_since) = crate::index::renew_fold_hold(
+                slot.fold_hold_until,
+                slot.fold_hold_since,
+                Instant::now(),
+                FOLD_HOLD,
+                FOLD_HOLD_MAX,
+            );
         }
         self.scan_pages(key, after_lsn, cursor, max_pages).await
     }
@@ -1182,6 +1199,12 @@ impl Store {
             )));
         }
         self.finish_hydration(key, to).await
+    }
+
+    /// Whether the node may hold `key` ([`SEGMENTS_MAX`]).
+    pub fn room_for_segment(&self, key: &SegmentKey) -> Result<(), StoreError> {
+        let max = self.shared.segments_max.load(Ordering::Relaxed);
+        lock(&self.shared.index).room_for(key, max)
     }
 
     pub fn segment_state(&self, key: &SegmentKey) -> SegmentSummary {

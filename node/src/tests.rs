@@ -761,3 +761,41 @@ async fn a_segment_that_missed_a_recovery_serves_no_read_of_a_reader_that_knows_
     assert_eq!(page(&store, &k, 0, 6).await, vec![6u8; PAGE_SIZE]);
     store.close().await;
 }
+
+/// A node holds at most so many segments: an OpenSegment or Append that would create one more
+/// is refused as from a full node, naming the count; the segments it holds go on.
+#[tokio::test]
+async fn a_node_refuses_segments_beyond_its_limit() {
+    let temp = TempDir::new("segments-max");
+    let store = open(temp.path());
+    store
+        .shared_for_tests()
+        .segments_max
+        .store(2, Ordering::Relaxed);
+    for volume in ["a", "b"] {
+        store
+            .open_segment(key(volume, 0), Epoch(1), Lsn(0), vec![], vec![], None)
+            .await
+            .expect("room");
+    }
+    let refused = store
+        .open_segment(key("c", 0), Epoch(1), Lsn(0), vec![], vec![], None)
+        .await
+        .expect_err("a third segment");
+    assert!(
+        matches!(&refused, StoreError::NoRoom(m) if m.contains("holds 2 segments")),
+        "{refused}"
+    );
+    let refused = append(&store, &key("d", 0), 1, &[partial(1, 0, 1, 0, 0, b"x")])
+        .await
+        .expect_err("an append creating a segment");
+    assert!(matches!(refused, StoreError::NoRoom(_)), "{refused}");
+    assert_eq!(
+        append(&store, &key("a", 0), 1, &[partial(1, 0, 1, 0, 0, b"x")])
+            .await
+            .expect("a held segment"),
+        Lsn(1)
+    );
+    assert!(store.segment_state(&key("c", 0)).records == 0);
+    store.close().await;
+}
