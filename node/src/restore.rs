@@ -44,6 +44,8 @@ use crate::store::Store;
 pub const RESTORES_RUNNING_MAX: usize = 2;
 /// Restores a node keeps waiting for their turn; more are refused.
 pub const RESTORES_WAITING_MAX: usize = 64;
+/// How often a waiting restore tells its caller it is still there.
+const WAITING_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The node's restore slots: admission (running and waiting) and running.
 #[derive(Clone, Debug)]
@@ -157,11 +159,29 @@ pub async fn run(
 ) {
     let _admitted = admitted;
     let work = async {
-        let _running = slots
-            .running
-            .acquire()
-            .await
-            .map_err(|_| "the node is shutting down".to_string())?;
+        // While it waits for its turn the caller hears from it (an empty progress report every
+        // few seconds), so that its timeout without progress does not fire.
+        let acquire = slots.running.acquire();
+        tokio::pin!(acquire);
+        let _running = loop {
+            tokio::select! {
+                permit = &mut acquire => {
+                    break permit.map_err(|_| "the node is shutting down".to_string())?;
+                }
+                () = tokio::time::sleep(WAITING_REPORT_EVERY) => {
+                    let waiting = RestoreSegmentProgress {
+                        bytes: 0,
+                        total_bytes: 0,
+                        done: false,
+                        scl: 0,
+                        max_epoch: 0,
+                    };
+                    if sender.send(Ok(waiting)).await.is_err() {
+                        return Err("its caller went away".to_string());
+                    }
+                }
+            }
+        };
         restore(&store, &objects, &job, sender.clone()).await
     };
     let result = tokio::select! {
@@ -413,7 +433,8 @@ mod tests {
     }
 
     /// A restore whose caller goes away stops at its next step, leaving the rest undone; with
-    /// its caller there, the same restore completes. And a node keeps only so many restores.
+    /// its caller there, the same restore completes; one waiting for its turn reports while it
+    /// waits. And a node keeps only so many restores.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restore_stops_when_its_caller_goes_away() {
         let temp = TempDir::new("restore-cancel");
@@ -441,6 +462,7 @@ mod tests {
 
         let (sender, mut receiver) = mpsc::channel(16);
         let admitted = slots.admit().expect("a slot");
+        let objects_for_queue = objects.clone();
         let cut = tokio::spawn(run(
             store.clone(),
             objects,
@@ -465,6 +487,35 @@ mod tests {
             scl < Lsn(RUNS / 2),
             "the restore went on without its caller (SCL {scl})"
         );
+
+        // A restore waiting for its turn reports while it waits (its caller's timeout without
+        // progress must not fire), then runs once the slot is free.
+        let running = Arc::clone(&slots.running)
+            .try_acquire_owned()
+            .expect("the running slot");
+        let (sender, mut receiver) = mpsc::channel(16);
+        let admitted = slots.admit().expect("a waiting place");
+        let queued = tokio::spawn(run(
+            store.clone(),
+            objects_for_queue,
+            job("queued", &runs),
+            sender,
+            slots.clone(),
+            admitted,
+        ));
+        let waiting = tokio::time::timeout(std::time::Duration::from_secs(8), receiver.recv())
+            .await
+            .expect("a report while waiting")
+            .expect("a message")
+            .expect("progress");
+        assert_eq!((waiting.bytes, waiting.done), (0, false));
+        drop(running);
+        let mut last = None;
+        while let Some(message) = receiver.recv().await {
+            last = Some(message.expect("progress"));
+        }
+        queued.await.expect("join");
+        assert!(last.is_some_and(|l| l.done && l.scl == RUNS));
 
         let held = (slots.admit(), slots.admit());
         assert!(held.0.is_some() && held.1.is_some());
