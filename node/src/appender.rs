@@ -430,7 +430,7 @@ impl Appender {
         }
         let adopt_membership = {
             let index = lock(&self.shared.index);
-            index.room_for(&job.key, self.segments_max())?;
+            index.room_for(&job.key, 0, self.segments_max())?;
             if let Some(epoch) = job.epoch {
                 let known = index.epoch(&job.key.volume);
                 if epoch < known {
@@ -548,7 +548,7 @@ impl Appender {
         }
         let adopted = {
             let index = lock(&self.shared.index);
-            index.room_for(&job.key, self.segments_max())?;
+            index.room_for(&job.key, 0, self.segments_max())?;
             let held = index.slot(&job.key).and_then(|s| s.held_membership());
             members::adopt_change(held.as_ref(), &job.base, &job.proposed, &job.mode)
                 .map_err(|e| membership_refusal(&job.key, e))?
@@ -736,8 +736,10 @@ impl Appender {
 /// memberships they adopt.
 #[derive(Default)]
 struct GroupView<'a> {
-    /// Most segments the node holds (a job that would create one more is refused).
+    /// Most segments the node holds (a job that would create one more is refused), and the
+    /// segments earlier jobs of the group create.
     segments_max: usize,
+    new_segments: HashSet<&'a SegmentKey>,
     epochs: HashMap<&'a str, Epoch>,
     lsns: HashMap<&'a SegmentKey, HashSet<Lsn>>,
     memberships: HashMap<&'a SegmentKey, &'a Membership>,
@@ -753,7 +755,10 @@ struct Chosen {
 impl<'a> GroupView<'a> {
     /// What `job` writes, or why the job is refused.
     fn decide(&mut self, index: &Index, job: &'a AppendJob) -> Result<Chosen, StoreError> {
-        index.room_for(&job.key, self.segments_max)?;
+        if index.slot(&job.key).is_none() && !self.new_segments.contains(&job.key) {
+            index.room_for(&job.key, self.new_segments.len(), self.segments_max)?;
+            self.new_segments.insert(&job.key);
+        }
         let volume = job.key.volume.as_str();
         let mut adopt = None;
         if let Source::Writer {

@@ -113,6 +113,9 @@ pub enum StoreError {
     LogFailed,
     #[error("the node's disk is full ({0}); appends resume when there is room")]
     NoRoom(String),
+    /// The node holds as much of something as it takes (segments): refused like a full node.
+    #[error("{0}")]
+    Full(String),
     #[error("the node is shutting down")]
     ShuttingDown,
 }
@@ -142,6 +145,7 @@ impl StoreError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             StoreError::NoRoom(m) => StoreError::NoRoom(m.clone()),
+            StoreError::Full(m) => StoreError::Full(m.clone()),
             StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
             StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
             StoreError::StaleMembership {
@@ -277,7 +281,9 @@ impl StoreError {
             StoreError::LogFailed | StoreError::ShuttingDown => {
                 (Code::Unavailable, RefusalReason::RefusalUnavailable)
             }
-            StoreError::NoRoom(_) => (Code::ResourceExhausted, RefusalReason::RefusalNoRoom),
+            StoreError::NoRoom(_) | StoreError::Full(_) => {
+                (Code::ResourceExhausted, RefusalReason::RefusalNoRoom)
+            }
         };
         let detail = RefusalDetail {
             reason: reason as i32,

@@ -295,14 +295,16 @@ impl Index {
     }
 
     /// Whether the node may hold `key`: it does already, or it holds fewer than `max` segments
-    /// (a request that would create one more is refused: a full node, as with a full disk).
-    pub fn room_for(&self, key: &SegmentKey, max: usize) -> Result<(), StoreError> {
-        if self.segments.contains_key(key) || self.segments.len() < max {
+    /// counting `pending` more about to be created (a request that would create one more is
+    /// refused as from a full node).
+    pub fn room_for(&self, key: &SegmentKey, pending: usize, max: usize) -> Result<(), StoreError> {
+        let held = self.segments.len().saturating_add(pending);
+        if self.segments.contains_key(key) || held < max {
             return Ok(());
         }
-        Err(StoreError::NoRoom(format!(
-            "this node holds {} segments, as many as it takes ({max}): no segment {key} here",
-            self.segments.len()
+        Err(StoreError::Full(format!(
+            "this node holds {held} segments, as many as it takes ({max}): it takes no new \
+             segment {key}"
         )))
     }
 
@@ -456,11 +458,15 @@ pub fn renew_fold_hold(
     hold: std::time::Duration,
     max: std::time::Duration,
 ) -> (Option<std::time::Instant>, Option<std::time::Instant>) {
+    // A hold that lapsed for `hold` or longer ended its run: the folder had its turn.
+    let ended = until.is_none_or(|until| now >= until + hold);
     match since {
         // In a run: hold, up to the run's end.
-        Some(since) if now < since + max => (Some((now + hold).min(since + max)), Some(since)),
+        Some(since) if !ended && now < since + max => {
+            (Some((now + hold).min(since + max)), Some(since))
+        }
         // The pause after a run: no hold.
-        Some(since) if now < since + max + hold => (until, Some(since)),
+        Some(since) if !ended && now < since + max + hold => (until, Some(since)),
         // A new run.
         _ => (Some(now + hold), Some(now)),
     }

@@ -42,8 +42,10 @@ use crate::store::Store;
 
 /// Restores a node runs at once.
 pub const RESTORES_RUNNING_MAX: usize = 2;
-/// Restores a node keeps waiting for their turn; more are refused.
-pub const RESTORES_WAITING_MAX: usize = 64;
+/// Restores a node keeps waiting for their turn; more are refused. A restore asks every node of
+/// every PG at once: this takes the largest volume ([`sixfold_proto::PG_COUNT_MAX`] PGs) at a
+/// time. A waiting restore costs a task and a channel.
+pub const RESTORES_WAITING_MAX: usize = 8192;
 /// How often a waiting restore tells its caller it is still there.
 const WAITING_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -55,15 +55,16 @@ pub const APPEND_QUEUE_KIB_MAX: usize = 256 << 10;
 /// looks.
 pub const APPEND_HOLD_MAX: Duration = Duration::from_secs(2);
 const APPEND_HOLD_POLL: Duration = Duration::from_millis(10);
-/// Most segments a node holds (160 TiB of 10 GiB PGs): a request that would create one more is
-/// refused as from a full node, so that no caller can grow its index, files and checkpoint
-/// without bound.
-pub const SEGMENTS_MAX: usize = 16_384;
+/// Most segments a node holds (640 TiB of 10 GiB PGs, ten of the largest volumes): a request
+/// that would create one more is refused as from a full node, so that no caller can grow its
+/// index, files and checkpoint without bound.
+pub const SEGMENTS_MAX: usize = 65_536;
 /// How long a segment's fold point holds still after a peer's FetchPages...
 pub const FOLD_HOLD: Duration = Duration::from_secs(30);
-/// ...and at most how long holds renewed one after the other last (a hydration that takes
-/// longer starts again at the newer fold point).
-pub const FOLD_HOLD_MAX: Duration = Duration::from_secs(600);
+/// ...and at most how long holds renewed one after the other last: long enough for any
+/// hydration pass (a 10 GiB PG at 0.5 MiB/s takes under 6 h); a peer that keeps asking longer
+/// lets the segment fold for [`FOLD_HOLD`] before its next run.
+pub const FOLD_HOLD_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Most pages one FetchPages answers with.
 pub const FETCH_PAGES_MAX: usize = 2048;
 /// Most bytes of records one FetchRecords answers with.
@@ -1204,7 +1205,7 @@ impl Store {
     /// Whether the node may hold `key` ([`SEGMENTS_MAX`]).
     pub fn room_for_segment(&self, key: &SegmentKey) -> Result<(), StoreError> {
         let max = self.shared.segments_max.load(Ordering::Relaxed);
-        lock(&self.shared.index).room_for(key, max)
+        lock(&self.shared.index).room_for(key, 0, max)
     }
 
     pub fn segment_state(&self, key: &SegmentKey) -> SegmentSummary {

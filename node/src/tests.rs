@@ -783,19 +783,19 @@ async fn a_node_refuses_segments_beyond_its_limit() {
         .await
         .expect_err("a third segment");
     assert!(
-        matches!(&refused, StoreError::NoRoom(m) if m.contains("holds 2 segments")),
+        matches!(&refused, StoreError::Full(m) if m.contains("holds 2 segments")),
         "{refused}"
     );
     let refused = append(&store, &key("d", 0), 1, &[partial(1, 0, 1, 0, 0, b"x")])
         .await
         .expect_err("an append creating a segment");
-    assert!(matches!(refused, StoreError::NoRoom(_)), "{refused}");
+    assert!(matches!(refused, StoreError::Full(_)), "{refused}");
     assert_eq!(
         append(&store, &key("a", 0), 1, &[partial(1, 0, 1, 0, 0, b"x")])
             .await
             .expect("a held segment"),
         Lsn(1)
     );
-    assert!(store.segment_state(&key("c", 0)).records == 0);
+    assert!(!store.segment_exists(&key("c", 0)) && !store.segment_exists(&key("d", 0)));
     store.close().await;
 }
