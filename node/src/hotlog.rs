@@ -204,6 +204,8 @@ pub struct LogWriter {
     file_bytes: FileBytes,
     /// Keys per file, shared with [`LogFiles`].
     file_keys: FileKeys,
+    /// The file and key of the last frame appended (already in `file_keys`).
+    last_key: Option<(u32, Option<KeyId>)>,
     /// Where the log was last synced (file number, bytes): everything before it is durable.
     synced: (u32, u64),
     /// Seals frames when encryption at rest is on.
@@ -226,10 +228,16 @@ impl LogWriter {
         }
         let frame_offset = self.size + self.buffer.len() as u64;
         self.buffer.extend_from_slice(&encoded.bytes);
-        lock(&self.file_keys)
-            .entry(self.number)
-            .or_default()
-            .insert(frame_key(&encoded.bytes));
+        // The shared map is touched only when a file's key changes (a new file, a rotation), not
+        // on every frame of the appender's hot path.
+        let key = (self.number, frame_key(&encoded.bytes));
+        if self.last_key != Some(key) {
+            lock(&self.file_keys)
+                .entry(key.0)
+                .or_default()
+                .insert(key.1);
+            self.last_key = Some(key);
+        }
         Ok(Location {
             file: self.number,
             offset: frame_offset + encoded.body_offset as u64,
@@ -552,6 +560,7 @@ pub fn open(
                 written_bytes: Arc::new(AtomicU64::new(0)),
                 file_bytes,
                 file_keys,
+                last_key: None,
                 synced: (number, last_size),
                 keys,
             }
@@ -566,6 +575,7 @@ pub fn open(
             written_bytes: Arc::new(AtomicU64::new(0)),
             file_bytes,
             file_keys,
+            last_key: None,
             synced: (1, 0),
             keys,
         },

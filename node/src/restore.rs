@@ -420,6 +420,17 @@ mod tests {
         (objects, runs)
     }
 
+    /// The last message a restore sent before it ended its stream.
+    async fn last_answer(
+        receiver: &mut mpsc::Receiver<Result<RestoreSegmentProgress, tonic::Status>>,
+    ) -> Option<RestoreSegmentProgress> {
+        let mut last = None;
+        while let Some(message) = receiver.recv().await {
+            last = Some(message.expect("progress"));
+        }
+        last
+    }
+
     fn job(volume: &str, runs: &[RunKey]) -> RestoreJob {
         RestoreJob {
             key: SegmentKey {
@@ -454,10 +465,7 @@ mod tests {
             slots.clone(),
             admitted,
         ));
-        let mut last = None;
-        while let Some(message) = receiver.recv().await {
-            last = Some(message.expect("progress"));
-        }
+        let last = last_answer(&mut receiver).await;
         whole.await.expect("join");
         let last = last.expect("an answer");
         assert!(last.done && last.scl == RUNS, "{last:?}");
@@ -512,10 +520,7 @@ mod tests {
             .expect("progress");
         assert_eq!((waiting.bytes, waiting.done), (0, false));
         drop(running);
-        let mut last = None;
-        while let Some(message) = receiver.recv().await {
-            last = Some(message.expect("progress"));
-        }
+        let last = last_answer(&mut receiver).await;
         queued.await.expect("join");
         assert!(last.is_some_and(|l| l.done && l.scl == RUNS));
 

@@ -178,9 +178,13 @@ fn key_rotation_under_a_write_load_reseals_everything_and_loses_nothing() -> any
         let (db, stop) = (mnt.join("load.db"), Arc::clone(&stop));
         std::thread::spawn(move || write_load(db, stop))
     };
-    // Some data under the first keys, folded into pages (a quiet segment folds within 5 s).
-    std::thread::sleep(Duration::from_secs(8));
-    // Read while the nodes write (a file may go, a frame be half written): only for the keys.
+    // Some data under the first keys, in the hot log and folded into pages. Read while the
+    // nodes write (a file may go, a frame be half written): only for the keys.
+    sixfold_tests::wait_for(
+        "pages and log frames on the nodes",
+        Duration::from_secs(60),
+        || keys_on_disk(&nodes).is_ok_and(|f| f.slots > 0 && f.frames > 0),
+    )?;
     let before = keys_on_disk(&nodes)?;
     assert!(before.slots > 0 && before.frames > 0, "{before:?}");
     let old = before.all_keys();
