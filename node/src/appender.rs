@@ -291,6 +291,7 @@ impl Appender {
             let index = lock(&self.shared.index);
             let mut group = GroupView {
                 segments_max: self.segments_max(),
+                waiting_max: self.shared.waiting_max.load(Ordering::Relaxed),
                 ..GroupView::default()
             };
             jobs.iter().map(|job| group.decide(&index, job)).collect()
@@ -739,6 +740,9 @@ struct GroupView<'a> {
     /// Most segments the node holds (a job that would create one more is refused), and the
     /// segments earlier jobs of the group create.
     segments_max: usize,
+    /// Most bytes waiting above one segment's SCL (twice it for the node): see
+    /// [`crate::store::WAITING_BYTES_MAX`].
+    waiting_max: u64,
     new_segments: HashSet<&'a SegmentKey>,
     epochs: HashMap<&'a str, Epoch>,
     lsns: HashMap<&'a SegmentKey, HashSet<Lsn>>,
@@ -753,6 +757,50 @@ struct Chosen {
 }
 
 impl<'a> GroupView<'a> {
+    /// Refuses a writer's records that would wait above the segment's SCL beyond
+    /// [`crate::store::WAITING_BYTES_MAX`], or the node's bound. Records that extend the chain
+    /// never count (as far as the job alone shows: a record linking to a waiting one counts,
+    /// which only errs towards refusing; gap-fill then closes the hole).
+    fn check_waiting(
+        &self,
+        index: &Index,
+        job: &AppendJob,
+        segment: Option<&crate::segment::Segment>,
+        chosen: &[usize],
+    ) -> Result<(), StoreError> {
+        let mut tip = segment.map_or(Lsn::ZERO, |s| s.scl());
+        let mut sorted: Vec<&PreparedRecord> = chosen.iter().map(|&i| &job.records[i]).collect();
+        sorted.sort_by_key(|r| r.lsn);
+        let mut extra = 0u64;
+        for record in sorted {
+            if record.backlink == tip {
+                tip = record.lsn;
+            } else {
+                extra = extra.saturating_add(record.frame.bytes.len() as u64);
+            }
+        }
+        if extra == 0 {
+            return Ok(());
+        }
+        let held = segment.map_or(0, |s| s.waiting_bytes());
+        let node: u64 = index
+            .slots()
+            .map(|(_, slot)| slot.segment.waiting_bytes())
+            .sum();
+        let node_max = self.waiting_max.saturating_mul(2);
+        if held.saturating_add(extra) > self.waiting_max || node.saturating_add(extra) > node_max {
+            return Err(StoreError::Full(format!(
+                "segment {}: {extra} more bytes of records would wait above its SCL {} for the \
+                 hole before them ({held} bytes wait there already, {node} on the node; at most \
+                 {} per segment, {node_max} per node): refused until gap-fill closes the hole",
+                job.key,
+                segment.map_or(Lsn::ZERO, |s| s.scl()),
+                self.waiting_max,
+            )));
+        }
+        Ok(())
+    }
+
     /// What `job` writes, or why the job is refused.
     fn decide(&mut self, index: &Index, job: &'a AppendJob) -> Result<Chosen, StoreError> {
         if index.slot(&job.key).is_none() && !self.new_segments.contains(&job.key) {
@@ -820,6 +868,9 @@ impl<'a> GroupView<'a> {
             chosen.push(i);
             let epoch = self.epochs.entry(volume).or_default();
             *epoch = (*epoch).max(record.epoch);
+        }
+        if matches!(job.source, Source::Writer { .. }) {
+            self.check_waiting(index, job, segment, &chosen)?;
         }
         Ok(Chosen {
             records: chosen,

@@ -32,6 +32,8 @@
 //! - `scl` is `folded` or the LSN of a held record; every held record at or below `scl` is on the
 //!   chain, which walks down by backlinks from `scl` to exactly `folded`;
 //! - every held record above `scl` is in `waiting` under its backlink, and nothing else is;
+//!   `waiting_bytes` is their canonical lengths' total (what the node bounds, see
+//!   [`crate::store::WAITING_BYTES_MAX`]);
 //! - `pages` holds exactly one `(page, lsn)` entry per held record; `bytes` is their body total;
 //! - `scl` only falls through [`Segment::truncate`]; inserts never lower it.
 
@@ -121,6 +123,8 @@ pub struct Segment {
     pages: BTreeSet<(PageId, Lsn)>,
     /// (backlink, lsn) for every held record above the SCL.
     waiting: BTreeSet<(Lsn, Lsn)>,
+    /// Sum of the canonical lengths of the records in `waiting`.
+    waiting_bytes: u64,
     /// Segment complete LSN. Rises through inserts; falls only through `truncate`.
     scl: Lsn,
     /// Truncations seen, none implied by another (bounded by the number of writer epochs).
@@ -255,6 +259,11 @@ impl Segment {
         !self.waiting.is_empty()
     }
 
+    /// Bytes of the records held above the SCL, waiting for the hole before them.
+    pub fn waiting_bytes(&self) -> u64 {
+        self.waiting_bytes
+    }
+
     pub fn get(&self, lsn: Lsn) -> Option<&RecordMeta> {
         self.records.get(&lsn)
     }
@@ -296,7 +305,7 @@ impl Segment {
         self.records.insert(lsn, meta);
         self.pages.insert((meta.page, lsn));
         self.bytes += u64::from(meta.location.len);
-        self.waiting.insert((meta.backlink, lsn));
+        self.wait(lsn, &meta);
         self.extend();
         Admission::New
     }
@@ -323,12 +332,14 @@ impl Segment {
                 .next_back()
                 .map_or(self.folded, |(lsn, _)| *lsn)
                 .max(self.folded);
-            let rejoin: Vec<(Lsn, Lsn)> = self
+            let rejoin: Vec<(Lsn, RecordMeta)> = self
                 .records
                 .range((Bound::Excluded(new_scl), Bound::Included(old_scl)))
-                .map(|(lsn, meta)| (meta.backlink, *lsn))
+                .map(|(lsn, meta)| (*lsn, *meta))
                 .collect();
-            self.waiting.extend(rejoin);
+            for (lsn, meta) in &rejoin {
+                self.wait(*lsn, meta);
+            }
             self.scl = new_scl;
         }
         self.extend();
@@ -404,6 +415,15 @@ impl Segment {
             above, self.waiting,
             "waiting is not exactly the records above the SCL"
         );
+        let waiting_bytes: u64 = self
+            .records
+            .range((Bound::Excluded(self.scl), Bound::Unbounded))
+            .map(|(_, meta)| u64::from(meta.location.len))
+            .sum();
+        assert_eq!(
+            waiting_bytes, self.waiting_bytes,
+            "waiting bytes disagree with the records above the SCL"
+        );
         let pages: BTreeSet<(PageId, Lsn)> =
             self.records.iter().map(|(lsn, m)| (m.page, *lsn)).collect();
         assert_eq!(pages, self.pages, "page index disagrees with records");
@@ -445,7 +465,11 @@ impl Segment {
             if next <= scl {
                 // Unreachable while the invariants hold (backlink < lsn); never loop or panic.
                 debug_assert!(false, "waiting record {next} at or below the SCL {scl}");
-                self.waiting.remove(&(scl, next));
+                if let Some(meta) = self.records.get(&next).copied() {
+                    self.unwait(next, &meta);
+                } else {
+                    self.waiting.remove(&(scl, next));
+                }
                 continue;
             }
             let bypassed: Vec<Lsn> = self
@@ -456,8 +480,8 @@ impl Segment {
             for lsn in bypassed {
                 self.remove(lsn);
             }
-            if let Some(meta) = self.records.get(&next) {
-                self.waiting.remove(&(meta.backlink, next));
+            if let Some(meta) = self.records.get(&next).copied() {
+                self.unwait(next, &meta);
             }
             self.scl = next;
         }
@@ -466,8 +490,22 @@ impl Segment {
     fn remove(&mut self, lsn: Lsn) {
         if let Some(meta) = self.records.remove(&lsn) {
             self.pages.remove(&(meta.page, lsn));
-            self.waiting.remove(&(meta.backlink, lsn));
+            self.unwait(lsn, &meta);
             self.bytes -= u64::from(meta.location.len);
+        }
+    }
+
+    /// Puts a held record in `waiting` (once).
+    fn wait(&mut self, lsn: Lsn, meta: &RecordMeta) {
+        if self.waiting.insert((meta.backlink, lsn)) {
+            self.waiting_bytes += u64::from(meta.location.len);
+        }
+    }
+
+    /// Takes a record out of `waiting`, if it is there.
+    fn unwait(&mut self, lsn: Lsn, meta: &RecordMeta) {
+        if self.waiting.remove(&(meta.backlink, lsn)) {
+            self.waiting_bytes -= u64::from(meta.location.len);
         }
     }
 

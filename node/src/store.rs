@@ -59,6 +59,14 @@ const APPEND_HOLD_POLL: Duration = Duration::from_millis(10);
 /// that would create one more is refused as from a full node, so that no caller can grow its
 /// index, files and checkpoint without bound.
 pub const SEGMENTS_MAX: usize = 65_536;
+/// Most bytes of a writer's records one segment holds above its SCL (waiting for the hole
+/// before them); all segments of the node together hold at most twice it. A writer has at most LAL records
+/// (16,384 of at most a page each, 64 MiB) beyond its VDL; more wait only on a segment that
+/// missed records, which gap-fill from its peers catches up. A writer's append that would
+/// wait beyond either bound is refused (a full node's refusal: the writer retries it later);
+/// records that extend the chain, and gap-fill, are always taken. So a writer that sends
+/// records with holes it never fills cannot fill the hot log with records that never fold.
+pub const WAITING_BYTES_MAX: u64 = 128 << 20;
 /// How long a segment's fold point holds still after a peer's FetchPages...
 pub const FOLD_HOLD: Duration = Duration::from_secs(30);
 /// ...and at most how long holds renewed one after the other last: long enough for any
@@ -128,6 +136,9 @@ pub struct Shared {
     pub reseal: Mutex<crate::reseal::ResealProgress>,
     /// Most segments the node holds ([`SEGMENTS_MAX`]; tests lower it).
     pub segments_max: std::sync::atomic::AtomicUsize,
+    /// Most bytes waiting above one segment's SCL ([`WAITING_BYTES_MAX`]; the node's bound is
+    /// twice it; tests lower it).
+    pub waiting_max: AtomicU64,
 }
 
 /// What recovery found, for the start-up log line.
@@ -352,6 +363,7 @@ impl Store {
             fold_lock: Mutex::new(()),
             reseal: Mutex::default(),
             segments_max: std::sync::atomic::AtomicUsize::new(SEGMENTS_MAX),
+            waiting_max: AtomicU64::new(WAITING_BYTES_MAX),
             backup_store: Mutex::new(None),
             archived_objects: AtomicU64::new(0),
             archived_bytes: AtomicU64::new(0),

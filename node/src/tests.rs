@@ -799,3 +799,72 @@ async fn a_node_refuses_segments_beyond_its_limit() {
     assert!(!store.segment_exists(&key("c", 0)) && !store.segment_exists(&key("d", 0)));
     store.close().await;
 }
+
+/// A writer's records that would wait above a segment's SCL (a hole before them) beyond the
+/// bound are refused, naming it; records that extend the chain and gap-fill are always taken,
+/// and once the hole is closed the writer's records go in again.
+#[tokio::test]
+async fn records_waiting_above_the_scl_are_bounded() {
+    let temp = TempDir::new("waiting-max");
+    let store = open(temp.path());
+    // Room for about three full-page records per segment (six on the node).
+    store
+        .shared_for_tests()
+        .waiting_max
+        .store(3 * PAGE_SIZE as u64 + 1024, Ordering::Relaxed);
+    let k = key("v", 0);
+    let chain: Vec<Record> = (1..=8).map(|lsn| full(lsn, lsn - 1, 1, lsn, 7)).collect();
+    // LSN 1 is missing: 2..=4 wait.
+    assert_eq!(
+        append(&store, &k, 1, &chain[1..4])
+            .await
+            .expect("under the bound"),
+        Lsn(0)
+    );
+    let refused = append(&store, &k, 1, &chain[4..6])
+        .await
+        .expect_err("records beyond the bound");
+    assert!(
+        matches!(&refused, StoreError::Full(m) if m.contains("would wait above its SCL")),
+        "{refused}"
+    );
+    // Other segments of the node: each its own bound, and the node's (twice it) for all.
+    let other = key("w", 0);
+    assert_eq!(
+        append(&store, &other, 1, &chain[1..4]).await.expect("room"),
+        Lsn(0)
+    );
+    let third = key("x", 0);
+    let refused = append(&store, &third, 1, &chain[1..2])
+        .await
+        .expect_err("beyond the node's bound");
+    assert!(
+        matches!(&refused, StoreError::Full(m) if m.contains("per node")),
+        "{refused}"
+    );
+    // Records that extend the chain are taken whatever waits.
+    assert_eq!(
+        append(&store, &third, 1, &chain[..1])
+            .await
+            .expect("extends"),
+        Lsn(1)
+    );
+    assert_eq!(
+        append(&store, &other, 1, &chain[..1])
+            .await
+            .expect("extends"),
+        Lsn(4)
+    );
+    // Gap-fill is never refused; then the writer's records go in again.
+    assert_eq!(
+        gossip(&store, &k, &chain[..1]).await.expect("gap-fill"),
+        Lsn(4)
+    );
+    assert_eq!(
+        append(&store, &k, 1, &chain[4..])
+            .await
+            .expect("after the fill"),
+        Lsn(8)
+    );
+    store.close().await;
+}
