@@ -340,6 +340,8 @@ impl Appender {
         }
         // 3. Apply to the index, then answer.
         let mut replies = Vec::with_capacity(jobs.len());
+        let now_us = crate::now_us();
+        let mark_skew_us = self.shared.mark_skew_us.load(Ordering::Relaxed);
         {
             let mut index = lock(&self.shared.index);
             for ((job, plan), job_locations) in jobs.into_iter().zip(plans).zip(locations) {
@@ -379,7 +381,7 @@ impl Appender {
                     if !addr.is_empty() {
                         slot.addr = addr;
                     }
-                    slot.add_mark(mark);
+                    slot.add_mark(mark, now_us, mark_skew_us);
                     slot.pgcl_hint = slot.pgcl_hint.max(pgcl);
                     slot.fold_limit_hint = slot.fold_limit_hint.max(fold_limit);
                     let volume = index.volume_mut(&job.key.volume);

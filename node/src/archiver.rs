@@ -91,6 +91,14 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const RETENTION_PASS_EVERY: Duration = Duration::from_secs(60);
 
+/// How far from this node's clock a writer's consistency point may say it was reached
+/// ([`crate::index::SegmentSlot::add_mark`] clamps it): a tenth of the retention window, at most
+/// [`MARK_SKEW_MAX`]. Retention keeps this much more than its window.
+pub fn mark_skew(retention: Duration) -> Duration {
+    (retention / 10).min(MARK_SKEW_MAX)
+}
+pub const MARK_SKEW_MAX: Duration = Duration::from_secs(60);
+
 /// Tunables (tests and benchmarks lower the base-image interval and the retention).
 #[derive(Clone, Debug)]
 pub struct ArchiveConfig {
@@ -107,6 +115,7 @@ pub struct ArchiveConfig {
 /// yet. Each PG gets its own task, so that a slow upload (a big base image, a store that does
 /// not answer) holds up no other PG.
 pub async fn run(store: Store, config: ArchiveConfig, own_address: String, security: Security) {
+    store.set_mark_skew(mark_skew(config.retention));
     let ctx = Arc::new(Ctx {
         sealer: ArchiveSealer::new(store.keys()),
         store,
@@ -215,12 +224,6 @@ fn rank(key: &SegmentKey, addr: &str) -> u32 {
     crc32c::crc32c(format!("{}/{}/{addr}", key.volume, key.pg.0).as_bytes())
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 impl PgArchiver {
     async fn run(mut self) {
         let mut ticker = tokio::time::interval(TICK);
@@ -293,7 +296,11 @@ impl PgArchiver {
             return;
         }
         state.last_retention = Some(Instant::now());
-        let window_start_us = now_us().saturating_sub(self.ctx.config.retention.as_micros() as u64);
+        // Marks are trusted to within the mark skew of this node's clock ([`mark_skew`]): the
+        // window reaches that much further back, so that no point inside it is lost to a
+        // writer's clock running behind.
+        let reach = self.ctx.config.retention + mark_skew(self.ctx.config.retention);
+        let window_start_us = crate::now_us().saturating_sub(reach.as_micros() as u64);
         if let Err(error) = crate::retention::pass(
             &self.ctx.config.objects,
             &view.key.volume,
@@ -682,7 +689,7 @@ impl PgArchiver {
             lsn: lsn.0,
             chunks,
             pages: pages_total,
-            created_unix_s: now_us() / 1_000_000,
+            created_unix_s: crate::now_us() / 1_000_000,
         };
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
         let done = keys::base_done_key(&key.volume, key.pg, lsn);

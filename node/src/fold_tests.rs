@@ -436,3 +436,31 @@ async fn a_peers_fold_point_is_adopted_only_up_to_the_known_commit_point() {
     assert_eq!(adopted.0, last);
     b.close().await;
 }
+
+/// A writer's fold limit and PGCL above the VDL it reports with them fold nothing past that
+/// VDL: the node holds the hints to each other (a record above the VDL may be one a recovery
+/// truncates, and folding makes it permanent).
+#[tokio::test]
+async fn hints_above_the_writers_vdl_fold_nothing_past_it() {
+    let temp = TempDir::new("fold-hints");
+    let store = reopen(temp.path(), None);
+    let records: Vec<Record> = (1..=10u64)
+        .map(|lsn| full(lsn, lsn - 1, 1, lsn % 3, 9))
+        .collect();
+    let prepared = prepare_records(&key(), Some(Epoch(1)), &records).expect("valid");
+    let source = Source::Writer {
+        epoch: Epoch(1),
+        peers: vec!["127.0.0.1:1".into()],
+        writer_vcl: Lsn(4),
+        writer_vdl: Lsn(4),
+        pgcl: Lsn(10),
+        fold_limit: Lsn(10),
+        mark: crate::index::Mark::default(),
+        addr: String::new(),
+        membership: None,
+    };
+    store.append(key(), source, prepared).await.expect("append");
+    folder::round(store.shared_for_tests());
+    assert_eq!(folded(&store), Lsn(4), "folded past the writer's VDL");
+    store.close().await;
+}

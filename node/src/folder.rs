@@ -234,8 +234,14 @@ fn scrub(shared: &Shared, cursors: &mut HashMap<SegmentKey, u64>) {
 
 /// The highest LSN the segment may fold to now (before its own SCL caps it): see the module
 /// docs. `past_peers`: a lagging peer no longer holds it back; the writer's VDL still does.
+///
+/// The hints are the word of the volume's writer (only an authenticated writer of the current
+/// epoch gets them in: a fenced append's hints are dropped with it) and are held to each other:
+/// a writer's fold limit is never above its VDL, so neither a fold limit nor a PGCL above the
+/// VDL that came with it folds anything past that VDL (a record above it may be one a recovery
+/// truncates, and folded records are never truncated).
 fn fold_limit(index: &Index, slot: &SegmentSlot, writer_vdl: Lsn, past_peers: bool) -> Lsn {
-    let hinted = slot.fold_limit_hint.min(slot.pgcl_hint);
+    let hinted = slot.fold_limit_hint.min(slot.pgcl_hint).min(writer_vdl);
     let limit = if past_peers {
         hinted.max(writer_vdl.min(slot.pgcl_hint))
     } else {

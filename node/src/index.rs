@@ -172,10 +172,21 @@ impl SegmentSlot {
     }
 
     /// Keeps a writer's consistency point (newer VDLs only).
-    pub fn add_mark(&mut self, mark: Mark) {
+    pub fn add_mark(&mut self, mark: Mark, now_us: u64, skew_us: u64) {
         if mark.vdl == Lsn::ZERO || self.marks.back().is_some_and(|m| m.vdl >= mark.vdl) {
             return;
         }
+        // The time is the writer's word: kept within `skew_us` of this node's clock, and never
+        // before the previous point's. A writer clock far behind would otherwise date a recent
+        // point into the past, and retention would delete what the window still needs.
+        let earliest = now_us
+            .saturating_sub(skew_us)
+            .max(self.marks.back().map_or(0, |m| m.time_us));
+        let latest = now_us.saturating_add(skew_us).max(earliest);
+        let mark = Mark {
+            time_us: mark.time_us.clamp(earliest, latest),
+            ..mark
+        };
         if self.marks.len() >= MARKS_MAX {
             self.marks.pop_front();
         }

@@ -269,6 +269,13 @@ async fn serve(
 
 /// Locks a mutex, going on after a panic elsewhere (the state behind our locks stays consistent:
 /// no code path panics halfway through a change on any input).
+/// This machine's clock, in microseconds since the Unix epoch (0 before it).
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -139,6 +139,9 @@ pub struct Shared {
     /// Most bytes waiting above one segment's SCL ([`WAITING_BYTES_MAX`]; the node's bound is
     /// twice it; tests lower it).
     pub waiting_max: AtomicU64,
+    /// How far a writer's consistency point may date itself from this node's clock
+    /// ([`crate::archiver::mark_skew`], set by the archiver from its retention window).
+    pub mark_skew_us: AtomicU64,
 }
 
 /// What recovery found, for the start-up log line.
@@ -364,6 +367,7 @@ impl Store {
             reseal: Mutex::default(),
             segments_max: std::sync::atomic::AtomicUsize::new(SEGMENTS_MAX),
             waiting_max: AtomicU64::new(WAITING_BYTES_MAX),
+            mark_skew_us: AtomicU64::new(crate::archiver::MARK_SKEW_MAX.as_micros() as u64),
             backup_store: Mutex::new(None),
             archived_objects: AtomicU64::new(0),
             archived_bytes: AtomicU64::new(0),
@@ -1248,6 +1252,12 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let shared = Arc::clone(&self.shared);
         blocking(move || lock(&shared.node_list).put(list)).await
+    }
+
+    /// How far a writer's consistency point may date itself from this node's clock.
+    pub fn set_mark_skew(&self, skew: Duration) {
+        let micros = u64::try_from(skew.as_micros()).unwrap_or(u64::MAX);
+        self.shared.mark_skew_us.store(micros, Ordering::Relaxed);
     }
 
     #[cfg(test)]

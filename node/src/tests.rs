@@ -48,6 +48,34 @@ async fn append(
     store.append(key.clone(), source, prepared).await
 }
 
+/// [`append`] with a writer's consistency point (VDL `vdl` reached at `time_us`).
+async fn append_marked(
+    store: &Store,
+    key: &SegmentKey,
+    records: &[Record],
+    vdl: u64,
+    time_us: u64,
+) -> Result<Lsn, StoreError> {
+    let prepared = prepare_records(key, Some(Epoch(1)), records).expect("valid records");
+    let mark = crate::index::Mark {
+        vdl: Lsn(vdl),
+        pgcl: Lsn(vdl),
+        time_us,
+    };
+    let source = Source::Writer {
+        epoch: Epoch(1),
+        peers: vec!["127.0.0.1:1".into()],
+        writer_vcl: Lsn(vdl),
+        writer_vdl: Lsn(vdl),
+        pgcl: Lsn(vdl),
+        fold_limit: Lsn(0),
+        mark,
+        addr: String::new(),
+        membership: None,
+    };
+    store.append(key.clone(), source, prepared).await
+}
+
 async fn gossip(store: &Store, key: &SegmentKey, records: &[Record]) -> Result<Lsn, StoreError> {
     let prepared = prepare_records(key, None, records).expect("valid records");
     store.append(key.clone(), Source::Gossip, prepared).await
@@ -865,6 +893,55 @@ async fn records_waiting_above_the_scl_are_bounded() {
             .await
             .expect("after the fill"),
         Lsn(8)
+    );
+    store.close().await;
+}
+
+/// A writer's consistency points carry the writer's clock; the node keeps each within the mark
+/// skew of its own clock and never before the previous one. A writer whose clock is far behind
+/// would otherwise date recent points into the past, and retention (which keeps every point of
+/// its window) would delete archived runs the window still needs.
+#[tokio::test]
+async fn a_writer_clock_cannot_date_consistency_points_into_the_past() {
+    let temp = TempDir::new("mark-skew");
+    let store = open(temp.path());
+    store.set_mark_skew(std::time::Duration::from_secs(5));
+    let k = key("v", 0);
+    let before = crate::now_us();
+    // A clock at the Unix epoch, then one a day ahead, then one a day behind.
+    append_marked(&store, &k, &[partial(1, 0, 1, 0, 0, b"a")], 1, 1)
+        .await
+        .expect("append");
+    append_marked(
+        &store,
+        &k,
+        &[partial(2, 1, 1, 0, 0, b"b")],
+        2,
+        before + 86_400_000_000,
+    )
+    .await
+    .expect("append");
+    append_marked(
+        &store,
+        &k,
+        &[partial(3, 2, 1, 0, 0, b"c")],
+        3,
+        before - 86_400_000_000,
+    )
+    .await
+    .expect("append");
+    let after = crate::now_us();
+    let marks = store.marks_between(&k, Lsn(0), Lsn(3));
+    assert_eq!(marks.len(), 3, "{marks:?}");
+    for mark in &marks {
+        assert!(
+            mark.time_us >= before - 5_000_000 && mark.time_us <= after + 5_000_000,
+            "a point dated outside the skew: {mark:?} (node clock {before}..{after})"
+        );
+    }
+    assert!(
+        marks.windows(2).all(|w| w[0].time_us <= w[1].time_us),
+        "points out of time order: {marks:?}"
     );
     store.close().await;
 }
