@@ -12,7 +12,8 @@
 //!   `on_error` (which rewinds the segment's "sent" mark so they go again), under the same lock
 //!   a sender takes to queue a batch: a batch is either reported by the reader or refused (and
 //!   reported) by [`AppendStream::send`], never lost.
-//! - A stream its sender dropped (the writer is closing) reports nothing.
+//! - A stream its sender dropped (the writer is closing) reports nothing; nor does one the node
+//!   ended while nothing was in flight (it ends streams idle for a while).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -169,7 +170,19 @@ async fn read_answers(
                 drop(batch);
                 on_ack(&shared, pg, node, Lsn(answer.scl), elapsed);
             }
-            Ok(Ok(None)) => break "append stream closed by the node".to_owned(),
+            Ok(Ok(None)) => {
+                // A node ends a stream that carried no batch for a while: with nothing in
+                // flight that is no failure (the next batch opens a new stream).
+                let mut queue = lock(&queue);
+                if queue.batches.is_empty() && !queue.dead {
+                    queue.dead = true;
+                    drop(queue);
+                    died.notify_one();
+                    tracing::debug!(%pg, node = %addr, "append stream ended by the node while idle");
+                    return;
+                }
+                break "append stream closed by the node".to_owned();
+            }
             Ok(Err(status)) if refusal::classify(&status) == Refusal::Fenced => {
                 lock(&queue).dead = true;
                 died.notify_one();

@@ -655,6 +655,15 @@ impl Appender {
             if let Some(stored) = store.stale(new) {
                 return Ok(stored);
             }
+            let volumes_max = self.shared.volumes_max.load(Ordering::Relaxed);
+            if store.get(&new.name).is_none() && store.len() >= volumes_max {
+                return Err(StoreError::Full(format!(
+                    "this node holds the metadata of {} volumes, as many as it takes \
+                     ({volumes_max}): it takes no new volume {}",
+                    store.len(),
+                    new.name
+                )));
+            }
             (store.dir().to_owned(), store.merged(new))
         };
         let (dir, new) = (dir.0, &dir.1);

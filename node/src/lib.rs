@@ -245,6 +245,9 @@ async fn serve(
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_concurrent_streams(Some(sixfold_transport::STREAMS_PER_CONNECTION_MAX))
+        .http2_keepalive_interval(Some(sixfold_transport::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(sixfold_transport::KEEPALIVE_TIMEOUT))
         .serve_with_incoming_shutdown(service, incoming, shutdown)
         .await;
     gossip.abort();

@@ -116,6 +116,11 @@ impl MetaStore {
         self.volumes.get(volume)
     }
 
+    /// How many volumes' metadata the node holds.
+    pub fn len(&self) -> usize {
+        self.volumes.len()
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &VolumeMeta> {
         self.volumes.values()
     }

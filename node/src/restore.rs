@@ -133,18 +133,18 @@ struct Reporter {
 }
 
 impl Reporter {
+    /// Reports progress, unless the caller has not taken the earlier reports: progress is
+    /// only news, and a caller that stopped reading must not hold up the restore (and its
+    /// slot) for ever.
     async fn add(&mut self, bytes: u64) {
         self.bytes += bytes;
-        let _ = self
-            .sender
-            .send(Ok(RestoreSegmentProgress {
-                bytes: self.bytes,
-                total_bytes: self.total,
-                done: false,
-                scl: 0,
-                max_epoch: 0,
-            }))
-            .await;
+        let _ = self.sender.try_send(Ok(RestoreSegmentProgress {
+            bytes: self.bytes,
+            total_bytes: self.total,
+            done: false,
+            scl: 0,
+            max_epoch: 0,
+        }));
     }
 }
 
@@ -178,7 +178,7 @@ pub async fn run(
                         scl: 0,
                         max_epoch: 0,
                     };
-                    if sender.send(Ok(waiting)).await.is_err() {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(Ok(waiting)) {
                         return Err("its caller went away".to_string());
                     }
                 }
@@ -210,8 +210,17 @@ pub async fn run(
             )))
         }
     };
-    let _ = sender.send(message).await;
+    // The answer waits for a caller that is slow to read, within a bound.
+    if tokio::time::timeout(ANSWER_WAIT_MAX, sender.send(message))
+        .await
+        .is_err()
+    {
+        warn!(segment = %job.key, "restore finished, but its caller took no answer for {ANSWER_WAIT_MAX:?}");
+    }
 }
+
+/// How long a finished restore waits for its caller to take the answer.
+pub const ANSWER_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn restore(
     store: &Store,
@@ -497,6 +506,37 @@ mod tests {
             scl < Lsn(RUNS / 2),
             "the restore went on without its caller (SCL {scl})"
         );
+
+        // A caller that stays but reads nothing does not hold the restore (nor its slot): the
+        // progress it does not take is dropped, and the restore completes.
+        let (sender, receiver) = mpsc::channel(4);
+        let admitted = slots.admit().expect("a slot");
+        let unread = tokio::spawn(run(
+            store.clone(),
+            objects_for_queue.clone(),
+            job("unread", &runs),
+            sender,
+            slots.clone(),
+            admitted,
+        ));
+        let key = SegmentKey {
+            volume: "unread".into(),
+            pg: PgId(0),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while store.segment_state(&key).scl < Lsn(RUNS) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restore stalled on a caller that does not read (SCL {})",
+                store.segment_state(&key).scl
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        drop(receiver);
+        tokio::time::timeout(std::time::Duration::from_secs(10), unread)
+            .await
+            .expect("the restore ends once its caller is gone")
+            .expect("join");
 
         // A restore waiting for its turn reports while it waits (its caller's timeout without
         // progress must not fire), then runs once the slot is free.

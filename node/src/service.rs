@@ -19,9 +19,12 @@ use sixfold_proto::wire::{
 };
 use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 use sixfold_transport::Role;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -119,14 +122,26 @@ async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendRespo
     Ok(AppendResponse { scl: scl.0 })
 }
 
+/// An append stream on which no batch arrives for this long is ended (cleanly: its writer opens
+/// a new one with its next batch), so that streams left open cost nothing for ever.
+pub const APPEND_STREAM_IDLE_MAX: Duration = Duration::from_secs(300);
+/// An append stream whose client takes no answer for this long is ended: a writer gives up on
+/// an answer after 10 s, so a client that stopped reading holds no task and no batch longer.
+pub const APPEND_STREAM_STALL_MAX: Duration = Duration::from_secs(30);
+
 /// Serves one append stream: each batch is handed to the store as it arrives (so that several
 /// share a group commit), and the answers go back in arrival order. The first refused batch
-/// ends the stream with its status; so does a broken inbound stream.
-async fn serve_append_stream(
+/// ends the stream with its status; so does a broken inbound stream. A stream without progress
+/// ends too: no batch for `idle`, or an answer its client does not take within `stall`.
+async fn serve_append_stream<S>(
     store: Store,
-    mut inbound: Streaming<AppendRequest>,
+    mut inbound: S,
     responses: mpsc::Sender<Result<AppendResponse, Status>>,
-) {
+    idle: Duration,
+    stall: Duration,
+) where
+    S: Stream<Item = Result<AppendRequest, Status>> + Unpin,
+{
     let (order, mut in_order) =
         mpsc::channel::<JoinHandle<Result<AppendResponse, Status>>>(APPEND_STREAM_IN_FLIGHT_MAX);
     let responder = tokio::spawn(async move {
@@ -135,14 +150,24 @@ async fn serve_append_stream(
                 .await
                 .unwrap_or_else(|e| Err(Status::internal(format!("append task failed: {e}"))));
             let refused = answer.is_err();
-            if responses.send(answer).await.is_err() || refused {
-                return;
+            match tokio::time::timeout(stall, responses.send(answer)).await {
+                Ok(Ok(())) if !refused => {}
+                Ok(_) => return,
+                Err(_) => {
+                    warn!("append stream ended: its client took no answer for {stall:?}");
+                    return;
+                }
             }
         }
     });
     loop {
-        match inbound.message().await {
-            Ok(Some(request)) => {
+        let next = tokio::select! {
+            next = tokio::time::timeout(idle, inbound.next()) => next,
+            // The responder stopped (a refusal, a client gone or not reading): stop reading.
+            () = order.closed() => break,
+        };
+        match next {
+            Ok(Some(Ok(request))) => {
                 let store = store.clone();
                 let batch = tokio::spawn(async move { append_one(&store, request).await });
                 if order.send(batch).await.is_err() {
@@ -150,8 +175,12 @@ async fn serve_append_stream(
                 }
             }
             Ok(None) => break,
-            Err(e) => {
+            Ok(Some(Err(e))) => {
                 debug!("append stream ended: {e}");
+                break;
+            }
+            Err(_) => {
+                debug!("append stream ended: no batch for {idle:?}");
                 break;
             }
         }
@@ -206,7 +235,13 @@ impl StorageNode for Service {
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let inbound = request.into_inner();
         let (responses, stream) = mpsc::channel(APPEND_STREAM_IN_FLIGHT_MAX);
-        tokio::spawn(serve_append_stream(self.store.clone(), inbound, responses));
+        tokio::spawn(serve_append_stream(
+            self.store.clone(),
+            inbound,
+            responses,
+            APPEND_STREAM_IDLE_MAX,
+            APPEND_STREAM_STALL_MAX,
+        ));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -721,5 +756,78 @@ fn key_state(key: crate::keyring::CurrentKey) -> DataKeyState {
         scope: key.scope,
         key: key.key.hex(),
         generation: key.generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use sixfold_proto::wire::SegmentRef;
+
+    fn heartbeat() -> AppendRequest {
+        AppendRequest {
+            segment: Some(SegmentRef {
+                volume: "v".into(),
+                pg: 0,
+            }),
+            epoch: 1,
+            ..AppendRequest::default()
+        }
+    }
+
+    const SHORT: Duration = Duration::from_millis(200);
+
+    /// A client that opens an append stream and sends nothing: the node ends the stream after
+    /// the idle bound (cleanly, the client sees its end), instead of holding it for ever.
+    #[tokio::test]
+    async fn an_idle_append_stream_is_ended() {
+        let temp = TempDir::new("stream-idle");
+        let store = Store::open(temp.path()).expect("store").0;
+        let (_requests, inbound) = mpsc::channel::<Result<AppendRequest, Status>>(4);
+        let (responses, mut answers) = mpsc::channel(APPEND_STREAM_IN_FLIGHT_MAX);
+        let served = serve_append_stream(
+            store.clone(),
+            ReceiverStream::new(inbound),
+            responses,
+            SHORT,
+            SHORT,
+        );
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the idle stream ended");
+        assert!(
+            answers.recv().await.is_none(),
+            "the stream ends without an answer"
+        );
+        store.close().await;
+    }
+
+    /// A client that sends batches and never reads the answers: the node ends the stream once
+    /// an answer has waited for the stall bound, and takes no more of its batches.
+    #[tokio::test]
+    async fn an_append_stream_whose_client_stops_reading_is_ended() {
+        let temp = TempDir::new("stream-stall");
+        let store = Store::open(temp.path()).expect("store").0;
+        let (requests, inbound) = mpsc::channel::<Result<AppendRequest, Status>>(64);
+        for _ in 0..8 {
+            requests.send(Ok(heartbeat())).await.expect("queued");
+        }
+        let (responses, mut answers) = mpsc::channel(1);
+        let served = serve_append_stream(
+            store.clone(),
+            ReceiverStream::new(inbound),
+            responses,
+            Duration::from_secs(3600),
+            SHORT,
+        );
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the stalled stream ended");
+        // The one answer the channel held, then the end.
+        assert!(matches!(answers.recv().await, Some(Ok(_))));
+        assert!(answers.recv().await.is_none());
+        assert!(requests.is_closed(), "the node stopped reading the stream");
+        store.close().await;
     }
 }

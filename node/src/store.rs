@@ -59,6 +59,9 @@ const APPEND_HOLD_POLL: Duration = Duration::from_millis(10);
 /// that would create one more is refused as from a full node, so that no caller can grow its
 /// index, files and checkpoint without bound.
 pub const SEGMENTS_MAX: usize = 65_536;
+/// Most volumes whose metadata a node holds: a PutVolumeMeta of one more is refused as from a
+/// full node (each costs a file, memory, and a line of every status answer).
+pub const VOLUMES_MAX: usize = 16_384;
 /// Most bytes of a writer's records one segment holds above its SCL (waiting for the hole
 /// before them); all segments of the node together hold at most twice it. A writer has at most LAL records
 /// (16,384 of at most a page each, 64 MiB) beyond its VDL; more wait only on a segment that
@@ -139,6 +142,8 @@ pub struct Shared {
     /// Most bytes waiting above one segment's SCL ([`WAITING_BYTES_MAX`]; the node's bound is
     /// twice it; tests lower it).
     pub waiting_max: AtomicU64,
+    /// Most volumes whose metadata the node holds ([`VOLUMES_MAX`]; tests lower it).
+    pub volumes_max: std::sync::atomic::AtomicUsize,
     /// How far a writer's consistency point may date itself from this node's clock
     /// ([`crate::archiver::mark_skew`], set by the archiver from its retention window).
     pub mark_skew_us: AtomicU64,
@@ -367,6 +372,7 @@ impl Store {
             reseal: Mutex::default(),
             segments_max: std::sync::atomic::AtomicUsize::new(SEGMENTS_MAX),
             waiting_max: AtomicU64::new(WAITING_BYTES_MAX),
+            volumes_max: std::sync::atomic::AtomicUsize::new(VOLUMES_MAX),
             mark_skew_us: AtomicU64::new(crate::archiver::MARK_SKEW_MAX.as_micros() as u64),
             backup_store: Mutex::new(None),
             archived_objects: AtomicU64::new(0),

@@ -945,3 +945,42 @@ async fn a_writer_clock_cannot_date_consistency_points_into_the_past() {
     );
     store.close().await;
 }
+
+/// A node holds the metadata of at most so many volumes: a PutVolumeMeta of one more is refused
+/// as from a full node, naming the count; the volumes it holds are still updated.
+#[tokio::test]
+async fn a_node_refuses_volumes_beyond_its_limit() {
+    let temp = TempDir::new("volumes-max");
+    let store = open(temp.path());
+    store
+        .shared_for_tests()
+        .volumes_max
+        .store(2, Ordering::Relaxed);
+    let meta = |name: &str, version: u64| VolumeMeta {
+        name: name.into(),
+        size_bytes: 1 << 30,
+        page_size: PAGE_SIZE as u32,
+        epoch: 1,
+        version,
+        pgs: Vec::new(),
+        writer: 0,
+        restoring: false,
+    };
+    for name in ["a", "b"] {
+        assert_eq!(store.put_meta(meta(name, 1)).await.expect("room"), 1);
+    }
+    let refused = store
+        .put_meta(meta("c", 1))
+        .await
+        .expect_err("a third volume");
+    assert!(
+        matches!(&refused, StoreError::Full(m) if m.contains("metadata of 2 volumes")),
+        "{refused}"
+    );
+    assert_eq!(
+        store.put_meta(meta("a", 2)).await.expect("a held volume"),
+        2
+    );
+    assert!(store.get_meta("c").is_none());
+    store.close().await;
+}

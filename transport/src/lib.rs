@@ -22,7 +22,10 @@ pub use client::{channel, ChannelOptions};
 pub use error::TransportError;
 pub use role::Role;
 pub use security::{Security, TlsFiles};
-pub use server::{incoming, Incoming, Peer, ServerIo, HANDSHAKE_TIMEOUT};
+pub use server::{
+    incoming, Incoming, Peer, ServerIo, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX,
+    HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAMS_PER_CONNECTION_MAX,
+};
 
 /// Largest gRPC message either side accepts.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;

@@ -34,42 +34,68 @@ const ACCEPTED_QUEUE: usize = 64;
 /// cost a bounded number of tasks and one address cannot starve the others.
 const HANDSHAKES_MAX: usize = 1024;
 const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
+/// Connections open at once, and from one address; one beyond either bound is closed at once.
+/// With [`STREAMS_PER_CONNECTION_MAX`] and the HTTP/2 windows this bounds the requests a node
+/// decodes at once, and the memory they take. (A cluster's own processes use one connection
+/// per pair of processes, and a few per node for its background tasks.)
+pub const CONNECTIONS_MAX: usize = 4096;
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 512;
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Requests (HTTP/2 streams) open at once on one connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// How often a node pings a connection that is quiet, and how long it waits for the answer
+/// before it closes the connection: a client that went silent (its machine or its network
+/// gone, no RST) holds nothing for long.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Handshakes under way, in all and per client address.
+/// Things under way (handshakes, connections), in all and per client address, each bounded.
+#[derive(Clone)]
+struct Limiter {
+    counts: Arc<Mutex<Counts>>,
+    total_max: usize,
+    per_address_max: usize,
+}
+
 #[derive(Default)]
-struct Handshakes {
+struct Counts {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
 }
 
-/// One handshake's place in [`Handshakes`], given back when dropped.
-struct HandshakeSlot {
-    handshakes: Arc<Mutex<Handshakes>>,
+/// One place in a [`Limiter`], given back when dropped.
+pub(crate) struct Slot {
+    counts: Arc<Mutex<Counts>>,
     ip: IpAddr,
 }
 
-impl HandshakeSlot {
-    fn take(handshakes: &Arc<Mutex<Handshakes>>, ip: IpAddr) -> Option<HandshakeSlot> {
-        let mut state = handshakes.lock().unwrap_or_else(PoisonError::into_inner);
+impl Limiter {
+    fn new(total_max: usize, per_address_max: usize) -> Limiter {
+        Limiter {
+            counts: Arc::default(),
+            total_max,
+            per_address_max,
+        }
+    }
+
+    fn take(&self, ip: IpAddr) -> Option<Slot> {
+        let mut state = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let from_ip = state.per_address.get(&ip).copied().unwrap_or(0);
-        if state.total >= HANDSHAKES_MAX || from_ip >= HANDSHAKES_PER_ADDRESS_MAX {
+        if state.total >= self.total_max || from_ip >= self.per_address_max {
             return None;
         }
         state.total += 1;
         state.per_address.insert(ip, from_ip + 1);
-        Some(HandshakeSlot {
-            handshakes: handshakes.clone(),
+        Some(Slot {
+            counts: self.counts.clone(),
             ip,
         })
     }
 }
 
-impl Drop for HandshakeSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut state = self
-            .handshakes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         state.total = state.total.saturating_sub(1);
         if let Some(count) = state.per_address.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
@@ -134,7 +160,9 @@ async fn accept_loop(
     security: Security,
     sender: mpsc::Sender<io::Result<ServerIo>>,
 ) {
-    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
+    let handshakes = Limiter::new(HANDSHAKES_MAX, HANDSHAKES_PER_ADDRESS_MAX);
+    let connections = Limiter::new(CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX);
+    let mut refused_logged = None;
     let acceptor = match &security {
         Security::Tls(tls) => Some(TlsAcceptor::from(tls.server.clone())),
         Security::Insecure => None,
@@ -150,6 +178,16 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let Some(connection) = connections.take(addr.ip()) else {
+            // Logged at most once a minute: a flood must not flood the log too.
+            if refused_logged.is_none_or(|at: std::time::Instant| at.elapsed() >= REFUSED_LOG_EVERY)
+            {
+                warn!(peer = %addr, "too many connections open (at most {CONNECTIONS_MAX}, \
+                      {CONNECTIONS_PER_ADDRESS_MAX} from one address): connection closed");
+                refused_logged = Some(std::time::Instant::now());
+            }
+            continue;
+        };
         match &acceptor {
             None => {
                 let peer = Peer {
@@ -157,16 +195,13 @@ async fn accept_loop(
                     tls: false,
                     role: None,
                 };
-                if sender
-                    .send(Ok(ServerIo::plain(stream, peer)))
-                    .await
-                    .is_err()
-                {
+                let io = ServerIo::plain(stream, peer).holding(connection);
+                if sender.send(Ok(io)).await.is_err() {
                     return;
                 }
             }
             Some(acceptor) => {
-                let Some(slot) = HandshakeSlot::take(&handshakes, addr.ip()) else {
+                let Some(slot) = handshakes.take(addr.ip()) else {
                     debug!(peer = %addr, "too many TLS handshakes under way: connection closed");
                     continue;
                 };
@@ -175,7 +210,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     let _slot = slot;
                     if let Some(io) = handshake(acceptor, stream, addr).await {
-                        let _ = sender.send(Ok(io)).await;
+                        let _ = sender.send(Ok(io.holding(connection))).await;
                     }
                 });
             }
@@ -217,4 +252,29 @@ async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -
         role,
     };
     Some(ServerIo::tls(stream, peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Places are refused beyond the total and beyond one address's share, and come back when
+    /// their holder (a connection, a handshake) is dropped.
+    #[test]
+    fn a_limiter_bounds_the_total_and_each_address() {
+        let limiter = Limiter::new(3, 2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let first = limiter.take(a).expect("a place");
+        let second = limiter.take(a).expect("a place");
+        assert!(limiter.take(a).is_none(), "one address holds at most 2");
+        let third = limiter.take(b).expect("another address");
+        assert!(limiter.take(b).is_none(), "3 in all");
+        drop(first);
+        assert!(limiter.take(a).is_some(), "a dropped place comes back");
+        drop((second, third));
+        let counts = limiter.counts.lock().expect("lock");
+        assert_eq!(counts.total, 0);
+        assert!(counts.per_address.is_empty());
+    }
 }

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 pub struct Connection<T, I> {
     stream: Stream<T>,
     info: I,
+    /// What the connection holds while it is open (its place among a server's connections).
+    held: Option<crate::server::Slot>,
 }
 
 enum Stream<T> {
@@ -25,6 +27,7 @@ impl<T, I> Connection<T, I> {
         Connection {
             stream: Stream::Plain(stream),
             info,
+            held: None,
         }
     }
 
@@ -32,7 +35,14 @@ impl<T, I> Connection<T, I> {
         Connection {
             stream: Stream::Tls(Box::new(stream)),
             info,
+            held: None,
         }
+    }
+
+    /// The connection keeps `slot` until it is dropped.
+    pub(crate) fn holding(mut self, slot: crate::server::Slot) -> Self {
+        self.held = Some(slot);
+        self
     }
 
     pub(crate) fn info(&self) -> &I {
