@@ -85,7 +85,7 @@ pub const HOT_LOG_LIMIT_BYTES: u64 = 384 << 20;
 const STEPS_PER_ROUND_MAX: usize = 16;
 
 /// Page stores live in `data_dir/pages/<volume>/pg-<N>`.
-fn store_dir(data_dir: &Path, key: &SegmentKey) -> std::path::PathBuf {
+pub(crate) fn store_dir(data_dir: &Path, key: &SegmentKey) -> std::path::PathBuf {
     data_dir
         .join("pages")
         .join(&key.volume)

@@ -15,7 +15,9 @@
 //!    checkpoint), as a hydrated segment does.
 //!
 //! A failed restore leaves a segment the new volume's metadata does not name as usable (the
-//! restore command marks the volume `restoring` until every PG is built).
+//! restore command marks the volume `restoring` until every PG is built). One cut short before
+//! its segment existed leaves page images only; the next restore of that segment drops them
+//! first, so that it starts from an empty page store.
 //!
 //! Limits: a node runs at most [`RESTORES_RUNNING_MAX`] restores at once (each decodes and
 //! writes at the disk's pace; more would only share it), keeps at most
@@ -236,6 +238,10 @@ async fn restore(
         ));
     }
     store.room_for_segment(key).map_err(|e| e.to_string())?;
+    store
+        .discard_unfinished_restore(key)
+        .await
+        .map_err(|e| e.to_string())?;
     let source = (&job.source_volume, job.source_pg);
     // Sizes, for progress: one listing of the PG's archive.
     let prefix = keys::pg_prefix(source.0, source.1);
@@ -427,6 +433,49 @@ mod tests {
             runs.push(run);
         }
         (objects, runs)
+    }
+
+    /// Page images an unfinished restore left (no segment yet) are dropped by the next restore
+    /// of the segment: a page its plan never writes reads as zeros, not as the earlier image.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_starts_from_an_empty_page_store() {
+        let temp = TempDir::new("restore-leftover");
+        let (store, _) = Store::open(&temp.path().join("node")).expect("store");
+        let (objects, runs) = archive(&temp.path().join("archive")).await;
+        let key = SegmentKey {
+            volume: "again".into(),
+            pg: PgId(0),
+        };
+        // What an earlier attempt left: an image of page 100 (no run writes it) at LSN 50.
+        store
+            .store_hydrated_pages(
+                &key,
+                vec![PageImage {
+                    page: sixfold_proto::PageId(100),
+                    lsn: Lsn(50),
+                    data: vec![0xee; sixfold_proto::PAGE_SIZE],
+                }],
+            )
+            .await
+            .expect("leftover pages");
+        let slots = RestoreSlots::new(1, 1);
+        let (sender, mut receiver) = mpsc::channel(16);
+        let mut plan = job("again", &runs[..10]);
+        plan.target = Lsn(10);
+        let admitted = slots.admit().expect("a slot");
+        let task = tokio::spawn(run(store.clone(), objects, plan, sender, slots, admitted));
+        let last = last_answer(&mut receiver).await;
+        task.await.expect("join");
+        assert!(last.is_some_and(|l| l.done && l.scl == 10));
+        let (page, _) = store
+            .read_page(&key, sixfold_proto::PageId(100), Lsn(10), Lsn(10))
+            .await
+            .expect("the page reads");
+        assert!(
+            page.iter().all(|b| *b == 0),
+            "the earlier attempt's image came back"
+        );
+        store.close().await;
     }
 
     /// The last message a restore sent before it ended its stream.

@@ -1224,6 +1224,35 @@ impl Store {
         self.finish_hydration(key, to).await
     }
 
+    /// Drops what an earlier, unfinished restore of `key` left behind (page images with no
+    /// segment, after a restore that failed or whose caller went away), so that a restore starts
+    /// from an empty page store: a page the new plan never writes must read as zeros, not as
+    /// the earlier attempt's image. Nothing happens when the node holds the segment.
+    pub async fn discard_unfinished_restore(&self, key: &SegmentKey) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        blocking(move || {
+            let _folding = lock(&shared.fold_lock);
+            if lock(&shared.index).slot(&key).is_some() {
+                return Ok(());
+            }
+            lock(&shared.pages).remove(&key);
+            let dir = folder::store_dir(&shared.data_dir, &key);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(segment = %key, "dropped the pages an unfinished restore left");
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StoreError::Io {
+                    action: "remove the pages an unfinished restore left",
+                    source,
+                }),
+            }
+        })
+        .await
+    }
+
     /// Whether the node may hold `key` ([`SEGMENTS_MAX`]).
     pub fn room_for_segment(&self, key: &SegmentKey) -> Result<(), StoreError> {
         let max = self.shared.segments_max.load(Ordering::Relaxed);
