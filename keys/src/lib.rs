@@ -82,6 +82,11 @@ pub enum KeyError {
     },
     #[error("data key {key} does not unwrap under key-encryption key {kek}: the key or its wrapping is damaged")]
     Unwrap { key: KeyId, kek: KekId },
+    #[error(
+        "key-encryption key {kek} unwrapped data key {key} to a key that fails its key check: the \
+         key command (KMS) answered with a wrong key; nothing is sealed or opened with it"
+    )]
+    WrongKey { key: KeyId, kek: KekId },
     #[error("sealed data does not open with data key {key} ({context}): damaged, or moved from elsewhere")]
     Open { key: KeyId, context: String },
     #[error("malformed sealed data ({0})")]

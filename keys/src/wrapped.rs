@@ -1,11 +1,19 @@
 //! A data key as it is stored: wrapped by a KEK, with the names needed to unwrap it.
 //!
 //! ```text
-//! wrapped = "SFWK" | version u8 (1) | key id [16] | scope_len u16 | scope
-//!         | kek_id_len u8 | kek id | blob_len u16 | blob
+//! wrapped = "SFWK" | version u8 (1 or 2) | key id [16] | scope_len u16 | scope
+//!         | kek_id_len u8 | kek id | blob_len u16 | blob | check [16] (version 2 only)
 //! ```
 //! little-endian; `scope` is the volume name (empty: the node's own files). Decoding checks every
 //! length against what is left, so any bytes decode to a key or to an error, never a panic.
+//!
+//! `check` (the key-check value) is the first 16 bytes of HMAC-SHA256 under the data key of
+//! "sixfold key check" and the key id. Unwrapping compares it with the key it got back, so a
+//! key command (a KMS) that answers with a wrong key is an error at once, before anything is
+//! sealed with that key (data sealed with a wrong key would be unreadable once the KMS answers
+//! right again). A local KEK's wrapping is authenticated already; the check costs nothing there.
+//! The value says nothing of the key (HMAC is a pseudo-random function). Keys of version 1
+//! (written before the check) still unwrap, unchecked.
 
 use std::sync::Arc;
 
@@ -14,7 +22,10 @@ use crate::kek::{Kek, KekId};
 use crate::KeyError;
 
 const MAGIC: &[u8; 4] = b"SFWK";
-const VERSION: u8 = 1;
+/// Versions: 1 without the key-check value, 2 with it (written since).
+const VERSION_UNCHECKED: u8 = 1;
+const VERSION: u8 = 2;
+const CHECK_BYTES: usize = 16;
 const SCOPE_MAX: usize = 255;
 const BLOB_MAX: usize = 4096;
 
@@ -25,6 +36,19 @@ pub struct WrappedKey {
     pub scope: String,
     pub kek: KekId,
     pub blob: Vec<u8>,
+    /// The key-check value (None in keys of version 1).
+    pub check: Option<[u8; CHECK_BYTES]>,
+}
+
+/// The key-check value of data key `key` whose secret is `secret`.
+fn check_value(key: KeyId, secret: &[u8; 32]) -> [u8; CHECK_BYTES] {
+    let mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut message = b"sixfold key check".to_vec();
+    message.extend_from_slice(&key.0);
+    let tag = ring::hmac::sign(&mac, &message);
+    let mut check = [0u8; CHECK_BYTES];
+    check.copy_from_slice(&tag.as_ref()[..CHECK_BYTES]);
+    check
 }
 
 impl WrappedKey {
@@ -42,15 +66,18 @@ impl WrappedKey {
         }
         let (key, secret) = DataKey::generate(nonces)?;
         let blob = kek.wrap(key.id(), &secret)?;
-        Ok((
-            WrappedKey {
-                key: key.id(),
-                scope: scope.to_owned(),
-                kek: kek.id().clone(),
-                blob,
-            },
-            key,
-        ))
+        let wrapped = WrappedKey {
+            key: key.id(),
+            scope: scope.to_owned(),
+            kek: kek.id().clone(),
+            blob,
+            check: Some(check_value(key.id(), &secret)),
+        };
+        // What a later unwrap will do, now: a key command whose `unwrap` does not give back
+        // what its `wrap` took is refused before the key seals anything.
+        let back = kek.unwrap(wrapped.key, &wrapped.blob)?;
+        wrapped.verify(&back, kek)?;
+        Ok((wrapped, key))
     }
 
     /// Unwraps it with `kek`: a clear error if it was wrapped by another KEK.
@@ -63,13 +90,37 @@ impl WrappedKey {
             });
         }
         let secret = kek.unwrap(self.key, &self.blob)?;
+        self.verify(&secret, kek)?;
         DataKey::from_secret(self.key, &secret, nonces)
+    }
+
+    /// Compares `secret` with the key-check value, in constant time.
+    fn verify(&self, secret: &[u8; 32], kek: &Kek) -> Result<(), KeyError> {
+        let Some(expected) = self.check else {
+            return Ok(());
+        };
+        let got = check_value(self.key, secret);
+        let differ = expected
+            .iter()
+            .zip(got.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if differ != 0 {
+            return Err(KeyError::WrongKey {
+                key: self.key,
+                kek: kek.id().clone(),
+            });
+        }
+        Ok(())
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + self.scope.len() + self.blob.len());
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(if self.check.is_some() {
+            VERSION
+        } else {
+            VERSION_UNCHECKED
+        });
         out.extend_from_slice(&self.key.0);
         out.extend_from_slice(&(self.scope.len() as u16).to_le_bytes());
         out.extend_from_slice(self.scope.as_bytes());
@@ -77,6 +128,9 @@ impl WrappedKey {
         out.extend_from_slice(self.kek.as_str().as_bytes());
         out.extend_from_slice(&(self.blob.len() as u16).to_le_bytes());
         out.extend_from_slice(&self.blob);
+        if let Some(check) = &self.check {
+            out.extend_from_slice(check);
+        }
         out
     }
 
@@ -86,7 +140,7 @@ impl WrappedKey {
             return Err(KeyError::Malformed("not a wrapped data key".into()));
         }
         let version = r.take(1)?[0];
-        if version != VERSION {
+        if version != VERSION && version != VERSION_UNCHECKED {
             return Err(KeyError::Malformed(format!(
                 "wrapped data key version {version}"
             )));
@@ -111,6 +165,13 @@ impl WrappedKey {
             )));
         }
         let blob = r.take(blob_len)?.to_vec();
+        let check = if version == VERSION {
+            let mut check = [0u8; CHECK_BYTES];
+            check.copy_from_slice(r.take(CHECK_BYTES)?);
+            Some(check)
+        } else {
+            None
+        };
         if !r.0.is_empty() {
             return Err(KeyError::Malformed(format!(
                 "{} bytes after the wrapped key",
@@ -122,6 +183,7 @@ impl WrappedKey {
             scope,
             kek,
             blob,
+            check,
         })
     }
 }
@@ -164,5 +226,41 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(WrappedKey::decode(&bytes[..cut]).is_err());
         }
+        // A key written before the key-check value (version 1) still unwraps.
+        let old = WrappedKey {
+            check: None,
+            ..wrapped.clone()
+        };
+        let old_bytes = old.encode();
+        assert_eq!(old_bytes[4], 1);
+        let decoded = WrappedKey::decode(&old_bytes).unwrap();
+        assert!(decoded.unwrap(&kek, NonceSource::new(1).unwrap()).is_ok());
+    }
+
+    /// A key command (a KMS) that answers `unwrap` with another key than the one it wrapped:
+    /// refused when the key is made, and when it is unwrapped later (the key-check value),
+    /// naming the key and the KEK; never a key that seals data nobody can open afterwards.
+    #[test]
+    fn a_kms_that_returns_a_wrong_key_is_caught() {
+        // Wraps as the identity on hex, but `unwrap` changes every digit once the state file
+        // exists: a KMS with the wrong key version, a buggy proxy.
+        let dir = std::env::temp_dir().join(format!("sixfold-kcv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let broken = dir.join("broken");
+        let command = format!(
+            r#"case "$1" in id) echo kms-test:1;; wrap) cat;; unwrap) read k; if [ -e {b} ]; then echo "$k" | tr '0-9a-f' '1-9a-f0'; else echo "$k"; fi;; esac"#,
+            b = broken.display()
+        );
+        let kek = Kek::load(&crate::KekSource::Command(command)).unwrap();
+        let nonces = NonceSource::new(1).unwrap();
+        let (wrapped, _) = WrappedKey::generate(&kek, "vol", Arc::clone(&nonces)).unwrap();
+        assert!(wrapped.unwrap(&kek, Arc::clone(&nonces)).is_ok());
+        std::fs::write(&broken, b"").unwrap();
+        let err = wrapped.unwrap(&kek, Arc::clone(&nonces)).unwrap_err();
+        assert!(matches!(err, KeyError::WrongKey { .. }), "{err}");
+        assert!(err.to_string().contains("kms-test:1"), "{err}");
+        let err = WrappedKey::generate(&kek, "vol", nonces).unwrap_err();
+        assert!(matches!(err, KeyError::WrongKey { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -50,6 +50,8 @@ pub struct Keyring {
     rotations: std::sync::atomic::AtomicU64,
     /// Held through a rotation (one at a time).
     rotating: Mutex<()>,
+    /// Held while a scope's first key is made (never while `current` is).
+    making: Mutex<()>,
 }
 
 /// A scope's current key, as status shows it.
@@ -168,6 +170,7 @@ impl Keyring {
             current: Mutex::new(current),
             rotations: Default::default(),
             rotating: Mutex::new(()),
+            making: Mutex::new(()),
         })
     }
 
@@ -187,6 +190,7 @@ impl Keyring {
             current: Mutex::new(HashMap::new()),
             rotations: Default::default(),
             rotating: Mutex::new(()),
+            making: Mutex::new(()),
         }
     }
 
@@ -205,13 +209,23 @@ impl Keyring {
         let Some(kek) = &self.kek else {
             return Ok(None);
         };
-        let mut current = lock(&self.current);
-        if let Some((_, key)) = current.get(scope) {
+        if let Some((_, key)) = lock(&self.current).get(scope) {
             return Ok(Some(Arc::clone(key)));
         }
+        // The first key of a scope is made (a file write, perhaps a KMS call) without holding
+        // `current`, which every seal of every scope takes; one first key at a time.
+        let _making = lock(&self.making);
+        if let Some((_, key)) = lock(&self.current).get(scope) {
+            return Ok(Some(Arc::clone(key))); // made while this one waited
+        }
         let key = self.make_key(kek, scope, 1)?;
-        current.insert(scope.to_owned(), (1, Arc::clone(&key)));
+        lock(&self.current).insert(scope.to_owned(), (1, Arc::clone(&key)));
         Ok(Some(key))
+    }
+
+    /// True when sealing data of `scope` would first make its key (encryption on, no key yet).
+    pub fn needs_key(&self, scope: &str) -> bool {
+        self.kek.is_some() && !lock(&self.current).contains_key(scope)
     }
 
     /// Rotation: gives every scope that has a key a new one of the next generation, durably,

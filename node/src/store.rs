@@ -416,6 +416,29 @@ impl Store {
         Ok((store, stats))
     }
 
+    /// [`Store::submit`] for a job that writes frames or metadata of `volume`: the volume's data
+    /// key is made first, here (off the appender thread, on a blocking thread), so that a slow
+    /// or failing key command (a KMS) holds up and fails this request only, never the appender
+    /// that hardens every volume's writes.
+    async fn submit_for<T>(
+        &self,
+        volume: &str,
+        job: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<T, StoreError> {
+        let keys = Arc::clone(&self.shared.keys);
+        if keys.needs_key(volume) {
+            let scope = volume.to_owned();
+            blocking(move || {
+                keys.sealer(&scope).map(|_| ()).map_err(|e| StoreError::Io {
+                    action: "make the volume's data key",
+                    source: std::io::Error::other(e),
+                })
+            })
+            .await?;
+        }
+        self.submit(job).await
+    }
+
     async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -450,7 +473,7 @@ impl Store {
             .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        self.submit(|reply| {
+        self.submit_for(&key.volume.clone(), |reply| {
             Job::Append(AppendJob {
                 key,
                 source,
@@ -502,7 +525,7 @@ impl Store {
             epoch,
             after: truncate_after,
         });
-        self.submit(|reply| {
+        self.submit_for(&key.volume.clone(), |reply| {
             Job::Open(OpenJob {
                 key,
                 epoch: Some(epoch),
@@ -524,7 +547,7 @@ impl Store {
         epoch: Epoch,
         membership: Option<Membership>,
     ) -> Result<Lsn, StoreError> {
-        self.submit(|reply| {
+        self.submit_for(&key.volume.clone(), |reply| {
             Job::Open(OpenJob {
                 key,
                 epoch: Some(epoch),
@@ -561,7 +584,7 @@ impl Store {
         if !self.history_is_newer(key, history) {
             return Ok(());
         }
-        self.submit(|reply| {
+        self.submit_for(&key.volume.clone(), |reply| {
             Job::Open(OpenJob {
                 key: key.clone(),
                 epoch: None,
@@ -586,7 +609,7 @@ impl Store {
         catch_up_to: Lsn,
         mode: crate::members::ChangeMode,
     ) -> Result<Changed, StoreError> {
-        self.submit(|reply| {
+        self.submit_for(&key.volume.clone(), |reply| {
             Job::Membership(MembershipJob {
                 key,
                 base,
@@ -607,7 +630,7 @@ impl Store {
         base: Membership,
         ballot: Ballot,
     ) -> Result<Vote, StoreError> {
-        self.submit(|reply| {
+        self.submit_for(&key.volume.clone(), |reply| {
             Job::Promise(PromiseJob {
                 key,
                 base,
@@ -627,7 +650,7 @@ impl Store {
         base: Option<Membership>,
         ballot: Ballot,
     ) -> Result<Changed, StoreError> {
-        self.submit(|reply| {
+        self.submit_for(&key.volume.clone(), |reply| {
             Job::Membership(MembershipJob {
                 key,
                 base: base.unwrap_or_else(|| current.clone()),
@@ -727,7 +750,7 @@ impl Store {
         membership: Membership,
         nodes: Vec<String>,
     ) -> Result<u64, StoreError> {
-        self.submit(|reply| {
+        self.submit_for(volume, |reply| {
             Job::MergeMembership(MergeJob {
                 volume: volume.to_string(),
                 pg: pg.0,
@@ -755,8 +778,10 @@ impl Store {
 
     /// Stores the metadata if its version is higher than the stored one; answers the stored version.
     pub async fn put_meta(&self, meta: VolumeMeta) -> Result<u64, StoreError> {
-        self.submit(|reply| Job::PutMeta(MetaJob { meta, reply }))
-            .await
+        self.submit_for(&meta.name.clone(), |reply| {
+            Job::PutMeta(MetaJob { meta, reply })
+        })
+        .await
     }
 
     /// Key rotation: every scope gets a new data key that seals new data from now on, the hot

@@ -984,3 +984,47 @@ async fn a_node_refuses_volumes_beyond_its_limit() {
     assert!(store.get_meta("c").is_none());
     store.close().await;
 }
+
+/// A key command (a KMS) that fails when a new volume's first data key is made fails that
+/// volume's request only: the key is made before the job reaches the appender, so the appender
+/// (which hardens every volume's writes) never sees the failure, and the other volumes' writes
+/// go on. (Made on the appender thread, the failure stopped every write until a restart.)
+#[tokio::test]
+async fn a_failing_kms_fails_only_the_new_volumes_request() {
+    let temp = TempDir::new("kms-fails");
+    let flag = temp.path().join("kms-down");
+    let command = format!(
+        r#"case "$1" in id) echo kms-test:1;; wrap) if [ -e {f} ]; then echo down >&2; exit 1; fi; cat;; unwrap) cat;; esac"#,
+        f = flag.display()
+    );
+    let kek = sixfold_keys::Kek::load(&sixfold_keys::KekSource::Command(command)).expect("kek");
+    let store = Store::open_with_key(&temp.path().join("node"), Some(kek))
+        .expect("store")
+        .0;
+    let a = key("a", 0);
+    assert_eq!(
+        append(&store, &a, 1, &[partial(1, 0, 1, 0, 0, b"x")])
+            .await
+            .expect("a"),
+        Lsn(1)
+    );
+    std::fs::write(&flag, b"").expect("flag");
+    let refused = append(&store, &key("b", 0), 1, &[partial(1, 0, 1, 0, 0, b"y")])
+        .await
+        .expect_err("no key for b");
+    assert!(refused.to_string().contains("data key"), "{refused}");
+    assert_eq!(
+        append(&store, &a, 1, &[partial(2, 1, 1, 0, 0, b"z")])
+            .await
+            .expect("a's writes go on"),
+        Lsn(2)
+    );
+    std::fs::remove_file(&flag).expect("flag");
+    assert_eq!(
+        append(&store, &key("b", 0), 1, &[partial(1, 0, 1, 0, 0, b"y")])
+            .await
+            .expect("b once the KMS is back"),
+        Lsn(1)
+    );
+    store.close().await;
+}
