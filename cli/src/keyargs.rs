@@ -24,9 +24,40 @@ pub struct KeyArgs {
     /// `sh -c CMD sixfold-key OP` with OP `id`, `wrap` or `unwrap`, hex on stdin and stdout.
     #[arg(long, value_name = "CMD", env = "SIXFOLD_KEY_COMMAND")]
     key_command: Option<String>,
+    /// Changing the key-encryption key: the one --key-file (or --key-command) replaces. At
+    /// start the node rewraps every data key still wrapped by it (the data itself is not
+    /// rewritten), and opens with it the keys other nodes published under it beside archived
+    /// objects. Keep giving it until every node has started with the new key and the backup's
+    /// retention window has passed.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SIXFOLD_PREVIOUS_KEY_FILE",
+        conflicts_with = "previous_key_command"
+    )]
+    previous_key_file: Option<PathBuf>,
+    /// Like --previous-key-file, for a KEK held by a key command (a KMS).
+    #[arg(long, value_name = "CMD", env = "SIXFOLD_PREVIOUS_KEY_COMMAND")]
+    previous_key_command: Option<String>,
 }
 
 impl KeyArgs {
+    /// The key-encryption key being replaced, if the operator is changing it.
+    pub fn previous_source(&self) -> anyhow::Result<Option<KekSource>> {
+        let previous = match (&self.previous_key_file, &self.previous_key_command) {
+            (Some(path), _) => Some(KekSource::File(path.clone())),
+            (None, Some(command)) => Some(KekSource::Command(command.clone())),
+            (None, None) => None,
+        };
+        if previous.is_some() && self.source()?.is_none() {
+            anyhow::bail!(
+                "--previous-key-file/--previous-key-command name the key-encryption key being \
+                 replaced: give the new one too (--key-file, SIXFOLD_KEY or --key-command)"
+            );
+        }
+        Ok(previous)
+    }
+
     /// The configured source, if any (`SIXFOLD_KEY` last: a file or command named explicitly wins).
     pub fn source(&self) -> anyhow::Result<Option<KekSource>> {
         if let Some(path) = &self.key_file {

@@ -91,6 +91,7 @@ pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
     };
     let security = tls.security(None, sixfold_transport::Role::Node)?;
     let key = args.key.source()?;
+    let previous_key = args.key.previous_source()?;
     let args = Node {
         listen,
         az,
@@ -150,6 +151,7 @@ pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         security,
         key,
+        previous_key,
     };
     tracing::info!(listen = %args.listen, az = %args.az, data = %args.data_dir.display(), "starting storage node");
     runtime

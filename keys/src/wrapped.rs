@@ -94,6 +94,31 @@ impl WrappedKey {
         DataKey::from_secret(self.key, &secret, nonces)
     }
 
+    /// The same data key wrapped under `to` instead of `from` (changing the KEK): unwrapped
+    /// and checked with `from`, wrapped with `to`, and unwrapped and checked again with `to`
+    /// before it is returned. The key id, scope and key-check value stay.
+    pub fn rewrap(&self, from: &Kek, to: &Kek) -> Result<WrappedKey, KeyError> {
+        if &self.kek != from.id() {
+            return Err(KeyError::WrongKek {
+                key: self.key,
+                wrapped_by: self.kek.clone(),
+                have: from.id().clone(),
+            });
+        }
+        let secret = from.unwrap(self.key, &self.blob)?;
+        self.verify(&secret, from)?;
+        let rewrapped = WrappedKey {
+            key: self.key,
+            scope: self.scope.clone(),
+            kek: to.id().clone(),
+            blob: to.wrap(self.key, &secret)?,
+            check: Some(check_value(self.key, &secret)),
+        };
+        let back = to.unwrap(rewrapped.key, &rewrapped.blob)?;
+        rewrapped.verify(&back, to)?;
+        Ok(rewrapped)
+    }
+
     /// Compares `secret` with the key-check value, in constant time.
     fn verify(&self, secret: &[u8; 32], kek: &Kek) -> Result<(), KeyError> {
         let Some(expected) = self.check else {
@@ -235,6 +260,34 @@ mod tests {
         assert_eq!(old_bytes[4], 1);
         let decoded = WrappedKey::decode(&old_bytes).unwrap();
         assert!(decoded.unwrap(&kek, NonceSource::new(1).unwrap()).is_ok());
+    }
+
+    /// Changing the KEK: a key rewrapped under the new KEK unwraps under it to the same key,
+    /// and no longer under the old one; a key of another KEK is not rewrapped.
+    #[test]
+    fn a_key_rewrapped_under_a_new_kek_is_the_same_key() {
+        let old = Kek::from_hex(&Kek::generate_hex().unwrap()).unwrap();
+        let new = Kek::from_hex(&Kek::generate_hex().unwrap()).unwrap();
+        let nonces = NonceSource::new(1).unwrap();
+        let (wrapped, key) = WrappedKey::generate(&old, "vol", Arc::clone(&nonces)).unwrap();
+        let sealed = key.seal(b"c", b"hello").unwrap();
+        let rewrapped = wrapped.rewrap(&old, &new).unwrap();
+        assert_eq!(
+            (rewrapped.key, &rewrapped.scope),
+            (wrapped.key, &wrapped.scope)
+        );
+        assert_eq!(&rewrapped.kek, new.id());
+        let again = rewrapped.unwrap(&new, Arc::clone(&nonces)).unwrap();
+        let parsed = crate::Sealed::parse(&sealed).unwrap();
+        assert_eq!(again.open(b"c", &parsed).unwrap(), b"hello");
+        assert!(matches!(
+            rewrapped.unwrap(&old, Arc::clone(&nonces)),
+            Err(KeyError::WrongKek { .. })
+        ));
+        assert!(matches!(
+            rewrapped.rewrap(&old, &new),
+            Err(KeyError::WrongKek { .. })
+        ));
     }
 
     /// A key command (a KMS) that answers `unwrap` with another key than the one it wrapped:

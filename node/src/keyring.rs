@@ -52,6 +52,10 @@ pub struct Keyring {
     rotating: Mutex<()>,
     /// Held while a scope's first key is made (never while `current` is).
     making: Mutex<()>,
+    /// The KEK being changed from (`--previous-key-file`): this node's keys were rewrapped
+    /// from it at open; other nodes' keys published under it (beside archived objects) still
+    /// unwrap with it.
+    previous: Option<Kek>,
 }
 
 /// A scope's current key, as status shows it.
@@ -65,6 +69,19 @@ pub struct CurrentKey {
 impl Keyring {
     /// Opens the keyring of `data_dir` with the operator's KEK (None: no encryption).
     pub fn open(data_dir: &Path, kek: Option<Kek>) -> Result<Keyring, NodeError> {
+        Keyring::open_changing(data_dir, kek, None)
+    }
+
+    /// [`Keyring::open`] while the KEK changes from `previous` to `kek`: every data key still
+    /// wrapped by `previous` is unwrapped, checked, wrapped by `kek` and stored again (each file
+    /// replaced durably, one at a time: a crash part way leaves each key wrapped by one of the
+    /// two, and the next start finishes). Nothing else changes: the data keys, and so every
+    /// sealed byte, stay as they are.
+    pub fn open_changing(
+        data_dir: &Path,
+        kek: Option<Kek>,
+        previous: Option<Kek>,
+    ) -> Result<Keyring, NodeError> {
         let dir = data_dir.join(DIR);
         let mut stored = Vec::new();
         match std::fs::read_dir(&dir) {
@@ -103,6 +120,34 @@ impl Keyring {
             }
             return Ok(Keyring::without_kek(dir));
         };
+        if let Some(previous) = previous.as_ref().filter(|p| p.id() != kek.id()) {
+            let mut rewrapped = 0usize;
+            for (generation, wrapped) in stored.iter_mut() {
+                if &wrapped.kek != previous.id() {
+                    continue;
+                }
+                let path = dir.join(key_file_name(wrapped.key));
+                let key_error = |source| NodeError::Key {
+                    path: path.clone(),
+                    source,
+                };
+                let new = wrapped.rewrap(previous, &kek).map_err(key_error)?;
+                durable::write_checked(
+                    &dir,
+                    &key_file_name(new.key),
+                    &encode_key_file(*generation, &new),
+                )
+                .map_err(NodeError::io("store the rewrapped data key", &path))?;
+                *wrapped = new;
+                rewrapped += 1;
+            }
+            info!(
+                from = %previous.id(),
+                to = %kek.id(),
+                data_keys = rewrapped,
+                "key-encryption key changed: data keys rewrapped"
+            );
+        }
         // A wrong KEK is refused before anything changes (the incarnation included).
         if let Some((_, wrong)) = stored.iter().find(|(_, w)| &w.kek != kek.id()) {
             return Err(NodeError::Key {
@@ -171,6 +216,7 @@ impl Keyring {
             rotations: Default::default(),
             rotating: Mutex::new(()),
             making: Mutex::new(()),
+            previous,
         })
     }
 
@@ -191,6 +237,7 @@ impl Keyring {
             rotations: Default::default(),
             rotating: Mutex::new(()),
             making: Mutex::new(()),
+            previous: None,
         }
     }
 
@@ -360,13 +407,15 @@ impl Keyring {
             })
     }
 
-    /// Key `id` as stored (wrapped), if it is one of this node's.
-    pub fn wrapped(&self, id: KeyId) -> Option<WrappedKey> {
+    /// This node's keys of `scope` as stored (wrapped), every generation.
+    pub fn wrapped_of_scope(&self, scope: &str) -> Vec<WrappedKey> {
         self.wrapped
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
+            .values()
+            .filter(|w| w.scope == scope)
             .cloned()
+            .collect()
     }
 
     /// Takes another node's data key (read from the object store beside what it sealed) to open
@@ -388,7 +437,12 @@ impl Keyring {
                 wrapped.key, wrapped.kek
             )));
         };
-        let key = Arc::new(wrapped.unwrap(kek, Arc::clone(&self.nonces))?);
+        // Published by a node before the KEK changed: the previous KEK opens it.
+        let unwrap_with = match &self.previous {
+            Some(previous) if &wrapped.kek == previous.id() && &wrapped.kek != kek.id() => previous,
+            _ => kek,
+        };
+        let key = Arc::new(wrapped.unwrap(unwrap_with, Arc::clone(&self.nonces))?);
         self.keys
             .write()
             .unwrap_or_else(|p| p.into_inner())

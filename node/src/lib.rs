@@ -111,6 +111,9 @@ pub struct NodeConfig {
     /// Encryption at rest: where the key-encryption key comes from (None: data is written in
     /// the clear, and a data directory holding sealed data refuses to open).
     pub key: Option<sixfold_keys::KekSource>,
+    /// Changing the key-encryption key: the one `key` replaces. The node rewraps its data keys
+    /// from it at start, and unwraps with it keys other nodes published under it.
+    pub previous_key: Option<sixfold_keys::KekSource>,
 }
 
 /// Opens (recovers) the node's state from `data_dir`, then serves gRPC on `config.listen` until
@@ -147,18 +150,23 @@ pub async fn run_with_listener(
 async fn open_store(config: &NodeConfig) -> Result<Store, NodeError> {
     let data_dir = config.data_dir.clone();
     let key = config.key.clone();
+    let previous_key = config.previous_key.clone();
     let (store, stats) = tokio::task::spawn_blocking(move || {
-        let kek = match &key {
-            Some(source) => Some(sixfold_keys::Kek::load(source).map_err(|e| NodeError::Key {
+        let load = |source: &sixfold_keys::KekSource| {
+            sixfold_keys::Kek::load(source).map_err(|e| NodeError::Key {
                 path: data_dir.clone(),
                 source: e,
-            })?),
+            })
+        };
+        let kek = match &key {
+            Some(source) => Some(load(source)?),
             None => {
                 warn!("encryption at rest is off: this node writes its data in the clear");
                 None
             }
         };
-        Store::open_with_key(&data_dir, kek)
+        let previous = previous_key.as_ref().map(load).transpose()?;
+        Store::open_changing_key(&data_dir, kek, previous)
     })
     .await
     .map_err(|e| NodeError::Task {

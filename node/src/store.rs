@@ -287,9 +287,20 @@ impl Store {
 
     /// [`Store::open`] with the operator's key-encryption key: everything the node writes from
     /// now on is sealed ([`crate::keyring`]).
+    #[cfg(test)]
     pub fn open_with_key(
         data_dir: &Path,
         kek: Option<sixfold_keys::Kek>,
+    ) -> Result<(Store, RecoveryStats), NodeError> {
+        Store::open_changing_key(data_dir, kek, None)
+    }
+
+    /// [`Store::open_with_key`] while the key-encryption key changes from `previous` to `kek`
+    /// ([`Keyring::open_changing`]).
+    pub fn open_changing_key(
+        data_dir: &Path,
+        kek: Option<sixfold_keys::Kek>,
+        previous: Option<sixfold_keys::Kek>,
     ) -> Result<(Store, RecoveryStats), NodeError> {
         let started = Instant::now();
         std::fs::create_dir_all(data_dir).map_err(|source| NodeError::Io {
@@ -298,7 +309,7 @@ impl Store {
             source,
         })?;
         let dir_lock = crate::dirlock::lock(data_dir)?;
-        let keys = Arc::new(Keyring::open(data_dir, kek)?);
+        let keys = Arc::new(Keyring::open_changing(data_dir, kek, previous)?);
         let node_id = crate::identity::load_or_create(data_dir)?;
         let node_list = NodeListStore::open(data_dir)?;
         let log_dir = data_dir.join("log");

@@ -1028,3 +1028,60 @@ async fn a_failing_kms_fails_only_the_new_volumes_request() {
     );
     store.close().await;
 }
+
+/// Changing the key-encryption key: a node started with the new KEK and the previous one
+/// rewraps its data keys (the data stays as it is) and reads everything written before; then
+/// it starts with the new KEK alone, and the previous one alone is refused, naming the new.
+/// A key another node published under the previous KEK still opens while it is given.
+#[tokio::test]
+async fn the_key_encryption_key_changes_without_rewriting_data() {
+    let temp = TempDir::new("kek-change");
+    let dir = temp.path().join("node");
+    let old_hex = sixfold_keys::Kek::generate_hex().expect("kek");
+    let new_hex = sixfold_keys::Kek::generate_hex().expect("kek");
+    let kek = |hex: &str| sixfold_keys::Kek::from_hex(hex).expect("kek");
+    let k = key("v", 0);
+    let records = history();
+    let published = {
+        let store = Store::open_with_key(&dir, Some(kek(&old_hex)))
+            .expect("store")
+            .0;
+        append(&store, &k, 1, &records).await.expect("append");
+        // Another node's key, as it would publish it beside archived objects.
+        let other = TempDir::new("kek-change-other");
+        let other_ring =
+            crate::keyring::Keyring::open(other.path(), Some(kek(&old_hex))).expect("ring");
+        other_ring.sealer("v").expect("a key");
+        let published = other_ring.wrapped_of_scope("v");
+        store.close().await;
+        published
+    };
+    let store = Store::open_changing_key(&dir, Some(kek(&new_hex)), Some(kek(&old_hex)))
+        .expect("the change")
+        .0;
+    for read_lsn in [4, 8] {
+        assert_eq!(
+            page(&store, &k, 7, read_lsn).await,
+            model(&records, 7, read_lsn)
+        );
+    }
+    store
+        .keys()
+        .adopt(&published[0])
+        .expect("a key published under the previous KEK opens");
+    store.close().await;
+    let store = Store::open_with_key(&dir, Some(kek(&new_hex)))
+        .expect("the new KEK alone")
+        .0;
+    assert_eq!(page(&store, &k, 8, 8).await, model(&records, 8, 8));
+    assert!(
+        store.keys().adopt(&published[0]).is_err(),
+        "no previous KEK given"
+    );
+    store.close().await;
+    let Err(refused) = Store::open_with_key(&dir, Some(kek(&old_hex))) else {
+        panic!("the previous KEK alone opened the store");
+    };
+    let new_id = kek(&new_hex).id().to_string();
+    assert!(refused.to_string().contains(&new_id), "{refused}");
+}

@@ -45,6 +45,7 @@ fn crash_child_node() {
             repair: Default::default(),
             metrics_listen: None,
             key: None,
+            previous_key: None,
         };
         let port_file = dir.join("port");
         let temp = dir.join("port.tmp");

@@ -71,6 +71,7 @@ impl Node {
             repair: Default::default(),
             metrics_listen: None,
             key: None,
+            previous_key: None,
         };
         let task = tokio::spawn(run_with_listener(config, listener, async {
             let _ = stopped.await;
