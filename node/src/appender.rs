@@ -754,6 +754,11 @@ struct GroupView<'a> {
     /// Most bytes waiting above one segment's SCL (twice it for the node): see
     /// [`crate::store::WAITING_BYTES_MAX`].
     waiting_max: u64,
+    /// Per segment, the chain's tip and the bytes that will wait, after the group's earlier
+    /// jobs; and the bytes they add to wait on the node.
+    tips: HashMap<&'a SegmentKey, Lsn>,
+    waiting_added: HashMap<&'a SegmentKey, u64>,
+    node_waiting_added: u64,
     new_segments: HashSet<&'a SegmentKey>,
     epochs: HashMap<&'a str, Epoch>,
     lsns: HashMap<&'a SegmentKey, HashSet<Lsn>>,
@@ -773,13 +778,15 @@ impl<'a> GroupView<'a> {
     /// never count (as far as the job alone shows: a record linking to a waiting one counts,
     /// which only errs towards refusing; gap-fill then closes the hole).
     fn check_waiting(
-        &self,
+        &mut self,
         index: &Index,
-        job: &AppendJob,
+        job: &'a AppendJob,
         segment: Option<&crate::segment::Segment>,
         chosen: &[usize],
     ) -> Result<(), StoreError> {
-        let mut tip = segment.map_or(Lsn::ZERO, |s| s.scl());
+        // The chain's tip and what waits, as the earlier jobs of the group leave them.
+        let scl = segment.map_or(Lsn::ZERO, |s| s.scl());
+        let mut tip = self.tips.get(&job.key).copied().unwrap_or(scl);
         let mut sorted: Vec<&PreparedRecord> = chosen.iter().map(|&i| &job.records[i]).collect();
         sorted.sort_by_key(|r| r.lsn);
         let mut extra = 0u64;
@@ -790,25 +797,33 @@ impl<'a> GroupView<'a> {
                 extra = extra.saturating_add(record.frame.bytes.len() as u64);
             }
         }
-        if extra == 0 {
-            return Ok(());
+        let added = self.waiting_added.get(&job.key).copied().unwrap_or(0);
+        let held = segment
+            .map_or(0, |s| s.waiting_bytes())
+            .saturating_add(added);
+        if extra > 0 {
+            let node: u64 = index
+                .slots()
+                .map(|(_, slot)| slot.segment.waiting_bytes())
+                .sum::<u64>()
+                .saturating_add(self.node_waiting_added);
+            let node_max = self.waiting_max.saturating_mul(2);
+            if held.saturating_add(extra) > self.waiting_max
+                || node.saturating_add(extra) > node_max
+            {
+                return Err(StoreError::Full(format!(
+                    "segment {}: {extra} more bytes of records would wait above its SCL {scl} \
+                     for the hole before them ({held} bytes wait there already, {node} on the \
+                     node; at most {} per segment, {node_max} per node): refused until \
+                     gap-fill closes the hole",
+                    job.key, self.waiting_max,
+                )));
+            }
         }
-        let held = segment.map_or(0, |s| s.waiting_bytes());
-        let node: u64 = index
-            .slots()
-            .map(|(_, slot)| slot.segment.waiting_bytes())
-            .sum();
-        let node_max = self.waiting_max.saturating_mul(2);
-        if held.saturating_add(extra) > self.waiting_max || node.saturating_add(extra) > node_max {
-            return Err(StoreError::Full(format!(
-                "segment {}: {extra} more bytes of records would wait above its SCL {} for the \
-                 hole before them ({held} bytes wait there already, {node} on the node; at most \
-                 {} per segment, {node_max} per node): refused until gap-fill closes the hole",
-                job.key,
-                segment.map_or(Lsn::ZERO, |s| s.scl()),
-                self.waiting_max,
-            )));
-        }
+        self.tips.insert(&job.key, tip);
+        self.waiting_added
+            .insert(&job.key, added.saturating_add(extra));
+        self.node_waiting_added = self.node_waiting_added.saturating_add(extra);
         Ok(())
     }
 
