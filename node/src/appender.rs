@@ -37,7 +37,7 @@ use sixfold_proto::membership::{Membership, MembershipError};
 use sixfold_proto::wire::VolumeMeta;
 use sixfold_proto::{Epoch, Lsn};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::hotlog;
 
@@ -294,7 +294,24 @@ impl Appender {
                 waiting_max: self.shared.waiting_max.load(Ordering::Relaxed),
                 ..GroupView::default()
             };
-            jobs.iter().map(|job| group.decide(&index, job)).collect()
+            let plans = jobs.iter().map(|job| group.decide(&index, job)).collect();
+            if group.waiting_dropped > 0 {
+                let before = self
+                    .shared
+                    .waiting_records_left_out
+                    .fetch_add(group.waiting_dropped as u64, Ordering::Relaxed);
+                // Logged the first time, then once per 10,000 records left out.
+                if before == 0
+                    || before / 10_000 != (before + group.waiting_dropped as u64) / 10_000
+                {
+                    tracing::warn!(
+                        left_out_total = before + group.waiting_dropped as u64,
+                        "writer records that would wait above a segment's SCL beyond the bound \
+                         were left out (a hole the writer does not fill; gap-fill brings them)"
+                    );
+                }
+            }
+            plans
         };
         // 2. Write the new frames and fsync once.
         let mut locations: Vec<Vec<Location>> = Vec::with_capacity(jobs.len());
@@ -759,6 +776,8 @@ struct GroupView<'a> {
     tips: HashMap<&'a SegmentKey, Lsn>,
     waiting_added: HashMap<&'a SegmentKey, u64>,
     node_waiting_added: u64,
+    /// Writer records the group left out for the waiting bound.
+    waiting_dropped: usize,
     new_segments: HashSet<&'a SegmentKey>,
     epochs: HashMap<&'a str, Epoch>,
     lsns: HashMap<&'a SegmentKey, HashSet<Lsn>>,
@@ -773,58 +792,69 @@ struct Chosen {
 }
 
 impl<'a> GroupView<'a> {
-    /// Refuses a writer's records that would wait above the segment's SCL beyond
-    /// [`crate::store::WAITING_BYTES_MAX`], or the node's bound. Records that extend the chain
-    /// never count (as far as the job alone shows: a record linking to a waiting one counts,
-    /// which only errs towards refusing; gap-fill then closes the hole).
-    fn check_waiting(
+    /// Of a writer's new records (`chosen`), those the segment takes: every record that
+    /// extends the chain (from the SCL, through the earlier jobs of the group and this job's
+    /// own records in LSN order), and the others, which would wait above the SCL for a hole
+    /// before them, only while the segment holds at most [`crate::store::WAITING_BYTES_MAX`]
+    /// of such records and the node twice that. A record left out is not stored, and so not
+    /// acknowledged (acknowledgements are the SCL): gap-fill brings it later, as it does a
+    /// record lost on the way. The job itself (its hints, the records that extend the chain)
+    /// always goes in, so a segment catching up is never held back by this bound.
+    fn within_waiting_bound(
         &mut self,
         index: &Index,
         job: &'a AppendJob,
         segment: Option<&crate::segment::Segment>,
-        chosen: &[usize],
-    ) -> Result<(), StoreError> {
-        // The chain's tip and what waits, as the earlier jobs of the group leave them.
+        mut chosen: Vec<usize>,
+    ) -> Vec<usize> {
         let scl = segment.map_or(Lsn::ZERO, |s| s.scl());
         let mut tip = self.tips.get(&job.key).copied().unwrap_or(scl);
-        let mut sorted: Vec<&PreparedRecord> = chosen.iter().map(|&i| &job.records[i]).collect();
-        sorted.sort_by_key(|r| r.lsn);
-        let mut extra = 0u64;
-        for record in sorted {
-            if record.backlink == tip {
-                tip = record.lsn;
-            } else {
-                extra = extra.saturating_add(record.frame.bytes.len() as u64);
-            }
-        }
+        chosen.sort_by_key(|&i| job.records[i].lsn);
         let added = self.waiting_added.get(&job.key).copied().unwrap_or(0);
-        let held = segment
+        let mut held = segment
             .map_or(0, |s| s.waiting_bytes())
             .saturating_add(added);
-        if extra > 0 {
-            let node: u64 = index
-                .slots()
-                .map(|(_, slot)| slot.segment.waiting_bytes())
-                .sum::<u64>()
-                .saturating_add(self.node_waiting_added);
-            let node_max = self.waiting_max.saturating_mul(2);
-            if held.saturating_add(extra) > self.waiting_max
-                || node.saturating_add(extra) > node_max
-            {
-                return Err(StoreError::Full(format!(
-                    "segment {}: {extra} more bytes of records would wait above its SCL {scl} \
-                     for the hole before them ({held} bytes wait there already, {node} on the \
-                     node; at most {} per segment, {node_max} per node): refused until \
-                     gap-fill closes the hole",
-                    job.key, self.waiting_max,
-                )));
+        let mut node: Option<u64> = None;
+        let node_max = self.waiting_max.saturating_mul(2);
+        let mut dropped = 0usize;
+        let mut extra = 0u64;
+        chosen.retain(|&i| {
+            let record = &job.records[i];
+            if record.backlink == tip {
+                tip = record.lsn;
+                return true;
             }
+            let bytes = record.frame.bytes.len() as u64;
+            // The node's total only when a record would wait (rare: writers send in order).
+            let on_node = *node.get_or_insert_with(|| {
+                index
+                    .slots()
+                    .map(|(_, slot)| slot.segment.waiting_bytes())
+                    .sum::<u64>()
+                    .saturating_add(self.node_waiting_added)
+            });
+            if held.saturating_add(bytes) > self.waiting_max
+                || on_node.saturating_add(extra).saturating_add(bytes) > node_max
+            {
+                dropped += 1;
+                return false;
+            }
+            held = held.saturating_add(bytes);
+            extra = extra.saturating_add(bytes);
+            true
+        });
+        if dropped > 0 {
+            self.waiting_dropped += dropped;
+            debug!(
+                segment = %job.key, %scl, dropped, waiting_bytes = held,
+                "records that would wait above the SCL beyond the bound left out (gap-fill brings them)"
+            );
         }
         self.tips.insert(&job.key, tip);
         self.waiting_added
             .insert(&job.key, added.saturating_add(extra));
         self.node_waiting_added = self.node_waiting_added.saturating_add(extra);
-        Ok(())
+        chosen
     }
 
     /// What `job` writes, or why the job is refused.
@@ -883,20 +913,32 @@ impl<'a> GroupView<'a> {
                 membership: None,
             });
         }
+        let new: Vec<usize> = {
+            let seen = self.lsns.get(&job.key);
+            let mut in_job = HashSet::new();
+            job.records
+                .iter()
+                .enumerate()
+                .filter(|(_, record)| {
+                    segment.map_or(Admission::New, |s| s.admission(record.lsn, record.epoch))
+                        == Admission::New
+                        && !seen.is_some_and(|seen| seen.contains(&record.lsn))
+                        && in_job.insert(record.lsn)
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let chosen = if matches!(job.source, Source::Writer { .. }) {
+            self.within_waiting_bound(index, job, segment, new)
+        } else {
+            new
+        };
         let seen = self.lsns.entry(&job.key).or_default();
-        let mut chosen = Vec::new();
-        for (i, record) in job.records.iter().enumerate() {
-            let admission =
-                segment.map_or(Admission::New, |s| s.admission(record.lsn, record.epoch));
-            if admission != Admission::New || !seen.insert(record.lsn) {
-                continue;
-            }
-            chosen.push(i);
+        for &i in &chosen {
+            let record = &job.records[i];
+            seen.insert(record.lsn);
             let epoch = self.epochs.entry(volume).or_default();
             *epoch = (*epoch).max(record.epoch);
-        }
-        if matches!(job.source, Source::Writer { .. }) {
-            self.check_waiting(index, job, segment, &chosen)?;
         }
         Ok(Chosen {
             records: chosen,

@@ -111,6 +111,37 @@ impl ArchiveSealer {
     }
 }
 
+/// After a change of KEK (the node started with `--previous-key-*`): publishes every data key
+/// this node holds, of every volume, again, now wrapped by the new KEK, so that what this node
+/// archived opens with the new KEK alone, quiet volumes and snapshots' objects included. Retries
+/// (every 30 s) until every key is published.
+pub async fn republish_after_kek_change(keys: Arc<Keyring>, objects: ObjectStore) {
+    if !keys.changing_kek() {
+        return;
+    }
+    let mut left = keys.wrapped_all();
+    left.retain(|w| w.scope != crate::keyring::NODE_SCOPE);
+    let total = left.len();
+    while !left.is_empty() {
+        let mut failed = Vec::new();
+        for wrapped in left {
+            let object = data_key_object(&wrapped.scope, wrapped.key);
+            if let Err(e) = objects.put(&object, Bytes::from(wrapped.encode())).await {
+                tracing::warn!(key = %wrapped.key, volume = %wrapped.scope, "could not publish a rewrapped data key (retrying in 30 s): {e}");
+                failed.push(wrapped);
+            }
+        }
+        left = failed;
+        if !left.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    }
+    tracing::info!(
+        keys = total,
+        "published every data key again under the new key-encryption key"
+    );
+}
+
 /// Opens an object fetched from `object` of `volume`'s archive: a plaintext one as it is, a
 /// sealed one with its data key (this node's, or fetched from the store and unwrapped with this
 /// node's KEK). A wrong or missing KEK is an error that names the key the object needs.
@@ -161,4 +192,54 @@ pub async fn open(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("object {object}: {e}"))
+}
+
+#[cfg(test)]
+mod kek_change_tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use sixfold_keys::Kek;
+
+    /// After a change of KEK, every key the node holds (older generations, volumes it no longer
+    /// archives to) is published again wrapped by the new KEK, so the archive opens without
+    /// the previous one.
+    #[tokio::test]
+    async fn every_key_is_published_again_after_a_kek_change() {
+        let temp = TempDir::new("kek-republish");
+        let old = Kek::generate_hex().expect("kek");
+        let new = Kek::generate_hex().expect("kek");
+        let kek = |hex: &str| Kek::from_hex(hex).expect("kek");
+        let ids = {
+            let ring = Keyring::open(temp.path(), Some(kek(&old))).expect("ring");
+            ring.sealer("a").expect("key");
+            ring.sealer("b").expect("key");
+            ring.rotate().expect("rotate");
+            ring.wrapped_all()
+        };
+        let ring = Arc::new(
+            Keyring::open_changing(temp.path(), Some(kek(&new)), Some(kek(&old))).expect("change"),
+        );
+        let objects = ObjectStore::open(&temp.path().join("store").display().to_string(), None)
+            .await
+            .expect("store");
+        republish_after_kek_change(Arc::clone(&ring), objects.clone()).await;
+        let volume_keys: Vec<_> = ids
+            .iter()
+            .filter(|w| w.scope != crate::keyring::NODE_SCOPE)
+            .collect();
+        assert_eq!(volume_keys.len(), 4, "two volumes, two generations each");
+        for wrapped in volume_keys {
+            let body = objects
+                .get(&data_key_object(&wrapped.scope, wrapped.key))
+                .await
+                .expect("published");
+            let published = WrappedKey::decode(&body).expect("decodes");
+            assert_eq!(&published.kek, kek(&new).id(), "{}", wrapped.key);
+            let fresh =
+                Keyring::open(&temp.path().join("elsewhere"), Some(kek(&new))).expect("ring");
+            fresh
+                .adopt(&published)
+                .expect("opens with the new KEK alone");
+        }
+    }
 }

@@ -116,6 +116,10 @@ pub struct ArchiveConfig {
 /// not answer) holds up no other PG.
 pub async fn run(store: Store, config: ArchiveConfig, own_address: String, security: Security) {
     store.set_mark_skew(mark_skew(config.retention));
+    tokio::spawn(crate::archive_seal::republish_after_kek_change(
+        store.keys(),
+        config.objects.clone(),
+    ));
     let ctx = Arc::new(Ctx {
         sealer: ArchiveSealer::new(store.keys()),
         store,

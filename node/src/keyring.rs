@@ -120,6 +120,21 @@ impl Keyring {
             }
             return Ok(Keyring::without_kek(dir));
         };
+        // A wrong KEK is refused before anything changes (the incarnation, and the rewrapping
+        // of a KEK change, included).
+        let known = |w: &WrappedKey| {
+            &w.kek == kek.id() || previous.as_ref().is_some_and(|p| &w.kek == p.id())
+        };
+        if let Some((_, wrong)) = stored.iter().find(|(_, w)| !known(w)) {
+            return Err(NodeError::Key {
+                path: dir.join(key_file_name(wrong.key)),
+                source: KeyError::WrongKek {
+                    key: wrong.key,
+                    wrapped_by: wrong.kek.clone(),
+                    have: kek.id().clone(),
+                },
+            });
+        }
         if let Some(previous) = previous.as_ref().filter(|p| p.id() != kek.id()) {
             let mut rewrapped = 0usize;
             for (generation, wrapped) in stored.iter_mut() {
@@ -132,6 +147,17 @@ impl Keyring {
                     source,
                 };
                 let new = wrapped.rewrap(previous, &kek).map_err(key_error)?;
+                if wrapped.check.is_none() {
+                    // A key written before key-check values: nothing tells a wrong answer of
+                    // a key command apart, so its old wrapping stays beside it (`ID.key.v1`,
+                    // not read at start) until the operator has seen the data read back.
+                    durable::write_checked(
+                        &dir,
+                        &format!("{}.v1", key_file_name(wrapped.key)),
+                        &encode_key_file(*generation, wrapped),
+                    )
+                    .map_err(NodeError::io("keep the data key's old wrapping", &path))?;
+                }
                 durable::write_checked(
                     &dir,
                     &key_file_name(new.key),
@@ -147,17 +173,6 @@ impl Keyring {
                 data_keys = rewrapped,
                 "key-encryption key changed: data keys rewrapped"
             );
-        }
-        // A wrong KEK is refused before anything changes (the incarnation included).
-        if let Some((_, wrong)) = stored.iter().find(|(_, w)| &w.kek != kek.id()) {
-            return Err(NodeError::Key {
-                path: dir.join(key_file_name(wrong.key)),
-                source: KeyError::WrongKek {
-                    key: wrong.key,
-                    wrapped_by: wrong.kek.clone(),
-                    have: kek.id().clone(),
-                },
-            });
         }
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(NodeError::io("create the keyring", &dir))?;
@@ -405,6 +420,21 @@ impl Keyring {
                     id.hex()
                 ))
             })
+    }
+
+    /// Whether the node started while changing its KEK (a previous one was given).
+    pub fn changing_kek(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Every key of this node as stored (wrapped).
+    pub fn wrapped_all(&self) -> Vec<WrappedKey> {
+        self.wrapped
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// This node's keys of `scope` as stored (wrapped), every generation.

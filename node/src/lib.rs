@@ -278,8 +278,6 @@ async fn serve(
     served.map_err(NodeError::Serve)
 }
 
-/// Locks a mutex, going on after a panic elsewhere (the state behind our locks stays consistent:
-/// no code path panics halfway through a change on any input).
 /// This machine's clock, in microseconds since the Unix epoch (0 before it).
 pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
@@ -287,6 +285,8 @@ pub(crate) fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Locks a mutex, going on after a panic elsewhere (the state behind our locks stays consistent:
+/// no code path panics halfway through a change on any input).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

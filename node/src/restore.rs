@@ -56,7 +56,23 @@ const WAITING_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs
 pub struct RestoreSlots {
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    /// The segments being restored: one restore of a segment at a time.
+    restoring: Arc<std::sync::Mutex<std::collections::HashSet<SegmentKey>>>,
 }
+
+/// A segment's place among those being restored, given back when dropped.
+struct Restoring {
+    restoring: Arc<std::sync::Mutex<std::collections::HashSet<SegmentKey>>>,
+    key: SegmentKey,
+}
+
+impl Drop for Restoring {
+    fn drop(&mut self) {
+        crate::lock(&self.restoring).remove(&self.key);
+    }
+}
+
+const CALLER_GONE: &str = "its caller went away";
 
 impl Default for RestoreSlots {
     fn default() -> RestoreSlots {
@@ -69,7 +85,18 @@ impl RestoreSlots {
         RestoreSlots {
             admitted: Arc::new(Semaphore::new(running + waiting)),
             running: Arc::new(Semaphore::new(running)),
+            restoring: Arc::default(),
         }
+    }
+
+    /// Claims `key` for one restore; None while another restore of it runs on this node.
+    fn claim(&self, key: &SegmentKey) -> Option<Restoring> {
+        crate::lock(&self.restoring)
+            .insert(key.clone())
+            .then(|| Restoring {
+                restoring: Arc::clone(&self.restoring),
+                key: key.clone(),
+            })
     }
 
     /// A place for one more restore, or None when the node has as many as it keeps.
@@ -138,7 +165,12 @@ impl Reporter {
     /// Reports progress, unless the caller has not taken the earlier reports: progress is
     /// only news, and a caller that stopped reading must not hold up the restore (and its
     /// slot) for ever.
-    async fn add(&mut self, bytes: u64) {
+    /// Fails when the caller went away: the restore then stops here, between two steps (its
+    /// blocking work is never cut short, so nothing of it lands after a later attempt began).
+    async fn add(&mut self, bytes: u64) -> Result<(), String> {
+        if self.sender.is_closed() {
+            return Err(CALLER_GONE.to_string());
+        }
         self.bytes += bytes;
         let _ = self.sender.try_send(Ok(RestoreSegmentProgress {
             bytes: self.bytes,
@@ -147,6 +179,7 @@ impl Reporter {
             scl: 0,
             max_epoch: 0,
         }));
+        Ok(())
     }
 }
 
@@ -162,6 +195,15 @@ pub async fn run(
     admitted: OwnedSemaphorePermit,
 ) {
     let _admitted = admitted;
+    let Some(_restoring) = slots.claim(&job.key) else {
+        let _ = sender
+            .send(Err(tonic::Status::failed_precondition(format!(
+                "a restore of segment {} is already running on this node",
+                job.key
+            ))))
+            .await;
+        return;
+    };
     let work = async {
         // While it waits for its turn the caller hears from it (an empty progress report every
         // few seconds), so that its timeout without progress does not fire.
@@ -172,6 +214,7 @@ pub async fn run(
                 permit = &mut acquire => {
                     break permit.map_err(|_| "the node is shutting down".to_string())?;
                 }
+                () = sender.closed() => return Err(CALLER_GONE.to_string()),
                 () = tokio::time::sleep(WAITING_REPORT_EVERY) => {
                     let waiting = RestoreSegmentProgress {
                         bytes: 0,
@@ -181,21 +224,20 @@ pub async fn run(
                         max_epoch: 0,
                     };
                     if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(Ok(waiting)) {
-                        return Err("its caller went away".to_string());
+                        return Err(CALLER_GONE.to_string());
                     }
                 }
             }
         };
         restore(&store, &objects, &job, sender.clone()).await
     };
-    let result = tokio::select! {
-        result = work => result,
-        () = sender.closed() => {
-            warn!(segment = %job.key, "restore stopped: its caller went away (the segment is left \
-                  incomplete, as after a failed restore)");
-            return;
-        }
-    };
+    // The restore stops by itself at its next step once its caller is gone (see Reporter::add).
+    let result = work.await;
+    if matches!(&result, Err(e) if e == CALLER_GONE) || sender.is_closed() {
+        warn!(segment = %job.key, "restore stopped: its caller went away (the segment is left \
+              incomplete, as after a failed restore)");
+        return;
+    }
     let message = match result {
         Ok((scl, max_epoch, bytes)) => Ok(RestoreSegmentProgress {
             bytes,
@@ -318,7 +360,7 @@ async fn restore(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        reporter.add(fetched).await;
+        reporter.add(fetched).await?;
     }
     if last_applied > at {
         store
@@ -389,7 +431,7 @@ async fn restore_base(
             .store_hydrated_pages(key, images)
             .await
             .map_err(|e| e.to_string())?;
-        reporter.add(fetched).await;
+        reporter.add(fetched).await?;
     }
     store
         .finish_hydration(key, base)
@@ -612,6 +654,19 @@ mod tests {
         let last = last_answer(&mut receiver).await;
         queued.await.expect("join");
         assert!(last.is_some_and(|l| l.done && l.scl == RUNS));
+
+        // One restore of a segment at a time on a node.
+        let key = SegmentKey {
+            volume: "twice".into(),
+            pg: PgId(0),
+        };
+        let first = slots.claim(&key).expect("the segment is free");
+        assert!(
+            slots.claim(&key).is_none(),
+            "a second restore of the segment"
+        );
+        drop(first);
+        assert!(slots.claim(&key).is_some());
 
         let held = (slots.admit(), slots.admit());
         assert!(held.0.is_some() && held.1.is_some());

@@ -465,10 +465,9 @@ impl Segment {
             if next <= scl {
                 // Unreachable while the invariants hold (backlink < lsn); never loop or panic.
                 debug_assert!(false, "waiting record {next} at or below the SCL {scl}");
-                if let Some(meta) = self.records.get(&next).copied() {
-                    self.unwait(next, &meta);
-                } else {
-                    self.waiting.remove(&(scl, next));
+                if self.waiting.remove(&(scl, next)) {
+                    let len = self.records.get(&next).map_or(0, |m| m.location.len);
+                    self.waiting_bytes = self.waiting_bytes.saturating_sub(u64::from(len));
                 }
                 continue;
             }

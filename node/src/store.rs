@@ -65,10 +65,13 @@ pub const VOLUMES_MAX: usize = 16_384;
 /// Most bytes of a writer's records one segment holds above its SCL (waiting for the hole
 /// before them); all segments of the node together hold at most twice it. A writer has at most LAL records
 /// (16,384 of at most a page each, 64 MiB) beyond its VDL; more wait only on a segment that
-/// missed records, which gap-fill from its peers catches up. A writer's append that would
-/// wait beyond either bound is refused (a full node's refusal: the writer retries it later);
-/// records that extend the chain, and gap-fill, are always taken. So a writer that sends
-/// records with holes it never fills cannot fill the hot log with records that never fold.
+/// missed records, which gap-fill from its peers catches up. A writer's record that would wait
+/// beyond either bound is left out of its append (not stored, so not acknowledged; gap-fill
+/// brings it later, as it does a record lost on the way); records that extend the chain, the
+/// append's hints, and gap-fill are always taken. So a writer that sends records with holes it
+/// never fills holds at most this many bytes of them on the node. (The hot-log files holding
+/// them stay until the hole is filled or a recovery truncates them, as for any record not
+/// folded.)
 pub const WAITING_BYTES_MAX: u64 = 128 << 20;
 /// How long a segment's fold point holds still after a peer's FetchPages...
 pub const FOLD_HOLD: Duration = Duration::from_secs(30);
@@ -99,6 +102,9 @@ pub struct Shared {
     /// hot-log files at replay) and pages repaired from peers, since start.
     pub corrupt_found: AtomicU64,
     pub corrupt_repaired: AtomicU64,
+    /// Writer records left out for the bound on records waiting above a segment's SCL
+    /// ([`WAITING_BYTES_MAX`]).
+    pub waiting_records_left_out: AtomicU64,
     /// Milliseconds writer appends waited because the hot log was over its limit, since start.
     pub appends_held_ms: AtomicU64,
     /// Above this many hot-log bytes writer appends wait ([`folder::HOT_LOG_LIMIT_BYTES`];
@@ -147,6 +153,8 @@ pub struct Shared {
     /// How far a writer's consistency point may date itself from this node's clock
     /// ([`crate::archiver::mark_skew`], set by the archiver from its retention window).
     pub mark_skew_us: AtomicU64,
+    /// Held (by a task, across its blocking work) while a volume's first data key is made.
+    pub key_making: tokio::sync::Mutex<()>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -310,6 +318,12 @@ impl Store {
         })?;
         let dir_lock = crate::dirlock::lock(data_dir)?;
         let keys = Arc::new(Keyring::open_changing(data_dir, kek, previous)?);
+        // The node's own key (checkpoint, metadata) now, not on the appender thread later.
+        keys.sealer(crate::keyring::NODE_SCOPE)
+            .map_err(|source| NodeError::Key {
+                path: data_dir.join("keys"),
+                source,
+            })?;
         let node_id = crate::identity::load_or_create(data_dir)?;
         let node_list = NodeListStore::open(data_dir)?;
         let log_dir = data_dir.join("log");
@@ -371,6 +385,7 @@ impl Store {
             log_error: Mutex::new(None),
             corrupt_found: AtomicU64::new(replay.damaged_files as u64),
             corrupt_repaired: AtomicU64::new(0),
+            waiting_records_left_out: AtomicU64::new(0),
             appends_held_ms: AtomicU64::new(0),
             hot_log_limit: AtomicU64::new(folder::HOT_LOG_LIMIT_BYTES),
             record_repairs: Mutex::new(BTreeSet::new()),
@@ -385,6 +400,7 @@ impl Store {
             waiting_max: AtomicU64::new(WAITING_BYTES_MAX),
             volumes_max: std::sync::atomic::AtomicUsize::new(VOLUMES_MAX),
             mark_skew_us: AtomicU64::new(crate::archiver::MARK_SKEW_MAX.as_micros() as u64),
+            key_making: tokio::sync::Mutex::new(()),
             backup_store: Mutex::new(None),
             archived_objects: AtomicU64::new(0),
             archived_bytes: AtomicU64::new(0),
@@ -427,27 +443,32 @@ impl Store {
         Ok((store, stats))
     }
 
-    /// [`Store::submit`] for a job that writes frames or metadata of `volume`: the volume's data
-    /// key is made first, here (off the appender thread, on a blocking thread), so that a slow
-    /// or failing key command (a KMS) holds up and fails this request only, never the appender
-    /// that hardens every volume's writes.
-    async fn submit_for<T>(
-        &self,
-        volume: &str,
-        job: impl FnOnce(Reply<T>) -> Job,
-    ) -> Result<T, StoreError> {
-        let keys = Arc::clone(&self.shared.keys);
-        if keys.needs_key(volume) {
-            let scope = volume.to_owned();
-            blocking(move || {
-                keys.sealer(&scope).map(|_| ()).map_err(|e| StoreError::Io {
-                    action: "make the volume's data key",
-                    source: std::io::Error::other(e),
-                })
-            })
-            .await?;
+    /// Makes the data key of `key`'s volume, if encryption is on and it has none yet, before a
+    /// job that writes the volume's frames reaches the appender: on a blocking thread, one at a
+    /// time (waiters park as tasks, not threads), and only for a segment the node holds or has
+    /// room for. So a slow or failing key command (a KMS) holds up and fails the requests that
+    /// need the new key only, never the appender that hardens every volume's writes, and no
+    /// caller can make keys for more volumes than the node could hold segments of.
+    async fn prepare_key(&self, key: &SegmentKey) -> Result<(), StoreError> {
+        if !self.shared.keys.needs_key(&key.volume) {
+            return Ok(());
         }
-        self.submit(job).await
+        self.room_for_segment(key)?;
+        let _making = self.shared.key_making.lock().await;
+        let keys = Arc::clone(&self.shared.keys);
+        if !keys.needs_key(&key.volume) {
+            return Ok(()); // made while this request waited
+        }
+        let volume = key.volume.clone();
+        blocking(move || {
+            keys.sealer(&volume)
+                .map(|_| ())
+                .map_err(|e| StoreError::Io {
+                    action: "make the volume's data key",
+                    source: std::io::Error::other(format!("volume {volume}: {e}")),
+                })
+        })
+        .await
     }
 
     async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
@@ -473,6 +494,8 @@ impl Store {
         source: Source,
         records: Vec<PreparedRecord>,
     ) -> Result<Lsn, StoreError> {
+        // The key first: its wait holds no place in the log or the append budget.
+        self.prepare_key(&key).await?;
         // A heartbeat (no records) is never held: it brings the hints that let the node fold.
         if matches!(source, Source::Writer { .. }) && !records.is_empty() {
             self.hold_while_log_full().await;
@@ -484,7 +507,7 @@ impl Store {
             .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        self.submit_for(&key.volume.clone(), |reply| {
+        self.submit(|reply| {
             Job::Append(AppendJob {
                 key,
                 source,
@@ -536,7 +559,8 @@ impl Store {
             epoch,
             after: truncate_after,
         });
-        self.submit_for(&key.volume.clone(), |reply| {
+        self.prepare_key(&key).await?;
+        self.submit(|reply| {
             Job::Open(OpenJob {
                 key,
                 epoch: Some(epoch),
@@ -558,7 +582,8 @@ impl Store {
         epoch: Epoch,
         membership: Option<Membership>,
     ) -> Result<Lsn, StoreError> {
-        self.submit_for(&key.volume.clone(), |reply| {
+        self.prepare_key(&key).await?;
+        self.submit(|reply| {
             Job::Open(OpenJob {
                 key,
                 epoch: Some(epoch),
@@ -595,7 +620,8 @@ impl Store {
         if !self.history_is_newer(key, history) {
             return Ok(());
         }
-        self.submit_for(&key.volume.clone(), |reply| {
+        self.prepare_key(key).await?;
+        self.submit(|reply| {
             Job::Open(OpenJob {
                 key: key.clone(),
                 epoch: None,
@@ -620,7 +646,8 @@ impl Store {
         catch_up_to: Lsn,
         mode: crate::members::ChangeMode,
     ) -> Result<Changed, StoreError> {
-        self.submit_for(&key.volume.clone(), |reply| {
+        self.prepare_key(&key).await?;
+        self.submit(|reply| {
             Job::Membership(MembershipJob {
                 key,
                 base,
@@ -641,7 +668,8 @@ impl Store {
         base: Membership,
         ballot: Ballot,
     ) -> Result<Vote, StoreError> {
-        self.submit_for(&key.volume.clone(), |reply| {
+        self.prepare_key(&key).await?;
+        self.submit(|reply| {
             Job::Promise(PromiseJob {
                 key,
                 base,
@@ -661,7 +689,8 @@ impl Store {
         base: Option<Membership>,
         ballot: Ballot,
     ) -> Result<Changed, StoreError> {
-        self.submit_for(&key.volume.clone(), |reply| {
+        self.prepare_key(&key).await?;
+        self.submit(|reply| {
             Job::Membership(MembershipJob {
                 key,
                 base: base.unwrap_or_else(|| current.clone()),
@@ -761,7 +790,7 @@ impl Store {
         membership: Membership,
         nodes: Vec<String>,
     ) -> Result<u64, StoreError> {
-        self.submit_for(volume, |reply| {
+        self.submit(|reply| {
             Job::MergeMembership(MergeJob {
                 volume: volume.to_string(),
                 pg: pg.0,
@@ -789,10 +818,8 @@ impl Store {
 
     /// Stores the metadata if its version is higher than the stored one; answers the stored version.
     pub async fn put_meta(&self, meta: VolumeMeta) -> Result<u64, StoreError> {
-        self.submit_for(&meta.name.clone(), |reply| {
-            Job::PutMeta(MetaJob { meta, reply })
-        })
-        .await
+        self.submit(|reply| Job::PutMeta(MetaJob { meta, reply }))
+            .await
     }
 
     /// Key rotation: every scope gets a new data key that seals new data from now on, the hot

@@ -829,8 +829,9 @@ async fn a_node_refuses_segments_beyond_its_limit() {
 }
 
 /// A writer's records that would wait above a segment's SCL (a hole before them) beyond the
-/// bound are refused, naming it; records that extend the chain and gap-fill are always taken,
-/// and once the hole is closed the writer's records go in again.
+/// bound are left out (not stored, so not acknowledged), per segment and per node; the append's
+/// records that extend the chain and its hints always go in, and gap-fill is always taken; once
+/// the hole is closed the writer's records go in again.
 #[tokio::test]
 async fn records_waiting_above_the_scl_are_bounded() {
     let temp = TempDir::new("waiting-max");
@@ -840,6 +841,16 @@ async fn records_waiting_above_the_scl_are_bounded() {
         .shared_for_tests()
         .waiting_max
         .store(3 * PAGE_SIZE as u64 + 1024, Ordering::Relaxed);
+    let holds = |k: &SegmentKey, lsn: u64| {
+        let index = crate::lock(&store.shared_for_tests().index);
+        index.segment(k).is_some_and(|s| s.get(Lsn(lsn)).is_some())
+    };
+    let left_out = || {
+        store
+            .shared_for_tests()
+            .waiting_records_left_out
+            .load(Ordering::Relaxed)
+    };
     let k = key("v", 0);
     let chain: Vec<Record> = (1..=8).map(|lsn| full(lsn, lsn - 1, 1, lsn, 7)).collect();
     // LSN 1 is missing: 2..=4 wait.
@@ -849,12 +860,26 @@ async fn records_waiting_above_the_scl_are_bounded() {
             .expect("under the bound"),
         Lsn(0)
     );
-    let refused = append(&store, &k, 1, &chain[4..6])
-        .await
-        .expect_err("records beyond the bound");
+    assert!((2..=4).all(|lsn| holds(&k, lsn)));
+    // 5 and 6 would wait beyond the segment's bound: left out. The append's hints go in.
+    assert_eq!(
+        append_marked(&store, &k, &chain[4..6], 9, crate::now_us())
+            .await
+            .expect("taken"),
+        Lsn(0)
+    );
     assert!(
-        matches!(&refused, StoreError::Full(m) if m.contains("would wait above its SCL")),
-        "{refused}"
+        !holds(&k, 5) && !holds(&k, 6),
+        "records beyond the bound were stored"
+    );
+    assert_eq!(left_out(), 2);
+    let pgcl = crate::lock(&store.shared_for_tests().index)
+        .slot(&k)
+        .map(|slot| slot.pgcl_hint);
+    assert_eq!(
+        pgcl,
+        Some(Lsn(9)),
+        "the hints of an append whose records were left out"
     );
     // Other segments of the node: each its own bound, and the node's (twice it) for all.
     let other = key("w", 0);
@@ -862,14 +887,19 @@ async fn records_waiting_above_the_scl_are_bounded() {
         append(&store, &other, 1, &chain[1..4]).await.expect("room"),
         Lsn(0)
     );
+    assert!((2..=4).all(|lsn| holds(&other, lsn)));
     let third = key("x", 0);
-    let refused = append(&store, &third, 1, &chain[1..2])
-        .await
-        .expect_err("beyond the node's bound");
-    assert!(
-        matches!(&refused, StoreError::Full(m) if m.contains("per node")),
-        "{refused}"
+    assert_eq!(
+        append(&store, &third, 1, &chain[1..2])
+            .await
+            .expect("taken"),
+        Lsn(0)
     );
+    assert!(
+        !holds(&third, 2),
+        "a record beyond the node's bound was stored"
+    );
+    assert_eq!(left_out(), 3);
     // Records that extend the chain are taken whatever waits.
     assert_eq!(
         append(&store, &third, 1, &chain[..1])

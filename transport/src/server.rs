@@ -41,8 +41,11 @@ const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
 pub const CONNECTIONS_MAX: usize = 4096;
 pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 512;
 const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Requests (HTTP/2 streams) open at once on one connection.
-pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Requests (HTTP/2 streams) open at once on one connection: above what the largest volume
+/// needs on one writer-node connection (an append stream per PG, 6,554 PGs, with its reads and
+/// heartbeats) and a restore of it (a RestoreSegment stream per PG, up to 8,192 waiting); what
+/// they buffer is bounded by the connection's HTTP/2 window, not by this count.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 16_384;
 /// How often a node pings a connection that is quiet, and how long it waits for the answer
 /// before it closes the connection: a client that went silent (its machine or its network
 /// gone, no RST) holds nothing for long.
