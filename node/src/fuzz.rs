@@ -157,7 +157,22 @@ pub fn fold_journal(data: &[u8]) {
         let crc = crc32c::crc32c(&fixed);
         fixed.extend_from_slice(&crc.to_le_bytes());
     }
-    for bytes in [data, &fixed[..]] {
+    // A journal whose entries come from the input's 16-byte chunks (page, LSN), each with a
+    // page of zeros: entries (4 KiB each) without inputs of that size.
+    let mut synthesized = Vec::new();
+    if data.len() >= 20 {
+        let chunks: Vec<&[u8]> = data[20..].chunks_exact(16).take(4).collect();
+        synthesized.extend_from_slice(&pagestore::JOURNAL_MAGIC.to_le_bytes());
+        synthesized.extend_from_slice(&data[8..16]);
+        synthesized.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+        for chunk in chunks {
+            synthesized.extend_from_slice(chunk);
+            synthesized.extend(std::iter::repeat_n(0u8, PAGE_SIZE));
+        }
+        let crc = crc32c::crc32c(&synthesized);
+        synthesized.extend_from_slice(&crc.to_le_bytes());
+    }
+    for bytes in [data, &fixed[..], &synthesized[..]] {
         let Some((to, images)) = pagestore::decode_journal(bytes, pg) else {
             continue;
         };
