@@ -70,6 +70,12 @@ pub struct NodeArgs {
     /// Do not drive repairs from this node (maintenance, tests); the other nodes still do.
     #[arg(long)]
     no_repair: bool,
+    /// How far the clocks of writers may be from this node's (NTP keeps them far closer): a
+    /// consistency point a writer reports is kept within this of the node's clock, and
+    /// retention keeps this much more than its window, so that a writer clock running behind
+    /// never makes it delete a point inside the window.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "backup")]
+    max_clock_skew: std::time::Duration,
     /// How often each PG's archiver runs a retention pass.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, requires = "backup")]
     retention_pass_every: std::time::Duration,
@@ -101,6 +107,7 @@ pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
         base_every_mib: args.base_every_mib,
         retention: args.retention,
         retention_pass_every: args.retention_pass_every,
+        max_clock_skew: args.max_clock_skew,
         repair_after: args.repair_after,
         repair_concurrency: args.repair_concurrency,
         repair_bandwidth: args.repair_bandwidth,
@@ -133,6 +140,7 @@ pub fn run(args: NodeArgs, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
                 base_every_bytes: args.base_every_mib.max(1) << 20,
                 retention: args.retention,
                 retention_pass_every: args.retention_pass_every,
+                max_clock_skew: args.max_clock_skew,
             })
         }
         None => None,
@@ -171,6 +179,7 @@ struct Node {
     base_every_mib: u64,
     retention: std::time::Duration,
     retention_pass_every: std::time::Duration,
+    max_clock_skew: std::time::Duration,
     repair_after: std::time::Duration,
     repair_concurrency: usize,
     repair_bandwidth: u64,

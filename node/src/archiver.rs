@@ -91,13 +91,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const RETENTION_PASS_EVERY: Duration = Duration::from_secs(60);
 
-/// How far from this node's clock a writer's consistency point may say it was reached
-/// ([`crate::index::SegmentSlot::add_mark`] clamps it): a tenth of the retention window, at most
-/// [`MARK_SKEW_MAX`]. Retention keeps this much more than its window.
-pub fn mark_skew(retention: Duration) -> Duration {
-    (retention / 10).min(MARK_SKEW_MAX)
-}
-pub const MARK_SKEW_MAX: Duration = Duration::from_secs(60);
+/// How far from this node's clock a writer's consistency point may say it was reached, by
+/// default ([`ArchiveConfig::max_clock_skew`]).
+pub const CLOCK_SKEW_DEFAULT: Duration = Duration::from_secs(60);
 
 /// Tunables (tests and benchmarks lower the base-image interval and the retention).
 #[derive(Clone, Debug)]
@@ -108,6 +104,11 @@ pub struct ArchiveConfig {
     /// [`crate::retention`]); older objects no snapshot names are deleted.
     pub retention: Duration,
     pub retention_pass_every: Duration,
+    /// How far writers' clocks may be from this node's: a consistency point is kept within this
+    /// of the node's clock when it arrives ([`crate::index::SegmentSlot::add_mark`]), and
+    /// retention keeps this much more than its window, so that a writer clock running behind
+    /// never makes it delete a point inside the window.
+    pub max_clock_skew: Duration,
 }
 
 /// Archives the node's segments forever (the caller aborts the task on shutdown; that drops
@@ -115,7 +116,7 @@ pub struct ArchiveConfig {
 /// yet. Each PG gets its own task, so that a slow upload (a big base image, a store that does
 /// not answer) holds up no other PG.
 pub async fn run(store: Store, config: ArchiveConfig, own_address: String, security: Security) {
-    store.set_mark_skew(mark_skew(config.retention));
+    store.set_mark_skew(config.max_clock_skew);
     tokio::spawn(crate::archive_seal::republish_after_kek_change(
         store.keys(),
         config.objects.clone(),
@@ -300,10 +301,10 @@ impl PgArchiver {
             return;
         }
         state.last_retention = Some(Instant::now());
-        // Marks are trusted to within the mark skew of this node's clock ([`mark_skew`]): the
-        // window reaches that much further back, so that no point inside it is lost to a
-        // writer's clock running behind.
-        let reach = self.ctx.config.retention + mark_skew(self.ctx.config.retention);
+        // Marks are trusted to within the clock skew of this node's clock: the window reaches
+        // that much further back, so that no point inside it is lost to a writer's clock
+        // running behind.
+        let reach = self.ctx.config.retention + self.ctx.config.max_clock_skew;
         let window_start_us = crate::now_us().saturating_sub(reach.as_micros() as u64);
         if let Err(error) = crate::retention::pass(
             &self.ctx.config.objects,

@@ -81,7 +81,9 @@ use sixfold_transport::{Authorized, Security};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-pub use archiver::{ArchiveConfig, BASE_EVERY_BYTES, RETENTION_DEFAULT, RETENTION_PASS_EVERY};
+pub use archiver::{
+    ArchiveConfig, BASE_EVERY_BYTES, CLOCK_SKEW_DEFAULT, RETENTION_DEFAULT, RETENTION_PASS_EVERY,
+};
 pub use error::NodeError;
 pub use repair::{RepairConfig, REPAIR_AFTER_DEFAULT};
 

@@ -151,7 +151,7 @@ pub struct Shared {
     /// Most volumes whose metadata the node holds ([`VOLUMES_MAX`]; tests lower it).
     pub volumes_max: std::sync::atomic::AtomicUsize,
     /// How far a writer's consistency point may date itself from this node's clock
-    /// ([`crate::archiver::mark_skew`], set by the archiver from its retention window).
+    /// ([`crate::archiver::ArchiveConfig::max_clock_skew`], set by the archiver).
     pub mark_skew_us: AtomicU64,
     /// Held (by a task, across its blocking work) while a volume's first data key is made.
     pub key_making: tokio::sync::Mutex<()>,
@@ -399,7 +399,7 @@ impl Store {
             segments_max: std::sync::atomic::AtomicUsize::new(SEGMENTS_MAX),
             waiting_max: AtomicU64::new(WAITING_BYTES_MAX),
             volumes_max: std::sync::atomic::AtomicUsize::new(VOLUMES_MAX),
-            mark_skew_us: AtomicU64::new(crate::archiver::MARK_SKEW_MAX.as_micros() as u64),
+            mark_skew_us: AtomicU64::new(crate::archiver::CLOCK_SKEW_DEFAULT.as_micros() as u64),
             key_making: tokio::sync::Mutex::new(()),
             backup_store: Mutex::new(None),
             archived_objects: AtomicU64::new(0),
