@@ -65,23 +65,28 @@ impl WrappedKey {
             )));
         }
         let (key, secret) = DataKey::generate(nonces)?;
-        let blob = kek.wrap(key.id(), &secret)?;
-        let wrapped = WrappedKey {
-            key: key.id(),
-            scope: scope.to_owned(),
-            kek: kek.id().clone(),
-            blob,
-            check: Some(check_value(key.id(), &secret)),
-        };
-        // What a later unwrap will do, now: a key command whose `unwrap` does not give back
-        // what its `wrap` took is refused before the key seals anything.
-        let back = kek.unwrap(wrapped.key, &wrapped.blob)?;
-        wrapped.verify(&back, kek)?;
+        let wrapped = WrappedKey::wrap(key.id(), scope, kek, &secret)?;
         Ok((wrapped, key))
     }
 
-    /// Unwraps it with `kek`: a clear error if it was wrapped by another KEK.
-    pub fn unwrap(&self, kek: &Kek, nonces: Arc<NonceSource>) -> Result<DataKey, KeyError> {
+    /// Data key `key` (its secret bytes) of `scope`, wrapped under `kek` with its key-check
+    /// value, and unwrapped and checked once right away: a key command whose `unwrap` does not
+    /// give back what its `wrap` took is refused before the key seals anything.
+    fn wrap(key: KeyId, scope: &str, kek: &Kek, secret: &[u8; 32]) -> Result<WrappedKey, KeyError> {
+        let wrapped = WrappedKey {
+            key,
+            scope: scope.to_owned(),
+            kek: kek.id().clone(),
+            blob: kek.wrap(key, secret)?,
+            check: Some(check_value(key, secret)),
+        };
+        wrapped.secret(kek)?;
+        Ok(wrapped)
+    }
+
+    /// The data key's secret, unwrapped with `kek` and checked against the key-check value: a
+    /// clear error if it was wrapped by another KEK, or if the KEK answers with a wrong key.
+    fn secret(&self, kek: &Kek) -> Result<zeroize::Zeroizing<[u8; 32]>, KeyError> {
         if &self.kek != kek.id() {
             return Err(KeyError::WrongKek {
                 key: self.key,
@@ -91,6 +96,12 @@ impl WrappedKey {
         }
         let secret = kek.unwrap(self.key, &self.blob)?;
         self.verify(&secret, kek)?;
+        Ok(secret)
+    }
+
+    /// Unwraps it with `kek`: a clear error if it was wrapped by another KEK.
+    pub fn unwrap(&self, kek: &Kek, nonces: Arc<NonceSource>) -> Result<DataKey, KeyError> {
+        let secret = self.secret(kek)?;
         DataKey::from_secret(self.key, &secret, nonces)
     }
 
@@ -98,25 +109,8 @@ impl WrappedKey {
     /// and checked with `from`, wrapped with `to`, and unwrapped and checked again with `to`
     /// before it is returned. The key id, scope and key-check value stay.
     pub fn rewrap(&self, from: &Kek, to: &Kek) -> Result<WrappedKey, KeyError> {
-        if &self.kek != from.id() {
-            return Err(KeyError::WrongKek {
-                key: self.key,
-                wrapped_by: self.kek.clone(),
-                have: from.id().clone(),
-            });
-        }
-        let secret = from.unwrap(self.key, &self.blob)?;
-        self.verify(&secret, from)?;
-        let rewrapped = WrappedKey {
-            key: self.key,
-            scope: self.scope.clone(),
-            kek: to.id().clone(),
-            blob: to.wrap(self.key, &secret)?,
-            check: Some(check_value(self.key, &secret)),
-        };
-        let back = to.unwrap(rewrapped.key, &rewrapped.blob)?;
-        rewrapped.verify(&back, to)?;
-        Ok(rewrapped)
+        let secret = self.secret(from)?;
+        WrappedKey::wrap(self.key, &self.scope, to, &secret)
     }
 
     /// Compares `secret` with the key-check value, in constant time.

@@ -82,24 +82,18 @@ impl ArchiveSealer {
         };
         let published = (volume.to_owned(), key.id());
         if !lock(&self.published).contains(&published) {
-            // The first seal of the volume in this process publishes every key this node holds
-            // for it, older generations too: after a change of KEK (keys rewrapped at start)
-            // the archive then names the current KEK for all of them.
-            let mut wrapped_keys = self.keys.wrapped_of_scope(volume);
-            if !wrapped_keys.iter().any(|w| w.key == key.id()) {
-                return Err(format!("data key {} is not in the keyring", key.id()));
-            }
-            wrapped_keys.sort_by_key(|w| w.key != key.id()); // the one needed now first
-            for wrapped in wrapped_keys {
-                objects
-                    .put(
-                        &data_key_object(volume, wrapped.key),
-                        Bytes::from(wrapped.encode()),
-                    )
-                    .await
-                    .map_err(|e| format!("publish data key {}: {e}", wrapped.key))?;
-                lock(&self.published).insert((volume.to_owned(), wrapped.key));
-            }
+            let wrapped = self
+                .keys
+                .wrapped(key.id())
+                .ok_or_else(|| format!("data key {} is not in the keyring", key.id()))?;
+            objects
+                .put(
+                    &data_key_object(volume, key.id()),
+                    Bytes::from(wrapped.encode()),
+                )
+                .await
+                .map_err(|e| format!("publish data key {}: {e}", key.id()))?;
+            lock(&self.published).insert(published);
         }
         let context = context(object, &clear);
         tokio::task::spawn_blocking(move || {

@@ -9,13 +9,12 @@ use rand::{Rng, SeedableRng};
 use sixfold_proto::wire::Record;
 use sixfold_proto::{record, Epoch, Lsn, PageId, PgId, PAGE_SIZE};
 
-use crate::appender::Source;
 use crate::error::StoreError;
 use crate::folder;
 use crate::index::SegmentKey;
 use crate::request::prepare_records;
 use crate::store::Store;
-use crate::testutil::{full, partial, TempDir};
+use crate::testutil::{full, partial, writer_source, TempDir};
 
 const PAGES: u64 = 6;
 
@@ -61,17 +60,7 @@ fn model(records: &[Record], page: u64, read_lsn: u64) -> Vec<u8> {
 /// Appends as the writer, telling the node that everything up to `fold_limit` may be folded.
 async fn append(store: &Store, records: &[Record], fold_limit: u64) {
     let prepared = prepare_records(&key(), Some(Epoch(1)), records).expect("valid");
-    let source = Source::Writer {
-        epoch: Epoch(1),
-        peers: vec!["127.0.0.1:1".into()],
-        writer_vcl: Lsn(fold_limit),
-        writer_vdl: Lsn(fold_limit),
-        pgcl: Lsn(fold_limit),
-        fold_limit: Lsn(fold_limit),
-        mark: crate::index::Mark::default(),
-        addr: String::new(),
-        membership: None,
-    };
+    let source = writer_source(1, fold_limit, fold_limit, fold_limit, Default::default());
     store.append(key(), source, prepared).await.expect("append");
 }
 
@@ -448,17 +437,8 @@ async fn hints_above_the_writers_vdl_fold_nothing_past_it() {
         .map(|lsn| full(lsn, lsn - 1, 1, lsn % 3, 9))
         .collect();
     let prepared = prepare_records(&key(), Some(Epoch(1)), &records).expect("valid");
-    let source = Source::Writer {
-        epoch: Epoch(1),
-        peers: vec!["127.0.0.1:1".into()],
-        writer_vcl: Lsn(4),
-        writer_vdl: Lsn(4),
-        pgcl: Lsn(10),
-        fold_limit: Lsn(10),
-        mark: crate::index::Mark::default(),
-        addr: String::new(),
-        membership: None,
-    };
+    // VDL 4, PGCL and fold limit 10.
+    let source = writer_source(1, 4, 10, 10, Default::default());
     store.append(key(), source, prepared).await.expect("append");
     folder::round(store.shared_for_tests());
     assert_eq!(folded(&store), Lsn(4), "folded past the writer's VDL");

@@ -437,15 +437,13 @@ impl Keyring {
             .collect()
     }
 
-    /// This node's keys of `scope` as stored (wrapped), every generation.
-    pub fn wrapped_of_scope(&self, scope: &str) -> Vec<WrappedKey> {
+    /// Key `id` as stored (wrapped), if it is one of this node's.
+    pub fn wrapped(&self, id: KeyId) -> Option<WrappedKey> {
         self.wrapped
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|w| w.scope == scope)
+            .get(&id)
             .cloned()
-            .collect()
     }
 
     /// Takes another node's data key (read from the object store beside what it sealed) to open

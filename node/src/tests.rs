@@ -14,7 +14,7 @@ use crate::index::SegmentKey;
 use crate::request::prepare_records;
 use crate::segment::Truncation;
 use crate::store::Store;
-use crate::testutil::{full, partial, TempDir};
+use crate::testutil::{full, partial, writer_source, TempDir};
 
 fn key(volume: &str, pg: u32) -> SegmentKey {
     SegmentKey {
@@ -34,17 +34,7 @@ async fn append(
     records: &[Record],
 ) -> Result<Lsn, StoreError> {
     let prepared = prepare_records(key, Some(Epoch(epoch)), records).expect("valid records");
-    let source = Source::Writer {
-        epoch: Epoch(epoch),
-        peers: vec!["127.0.0.1:1".into()],
-        writer_vcl: Lsn(0),
-        writer_vdl: Lsn(0),
-        pgcl: Lsn(0),
-        fold_limit: Lsn(0),
-        mark: crate::index::Mark::default(),
-        addr: String::new(),
-        membership: None,
-    };
+    let source = writer_source(epoch, 0, 0, 0, crate::index::Mark::default());
     store.append(key.clone(), source, prepared).await
 }
 
@@ -62,17 +52,7 @@ async fn append_marked(
         pgcl: Lsn(vdl),
         time_us,
     };
-    let source = Source::Writer {
-        epoch: Epoch(1),
-        peers: vec!["127.0.0.1:1".into()],
-        writer_vcl: Lsn(vdl),
-        writer_vdl: Lsn(vdl),
-        pgcl: Lsn(vdl),
-        fold_limit: Lsn(0),
-        mark,
-        addr: String::new(),
-        membership: None,
-    };
+    let source = writer_source(1, vdl, vdl, 0, mark);
     store.append(key.clone(), source, prepared).await
 }
 
@@ -1082,7 +1062,8 @@ async fn the_key_encryption_key_changes_without_rewriting_data() {
         let other_ring =
             crate::keyring::Keyring::open(other.path(), Some(kek(&old_hex))).expect("ring");
         other_ring.sealer("v").expect("a key");
-        let published = other_ring.wrapped_of_scope("v");
+        let mut published = other_ring.wrapped_all();
+        published.retain(|w| w.scope == "v");
         store.close().await;
         published
     };

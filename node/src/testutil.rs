@@ -8,6 +8,28 @@ use sixfold_proto::record;
 use sixfold_proto::wire::{ByteRange, Record};
 use sixfold_proto::{Epoch, Lsn, PageId, PAGE_SIZE};
 
+/// What a writer's append carries besides its records (tests): its epoch, its VDL (and VCL),
+/// PGCL and fold limit, and a consistency point.
+pub fn writer_source(
+    epoch: u64,
+    vdl: u64,
+    pgcl: u64,
+    fold_limit: u64,
+    mark: crate::index::Mark,
+) -> crate::appender::Source {
+    crate::appender::Source::Writer {
+        epoch: Epoch(epoch),
+        peers: vec!["127.0.0.1:1".into()],
+        writer_vcl: Lsn(vdl),
+        writer_vdl: Lsn(vdl),
+        pgcl: Lsn(pgcl),
+        fold_limit: Lsn(fold_limit),
+        mark,
+        addr: String::new(),
+        membership: None,
+    }
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir {
     path: PathBuf,
