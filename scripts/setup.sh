@@ -4,6 +4,7 @@
 #   fuse3       fusermount3 (FUSE mounts without root; fuser's fallback)
 #   e2fsprogs   mkfs.ext4 / resize2fs for `sixfold up` and `sixfold grow`
 #   util-linux, mount   mount, umount, losetup
+#   iproute2    ip: network namespaces for the tests that cut nodes off the network
 #   sqlite3, mariadb-server   the databases the end-to-end tests run on the volume
 #   moto (PyPI, in a virtualenv at target/tools/moto)   the S3-compatible server of the backup
 #               tests (python3-venv from apt only where python3 cannot make a virtualenv)
@@ -13,7 +14,7 @@
 # disabled afterwards where systemd runs.
 set -euo pipefail
 
-PACKAGES=(fuse3 sqlite3 e2fsprogs util-linux mount mariadb-server)
+PACKAGES=(fuse3 sqlite3 e2fsprogs util-linux mount mariadb-server iproute2)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

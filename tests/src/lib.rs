@@ -3,11 +3,13 @@
 //!
 //! Every test gets a directory under `target/test-runs/<test name>/` (node data, the cluster file,
 //! one log per process) that is kept after the run for inspection and wiped when the test starts
-//! again. Processes are killed when the harness values are dropped, so a failing test never
-//! leaves a mount or a node behind.
+//! again (the test command also wipes earlier tests' directories: see [`test_dir`]). Processes
+//! are killed when the harness values are dropped, so a failing test never leaves a mount or a
+//! node behind.
 
 pub mod backup;
 pub mod mariadb;
+pub mod netns;
 pub mod probe;
 pub mod shadow;
 
@@ -44,15 +46,42 @@ pub fn sixfold_bin() -> PathBuf {
 }
 
 /// A fresh directory for one test's files, kept after the run.
+///
+/// With `SIXFOLD_TEST_PRUNE` set (the test command sets it), starting a test also removes the
+/// directories that earlier test processes left under `target/test-runs/`, so that a full run
+/// holds one test binary's files at a time instead of every test's node data at once (a CI
+/// machine's disk can be small).
 pub fn test_dir(name: &str) -> PathBuf {
+    static CREATED_HERE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("current exe");
     let target = exe
         .ancestors()
         .find(|p| p.file_name().is_some_and(|n| n == "target"))
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
-    let dir = target.join("test-runs").join(name);
-    // Whatever an earlier, failed run left mounted under it (FUSE mounts, ext4 on loop devices).
+    let runs = target.join("test-runs");
+    let dir = runs.join(name);
+    let mut created_here = CREATED_HERE.lock().unwrap_or_else(|e| e.into_inner());
+    if std::env::var_os("SIXFOLD_TEST_PRUNE").is_some() {
+        let earlier = std::fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.is_dir() && !created_here.contains(path));
+        for path in earlier.collect::<Vec<_>>() {
+            clear_dir(&path);
+        }
+    }
+    clear_dir(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    created_here.push(dir.clone());
+    dir
+}
+
+/// Unmounts whatever an earlier, failed run left mounted under `dir` (FUSE mounts, ext4 on loop
+/// devices) and removes it.
+fn clear_dir(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let prefix = format!("{}/", dir.display());
     for mountpoint in mounts
@@ -67,9 +96,7 @@ pub fn test_dir(name: &str) -> PathBuf {
         .arg(dir.join("mnt"))
         .stderr(Stdio::null())
         .status();
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `umount -l`: detaches whatever is mounted at `path` (an ext4 on a loop device whose FUSE
@@ -169,6 +196,8 @@ pub struct Node {
     pub az: String,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// The network namespace the node runs in ([`netns::Net`]), if not the test's own.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -301,6 +330,28 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A cluster of `net.count()` nodes, each in its own network namespace of `net` (so that
+    /// the test can cut it off the network silently), AZs as [`Cluster::start`] gives them.
+    pub fn start_in(dir: &Path, net: &netns::Net) -> Result<Cluster> {
+        let mut cluster = Cluster::create_with(dir, net.count(), None, &[])?;
+        let mut toml = String::new();
+        for (i, node) in cluster.nodes.iter_mut().enumerate() {
+            let ip = net.ip(i);
+            node.addr = format!("{ip}:7000").parse()?;
+            node.metrics = format!("{ip}:9000").parse()?;
+            node.netns = Some(net.namespace(i));
+            toml.push_str(&format!(
+                "[[node]]\naddr = \"{}\"\naz = \"{}\"\n\n",
+                node.addr, node.az
+            ));
+        }
+        std::fs::write(&cluster.cluster_file, toml)?;
+        for i in 0..net.count() {
+            cluster.start_node(i)?;
+        }
+        Ok(cluster)
+    }
+
     /// The cluster file and node directories of `count` nodes, none started yet
     /// ([`Cluster::start_node`] starts them, in any order).
     pub fn create(dir: &Path, count: usize) -> Result<Cluster> {
@@ -328,6 +379,7 @@ impl Cluster {
                 az,
                 data: dir.join(format!("node{i}")),
                 log: dir.join(format!("node{i}.log")),
+                netns: None,
                 child: None,
             });
         }
@@ -364,6 +416,7 @@ impl Cluster {
             az: az.to_string(),
             data: self.dir.join(format!("node{i}")),
             log: self.dir.join(format!("node{i}.log")),
+            netns: None,
             child: None,
         });
         Ok(i)
@@ -397,6 +450,18 @@ impl Cluster {
         let mut command = self.command(&format!("node-{i}"));
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {i} is already running");
+        if let Some(ns) = &node.netns {
+            // `ip netns exec` execs the program: the child is the node itself.
+            let mut inside = Command::new("ip");
+            inside.args(["netns", "exec", ns]).arg(command.get_program());
+            for (key, value) in command.get_envs() {
+                match value {
+                    Some(value) => inside.env(key, value),
+                    None => inside.env_remove(key),
+                };
+            }
+            command = inside;
+        }
         let log = File::options().create(true).append(true).open(&node.log)?;
         let child = command
             .args([
