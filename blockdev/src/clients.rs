@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
-use sixfold_transport::{ChannelOptions, Security};
+use sixfold_transport::{ChannelOptions, KeepAlive, Security};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
@@ -15,10 +15,17 @@ use crate::refusal::{classify, Refusal};
 
 pub use sixfold_transport::{CONNECTION_WINDOW_BYTES, MESSAGE_BYTES_MAX, STREAM_WINDOW_BYTES};
 
-/// How long a connection attempt may take before the node counts as unreachable.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings on idle connections, to find a dead node.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How long a connection attempt may take before the node counts as unreachable. Short: a SYN
+/// lost while a node was cut off is retransmitted only a second later, and a fresh attempt
+/// (after the sender's back-off) finds a node that came back sooner.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 pings on connections with calls open: a node that went silent (a network cut, a
+/// frozen machine) is found within 1 s, and its segments' calls fail so that their senders
+/// reconnect (see `sixfold_transport::KeepAlive`).
+pub const KEEP_ALIVE: KeepAlive = KeepAlive {
+    interval: Duration::from_millis(300),
+    timeout: Duration::from_millis(700),
+};
 
 pub type NodeClient = StorageNodeClient<Channel>;
 

@@ -37,6 +37,9 @@ pub const IN_FLIGHT_BATCHES_MAX: usize = 4;
 /// How often an idle segment that is down, behind the PGCL, or not told the latest fold limit
 /// gets a heartbeat.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a segment is asked for its SCL while it holds records a flush waits for above a
+/// gap it is filling from its peers (see `segment_sender`).
+pub const CATCH_UP_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// A batch not acknowledged within this time counts as failed.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -155,12 +158,24 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                                     // latest VDL: its archiver needs a recent consistency
                                     // point to archive a quiet PG up to it (at most one
                                     // heartbeat per PROBE_INTERVAL while the volume is written).
+                                    // A node that answered batches but holds their records
+                                    // above a gap (it fills it from its peers) raises its SCL
+                                    // with no batch left to answer: while a flush waits for
+                                    // them, ask it often.
+                                    let catching_up =
+                                        link.up && link.answered > acked && acked < push_to;
+                                    let interval = if catching_up {
+                                        CATCH_UP_PROBE_INTERVAL
+                                    } else {
+                                        PROBE_INTERVAL
+                                    };
                                     let due = link
                                         .probed_at
-                                        .is_none_or(|at| now.duration_since(at) >= PROBE_INTERVAL);
+                                        .is_none_or(|at| now.duration_since(at) >= interval);
                                     let stale = link.hinted.stale(&hints);
                                     let new_vdl = hints.vdl > link.hinted.vdl;
-                                    if (!link.up || acked < pgcl || stale || new_vdl) && due {
+                                    let wanted = !link.up || acked < pgcl || stale || new_vdl;
+                                    if (wanted || catching_up) && due {
                                         link.probed_at = Some(now);
                                         link.hinted = hints;
                                         Next::Send(
@@ -169,7 +184,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                                             link.sent,
                                         )
                                     } else {
-                                        Next::Wait(link.wake.clone(), Some(PROBE_INTERVAL))
+                                        Next::Wait(link.wake.clone(), Some(interval))
                                     }
                                 }
                             }
@@ -204,10 +219,17 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                 let records = request.records.len();
                 if stream.as_ref().is_none_or(|s| s.is_dead()) {
                     stream = None;
+                    let started = Instant::now();
                     match AppendStream::open(&shared, pg, node, &addr).await {
                         Ok(opened) => stream = Some(opened),
                         Err(error) => {
-                            on_error(&shared, pg, node, &addr, records, last, error);
+                            let failure = Failure {
+                                records,
+                                last,
+                                started,
+                                error,
+                            };
+                            on_error(&shared, pg, node, &addr, failure);
                             continue;
                         }
                     }
@@ -358,22 +380,54 @@ async fn send_batch(
         }
     };
     match result {
-        Ok(scl) => on_ack(shared, pg, node, scl, started.elapsed()),
-        Err(error) => on_error(shared, pg, node, addr, records, last, error),
+        Ok(scl) => on_ack(shared, pg, node, Lsn::ZERO, scl, started.elapsed()),
+        Err(error) => {
+            let failure = Failure {
+                records,
+                last,
+                started,
+                error,
+            };
+            on_error(shared, pg, node, addr, failure)
+        }
     }
 }
 
-pub(crate) fn on_ack(shared: &Shared, pg: PgId, node: NodeId, scl: Lsn, elapsed: Duration) {
+/// A segment's answer: its SCL, to a batch whose last record is `answered` (`Lsn::ZERO` for a
+/// heartbeat), `elapsed` after it was sent.
+pub(crate) fn on_ack(
+    shared: &Shared,
+    pg: PgId,
+    node: NodeId,
+    answered: Lsn,
+    scl: Lsn,
+    elapsed: Duration,
+) {
     let mut state = shared.lock();
     let vdl_moved = state.ledger.handle_ack(pg, node, scl);
     if vdl_moved {
         state.vdl_time_us = crate::shared::unix_micros();
     }
-    let pgcl = state.ledger.pg(pg).map(|c| c.pgcl).unwrap_or(Lsn::ZERO);
+    let state = &mut *state;
+    let chain = state.ledger.pg(pg);
     if let Some(queue) = state.pgs.get_mut(&pg) {
+        let first_backlink = queue.records.front().map(|q| Lsn(q.record.backlink));
         let Some(link) = queue.link_mut(node) else {
             return; // the node left the PG's membership meanwhile
         };
+        // The node holds everything up to its SCL (it may have filled a gap from its peers):
+        // none of that needs sending again.
+        link.sent = link.sent.max(scl);
+        link.answered = link.answered.max(answered);
+        // A gap the queue cannot fill (the record after its SCL was released: it was away
+        // longer than the queue keeps records) is the node's to fill from its peers, who hold
+        // everything durable; sending it the queue's durable records meanwhile would ship them
+        // twice (in one run, 0.7 s more before a segment back from a 10 s cut counted again).
+        // It gets what is not durable yet.
+        let gap = first_backlink.is_some_and(|backlink| backlink > scl);
+        if let (true, Some(chain)) = (gap, chain) {
+            link.sent = link.sent.max(chain.pgcl);
+        }
         if !link.up {
             info!(volume = %shared.volume, %pg, node = %link.addr, %scl, "segment is back");
         }
@@ -397,31 +451,41 @@ pub(crate) fn on_ack(shared: &Shared, pg: PgId, node: NodeId, scl: Lsn, elapsed:
         if waiting {
             wake.notify_one();
         }
-        queue.release(pgcl);
+        if let Some(chain) = chain {
+            queue.release(chain.pgcl, |node| chain.scl(node));
+        }
     }
     if vdl_moved {
         let vdl = state.ledger.vdl();
         state.cache.unpin(vdl);
-        shared.publish(&state);
+        shared.publish(state);
     }
 }
 
-pub(crate) fn on_error(
-    shared: &Shared,
-    pg: PgId,
-    node: NodeId,
-    addr: &str,
-    records: usize,
-    last: Lsn,
-    error: String,
-) {
+/// A request to a segment that failed: the records it carried (up to `last`), when it started,
+/// and why.
+pub(crate) struct Failure {
+    pub records: usize,
+    pub last: Lsn,
+    /// The back-off counts from here: an attempt that spent its connection timeout already
+    /// waited, and a node back meanwhile is tried again at once.
+    pub started: Instant,
+    pub error: String,
+}
+
+pub(crate) fn on_error(shared: &Shared, pg: PgId, node: NodeId, addr: &str, failure: Failure) {
+    let Failure {
+        records,
+        last,
+        started,
+        error,
+    } = failure;
     let mut state = shared.lock();
     let acked = state
         .ledger
         .pg(pg)
         .map(|c| c.scl(node))
         .unwrap_or(Lsn::ZERO);
-    let pgcl = state.ledger.pg(pg).map(|c| c.pgcl).unwrap_or(Lsn::ZERO);
     if let Some(queue) = state.pgs.get_mut(&pg) {
         let Some(link) = queue.link_mut(node) else {
             return;
@@ -433,11 +497,12 @@ pub(crate) fn on_error(
         }
         link.up = false;
         link.sent = link.sent.min(acked);
-        link.retry_at = Some(Instant::now() + link.backoff);
+        link.answered = link.answered.min(acked);
+        link.retry_at = Some(started + link.backoff);
         link.backoff = (link.backoff * 2).min(SEGMENT_BACKOFF_MAX);
         link.last_error = Some(error);
-        // A down segment no longer holds records back.
-        queue.release(pgcl);
+        // The records it has not acknowledged stay queued (see `PgQueue::release`): they go
+        // again, from the writer, the moment it answers.
     }
 }
 

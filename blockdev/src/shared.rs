@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sixfold_proto::cluster::ClusterConfig;
 use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::{Membership as WireMembership, Record, Truncation, VolumeMeta};
-use sixfold_proto::{Epoch, Lsn, NodeId, PgId};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId, WRITE_QUORUM};
 use tokio::sync::{watch, Notify};
 
 use crate::cache::PageCache;
@@ -17,12 +17,16 @@ use crate::clients::Clients;
 use crate::ledger::Ledger;
 use crate::open::PgNodes;
 
-/// Records a PG queue keeps for slow segments beyond those not yet durable. Past this, durable
-/// records are released even if a live segment has not received them (it gap-fills from peers).
-pub const RETAINED_DURABLE_RECORDS_MAX: usize = 4096;
-/// Back-off after a failed request to a segment, doubling up to the max.
+/// Records a PG queue keeps, beyond those not yet durable, for segments that have not received
+/// them: slow ones, and ones that are down (a node cut off for a few seconds gets them from the
+/// writer the moment it answers again, instead of filling its gap from peers, some of which may
+/// be the next ones cut off). Past this, durable records are released anyway (the segment
+/// gap-fills from peers). Records are at most a page (4 KiB) of data: about 32 MiB per PG.
+pub const RETAINED_DURABLE_RECORDS_MAX: usize = 8192;
+/// Back-off after a failed request to a segment, doubling up to the max: a segment that comes
+/// back is tried again within [`SEGMENT_BACKOFF_MAX`] plus a connection timeout.
 pub const SEGMENT_BACKOFF_MIN: Duration = Duration::from_millis(50);
-pub const SEGMENT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+pub const SEGMENT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// What flushes and allocation-limited writers wait on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,9 @@ pub struct SegmentLink {
     /// Highest LSN handed to a request for this segment. Reset to the acknowledged SCL after an
     /// error so that unacknowledged records are sent again.
     pub sent: Lsn,
+    /// Highest LSN of a batch the node answered. Above its SCL: the node holds those records
+    /// above a gap it is filling from its peers (the sender then asks for its SCL often).
+    pub answered: Lsn,
     /// False after a failed request, until the next success.
     pub up: bool,
     /// Do not send before this instant (back-off after errors).
@@ -88,6 +95,7 @@ impl SegmentLink {
             addr,
             az,
             sent: Lsn::ZERO,
+            answered: Lsn::ZERO,
             up: true,
             retry_at: None,
             backoff: SEGMENT_BACKOFF_MIN,
@@ -184,15 +192,17 @@ impl PgQueue {
         self.segments.iter_mut().find(|l| l.node == node)
     }
 
-    /// Releases records at or below `pgcl` that every live segment has been sent (or all durable
-    /// ones beyond the retention bound).
-    pub fn release(&mut self, pgcl: Lsn) {
+    /// Releases records at or below `pgcl` that every segment has acknowledged (`acked` gives a
+    /// node's SCL), down ones included, or all durable ones beyond the retention bound. Sent is
+    /// not enough: a batch sent into a connection that went silent is lost with it, and the
+    /// segment needs those records again when it answers.
+    pub fn release(&mut self, pgcl: Lsn, acked: impl Fn(NodeId) -> Lsn) {
         while let Some(front) = self.records.front() {
             let lsn = Lsn(front.record.lsn);
             if lsn > pgcl {
                 break;
             }
-            let everyone_has_it = self.segments.iter().all(|s| !s.up || s.sent >= lsn);
+            let everyone_has_it = self.segments.iter().all(|s| acked(s.node) >= lsn);
             if !everyone_has_it && self.records.len() <= RETAINED_DURABLE_RECORDS_MAX {
                 break;
             }
@@ -236,21 +246,25 @@ pub fn unix_micros() -> u64 {
 }
 
 impl State {
-    /// Asks every sender to send, without lingering, all records up to `lsn`.
+    /// Asks every sender to send, without lingering, all records up to `lsn`. A PG with fewer
+    /// than [`WRITE_QUORUM`] segments up cannot make them durable: its down segments are tried
+    /// again at once, whatever their back-off.
     pub fn push(&mut self, lsn: Lsn) {
         if lsn <= self.push_to {
             return;
         }
         self.push_to = lsn;
-        for queue in self.pgs.values() {
-            let unsent = |link: &SegmentLink| {
-                queue
-                    .records
-                    .back()
-                    .is_some_and(|q| Lsn(q.record.lsn) > link.sent)
-            };
-            for link in queue.segments.iter().filter(|l| unsent(l)) {
-                link.wake.notify_one();
+        for queue in self.pgs.values_mut() {
+            let last = queue.records.back().map(|q| Lsn(q.record.lsn));
+            let short = queue.segments.iter().filter(|l| l.up).count() < WRITE_QUORUM;
+            for link in &mut queue.segments {
+                let unsent = last.is_some_and(|last| last > link.sent);
+                if short && !link.up {
+                    link.retry_at = None;
+                }
+                if unsent {
+                    link.wake.notify_one();
+                }
             }
         }
     }
@@ -325,5 +339,73 @@ mod hint_tests {
         assert!(!sent.stale(&sent));
         // Past this PG's PGCL, a rising VDL (other PGs writing) is no reason for a heartbeat.
         assert!(!hints(100, 100, 100).stale(&hints(100, 100, 500)));
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+    use sixfold_proto::record::seal;
+    use sixfold_proto::PageId;
+
+    fn queue(records: u64) -> PgQueue {
+        let mut queue = PgQueue {
+            records: VecDeque::new(),
+            segments: (0..6)
+                .map(|i| SegmentLink::new(NodeId(i), format!("node-{i}:1"), "a".into()))
+                .collect(),
+            truncations: Vec::new(),
+            membership: WireMembership::default(),
+            refreshing: false,
+        };
+        for lsn in 1..=records {
+            let record = seal(Lsn(lsn), Lsn(lsn - 1), Epoch(1), PageId(lsn), Vec::new());
+            queue.records.push_back(Queued {
+                record: Arc::new(record),
+                at: Instant::now(),
+            });
+        }
+        queue
+    }
+
+    /// A segment that is down (cut off, not yet answering) keeps the records it has not
+    /// acknowledged queued, though the others made them durable and it was "sent" them (into a
+    /// connection that went silent): it gets them from the writer when it answers again.
+    #[test]
+    fn records_stay_until_every_segment_acknowledged_them() {
+        let mut queue = queue(10);
+        for link in &mut queue.segments {
+            link.sent = Lsn(10);
+        }
+        queue.segments[0].up = false;
+        let acked = |node: NodeId| if node == NodeId(0) { Lsn(4) } else { Lsn(10) };
+        queue.release(Lsn(10), acked);
+        let first = queue.records.front().map(|q| q.record.lsn);
+        assert_eq!(first, Some(5), "records 5-10 wait for the down segment");
+        queue.release(Lsn(10), |_| Lsn(10));
+        assert!(
+            queue.records.is_empty(),
+            "acknowledged everywhere: released"
+        );
+    }
+
+    /// Past the retention bound, durable records go even if a segment never acknowledges them
+    /// (it fills its gap from its peers), but never records beyond the PGCL.
+    #[test]
+    fn retention_is_bounded_and_never_releases_beyond_the_pgcl() {
+        let total = RETAINED_DURABLE_RECORDS_MAX as u64 + 100;
+        let mut queue = queue(total);
+        let acked = |node: NodeId| {
+            if node == NodeId(0) {
+                Lsn(0)
+            } else {
+                Lsn(total)
+            }
+        };
+        queue.release(Lsn(total - 50), acked);
+        assert_eq!(queue.records.len(), RETAINED_DURABLE_RECORDS_MAX);
+        let mut queue = self::queue(100);
+        queue.release(Lsn(60), |_| Lsn(100));
+        assert_eq!(queue.records.front().map(|q| q.record.lsn), Some(61));
     }
 }

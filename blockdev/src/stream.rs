@@ -26,8 +26,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use crate::refusal::{self, Refusal};
-use crate::sender::{on_ack, on_error, on_fenced, APPEND_TIMEOUT, IN_FLIGHT_BATCHES_MAX};
+use crate::sender::{on_ack, on_error, on_fenced, Failure, APPEND_TIMEOUT, IN_FLIGHT_BATCHES_MAX};
 use crate::shared::Shared;
+
+/// An acknowledgement that took this long is logged (a node whose disk or folding stalls).
+const SLOW_ACK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A batch written to the stream and not yet answered.
 pub struct InFlight {
@@ -119,8 +122,13 @@ impl AppendStream {
             let mut queue = lock(&self.queue);
             if queue.dead {
                 drop(queue);
-                let error = "append stream closed".to_owned();
-                on_error(shared, self.pg, self.node, &self.addr, records, last, error);
+                let failure = Failure {
+                    records,
+                    last,
+                    started: Instant::now(),
+                    error: "append stream closed".to_owned(),
+                };
+                on_error(shared, self.pg, self.node, &self.addr, failure);
                 return;
             }
             queue.batches.push_back(batch);
@@ -164,11 +172,14 @@ async fn read_answers(
                 let Some(batch) = lock(&queue).batches.pop_front() else {
                     break "the node answered a batch that was never sent".to_owned();
                 };
-                let elapsed = batch.started.elapsed();
+                let (elapsed, last) = (batch.started.elapsed(), batch.last);
+                if elapsed >= SLOW_ACK {
+                    tracing::info!(%pg, node = %addr, last = %batch.last, ms = elapsed.as_millis() as u64, "slow acknowledgement");
+                }
                 // Release the batch's permit first: `on_ack` wakes the sender for records that
                 // waited while the batch was in flight, and they go at once if it was the last.
                 drop(batch);
-                on_ack(&shared, pg, node, Lsn(answer.scl), elapsed);
+                on_ack(&shared, pg, node, last, Lsn(answer.scl), elapsed);
             }
             Ok(Ok(None)) => {
                 // A node ends a stream that carried no batch for a while: with nothing in
@@ -205,7 +216,11 @@ async fn read_answers(
         queue.batches.drain(..).collect()
     };
     died.notify_one();
-    let records = failed.iter().map(|b| b.records).sum();
-    let last = failed.iter().map(|b| b.last).max().unwrap_or(Lsn::ZERO);
-    on_error(&shared, pg, node, &addr, records, last, error);
+    let failure = Failure {
+        records: failed.iter().map(|b| b.records).sum(),
+        last: failed.iter().map(|b| b.last).max().unwrap_or(Lsn::ZERO),
+        started: Instant::now(),
+        error,
+    };
+    on_error(&shared, pg, node, &addr, failure);
 }

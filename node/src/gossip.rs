@@ -78,6 +78,7 @@ pub async fn run(
         bandwidth,
         clients: HashMap::new(),
         cursor: None,
+        health: Arc::default(),
     };
     let mut ticker = tokio::time::interval(GAP_FILL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -97,6 +98,7 @@ struct Gossip {
     clients: HashMap<String, StorageNodeClient<Channel>>,
     /// The last segment looked at: the next round starts after it.
     cursor: Option<SegmentKey>,
+    health: Arc<PeerHealth>,
 }
 
 /// What one round may still spend.
@@ -253,11 +255,13 @@ impl Gossip {
         for candidate in candidates {
             self.cursor = Some(candidate.key.clone());
             // Segments start at different peers, so that one node does not serve every fill.
+            // Peers that did not answer lately go last.
             let mut order = candidate.peers.clone();
             if !order.is_empty() {
                 let shift = candidate.key.pg.0 as usize % order.len();
                 order.rotate_left(shift);
             }
+            self.health.order(&mut order);
             let mut peers = Vec::new();
             for peer in &order {
                 if self.own_addresses.contains(peer) {
@@ -278,6 +282,7 @@ impl Gossip {
                 peers,
                 budget,
                 self.bandwidth.clone(),
+                self.health.clone(),
             ));
             if fills.len() >= PARALLEL_FILLS_MAX {
                 if let Some(Ok(spent)) = fills.join_next().await {
@@ -300,6 +305,7 @@ async fn fill(
     peers: Vec<(String, StorageNodeClient<Channel>)>,
     mut budget: Budget,
     bandwidth: Arc<RepairBandwidth>,
+    health: Arc<PeerHealth>,
 ) -> bool {
     let budget = &mut budget;
     {
@@ -333,7 +339,11 @@ async fn fill(
                             Ok(fetched) => fetched,
                             Err(reason) => {
                                 debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
-                                if reason.contains("folded into pages") && folded_at.is_none() {
+                                let folded = reason.contains("folded into pages");
+                                // A peer that has the records in its pages answered; any
+                                // other failure (no answer, no such segment) sends it last.
+                                health.note(&peer, folded);
+                                if folded && folded_at.is_none() {
                                     folded_at = Some((peer.clone(), client.clone()));
                                 }
                                 break;
@@ -341,6 +351,7 @@ async fn fill(
                         }
                     }
                 };
+                health.note(&peer, true);
                 let Some(last) = records.last().map(|r| Lsn(r.lsn)) else {
                     break;
                 };
@@ -418,6 +429,48 @@ impl Gossip {
         let client = crate::peer::client(&self.security, peer, CONNECT_TIMEOUT, REQUEST_TIMEOUT)?;
         self.clients.insert(peer.to_string(), client.clone());
         Ok(client)
+    }
+}
+
+/// Peers that failed lately (no answer, or no records to give): a round asks them last, so that a node back from a network
+/// cut fills its gap from the peers it can reach, not after a timeout on each peer that is cut
+/// off now (an AZ cut in turn with its own).
+#[derive(Default)]
+struct PeerHealth {
+    failed_at: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// How long a peer that did not answer stays at the end of the order.
+const PEER_FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+impl PeerHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note(&self, peer: &str, answered: bool) {
+        let mut failed_at = self.lock();
+        if answered {
+            failed_at.remove(peer);
+        } else {
+            if failed_at.len() >= PEER_CLIENTS_MAX {
+                failed_at.clear();
+            }
+            failed_at.insert(peer.to_owned(), std::time::Instant::now());
+        }
+    }
+
+    /// `peers`, those that failed within [`PEER_FAILURE_MEMORY`] moved to the end (stable).
+    fn order(&self, peers: &mut [String]) {
+        let failed_at = self.lock();
+        let recent = |peer: &String| {
+            failed_at
+                .get(peer)
+                .is_some_and(|at| at.elapsed() < PEER_FAILURE_MEMORY)
+        };
+        peers.sort_by_key(recent);
     }
 }
 

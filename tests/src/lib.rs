@@ -453,7 +453,9 @@ impl Cluster {
         if let Some(ns) = &node.netns {
             // `ip netns exec` execs the program: the child is the node itself.
             let mut inside = Command::new("ip");
-            inside.args(["netns", "exec", ns]).arg(command.get_program());
+            inside
+                .args(["netns", "exec", ns])
+                .arg(command.get_program());
             for (key, value) in command.get_envs() {
                 match value {
                     Some(value) => inside.env(key, value),

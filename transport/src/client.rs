@@ -29,8 +29,19 @@ pub struct ChannelOptions {
     pub connect_timeout: Duration,
     /// A bound on every call, if the caller does not bound calls itself.
     pub request_timeout: Option<Duration>,
-    /// HTTP/2 pings on an idle connection, to find a dead peer.
-    pub keep_alive: Option<Duration>,
+    /// HTTP/2 pings to find a peer that went silent (see [`KeepAlive`]).
+    pub keep_alive: Option<KeepAlive>,
+}
+
+/// HTTP/2 keep-alive: once `interval` passes with nothing read from the connection while a call
+/// is open on it, a PING goes out; no answer within `timeout` closes the connection and fails
+/// every call on it. A peer whose network went silent (packets dropped, no RST) is found within
+/// `interval + timeout`, where TCP alone would retransmit for minutes. A busy peer answers PINGs
+/// from its connection task, whatever its disk is doing, so a slow fsync is no silence.
+#[derive(Clone, Copy, Debug)]
+pub struct KeepAlive {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// A lazily connected channel to the node at `addr` (host:port).
@@ -57,10 +68,10 @@ pub fn channel(
     if let Some(timeout) = options.request_timeout {
         endpoint = endpoint.timeout(timeout);
     }
-    if let Some(interval) = options.keep_alive {
+    if let Some(keep_alive) = options.keep_alive {
         endpoint = endpoint
-            .http2_keep_alive_interval(interval)
-            .keep_alive_timeout(interval);
+            .http2_keep_alive_interval(keep_alive.interval)
+            .keep_alive_timeout(keep_alive.timeout);
     }
     let connector = Connector {
         tls: match security {

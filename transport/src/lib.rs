@@ -18,7 +18,7 @@ mod server;
 mod stream;
 
 pub use access::{Authorized, Policy};
-pub use client::{channel, ChannelOptions};
+pub use client::{channel, ChannelOptions, KeepAlive};
 pub use error::TransportError;
 pub use role::Role;
 pub use security::{Security, TlsFiles};
