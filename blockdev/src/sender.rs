@@ -89,6 +89,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                 Some(queue) if queue.link(node).is_none() => Next::Stop,
                 Some(queue) => {
                     let peers = queue.peers_of(node);
+                    let queue_holds_back = queue.holds_back(pgcl, push_to);
                     let truncations = &queue.truncations;
                     let membership = &queue.membership;
                     let Some(link) = queue.segments.iter_mut().find(|l| l.node == node) else {
@@ -163,7 +164,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                                     // with no batch left to answer: while a flush waits for
                                     // them, ask it often.
                                     let catching_up =
-                                        link.up && link.answered > acked && acked < push_to;
+                                        link.up && link.answered > acked && queue_holds_back;
                                     let interval = if catching_up {
                                         CATCH_UP_PROBE_INTERVAL
                                     } else {
@@ -417,14 +418,15 @@ pub(crate) fn on_ack(
         };
         // The node holds everything up to its SCL (it may have filled a gap from its peers):
         // none of that needs sending again.
+        let scl = chain.map_or(scl, |chain| chain.scl(node));
         link.sent = link.sent.max(scl);
         link.answered = link.answered.max(answered);
-        // A gap the queue cannot fill (the record after its SCL was released: it was away
-        // longer than the queue keeps records) is the node's to fill from its peers, who hold
+        // A gap the queue cannot fill (the record after what it was sent was released: it was
+        // away longer than the queue keeps records) is the node's to fill from its peers, who hold
         // everything durable; sending it the queue's durable records meanwhile would ship them
         // twice (in one run, 0.7 s more before a segment back from a 10 s cut counted again).
         // It gets what is not durable yet.
-        let gap = first_backlink.is_some_and(|backlink| backlink > scl);
+        let gap = first_backlink.is_some_and(|backlink| backlink > link.sent);
         if let (true, Some(chain)) = (gap, chain) {
             link.sent = link.sent.max(chain.pgcl);
         }

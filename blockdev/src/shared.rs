@@ -17,8 +17,8 @@ use crate::clients::Clients;
 use crate::ledger::Ledger;
 use crate::open::PgNodes;
 
-/// Records a PG queue keeps, beyond those not yet durable, for segments that have not received
-/// them: slow ones, and ones that are down (a node cut off for a few seconds gets them from the
+/// Durable records a PG queue keeps (beyond those not yet durable, which it always keeps) for
+/// segments that have not acknowledged them: slow ones, and ones that are down (a node cut off for a few seconds gets them from the
 /// writer the moment it answers again, instead of filling its gap from peers, some of which may
 /// be the next ones cut off). Past this, durable records are released anyway (the segment
 /// gap-fills from peers). Records are at most a page (4 KiB) of data: about 32 MiB per PG.
@@ -193,21 +193,33 @@ impl PgQueue {
     }
 
     /// Releases records at or below `pgcl` that every segment has acknowledged (`acked` gives a
-    /// node's SCL), down ones included, or all durable ones beyond the retention bound. Sent is
-    /// not enough: a batch sent into a connection that went silent is lost with it, and the
-    /// segment needs those records again when it answers.
+    /// node's SCL), down ones included; beyond [`RETAINED_DURABLE_RECORDS_MAX`] durable records,
+    /// the oldest go anyway. Sent is not enough: a batch sent into a connection that went silent
+    /// is lost with it, and the segment needs those records again when it answers. Records above
+    /// the PGCL are never released (nor counted in the bound).
     pub fn release(&mut self, pgcl: Lsn, acked: impl Fn(NodeId) -> Lsn) {
-        while let Some(front) = self.records.front() {
-            let lsn = Lsn(front.record.lsn);
-            if lsn > pgcl {
+        let mut durable = self.records.partition_point(|q| Lsn(q.record.lsn) <= pgcl);
+        while durable > 0 {
+            let Some(front) = self.records.front() else {
                 break;
-            }
+            };
+            let lsn = Lsn(front.record.lsn);
             let everyone_has_it = self.segments.iter().all(|s| acked(s.node) >= lsn);
-            if !everyone_has_it && self.records.len() <= RETAINED_DURABLE_RECORDS_MAX {
+            if !everyone_has_it && durable <= RETAINED_DURABLE_RECORDS_MAX {
                 break;
             }
             self.records.pop_front();
+            durable -= 1;
         }
+    }
+
+    /// True when a record of this PG at or below `target` is not durable yet (above `pgcl`):
+    /// a flush to `target` waits on this PG.
+    pub fn holds_back(&self, pgcl: Lsn, target: Lsn) -> bool {
+        let first_not_durable = self.records.partition_point(|q| Lsn(q.record.lsn) <= pgcl);
+        self.records
+            .get(first_not_durable)
+            .is_some_and(|q| Lsn(q.record.lsn) <= target)
     }
 
     pub fn peers_of(&self, node: NodeId) -> Vec<String> {
@@ -246,17 +258,20 @@ pub fn unix_micros() -> u64 {
 }
 
 impl State {
-    /// Asks every sender to send, without lingering, all records up to `lsn`. A PG with fewer
-    /// than [`WRITE_QUORUM`] segments up cannot make them durable: its down segments are tried
-    /// again at once, whatever their back-off.
+    /// Asks every sender to send, without lingering, all records up to `lsn`. A PG that the
+    /// flush waits on (records up to `lsn` not durable) with fewer than [`WRITE_QUORUM`]
+    /// segments up cannot make them durable: its down segments are tried again at once,
+    /// whatever their back-off.
     pub fn push(&mut self, lsn: Lsn) {
         if lsn <= self.push_to {
             return;
         }
         self.push_to = lsn;
-        for queue in self.pgs.values_mut() {
+        for (pg, queue) in self.pgs.iter_mut() {
+            let pgcl = self.ledger.pg(*pg).map_or(Lsn::ZERO, |chain| chain.pgcl);
             let last = queue.records.back().map(|q| Lsn(q.record.lsn));
-            let short = queue.segments.iter().filter(|l| l.up).count() < WRITE_QUORUM;
+            let short = queue.segments.iter().filter(|l| l.up).count() < WRITE_QUORUM
+                && queue.holds_back(pgcl, lsn);
             for link in &mut queue.segments {
                 let unsent = last.is_some_and(|last| last > link.sent);
                 if short && !link.up {
@@ -390,11 +405,11 @@ mod release_tests {
     }
 
     /// Past the retention bound, durable records go even if a segment never acknowledges them
-    /// (it fills its gap from its peers), but never records beyond the PGCL.
+    /// (it fills its gap from its peers), but never records beyond the PGCL, and those do not
+    /// count in the bound (a slow segment keeps what it has in flight).
     #[test]
     fn retention_is_bounded_and_never_releases_beyond_the_pgcl() {
         let total = RETAINED_DURABLE_RECORDS_MAX as u64 + 100;
-        let mut queue = queue(total);
         let acked = |node: NodeId| {
             if node == NodeId(0) {
                 Lsn(0)
@@ -402,10 +417,35 @@ mod release_tests {
                 Lsn(total)
             }
         };
-        queue.release(Lsn(total - 50), acked);
+        let mut queue = queue(total);
+        queue.release(Lsn(total), acked);
         assert_eq!(queue.records.len(), RETAINED_DURABLE_RECORDS_MAX);
+        let mut queue = self::queue(total);
+        queue.release(Lsn(total - 200), acked);
+        assert_eq!(
+            queue.records.len() as u64,
+            total,
+            "durable ones under the bound stay"
+        );
         let mut queue = self::queue(100);
         queue.release(Lsn(60), |_| Lsn(100));
         assert_eq!(queue.records.front().map(|q| q.record.lsn), Some(61));
+    }
+
+    /// A flush waits on a PG only while a record of it at or below the flush's target is not
+    /// durable (the catch-up heartbeats and the retry at once go only to such PGs).
+    #[test]
+    fn a_pg_holds_a_flush_back_only_with_records_not_durable_below_its_target() {
+        let queue = queue(10);
+        assert!(queue.holds_back(Lsn(4), Lsn(5)));
+        assert!(
+            !queue.holds_back(Lsn(5), Lsn(5)),
+            "durable up to the target"
+        );
+        assert!(!queue.holds_back(Lsn(10), Lsn(20)), "all durable");
+        assert!(
+            !self::queue(0).holds_back(Lsn(0), Lsn(20)),
+            "nothing queued"
+        );
     }
 }

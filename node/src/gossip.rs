@@ -432,9 +432,10 @@ impl Gossip {
     }
 }
 
-/// Peers that failed lately (no answer, or no records to give): a round asks them last, so that a node back from a network
-/// cut fills its gap from the peers it can reach, not after a timeout on each peer that is cut
-/// off now (an AZ cut in turn with its own).
+/// Peers that failed lately (no answer, or an error other than "folded into pages"): a round
+/// asks them last, so that a node back from a network cut fills its gap from the peers it
+/// reached since, not after a timeout on each peer that was cut off with it. (Which peers are
+/// cut off *now* it cannot know: a peer cut after it came back costs one request timeout.)
 #[derive(Default)]
 struct PeerHealth {
     failed_at: std::sync::Mutex<HashMap<String, std::time::Instant>>,
