@@ -29,6 +29,7 @@ mod volume;
 
 pub use clients::Clients;
 pub use error::VolumeError;
+pub use shared::RETAINED_DURABLE_RECORDS_MAX;
 pub use sixfold_proto::cluster::ClusterConfig;
 pub use volume::{validate_volume_name, Volume, VolumeStats, LAL};
 
