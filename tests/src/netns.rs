@@ -30,13 +30,18 @@ pub struct Net {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip")
+    iproute2("ip", args)
+}
+
+/// Runs an iproute2 tool (`ip`, `bridge`); its stderr is the error when it fails.
+fn iproute2(tool: &str, args: &[&str]) -> Result<()> {
+    let output = Command::new(tool)
         .args(args)
         .output()
-        .context("run ip (iproute2)")?;
+        .with_context(|| format!("run {tool} (iproute2)"))?;
     if !output.status.success() {
         bail!(
-            "ip {}: {}",
+            "{tool} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         );
@@ -46,18 +51,29 @@ fn ip(args: &[&str]) -> Result<()> {
 
 /// Node `i`'s bridge port: STP state 0 (disabled) or 3 (forwarding).
 fn port_state(i: usize, state: &str) -> Result<()> {
-    let output = Command::new("bridge")
-        .args(["link", "set", "dev", &host_side(i), "state", state])
-        .output()
-        .context("run bridge (iproute2)")?;
-    if !output.status.success() {
-        bail!(
-            "bridge link set dev {} state {state}: {}",
-            host_side(i),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+    iproute2(
+        "bridge",
+        &["link", "set", "dev", &host_side(i), "state", state],
+    )
+}
+
+/// `ip [-n NS] neigh replace HOST lladdr LLADDR dev DEV nud permanent`.
+fn permanent_neighbour(ns: Option<&str>, host: &str, lladdr: &str, dev: &str) -> Result<()> {
+    let entry = [
+        "neigh",
+        "replace",
+        host,
+        "lladdr",
+        lladdr,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ];
+    match ns {
+        Some(ns) => ip(&[&["-n", ns][..], &entry[..]].concat()),
+        None => ip(&entry),
     }
-    Ok(())
 }
 
 /// A fixed, locally administered MAC address.
@@ -119,34 +135,12 @@ impl Net {
             .chain((0..count).map(|i| (net.ip(i), mac(10 + i))))
             .collect();
         for (host, lladdr) in &hosts[1..] {
-            ip(&[
-                "neigh",
-                "replace",
-                host,
-                "lladdr",
-                lladdr,
-                "dev",
-                BRIDGE,
-                "nud",
-                "permanent",
-            ])?;
+            permanent_neighbour(None, host, lladdr, BRIDGE)?;
         }
         for i in 0..count {
             let ns = namespace(i);
             for (host, lladdr) in hosts.iter().filter(|(host, _)| *host != net.ip(i)) {
-                ip(&[
-                    "-n",
-                    &ns,
-                    "neigh",
-                    "replace",
-                    host,
-                    "lladdr",
-                    lladdr,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ])?;
+                permanent_neighbour(Some(&ns), host, lladdr, "eth0")?;
             }
         }
         Ok(net)
