@@ -174,7 +174,7 @@ async fn read_answers(
                 };
                 let (elapsed, last) = (batch.started.elapsed(), batch.last);
                 if elapsed >= SLOW_ACK {
-                    tracing::info!(%pg, node = %addr, last = %batch.last, ms = elapsed.as_millis() as u64, "slow acknowledgement");
+                    tracing::debug!(%pg, node = %addr, last = %batch.last, ms = elapsed.as_millis() as u64, "slow acknowledgement");
                 }
                 // Release the batch's permit first: `on_ack` wakes the sender for records that
                 // waited while the batch was in flight, and they go at once if it was the last.
