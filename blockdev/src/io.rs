@@ -7,8 +7,9 @@
 //! to their PG queues and mark the request's last LSN as a consistency point.
 //!
 //! Read: every page comes from the cache (dirty pages are always there) or from one segment whose
-//! SCL covers the read point, preferring the writer's AZ and the fastest segment, and moving on to
-//! the next when one fails. No quorum read.
+//! SCL covers the read point, preferring segments that are up, not lately slow, in the writer's
+//! AZ and fast, in that order; the next one is asked too when the first is slower than the hedge
+//! delay, and at once when it fails (see `hedge`). No quorum read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -356,7 +357,8 @@ impl Volume {
                     return Ok(Bytes::from(vec![0u8; PAGE_SIZE]));
                 }
                 let queue = &state.pgs[&pg];
-                let mut candidates: Vec<(bool, bool, bool, u64, String)> = queue
+                let now = Instant::now();
+                let mut candidates: Vec<(bool, bool, bool, bool, u64, String)> = queue
                     .segments
                     .iter()
                     .map(|link| {
@@ -365,6 +367,7 @@ impl Volume {
                         (
                             !caught_up,
                             !link.up,
+                            state.read_routing.is_slow(&link.addr, now),
                             !same_az,
                             link.latency_us,
                             link.addr.clone(),
@@ -372,53 +375,22 @@ impl Volume {
                     })
                     .collect();
                 candidates.sort();
-                (
-                    read_lsn,
-                    required_scl,
-                    candidates,
-                    queue.truncations.clone(),
-                )
+                let candidates: Vec<String> = candidates.into_iter().map(|c| c.5).collect();
+                (read_lsn, required_scl, candidates, queue.truncations.clone())
             };
-            for (_, _, _, _, addr) in candidates {
-                let request = ReadPageRequest {
-                    segment: Some(SegmentRef {
-                        volume: shared.volume.clone(),
-                        pg: pg.0,
-                    }),
-                    page: page.0,
-                    read_lsn: read_lsn.0,
-                    required_scl: required_scl.0,
-                    epoch: shared.epoch.0,
-                    truncations: truncations.clone(),
-                };
-                let result = match shared.clients.get(&addr) {
-                    Err(error) => Err(error),
-                    Ok(mut client) => {
-                        match tokio::time::timeout(READ_ATTEMPT_TIMEOUT, client.read_page(request))
-                            .await
-                        {
-                            Err(_) => Err("timed out".to_string()),
-                            Ok(Err(status)) => Err(sixfold_transport::status_text(&status)),
-                            Ok(Ok(response)) => {
-                                let data = response.into_inner().data;
-                                if data.len() == PAGE_SIZE {
-                                    Ok(data)
-                                } else {
-                                    Err(format!("served {} bytes instead of a page", data.len()))
-                                }
-                            }
-                        }
-                    }
-                };
-                match result {
-                    Ok(data) => return Ok(data),
-                    Err(error) => {
-                        debug!(volume = %shared.volume, %page, node = %addr, "read failed: {error}");
-                        if attempts.len() < 12 {
-                            attempts.push(format!("{addr}: {error}"));
-                        }
-                    }
-                }
+            let request = ReadPageRequest {
+                segment: Some(SegmentRef {
+                    volume: shared.volume.clone(),
+                    pg: pg.0,
+                }),
+                page: page.0,
+                read_lsn: read_lsn.0,
+                required_scl: required_scl.0,
+                epoch: shared.epoch.0,
+                truncations,
+            };
+            if let Some(data) = self.ask_segments(page, candidates, &request, &mut attempts).await {
+                return Ok(data);
             }
             if Instant::now() >= deadline {
                 return Err(VolumeError::ReadUnavailable {
@@ -432,6 +404,111 @@ impl Volume {
                 return Err(self.fenced_error());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Asks `candidates` (best first) for the page, hedged (see [`crate::hedge`]): the next
+    /// candidate is asked when those outstanding are slower than the (doubling) hedge delay, and
+    /// at once when one fails. Returns the first page served; `None` when every candidate failed
+    /// (each failure is added to `attempts`, up to 12).
+    async fn ask_segments(
+        &self,
+        page: PageId,
+        candidates: Vec<String>,
+        request: &ReadPageRequest,
+        attempts: &mut Vec<String>,
+    ) -> Option<Bytes> {
+        let shared = &self.shared;
+        let mut candidates = candidates.into_iter().peekable();
+        let mut outstanding: JoinSet<(String, Instant, Result<Bytes, String>)> = JoinSet::new();
+        let mut asked: Vec<String> = Vec::new();
+        let mut hedge_at = Instant::now();
+        loop {
+            let ask_next = outstanding.is_empty() || Instant::now() >= hedge_at;
+            if ask_next {
+                let Some(addr) = candidates.next() else {
+                    if outstanding.is_empty() {
+                        return None;
+                    }
+                    hedge_at = Instant::now() + READ_ATTEMPT_TIMEOUT;
+                    continue;
+                };
+                if !outstanding.is_empty() {
+                    // The hedge fired: those still outstanding are slow.
+                    debug!(volume = %shared.volume, %page, node = %addr, slow = ?asked, "hedged read");
+                    let now = Instant::now();
+                    let mut state = shared.lock();
+                    for slow in &asked {
+                        state.read_routing.mark_slow(slow, now);
+                    }
+                }
+                let client = shared.clients.get(&addr);
+                let request = request.clone();
+                let started = Instant::now();
+                asked.push(addr.clone());
+                outstanding.spawn(async move {
+                    let result = match client {
+                        Err(error) => Err(error),
+                        Ok(mut client) => read_attempt(&mut client, request).await,
+                    };
+                    (addr, started, result)
+                });
+                hedge_at = started
+                    + shared
+                        .lock()
+                        .read_routing
+                        .next_hedge_after(outstanding.len());
+                continue;
+            }
+            let hedge = candidates.peek().is_some();
+            tokio::select! {
+                joined = outstanding.join_next() => {
+                    let Some(joined) = joined else { continue };
+                    let (addr, started, result) = match joined {
+                        Ok(answer) => answer,
+                        Err(error) => {
+                            attempts.push(format!("read task failed: {error}"));
+                            continue;
+                        }
+                    };
+                    asked.retain(|a| *a != addr);
+                    match result {
+                        Ok(data) => {
+                            shared.lock().read_routing.observe(started.elapsed());
+                            return Some(data);
+                        }
+                        Err(error) => {
+                            debug!(volume = %shared.volume, %page, node = %addr, "read failed: {error}");
+                            shared.lock().read_routing.mark_slow(&addr, Instant::now());
+                            if attempts.len() < 12 {
+                                attempts.push(format!("{addr}: {error}"));
+                            }
+                            // The next candidate is asked at once.
+                            hedge_at = Instant::now();
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(hedge_at.into()), if hedge => {}
+            }
+        }
+    }
+}
+
+/// One read of one page from one segment, bounded by [`READ_ATTEMPT_TIMEOUT`].
+async fn read_attempt(
+    client: &mut crate::clients::NodeClient,
+    request: ReadPageRequest,
+) -> Result<Bytes, String> {
+    match tokio::time::timeout(READ_ATTEMPT_TIMEOUT, client.read_page(request)).await {
+        Err(_) => Err("timed out".to_string()),
+        Ok(Err(status)) => Err(sixfold_transport::status_text(&status)),
+        Ok(Ok(response)) => {
+            let data = response.into_inner().data;
+            if data.len() == PAGE_SIZE {
+                Ok(data)
+            } else {
+                Err(format!("served {} bytes instead of a page", data.len()))
+            }
         }
     }
 }

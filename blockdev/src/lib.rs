@@ -1,6 +1,7 @@
 //! The volume client ("the writer"): turns page writes into LSN-stamped redo records, sends them
 //! to the six segments of each protection group, counts 4/6 acknowledgements into VCL and VDL,
-//! serves reads from its page cache or from one caught-up segment, and recovers the volume's
+//! serves reads from its page cache or from one caught-up segment (hedged to a second when the
+//! first is slow), and recovers the volume's
 //! chains when it opens it.
 //!
 //! Modules: `ledger` (LSN allocation, VCL/VDL/LAL; pure), `cache` (dirty
@@ -12,6 +13,7 @@ mod cache;
 pub mod clients;
 mod delta;
 mod error;
+mod hedge;
 mod io;
 pub mod ledger;
 mod membership;

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::cache::PageCache;
 use crate::clients::Clients;
+use crate::hedge::ReadRouting;
 use crate::ledger::Ledger;
 use crate::open::PgNodes;
 
@@ -248,6 +249,8 @@ pub struct State {
     /// keeps it as the time of that consistency point (point-in-time restore maps times to LSNs
     /// with these).
     pub vdl_time_us: u64,
+    /// When reads hedge and which nodes they ask last ([`crate::hedge`]).
+    pub read_routing: ReadRouting,
 }
 
 /// Now, in Unix microseconds (0 if the clock is before 1970).

@@ -203,6 +203,7 @@ impl Volume {
             read_only: options.read_only,
             push_to: Lsn::ZERO,
             vdl_time_us: crate::shared::unix_micros(),
+            read_routing: Default::default(),
         };
         let (progress, _) = watch::channel(Progress {
             vdl: start,

@@ -762,15 +762,13 @@ impl Mount {
         let log = File::options().create(true).append(true).open(&log_path)?;
         let child = cluster
             .command("writer")
-            .args([
-                "mount",
-                "--volume",
-                volume,
-                "--size",
-                size,
-                "--cache-mb",
-                "64",
-            ])
+            .args(["mount", "--volume", volume, "--size", size])
+            // 64 MiB of page cache unless the test chose.
+            .args(if options.contains(&"--cache-mb") {
+                &[][..]
+            } else {
+                &["--cache-mb", "64"][..]
+            })
             .args(options)
             .arg("--cluster")
             .arg(&cluster.cluster_file)
