@@ -12,6 +12,10 @@
 # Printed: IOPS (or MiB/s), p50/p99 latency, and the ratio to (a) for each; for the fsync job
 # also the flushes each fsync cost the device under ext4 (from the loop devices' counters: ext4
 # sends a journal commit's preflush and FUA block as flushes) and the mean ms per flush.
+# (r)'s mount has a 16 MiB page cache, so its reads come from the nodes; it runs randread once
+# more with both nodes of the mount's AZ (the first ones every read asks) frozen by SIGSTOP:
+# hedged reads keep the tail (p99, max) near the healthy one.
+# Last, the peak resident memory (VmHWM) of each mount and node.
 # Usage: scripts/bench-fio.sh [SECONDS [FILE_MIB]]   (run as root; installs fio; builds the release binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +42,7 @@ truncate -s 8G "$work/local.img"
 mkfs.ext4 -F -q "$work/local.img"
 mount -o loop "$work/local.img" "$work/local"
 "$bin" up "$work/sixfold" --state "$work/state" --size 8G --no-backup >/dev/null
-"$bin" up "$work/raw" --state "$work/raw-state" --size 8G --no-backup >/dev/null
+"$bin" up "$work/raw" --state "$work/raw-state" --size 8G --no-backup --cache-mb 16 >/dev/null
 umount "$work/raw" # its ext4 off: fio writes the FUSE file itself
 raw_file="$work/raw-state/fuse/volume"
 
@@ -71,6 +75,16 @@ for target in local sixfold raw; do
     run "$target-seqwrite" "$file" --rw=write --bs=1M --end_fsync=1
     run "$target-randread" "$file" --rw=randread --bs=4k --direct=1
 done
+echo "measuring raw reads with AZ a's nodes frozen..." >&2
+frozen="$(cat "$work/raw-state/pids/node-1.pid") $(cat "$work/raw-state/pids/node-2.pid")"
+kill -STOP $frozen
+run "raw-randread-stalled" "$raw_file" --rw=randread --bs=4k --direct=1 || true
+kill -CONT $frozen
+for state in state raw-state; do
+    for f in "$work/$state"/pids/*.pid; do
+        echo "$state $(basename "$f" .pid) $(awk '/VmHWM/ {print $2}' "/proc/$(cat "$f")/status")"
+    done
+done >"$work/out/peak-rss"
 
 python3 - "$work/out" "$seconds" <<'PY'
 import json, os, sys
@@ -122,4 +136,17 @@ for target, *_rest in rows:
     if os.path.exists(path):
         fl = [r[3] for r in rows if r[0] == target][0]
         print(f"{target}: the device under ext4 saw {fl} during the fsync job")
+print()
+print("raw 4k randread from the nodes (16 MiB page cache), hedged reads:")
+for name, label in [("raw-randread", "all nodes healthy"), ("raw-randread-stalled", "AZ a's 2 nodes frozen")]:
+    rs = side(job(name), "read")
+    print(f"  {label:<22} {rs['iops']:>8.0f} IOPS  p50 {lat_ms(rs, '50.000000'):.3f} ms  p99 {lat_ms(rs, '99.000000'):.3f} ms  p99.9 {lat_ms(rs, '99.900000'):.3f} ms  max {rs['clat_ns']['max'] / 1e6:.1f} ms")
+print()
+print("peak resident memory (VmHWM, MiB); (b) mounts with a 256 MiB page cache, (r) with 16 MiB:")
+peaks = {}
+for line in open(os.path.join(out, "peak-rss")):
+    state, proc, kib = line.split()
+    peaks.setdefault(state, []).append((proc, int(kib) / 1024))
+for state, label in [("state", "(b) sixfold"), ("raw-state", "(r) raw")]:
+    print(f"  {label:<12} " + "  ".join(f"{p} {m:.0f}" for p, m in peaks.get(state, [])))
 PY

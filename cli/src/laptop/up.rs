@@ -72,6 +72,9 @@ pub struct UpArgs {
     /// node seals what it writes with AES-256-GCM. Applies to a new state directory only.
     #[arg(long)]
     no_encryption: bool,
+    /// MiB of clean pages the mount's page cache may hold (`sixfold mount --cache-mb`).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    cache_mb: u64,
 }
 
 pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::Result<()> {
@@ -210,7 +213,7 @@ pub fn run(args: UpArgs, log_level: &str, tls: &crate::tls::TlsArgs) -> anyhow::
                 system::run_tool("umount", &["-l".as_ref(), fuse_dir.as_os_str()])
                     .context("clear the stale FUSE mount")?;
             }
-            start_mount(&state, &exe, log_level, args.size, &laptop_tls)?;
+            start_mount(&state, &exe, log_level, &args, &laptop_tls)?;
         }
     }
 
@@ -303,7 +306,7 @@ fn start_mount(
     state: &StateDir,
     exe: &Path,
     log_level: &str,
-    size: u64,
+    args: &UpArgs,
     tls: &LaptopTls,
 ) -> anyhow::Result<()> {
     let fuse_dir = state.fuse_dir();
@@ -316,7 +319,13 @@ fn start_mount(
         "--volume".into(),
         VOLUME_NAME.into(),
         "--size".into(),
-        size.to_string().into(),
+        args.size.to_string().into(),
+        "--cache-mb".into(),
+        args.cache_mb.to_string().into(),
+        // The nodes of AZ a share this machine with the mount like any: reads prefer them
+        // first (then the fastest), as a writer in AZ a would.
+        "--az".into(),
+        "a".into(),
         fuse_dir.clone().into_os_string(),
     ];
     mount_args.extend(tls.args("writer"));
