@@ -52,8 +52,10 @@ impl ReadRouting {
             Some(smoothed) => {
                 // RFC 6298 with alpha 1/8, beta 1/4.
                 let error = smoothed.abs_diff(sample);
-                self.deviation_us = (self.deviation_us.saturating_mul(3) / 4).saturating_add(error / 4);
-                self.smoothed_us = Some((smoothed.saturating_mul(7) / 8).saturating_add(sample / 8));
+                self.deviation_us =
+                    (self.deviation_us.saturating_mul(3) / 4).saturating_add(error / 4);
+                self.smoothed_us =
+                    Some((smoothed.saturating_mul(7) / 8).saturating_add(sample / 8));
             }
         }
     }
@@ -72,7 +74,9 @@ impl ReadRouting {
     /// How long to wait, with `outstanding` segments asked and none answered, before asking
     /// one more: the hedge delay, doubled for each segment asked beyond the first.
     pub fn next_hedge_after(&self, outstanding: usize) -> Duration {
-        let doublings = u32::try_from(outstanding.saturating_sub(1)).unwrap_or(u32::MAX).min(16);
+        let doublings = u32::try_from(outstanding.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
         self.hedge_after().saturating_mul(1 << doublings)
     }
 
@@ -117,7 +121,10 @@ mod tests {
         assert_eq!(routing.next_hedge_after(1), HEDGE_INITIAL);
         assert_eq!(routing.next_hedge_after(2), HEDGE_INITIAL * 2);
         assert_eq!(routing.next_hedge_after(3), HEDGE_INITIAL * 4);
-        assert_eq!(routing.next_hedge_after(usize::MAX), HEDGE_INITIAL * (1 << 16));
+        assert_eq!(
+            routing.next_hedge_after(usize::MAX),
+            HEDGE_INITIAL * (1 << 16)
+        );
     }
 
     #[test]

@@ -376,7 +376,12 @@ impl Volume {
                     .collect();
                 candidates.sort();
                 let candidates: Vec<String> = candidates.into_iter().map(|c| c.5).collect();
-                (read_lsn, required_scl, candidates, queue.truncations.clone())
+                (
+                    read_lsn,
+                    required_scl,
+                    candidates,
+                    queue.truncations.clone(),
+                )
             };
             let request = ReadPageRequest {
                 segment: Some(SegmentRef {
@@ -389,7 +394,10 @@ impl Volume {
                 epoch: shared.epoch.0,
                 truncations,
             };
-            if let Some(data) = self.ask_segments(page, candidates, &request, &mut attempts).await {
+            if let Some(data) = self
+                .ask_segments(page, candidates, &request, &mut attempts)
+                .await
+            {
                 return Ok(data);
             }
             if Instant::now() >= deadline {

@@ -411,6 +411,7 @@ pub(crate) fn on_ack(
     }
     let state = &mut *state;
     let chain = state.ledger.pg(pg);
+    let keep = crate::shared::retained_per_pg(state.pgs.len());
     if let Some(queue) = state.pgs.get_mut(&pg) {
         let first_backlink = queue.records.front().map(|q| Lsn(q.record.backlink));
         let Some(link) = queue.link_mut(node) else {
@@ -454,7 +455,7 @@ pub(crate) fn on_ack(
             wake.notify_one();
         }
         if let Some(chain) = chain {
-            queue.release(chain.pgcl, |node| chain.scl(node));
+            queue.release(chain.pgcl, |node| chain.scl(node), keep);
         }
     }
     if vdl_moved {

@@ -18,12 +18,20 @@ use crate::hedge::ReadRouting;
 use crate::ledger::Ledger;
 use crate::open::PgNodes;
 
-/// Durable records a PG queue keeps (beyond those not yet durable, which it always keeps) for
-/// segments that have not acknowledged them: slow ones, and ones that are down (a node cut off for a few seconds gets them from the
-/// writer the moment it answers again, instead of filling its gap from peers, some of which may
-/// be the next ones cut off). Past this, durable records are released anyway (the segment
-/// gap-fills from peers). Records are at most a page (4 KiB) of data: about 32 MiB per PG.
+/// Durable records the writer keeps, across all of a volume's PG queues (beyond those not yet
+/// durable, which it always keeps), for segments that have not acknowledged them: slow ones, and
+/// ones that are down (a node cut off for a few seconds gets them from the writer the moment it
+/// answers again, instead of filling its gap from peers, some of which may be the next ones cut
+/// off). Each PG may keep its share ([`retained_per_pg`]); past it, durable records are released
+/// anyway (the segment gap-fills from peers). Records are at most a page (4 KiB) of data: about
+/// 32 MiB per volume, whatever its number of PGs (with a node lost for good, a per-PG bound kept
+/// 32 MiB for every PG on it until the repair).
 pub const RETAINED_DURABLE_RECORDS_MAX: usize = 8192;
+
+/// A PG's share of [`RETAINED_DURABLE_RECORDS_MAX`] when the volume has `pgs` PGs.
+pub fn retained_per_pg(pgs: usize) -> usize {
+    RETAINED_DURABLE_RECORDS_MAX / pgs.max(1)
+}
 /// Back-off after a failed request to a segment, doubling up to the max: a segment that comes
 /// back is tried again within [`SEGMENT_BACKOFF_MAX`] plus a connection timeout.
 pub const SEGMENT_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -194,11 +202,11 @@ impl PgQueue {
     }
 
     /// Releases records at or below `pgcl` that every segment has acknowledged (`acked` gives a
-    /// node's SCL), down ones included; beyond [`RETAINED_DURABLE_RECORDS_MAX`] durable records,
-    /// the oldest go anyway. Sent is not enough: a batch sent into a connection that went silent
+    /// node's SCL), down ones included; beyond `keep` durable records (the PG's share of
+    /// [`RETAINED_DURABLE_RECORDS_MAX`]), the oldest go anyway. Sent is not enough: a batch sent into a connection that went silent
     /// is lost with it, and the segment needs those records again when it answers. Records above
     /// the PGCL are never released (nor counted in the bound).
-    pub fn release(&mut self, pgcl: Lsn, acked: impl Fn(NodeId) -> Lsn) {
+    pub fn release(&mut self, pgcl: Lsn, acked: impl Fn(NodeId) -> Lsn, keep: usize) {
         let mut durable = self.records.partition_point(|q| Lsn(q.record.lsn) <= pgcl);
         while durable > 0 {
             let Some(front) = self.records.front() else {
@@ -206,7 +214,7 @@ impl PgQueue {
             };
             let lsn = Lsn(front.record.lsn);
             let everyone_has_it = self.segments.iter().all(|s| acked(s.node) >= lsn);
-            if !everyone_has_it && durable <= RETAINED_DURABLE_RECORDS_MAX {
+            if !everyone_has_it && durable <= keep {
                 break;
             }
             self.records.pop_front();
@@ -261,6 +269,17 @@ pub fn unix_micros() -> u64 {
 }
 
 impl State {
+    /// Releases, in every PG queue, what [`PgQueue::release`] lets go with the PG's current
+    /// share of the retention bound (a new PG shrinks every share).
+    pub fn trim_retained(&mut self) {
+        let keep = retained_per_pg(self.pgs.len());
+        for (pg, queue) in self.pgs.iter_mut() {
+            if let Some(chain) = self.ledger.pg(*pg) {
+                queue.release(chain.pgcl, |node| chain.scl(node), keep);
+            }
+        }
+    }
+
     /// Asks every sender to send, without lingering, all records up to `lsn`. A PG that the
     /// flush waits on (records up to `lsn` not durable) with fewer than [`WRITE_QUORUM`]
     /// segments up cannot make them durable: its down segments are tried again at once,
@@ -397,10 +416,10 @@ mod release_tests {
         }
         queue.segments[0].up = false;
         let acked = |node: NodeId| if node == NodeId(0) { Lsn(4) } else { Lsn(10) };
-        queue.release(Lsn(10), acked);
+        queue.release(Lsn(10), acked, retained_per_pg(1));
         let first = queue.records.front().map(|q| q.record.lsn);
         assert_eq!(first, Some(5), "records 5-10 wait for the down segment");
-        queue.release(Lsn(10), |_| Lsn(10));
+        queue.release(Lsn(10), |_| Lsn(10), retained_per_pg(1));
         assert!(
             queue.records.is_empty(),
             "acknowledged everywhere: released"
@@ -421,17 +440,21 @@ mod release_tests {
             }
         };
         let mut queue = queue(total);
-        queue.release(Lsn(total), acked);
+        queue.release(Lsn(total), acked, retained_per_pg(1));
         assert_eq!(queue.records.len(), RETAINED_DURABLE_RECORDS_MAX);
+        // The bound is the volume's: with 4 PGs, each keeps a quarter.
         let mut queue = self::queue(total);
-        queue.release(Lsn(total - 200), acked);
+        queue.release(Lsn(total), acked, retained_per_pg(4));
+        assert_eq!(queue.records.len(), RETAINED_DURABLE_RECORDS_MAX / 4);
+        let mut queue = self::queue(total);
+        queue.release(Lsn(total - 200), acked, retained_per_pg(1));
         assert_eq!(
             queue.records.len() as u64,
             total,
             "durable ones under the bound stay"
         );
         let mut queue = self::queue(100);
-        queue.release(Lsn(60), |_| Lsn(100));
+        queue.release(Lsn(60), |_| Lsn(100), retained_per_pg(1));
         assert_eq!(queue.records.front().map(|q| q.record.lsn), Some(61));
     }
 

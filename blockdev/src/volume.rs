@@ -444,6 +444,7 @@ impl Volume {
                 .add_pg(pg, Lsn::ZERO, nodes.membership.clone(), BTreeMap::new());
             let queue = PgQueue::new(&nodes, &list, &BTreeMap::new(), Vec::new());
             state.pgs.insert(pg, queue);
+            state.trim_retained();
         }
         sender::spawn_senders(&self.shared, pg, &nodes.membership.nodes());
         info!(volume = %self.shared.volume, %pg, membership = %nodes.membership, nodes = ?nodes.addresses(), "allocated PG");

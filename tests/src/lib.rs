@@ -220,11 +220,7 @@ impl Node {
 
     /// Resident memory of the node process, from /proc (None when it is not running).
     pub fn rss_bytes(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        proc_status_bytes(self.child.as_ref()?.id(), "VmRSS:")
     }
 
     /// CPU time the node process has used (user + system), from /proc (None when it is not
@@ -731,7 +727,21 @@ pub struct Mount {
     child: Option<Child>,
 }
 
+/// A memory figure of process `pid` from /proc/PID/status (`field` is e.g. "VmRSS:", "VmHWM:"),
+/// in bytes; None when the process or the field is not there.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 impl Mount {
+    /// Peak resident memory of the mount process so far (VmHWM), None once it exited.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        proc_status_bytes(self.child.as_ref()?.id(), "VmHWM:")
+    }
+
     pub fn start(cluster: &Cluster, volume: &str, size: &str, mountpoint: &Path) -> Result<Mount> {
         Mount::start_with(cluster, volume, size, mountpoint, &[])
     }

@@ -122,10 +122,10 @@ fn killed_node_catches_up_through_gossip_alone() -> anyhow::Result<()> {
         repairing.as_secs_f64(),
         brought as f64 / (1 << 20) as f64 / repairing.as_secs_f64().max(0.001)
     );
-    // The writer keeps each PG's last durable records for a segment that has not acknowledged
-    // them and sends them itself when the node answers again: the rest comes from peers.
-    let from_writer_max =
-        targets.len() as u64 * RETAINED_DURABLE_RECORDS_MAX as u64 * PAGE_SIZE as u64;
+    // The writer keeps the volume's last durable records (RETAINED_DURABLE_RECORDS_MAX across
+    // its PGs) for a segment that has not acknowledged them and sends them itself when the node
+    // answers again: the rest comes from peers.
+    let from_writer_max = RETAINED_DURABLE_RECORDS_MAX as u64 * PAGE_SIZE as u64;
     assert!(
         brought + from_writer_max >= missed,
         "peers brought {} bytes of records and {} of pages, but {missed} were written while the \
