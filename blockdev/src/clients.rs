@@ -92,6 +92,47 @@ where
     F: Fn(NodeClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
 {
+    ask_until(clients, addrs, timeout, usize::MAX, call).await
+}
+
+/// How long [`ask_quorum`] waits for the other answers once it has its quorum: as long again as
+/// the quorum took, at least this.
+pub const STRAGGLER_GRACE_MIN: Duration = Duration::from_millis(5);
+
+/// [`ask_all`] that does not wait for a slow node once `needed` nodes answered with success:
+/// it waits for the others only as long again as those took (at least
+/// [`STRAGGLER_GRACE_MIN`]), then returns without them (their calls are dropped), as if they
+/// had not answered. For quorum protocols, whose decisions hold with any quorum of answers: a
+/// node frozen or cut off silently then costs a round a few milliseconds, not a timeout (a PG
+/// allocated while one was took 4 s).
+pub async fn ask_quorum<T, F, Fut>(
+    clients: &Arc<Clients>,
+    addrs: &[String],
+    timeout: Duration,
+    needed: usize,
+    call: F,
+) -> Vec<Answer<T>>
+where
+    T: Send + 'static,
+    F: Fn(NodeClient) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+{
+    ask_until(clients, addrs, timeout, needed, call).await
+}
+
+async fn ask_until<T, F, Fut>(
+    clients: &Arc<Clients>,
+    addrs: &[String],
+    timeout: Duration,
+    needed: usize,
+    call: F,
+) -> Vec<Answer<T>>
+where
+    T: Send + 'static,
+    F: Fn(NodeClient) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
+{
+    let started = tokio::time::Instant::now();
     let mut tasks = JoinSet::new();
     for (index, addr) in addrs.iter().enumerate() {
         let request = clients.get(addr).map(&call);
@@ -117,10 +158,23 @@ where
             }
         });
     }
-    let mut answers = Vec::with_capacity(addrs.len());
-    while let Some(joined) = tasks.join_next().await {
+    let mut answers: Vec<Answer<T>> = Vec::with_capacity(addrs.len());
+    let mut until: Option<tokio::time::Instant> = None;
+    loop {
+        let joined = match until {
+            None => tasks.join_next().await,
+            Some(until) => match tokio::time::timeout_at(until, tasks.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => break, // the stragglers' calls are dropped with `tasks`
+            },
+        };
+        let Some(joined) = joined else { break };
         if let Ok(answer) = joined {
             answers.push(answer);
+        }
+        if until.is_none() && answers.iter().filter(|a| a.result.is_ok()).count() >= needed {
+            let took = started.elapsed();
+            until = Some(started + took + took.max(STRAGGLER_GRACE_MIN));
         }
     }
     answers

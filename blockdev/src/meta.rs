@@ -21,7 +21,7 @@ use sixfold_proto::placement;
 use sixfold_proto::wire::{GetVolumeMetaRequest, PgPlacement, PutVolumeMetaRequest, VolumeMeta};
 use sixfold_proto::{COPIES, PG_BYTES, READ_QUORUM, VOLUME_BYTES_MAX, WRITE_QUORUM};
 
-use crate::clients::{ask_all, Answer, Clients};
+use crate::clients::{ask_all, ask_quorum, Answer, Clients};
 use crate::error::VolumeError;
 
 const META_TIMEOUT: Duration = Duration::from_secs(5);
@@ -211,12 +211,18 @@ async fn put(
     meta: &VolumeMeta,
 ) -> Result<Result<(), Shortfall>, VolumeError> {
     let placed = meta_nodes(cluster, &meta.name)?;
-    let answers = ask_all(clients, &placed, META_TIMEOUT, |mut client| {
-        let request = PutVolumeMetaRequest {
-            meta: Some(meta.clone()),
-        };
-        async move { client.put_volume_meta(request).await }
-    })
+    let answers = ask_quorum(
+        clients,
+        &placed,
+        META_TIMEOUT,
+        WRITE_QUORUM,
+        |mut client| {
+            let request = PutVolumeMetaRequest {
+                meta: Some(meta.clone()),
+            };
+            async move { client.put_volume_meta(request).await }
+        },
+    )
     .await;
     let mut shortfall = Shortfall {
         placed: placed.len(),

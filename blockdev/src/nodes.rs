@@ -23,7 +23,7 @@ use sixfold_proto::wire::{GetNodeListRequest, NodeStatusRequest, PutNodeListRequ
 use sixfold_proto::NodeId;
 use thiserror::Error;
 
-use crate::clients::{ask_all, Answer, Clients};
+use crate::clients::{ask_all, ask_quorum, Answer, Clients};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rounds of asking newly learned addresses before a read gives up looking further.
@@ -98,9 +98,16 @@ async fn read_with(
             break;
         }
         asked.extend(to_ask.iter().cloned());
-        let answers = ask_all(clients, &to_ask, CALL_TIMEOUT, |mut client| async move {
-            client.get_node_list(GetNodeListRequest {}).await
-        })
+        // A majority of those asked answering is what the list needs (it is written at a
+        // majority of its voters); a silent node then costs no timeout.
+        let majority = to_ask.len() / 2 + 1;
+        let answers = ask_quorum(
+            clients,
+            &to_ask,
+            CALL_TIMEOUT,
+            majority,
+            |mut client| async move { client.get_node_list(GetNodeListRequest {}).await },
+        )
         .await;
         for Answer { addr, result, .. } in answers {
             match result.map_err(|e| e.to_string()).and_then(|response| {

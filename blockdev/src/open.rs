@@ -63,13 +63,14 @@ use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::{
     OpenSegmentRequest, SegmentRef, SegmentStateRequest, Truncation, VolumeMeta,
 };
-use sixfold_proto::{Epoch, Lsn, NodeId, PgId, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId, READ_QUORUM, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
 
-use crate::clients::{ask_all, Answer, Clients};
+use crate::clients::{ask_quorum, Answer, Clients};
 use crate::error::VolumeError;
 use crate::recovery::{OpenDecision, PgRecovery, RecoveryError, Refused, SealAnswer, SealDecision};
+use crate::refusal::Refusal;
 
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long recovery waits for the kept chain to reach a write quorum, and how often it looks.
@@ -157,11 +158,13 @@ pub struct RecoveredPg {
 }
 
 /// Asks `nodes` (of `pg_nodes`) one request each, and hands each answer (or failure) to
-/// `on_answer` with the node it came from.
+/// `on_answer` with the node it came from. Once `needed` answered with success the others get
+/// a short grace ([`ask_quorum`]); one that did not answer by then counts as failed.
 async fn ask_nodes<T, F, Fut>(
     clients: &Arc<Clients>,
     pg_nodes: &PgNodes,
     nodes: &[NodeId],
+    needed: usize,
     call: F,
     mut on_answer: impl FnMut(NodeId, Result<T, Refused>),
 ) where
@@ -173,17 +176,23 @@ async fn ask_nodes<T, F, Fut>(
         .iter()
         .map(|n| pg_nodes.addrs.get(n).cloned().unwrap_or_default())
         .collect();
+    let mut unanswered = vec![true; nodes.len()];
     for Answer {
         index,
         addr,
         result,
         refusal,
-    } in ask_all(clients, &addrs, RECOVERY_TIMEOUT, call).await
+    } in ask_quorum(clients, &addrs, RECOVERY_TIMEOUT, needed, call).await
     {
+        unanswered[index] = false;
         on_answer(
             nodes[index],
             result.map_err(|error| Refused::new(refusal, format!("{addr}: {error}"))),
         );
+    }
+    for (index, _) in unanswered.iter().enumerate().filter(|(_, u)| **u) {
+        let error = format!("{}: no answer while the others answered", addrs[index]);
+        on_answer(nodes[index], Err(Refused::new(Refusal::Other, error)));
     }
 }
 
@@ -242,6 +251,11 @@ pub async fn recover_pg(
         membership: wire_membership.clone(),
     };
     let mut recovery = PgRecovery::new(epoch, membership.clone(), read_only);
+    // Each round waits for a quorum of answers and then only briefly for the rest: a node that
+    // is slow or silent counts as not answering, as a down one does (recovery is built to hold
+    // with any quorum; a segment that missed the round learns its truncations with the next
+    // append).
+    let needed = if read_only { READ_QUORUM } else { WRITE_QUORUM };
     // Seal (a reader only asks), and ask again answers that missed a truncation.
     let mut ask: Vec<NodeId> = membership.nodes();
     let kept = loop {
@@ -251,6 +265,7 @@ pub async fn recover_pg(
             clients,
             &nodes,
             &ask,
+            needed,
             |mut client| {
                 let request = state_request(seal_epoch, learn.clone());
                 async move { client.segment_state(request).await }
@@ -296,6 +311,7 @@ pub async fn recover_pg(
         clients,
         &nodes,
         &all,
+        needed,
         |mut client| {
             let request = OpenSegmentRequest {
                 segment: Some(segment.clone()),
@@ -345,6 +361,7 @@ pub async fn recover_pg(
             clients,
             &nodes,
             &all,
+            needed,
             |mut client| {
                 let request = state_request(0, Vec::new());
                 async move { client.segment_state(request).await }
