@@ -1,5 +1,6 @@
 //! gRPC clients of the storage nodes: one lazily connected channel per node address, and
-//! [`ask_all`], the one way the writer asks several nodes at once (metadata, recovery, status).
+//! [`ask_all`] and [`ask_quorum`], the ways the writer asks several nodes at once (metadata,
+//! recovery, status).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -92,24 +93,25 @@ where
     F: Fn(NodeClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
 {
-    ask_until(clients, addrs, timeout, usize::MAX, call).await
+    ask_until(clients, addrs, timeout, |_: &[bool]| false, call).await
 }
 
 /// How long [`ask_quorum`] waits for the other answers once it has its quorum: as long again as
 /// the quorum took, at least this.
 pub const STRAGGLER_GRACE_MIN: Duration = Duration::from_millis(5);
 
-/// [`ask_all`] that does not wait for a slow node once `needed` nodes answered with success:
-/// it waits for the others only as long again as those took (at least
-/// [`STRAGGLER_GRACE_MIN`]), then returns without them (their calls are dropped), as if they
-/// had not answered. For quorum protocols, whose decisions hold with any quorum of answers: a
-/// node frozen or cut off silently then costs a round a few milliseconds, not a timeout (a PG
-/// allocated while one was took 4 s).
+/// [`ask_all`] that does not wait for a slow node once the successful answers are `enough`
+/// (given, per address of `addrs`, whether it answered with success): it waits for the others
+/// only as long again as those took (at least [`STRAGGLER_GRACE_MIN`]), then returns without
+/// them (their calls are dropped). The answers then omit some addresses: callers count those as
+/// not answering, as a down node. For quorum protocols, whose decisions hold with any quorum of
+/// answers: a node frozen or cut off silently then costs a round a few milliseconds, not a
+/// timeout (a PG allocated while one was took 4 s).
 pub async fn ask_quorum<T, F, Fut>(
     clients: &Arc<Clients>,
     addrs: &[String],
     timeout: Duration,
-    needed: usize,
+    enough: impl Fn(&[bool]) -> bool,
     call: F,
 ) -> Vec<Answer<T>>
 where
@@ -117,14 +119,19 @@ where
     F: Fn(NodeClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
 {
-    ask_until(clients, addrs, timeout, needed, call).await
+    ask_until(clients, addrs, timeout, enough, call).await
+}
+
+/// `enough` for [`ask_quorum`]: at least `needed` successful answers.
+pub fn at_least(needed: usize) -> impl Fn(&[bool]) -> bool {
+    move |ok: &[bool]| ok.iter().filter(|ok| **ok).count() >= needed
 }
 
 async fn ask_until<T, F, Fut>(
     clients: &Arc<Clients>,
     addrs: &[String],
     timeout: Duration,
-    needed: usize,
+    enough: impl Fn(&[bool]) -> bool,
     call: F,
 ) -> Vec<Answer<T>>
 where
@@ -159,6 +166,7 @@ where
         });
     }
     let mut answers: Vec<Answer<T>> = Vec::with_capacity(addrs.len());
+    let mut succeeded = vec![false; addrs.len()];
     let mut until: Option<tokio::time::Instant> = None;
     loop {
         let joined = match until {
@@ -170,9 +178,14 @@ where
         };
         let Some(joined) = joined else { break };
         if let Ok(answer) = joined {
+            if answer.result.is_ok() {
+                if let Some(ok) = succeeded.get_mut(answer.index) {
+                    *ok = true;
+                }
+            }
             answers.push(answer);
         }
-        if until.is_none() && answers.iter().filter(|a| a.result.is_ok()).count() >= needed {
+        if until.is_none() && enough(&succeeded) {
             let took = started.elapsed();
             until = Some(started + took + took.max(STRAGGLER_GRACE_MIN));
         }

@@ -13,16 +13,19 @@
 //! [`HEDGE_MIN`]..[`HEDGE_MAX`]. Only answered reads are samples, so a stalled node does not
 //! teach the volume to wait for it. Before the first sample the delay is [`HEDGE_INITIAL`].
 //!
-//! A node whose attempt was overtaken by a hedge, or failed, is asked last for [`SLOW_PENALTY`]:
-//! reads route around it at once instead of paying the hedge delay on every read.
+//! A node whose attempt was overtaken (a node asked after it answered first) or failed is asked
+//! last for [`SLOW_PENALTY`]: reads route around it at once instead of paying the hedge delay on
+//! every read.
 //!
 //! Pure: no clock inside (callers pass durations and instants), no I/O.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Never hedge sooner: below this a second request mostly doubles the load for nothing.
-pub const HEDGE_MIN: Duration = Duration::from_millis(1);
+/// Never hedge sooner: below this a second request mostly doubles the load for nothing, and a
+/// healthy node's scheduling hiccup (common with more processes than cores) would get it asked
+/// last for a while.
+pub const HEDGE_MIN: Duration = Duration::from_millis(2);
 /// Never wait longer than this before asking a second segment.
 pub const HEDGE_MAX: Duration = Duration::from_millis(100);
 /// The delay before the volume has timed any read.

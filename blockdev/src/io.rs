@@ -442,13 +442,7 @@ impl Volume {
                     continue;
                 };
                 if !outstanding.is_empty() {
-                    // The hedge fired: those still outstanding are slow.
-                    debug!(volume = %shared.volume, %page, node = %addr, slow = ?asked, "hedged read");
-                    let now = Instant::now();
-                    let mut state = shared.lock();
-                    for slow in &asked {
-                        state.read_routing.mark_slow(slow, now);
-                    }
+                    debug!(volume = %shared.volume, %page, node = %addr, outstanding = ?asked, "hedged read");
                 }
                 let client = shared.clients.get(&addr);
                 let request = request.clone();
@@ -475,17 +469,26 @@ impl Volume {
                     let (addr, started, result) = match joined {
                         Ok(answer) => answer,
                         Err(error) => {
-                            attempts.push(format!("read task failed: {error}"));
+                            if attempts.len() < 12 {
+                                attempts.push(format!("read task failed: {error}"));
+                            }
                             continue;
                         }
                     };
-                    asked.retain(|a| *a != addr);
+                    let position = asked.iter().position(|a| *a == addr).unwrap_or(0);
                     match result {
                         Ok(data) => {
-                            shared.lock().read_routing.observe(started.elapsed());
+                            // Those asked before this one and still outstanding were overtaken.
+                            let now = Instant::now();
+                            let mut state = shared.lock();
+                            state.read_routing.observe(started.elapsed());
+                            for slow in &asked[..position] {
+                                state.read_routing.mark_slow(slow, now);
+                            }
                             return Some(data);
                         }
                         Err(error) => {
+                            asked.remove(position);
                             debug!(volume = %shared.volume, %page, node = %addr, "read failed: {error}");
                             shared.lock().read_routing.mark_slow(&addr, Instant::now());
                             if attempts.len() < 12 {

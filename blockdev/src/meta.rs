@@ -21,7 +21,7 @@ use sixfold_proto::placement;
 use sixfold_proto::wire::{GetVolumeMetaRequest, PgPlacement, PutVolumeMetaRequest, VolumeMeta};
 use sixfold_proto::{COPIES, PG_BYTES, READ_QUORUM, VOLUME_BYTES_MAX, WRITE_QUORUM};
 
-use crate::clients::{ask_all, ask_quorum, Answer, Clients};
+use crate::clients::{ask_all, ask_quorum, at_least, Answer, Clients};
 use crate::error::VolumeError;
 
 const META_TIMEOUT: Duration = Duration::from_secs(5);
@@ -215,7 +215,7 @@ async fn put(
         clients,
         &placed,
         META_TIMEOUT,
-        WRITE_QUORUM,
+        at_least(WRITE_QUORUM),
         |mut client| {
             let request = PutVolumeMetaRequest {
                 meta: Some(meta.clone()),

@@ -23,7 +23,7 @@ use sixfold_proto::wire::{GetNodeListRequest, NodeStatusRequest, PutNodeListRequ
 use sixfold_proto::NodeId;
 use thiserror::Error;
 
-use crate::clients::{ask_all, ask_quorum, Answer, Clients};
+use crate::clients::{ask_all, ask_quorum, at_least, Answer, Clients};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rounds of asking newly learned addresses before a read gives up looking further.
@@ -61,9 +61,24 @@ pub struct ListRead {
     pub failed: BTreeMap<String, String>,
 }
 
-/// Reads the node list from `seed`'s addresses and every node it learns of.
+/// Reads the node list from `seed`'s addresses and every node it learns of, waiting for every
+/// node's answer (or timeout): what `sixfold cluster nodes` shows.
 pub async fn read(clients: &Arc<Clients>, seed: &ClusterConfig) -> Result<ListRead, ClusterError> {
-    read_with(clients, seed, true).await
+    read_with(clients, seed, true, false).await
+}
+
+/// [`read`] that waits for a majority of those asked in each round and then only briefly for
+/// the rest (see [`ask_quorum`]): a silent node costs no timeout. The majority of the newest
+/// list's voters is still required; a quick read that misses it (stragglers dropped that the
+/// count needed) is done again in full.
+async fn read_quick(
+    clients: &Arc<Clients>,
+    seed: &ClusterConfig,
+) -> Result<ListRead, ClusterError> {
+    match read_with(clients, seed, true, true).await {
+        Err(ClusterError::Unreachable { .. }) => read(clients, seed).await,
+        other => other,
+    }
 }
 
 /// The node list for finding a PG's nodes: the newest version any node answered with, even
@@ -74,7 +89,7 @@ pub async fn for_lookup(
     clients: &Arc<Clients>,
     seed: &ClusterConfig,
 ) -> Result<NodeList, ClusterError> {
-    match read_with(clients, seed, false).await?.list {
+    match read_with(clients, seed, false, false).await?.list {
         Some(list) => Ok(list),
         None => current(clients, seed).await,
     }
@@ -84,6 +99,7 @@ async fn read_with(
     clients: &Arc<Clients>,
     seed: &ClusterConfig,
     need_majority: bool,
+    quick: bool,
 ) -> Result<ListRead, ClusterError> {
     let mut asked: BTreeSet<String> = BTreeSet::new();
     let mut to_ask: Vec<String> = seed.nodes.iter().map(|n| n.addr.clone()).collect();
@@ -98,17 +114,26 @@ async fn read_with(
             break;
         }
         asked.extend(to_ask.iter().cloned());
-        // A majority of those asked answering is what the list needs (it is written at a
-        // majority of its voters); a silent node then costs no timeout.
-        let majority = to_ask.len() / 2 + 1;
+        // Quick: a majority of those asked is what the list needs (it is written at a majority
+        // of its voters); a silent node then costs no timeout.
+        let enough = at_least(if quick {
+            to_ask.len() / 2 + 1
+        } else {
+            usize::MAX
+        });
         let answers = ask_quorum(
             clients,
             &to_ask,
             CALL_TIMEOUT,
-            majority,
+            enough,
             |mut client| async move { client.get_node_list(GetNodeListRequest {}).await },
         )
         .await;
+        for addr in &to_ask {
+            if !answers.iter().any(|a| a.addr == *addr) {
+                failed.insert(addr.clone(), "no answer while a majority answered".into());
+            }
+        }
         for Answer { addr, result, .. } in answers {
             match result.map_err(|e| e.to_string()).and_then(|response| {
                 response
@@ -184,7 +209,7 @@ pub async fn current(
     clients: &Arc<Clients>,
     seed: &ClusterConfig,
 ) -> Result<NodeList, ClusterError> {
-    if let Some(list) = read(clients, seed).await?.list {
+    if let Some(list) = read_quick(clients, seed).await?.list {
         return Ok(list);
     }
     let first = from_seed(clients, seed).await?;

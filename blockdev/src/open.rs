@@ -63,7 +63,7 @@ use sixfold_proto::nodes::NodeList;
 use sixfold_proto::wire::{
     OpenSegmentRequest, SegmentRef, SegmentStateRequest, Truncation, VolumeMeta,
 };
-use sixfold_proto::{Epoch, Lsn, NodeId, PgId, READ_QUORUM, WRITE_QUORUM};
+use sixfold_proto::{Epoch, Lsn, NodeId, PgId, WRITE_QUORUM};
 use tokio::task::JoinSet;
 use tracing::info;
 
@@ -158,13 +158,13 @@ pub struct RecoveredPg {
 }
 
 /// Asks `nodes` (of `pg_nodes`) one request each, and hands each answer (or failure) to
-/// `on_answer` with the node it came from. Once `needed` answered with success the others get
-/// a short grace ([`ask_quorum`]); one that did not answer by then counts as failed.
+/// `on_answer` with the node it came from. Once those that answered with success form a write
+/// quorum of the membership (of each of its configurations, during a change) the others get a
+/// short grace ([`ask_quorum`]); one that did not answer by then counts as failed.
 async fn ask_nodes<T, F, Fut>(
     clients: &Arc<Clients>,
     pg_nodes: &PgNodes,
     nodes: &[NodeId],
-    needed: usize,
     call: F,
     mut on_answer: impl FnMut(NodeId, Result<T, Refused>),
 ) where
@@ -176,13 +176,22 @@ async fn ask_nodes<T, F, Fut>(
         .iter()
         .map(|n| pg_nodes.addrs.get(n).cloned().unwrap_or_default())
         .collect();
+    let membership = &pg_nodes.membership;
+    let enough = |ok: &[bool]| {
+        membership.is_write_quorum(|node| {
+            nodes
+                .iter()
+                .position(|n| *n == node)
+                .is_some_and(|i| ok.get(i).copied().unwrap_or(false))
+        })
+    };
     let mut unanswered = vec![true; nodes.len()];
     for Answer {
         index,
         addr,
         result,
         refusal,
-    } in ask_quorum(clients, &addrs, RECOVERY_TIMEOUT, needed, call).await
+    } in ask_quorum(clients, &addrs, RECOVERY_TIMEOUT, enough, call).await
     {
         unanswered[index] = false;
         on_answer(
@@ -197,7 +206,8 @@ async fn ask_nodes<T, F, Fut>(
 }
 
 /// Recovers one PG (step 3 of the module docs), driving [`PgRecovery`] over the network: one
-/// round of requests at a time, a timeout counting as a failed answer.
+/// round of requests at a time, a timeout (or no answer within the grace after a quorum
+/// answered, see [`ask_nodes`]) counting as a failed answer.
 pub async fn recover_pg(
     clients: &Arc<Clients>,
     volume: &str,
@@ -251,11 +261,11 @@ pub async fn recover_pg(
         membership: wire_membership.clone(),
     };
     let mut recovery = PgRecovery::new(epoch, membership.clone(), read_only);
-    // Each round waits for a quorum of answers and then only briefly for the rest: a node that
-    // is slow or silent counts as not answering, as a down one does (recovery is built to hold
-    // with any quorum; a segment that missed the round learns its truncations with the next
-    // append).
-    let needed = if read_only { READ_QUORUM } else { WRITE_QUORUM };
+    // Each round waits for a write quorum of answers and then only briefly for the rest: a node
+    // that is slow or silent counts as not answering, as a down one does (recovery is built to
+    // hold with any quorum; a segment that missed the round learns its truncations with the
+    // next append). A read-only open with only a read quorum reachable waits for the timeout.
+
     // Seal (a reader only asks), and ask again answers that missed a truncation.
     let mut ask: Vec<NodeId> = membership.nodes();
     let kept = loop {
@@ -265,7 +275,6 @@ pub async fn recover_pg(
             clients,
             &nodes,
             &ask,
-            needed,
             |mut client| {
                 let request = state_request(seal_epoch, learn.clone());
                 async move { client.segment_state(request).await }
@@ -311,7 +320,6 @@ pub async fn recover_pg(
         clients,
         &nodes,
         &all,
-        needed,
         |mut client| {
             let request = OpenSegmentRequest {
                 segment: Some(segment.clone()),
@@ -361,7 +369,6 @@ pub async fn recover_pg(
             clients,
             &nodes,
             &all,
-            needed,
             |mut client| {
                 let request = state_request(0, Vec::new());
                 async move { client.segment_state(request).await }

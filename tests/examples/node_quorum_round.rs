@@ -6,9 +6,14 @@
 //! (gRPC, request checks, the appender hand-off, the hot log) adds to a round.
 //!
 //! Usage: `node_quorum_round [ROUNDS]` (default 2000; run as root after scripts/setup.sh;
-//! `SIXFOLD_BIN` names the binary, else target/release/sixfold). Prints the mean and median
-//! round in microseconds.
+//! `SIXFOLD_BIN` names the binary, else target/release/sixfold; `SIXFOLD_TEST_RUNS` puts the
+//! nodes' data elsewhere, e.g. on tmpfs to take the disk out). Prints the mean and median round
+//! in microseconds on its first line, then the CPU each round cost, per thread kind of a node
+//! (from /proc: the node's async runtime, its appender, its folder, the rest) and for this
+//! process (the writer's side), against what the machine's cores could give in a round: on a
+//! machine with fewer cores than processes, CPU per round is what bounds the round.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +21,7 @@ use sixfold_proto::record::seal;
 use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{AppendRequest, ByteRange, SegmentRef};
 use sixfold_proto::{Epoch, Lsn, PageId, PgId, PAGE_SIZE};
-use sixfold_tests::{pattern, test_dir, Cluster};
+use sixfold_tests::{pattern, test_dir, thread_cpu_seconds, Cluster};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -42,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let page = Bytes::from(pattern(7, PAGE_SIZE));
-    let mut times = runtime.block_on(async {
+    let (mut times, cpu_before) = runtime.block_on(async {
         // Every node's acknowledgements, as (node, LSN acknowledged), into one channel.
         let (acks_tx, mut acks) = mpsc::unbounded_channel::<(usize, u64)>();
         let mut requests = Vec::new();
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         // Only the readers hold senders now: once every stream ended, `recv` answers None.
         drop(acks_tx);
         let mut times = Vec::with_capacity(rounds as usize);
+        let mut cpu_before = None;
         // The first round (LSN 1) opens the segments and is not timed.
         for lsn in 1..=rounds + 1 {
             let started = Instant::now();
@@ -118,10 +124,13 @@ fn main() -> anyhow::Result<()> {
             }
             if lsn > 1 {
                 times.push(started.elapsed().as_micros() as u64);
+            } else {
+                cpu_before = Some((cpu_now(&cluster), Instant::now()));
             }
         }
-        anyhow::Ok(times)
+        anyhow::Ok((times, cpu_before))
     })?;
+    let cpu_after = cpu_now(&cluster);
     times.sort_unstable();
     let mean = times.iter().sum::<u64>() as f64 / times.len().max(1) as f64;
     let median = times.get(times.len() / 2).copied().unwrap_or(0);
@@ -129,6 +138,67 @@ fn main() -> anyhow::Result<()> {
         "{mean:.0} us per round (mean; median {median} us): {QUORUM} of {NODES} sixfold nodes \
          acknowledged one 4 KiB record over AppendStream"
     );
+    if let Some((before, since)) = cpu_before {
+        print_cpu_per_round(&before, &cpu_after, times.len(), since.elapsed());
+    }
     drop(cluster);
     Ok(())
+}
+
+/// CPU seconds so far: per node, by thread name; and this process's, by thread name.
+type CpuNow = (Vec<BTreeMap<String, f64>>, BTreeMap<String, f64>);
+
+fn cpu_now(cluster: &Cluster) -> CpuNow {
+    let nodes = cluster
+        .nodes
+        .iter()
+        .map(|n| n.pid().map(thread_cpu_seconds).unwrap_or_default())
+        .collect();
+    (nodes, thread_cpu_seconds(std::process::id()))
+}
+
+/// The kind of a node thread, from its name.
+fn kind(thread: &str) -> &'static str {
+    if thread.starts_with("sixfold-appende") {
+        "appender"
+    } else if thread.starts_with("sixfold-folder") {
+        "folder"
+    } else if thread == "sixfold" {
+        "runtime"
+    } else {
+        "other"
+    }
+}
+
+fn print_cpu_per_round(before: &CpuNow, after: &CpuNow, rounds: usize, wall: Duration) {
+    let us_per_round = |seconds: f64| seconds * 1e6 / rounds.max(1) as f64;
+    let mut per_kind: BTreeMap<&str, f64> = BTreeMap::new();
+    for (b, a) in before.0.iter().zip(&after.0) {
+        for (thread, seconds) in a {
+            *per_kind.entry(kind(thread)).or_default() +=
+                seconds - b.get(thread).copied().unwrap_or(0.0);
+        }
+    }
+    let nodes_total: f64 = per_kind.values().sum();
+    let writer: f64 = after.1.values().sum::<f64>() - before.1.values().sum::<f64>();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let capacity = cores as f64 * wall.as_secs_f64();
+    let count = before.0.len().max(1) as f64;
+    let kinds: Vec<String> = ["runtime", "appender", "folder", "other"]
+        .iter()
+        .map(|k| {
+            let seconds = per_kind.get(k).copied().unwrap_or(0.0);
+            format!("{k} {:.0}", us_per_round(seconds) / count)
+        })
+        .collect();
+    println!(
+        "  CPU per round, us: each node {:.0} ({}); the writer side {:.0}; all {:.0}, of {:.0} \
+         that {cores} cores give in a round ({:.0}% busy)",
+        us_per_round(nodes_total) / count,
+        kinds.join(", "),
+        us_per_round(writer),
+        us_per_round(nodes_total + writer),
+        us_per_round(capacity),
+        (nodes_total + writer) / capacity.max(1e-9) * 100.0
+    );
 }

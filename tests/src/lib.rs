@@ -59,7 +59,11 @@ pub fn test_dir(name: &str) -> PathBuf {
         .find(|p| p.file_name().is_some_and(|n| n == "target"))
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
-    let runs = target.join("test-runs");
+    // SIXFOLD_TEST_RUNS puts the runs elsewhere (a benchmark puts node data on tmpfs to see
+    // the nodes' cost without the disk's).
+    let runs = std::env::var_os("SIXFOLD_TEST_RUNS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("test-runs"));
     let dir = runs.join(name);
     let mut created_here = CREATED_HERE.lock().unwrap_or_else(|e| e.into_inner());
     if std::env::var_os("SIXFOLD_TEST_PRUNE").is_some() {
@@ -204,6 +208,11 @@ pub struct Node {
 impl Node {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The node's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// How long the node's last start took to rebuild its state from disk (`recovery_ms` of its
@@ -725,6 +734,39 @@ pub struct Mount {
     pub mountpoint: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
+}
+
+/// CPU time (user + system, seconds) each thread of process `pid` has used, summed by thread
+/// name (tokio names its workers after the runtime; the node's appender thread is
+/// `sixfold-appender`, shown truncated to 15 bytes by the kernel). Empty once it exited.
+pub fn thread_cpu_seconds(pid: u32) -> BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "TID (NAME) STATE ...": the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = fields
+            .get(11)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        *by_name.entry(name).or_insert(0.0) += ticks as f64 / per_second;
+    }
+    by_name
 }
 
 /// A memory figure of process `pid` from /proc/PID/status (`field` is e.g. "VmRSS:", "VmHWM:"),

@@ -1,6 +1,6 @@
 //! A PG's recovery as a plain state machine: answers in, decisions out, no I/O and no clock.
-//! `open.rs` drives it over gRPC (one round of requests at a time, a timeout counting as a
-//! failed answer); the simulation (`sim/src/writer.rs`) drives the same code with messages that
+//! `open.rs` drives it over gRPC (one round of requests at a time, a timeout, or no answer
+//! within a short grace once a write quorum answered, counting as a failed answer); the simulation (`sim/src/writer.rs`) drives the same code with messages that
 //! are lost, late, duplicated or never answered.
 //!
 //! The sequence (the module docs of `open.rs` say why each step is needed):
