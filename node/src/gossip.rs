@@ -6,7 +6,10 @@
 //! sends them with each Append), the task asks peers for `FetchRecords(after_lsn = SCL)`, verifies
 //! every record (`record::validate` for the segment's PG) and appends them through the store like
 //! any batch: dedup, hot log, fsync, index. It keeps fetching from a peer while that raises the
-//! SCL and the segment is still behind, then moves on. A round that spent its whole budget is
+//! SCL and the segment is still behind, then moves on. The first fetch from each peer is hedged:
+//! a peer that has not answered within [`FIRST_FETCH_HEDGE`] (cut off or frozen since it last
+//! answered) has the next peer asked too, and the first to answer serves, so a silent peer costs
+//! the catch-up 300 ms, not a request timeout. A round that spent its whole budget is
 //! followed at once by the next (a node back from a long absence catches up at disk speed).
 //!
 //! Each round also repairs damage found since the last: a page-store slot that failed its
@@ -23,7 +26,7 @@
 //! Crash consistency: nothing of its own; fetched records are hardened like any Append, and a
 //! crash mid-round only loses work the next round redoes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,9 +324,52 @@ async fn fill(
         // A peer that answered that the records are folded into its pages: hydrate from it if
         // no peer's log has them.
         let mut folded_at: Option<(String, StorageNodeClient<Channel>)> = None;
-        for (peer, client) in peers {
+        let mut peers: VecDeque<(String, StorageNodeClient<Channel>)> = peers.into();
+        while let Some((mut peer, mut client)) = peers.pop_front() {
+            if budget.exhausted() {
+                return true;
+            }
+            // The first fetch from this peer is hedged: a peer that does not answer within
+            // FIRST_FETCH_HEDGE (cut off, frozen) has the next one asked too, and the first to
+            // answer serves this pass; the slower goes to the back.
+            let mut fetched: Option<Fetched>;
+            let next = peers.front().cloned();
+            let (hedge, first) = first_fetch(
+                (&peer, &client),
+                next.as_ref().map(|(p, c)| (p.as_str(), c)),
+                &key,
+                membership.clone(),
+                scl,
+            )
+            .await;
+            budget.fetches =
+                budget
+                    .fetches
+                    .saturating_sub(if hedge == Hedge::NotSent { 1 } else { 2 });
+            match (hedge, peers.pop_front()) {
+                (Hedge::NotSent, Some(next)) => peers.push_front(next),
+                (Hedge::FirstWon, Some(slower)) => peers.push_back(slower),
+                (Hedge::SecondWon, Some(faster)) => {
+                    health.note(&peer, false);
+                    peers.push_back((peer, client));
+                    (peer, client) = faster;
+                }
+                (Hedge::BothFailed, Some((failed, _))) => health.note(&failed, false),
+                (_, None) => {}
+            }
+            match first {
+                Ok(first) => fetched = Some(first),
+                Err(reason) => {
+                    debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
+                    let folded = reason.contains("folded into pages");
+                    health.note(&peer, folded);
+                    if folded && folded_at.is_none() {
+                        folded_at = Some((peer.clone(), client.clone()));
+                    }
+                    continue;
+                }
+            }
             // The next batch is fetched while this one is hardened (pipelined).
-            let mut fetched: Option<Fetched> = None;
             loop {
                 if budget.exhausted() {
                     return true;
@@ -480,6 +526,61 @@ impl PeerHealth {
 struct Fetched {
     records: Vec<Record>,
     truncations: Vec<Truncation>,
+}
+
+/// How long the first fetch from a peer may go unanswered before the next peer is asked too.
+pub const FIRST_FETCH_HEDGE: Duration = Duration::from_millis(300);
+
+/// What became of a hedged first fetch ([`first_fetch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hedge {
+    /// The first peer answered (or failed) in time, or there was no second to ask.
+    NotSent,
+    /// Both were asked; the first peer's answer serves.
+    FirstWon,
+    /// Both were asked; the second peer answered first and serves.
+    SecondWon,
+    /// Both were asked and both failed (the first one's failure is returned).
+    BothFailed,
+}
+
+/// The first fetch of a pass from `first`, hedged with `second`: if `first` has not answered
+/// within [`FIRST_FETCH_HEDGE`], `second` is asked too and the first success wins (the other
+/// call is dropped). Returns what happened and the result that serves.
+async fn first_fetch(
+    first: (&str, &StorageNodeClient<Channel>),
+    second: Option<(&str, &StorageNodeClient<Channel>)>,
+    key: &SegmentKey,
+    membership: Option<wire::Membership>,
+    after_lsn: Lsn,
+) -> (Hedge, Result<Fetched, String>) {
+    let from_first = fetch(first.1.clone(), key, membership.clone(), after_lsn);
+    tokio::pin!(from_first);
+    let Some((second_peer, second_client)) = second else {
+        return (Hedge::NotSent, from_first.await);
+    };
+    if let Ok(answer) = tokio::time::timeout(FIRST_FETCH_HEDGE, &mut from_first).await {
+        return (Hedge::NotSent, answer);
+    }
+    debug!(segment = %key, peer = first.0, hedge = second_peer, "gap-fill fetch slow; asking the next peer too");
+    let from_second = fetch(second_client.clone(), key, membership, after_lsn);
+    tokio::pin!(from_second);
+    tokio::select! {
+        answer = &mut from_first => match answer {
+            Ok(fetched) => (Hedge::FirstWon, Ok(fetched)),
+            Err(first_error) => match from_second.await {
+                Ok(fetched) => (Hedge::SecondWon, Ok(fetched)),
+                Err(_) => (Hedge::BothFailed, Err(first_error)),
+            },
+        },
+        answer = &mut from_second => match answer {
+            Ok(fetched) => (Hedge::SecondWon, Ok(fetched)),
+            Err(_) => match from_first.await {
+                Ok(fetched) => (Hedge::FirstWon, Ok(fetched)),
+                Err(first_error) => (Hedge::BothFailed, Err(first_error)),
+            },
+        },
+    }
 }
 
 async fn fetch(
