@@ -360,12 +360,7 @@ async fn fill(
             match first {
                 Ok(first) => fetched = Some(first),
                 Err(reason) => {
-                    debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
-                    let folded = reason.contains("folded into pages");
-                    health.note(&peer, folded);
-                    if folded && folded_at.is_none() {
-                        folded_at = Some((peer.clone(), client.clone()));
-                    }
+                    fetch_failed(&key, &peer, &client, &reason, &health, &mut folded_at);
                     continue;
                 }
             }
@@ -384,14 +379,14 @@ async fn fill(
                         match fetch(client.clone(), &key, membership.clone(), scl).await {
                             Ok(fetched) => fetched,
                             Err(reason) => {
-                                debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
-                                let folded = reason.contains("folded into pages");
-                                // A peer that has the records in its pages answered; any
-                                // other failure (no answer, no such segment) sends it last.
-                                health.note(&peer, folded);
-                                if folded && folded_at.is_none() {
-                                    folded_at = Some((peer.clone(), client.clone()));
-                                }
+                                fetch_failed(
+                                    &key,
+                                    &peer,
+                                    &client,
+                                    &reason,
+                                    &health,
+                                    &mut folded_at,
+                                );
                                 break;
                             }
                         }
@@ -526,6 +521,25 @@ impl PeerHealth {
 struct Fetched {
     records: Vec<Record>,
     truncations: Vec<Truncation>,
+}
+
+/// A fetch from `peer` failed with `reason`. A peer that has the records in its pages answered
+/// (it is kept in `folded_at` to hydrate from, if no peer's log has them); any other failure (no
+/// answer, no such segment) sends it last in the next rounds.
+fn fetch_failed(
+    key: &SegmentKey,
+    peer: &str,
+    client: &StorageNodeClient<Channel>,
+    reason: &str,
+    health: &PeerHealth,
+    folded_at: &mut Option<(String, StorageNodeClient<Channel>)>,
+) {
+    debug!(segment = %key, peer, "gap-fill fetch failed: {reason}");
+    let folded = reason.contains("folded into pages");
+    health.note(peer, folded);
+    if folded && folded_at.is_none() {
+        *folded_at = Some((peer.to_owned(), client.clone()));
+    }
 }
 
 /// How long the first fetch from a peer may go unanswered before the next peer is asked too.
