@@ -93,7 +93,12 @@ where
     F: Fn(NodeClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
 {
-    ask_until(clients, addrs, timeout, |_: &[bool]| false, call).await
+    ask_quorum(clients, addrs, timeout, |_: &[bool]| false, call).await
+}
+
+/// `enough` for [`ask_quorum`]: at least `needed` successful answers.
+pub fn at_least(needed: usize) -> impl Fn(&[bool]) -> bool {
+    move |ok: &[bool]| ok.iter().filter(|ok| **ok).count() >= needed
 }
 
 /// How long [`ask_quorum`] waits for the other answers once it has its quorum: as long again as
@@ -108,26 +113,6 @@ pub const STRAGGLER_GRACE_MIN: Duration = Duration::from_millis(5);
 /// answers: a node frozen or cut off silently then costs a round a few milliseconds, not a
 /// timeout (a PG allocated while one was took 4 s).
 pub async fn ask_quorum<T, F, Fut>(
-    clients: &Arc<Clients>,
-    addrs: &[String],
-    timeout: Duration,
-    enough: impl Fn(&[bool]) -> bool,
-    call: F,
-) -> Vec<Answer<T>>
-where
-    T: Send + 'static,
-    F: Fn(NodeClient) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
-{
-    ask_until(clients, addrs, timeout, enough, call).await
-}
-
-/// `enough` for [`ask_quorum`]: at least `needed` successful answers.
-pub fn at_least(needed: usize) -> impl Fn(&[bool]) -> bool {
-    move |ok: &[bool]| ok.iter().filter(|ok| **ok).count() >= needed
-}
-
-async fn ask_until<T, F, Fut>(
     clients: &Arc<Clients>,
     addrs: &[String],
     timeout: Duration,

@@ -769,6 +769,14 @@ pub fn thread_cpu_seconds(pid: u32) -> BTreeMap<String, f64> {
     by_name
 }
 
+/// p50, p99 and max of latency `samples` (sorted in place); None when there are none.
+pub fn latency_summary(samples: &mut [Duration]) -> Option<(Duration, Duration, Duration)> {
+    samples.sort();
+    let last = samples.len().checked_sub(1)?;
+    let at = |q: f64| samples[(last as f64 * q) as usize];
+    Some((at(0.5), at(0.99), samples[last]))
+}
+
 /// A memory figure of process `pid` from /proc/PID/status (`field` is e.g. "VmRSS:", "VmHWM:"),
 /// in bytes; None when the process or the field is not there.
 pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use sixfold_tests::netns::Net;
-use sixfold_tests::{pattern, require_fuse, test_dir, Cluster, Mount};
+use sixfold_tests::{latency_summary, pattern, require_fuse, test_dir, Cluster, Mount};
 
 const BLOCK: usize = 4096;
 const BLOCKS: u64 = 4096; // a 16 MiB region of the volume
@@ -139,15 +139,14 @@ fn fsync_does_not_stall_when_an_az_goes_silent() -> anyhow::Result<()> {
 
     let mut slow = Vec::new();
     for ((phase, samples), (_, slowest_at)) in PHASES.iter().zip(&mut latencies).zip(&slowest) {
-        samples.sort();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-        assert!(!samples.is_empty(), "no fsync in phase {phase:?}");
-        let max = *samples.last().expect("not empty");
+        let Some((p50, p99, max)) = latency_summary(samples) else {
+            panic!("no fsync in phase {phase:?}");
+        };
         eprintln!(
             "{phase:?}: {} fsyncs, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (from {slowest_at} UTC)",
             samples.len(),
-            at(0.5).as_secs_f64() * 1e3,
-            at(0.99).as_secs_f64() * 1e3,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
             max.as_secs_f64() * 1e3
         );
         if max > FSYNC_MAX {

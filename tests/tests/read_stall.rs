@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use sixfold_tests::{pattern, require_fuse, test_dir, Cluster, Mount};
+use sixfold_tests::{latency_summary, pattern, require_fuse, test_dir, Cluster, Mount};
 
 const BLOCK: usize = 4096;
 const BLOCKS: u64 = 4096; // 16 MiB: 256 times the mount's page cache (its floor, 16 pages)
@@ -43,15 +43,14 @@ fn read_for(
 
 /// Prints p50/p99/max of `samples` (sorted in place); returns the max.
 fn report(phase: &str, samples: &mut [Duration]) -> Duration {
-    assert!(!samples.is_empty(), "no read in phase {phase}");
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    let max = samples[samples.len() - 1];
+    let Some((p50, p99, max)) = latency_summary(samples) else {
+        panic!("no read in phase {phase}");
+    };
     eprintln!(
         "{phase}: {} reads, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
         samples.len(),
-        at(0.5).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3
     );
     max
