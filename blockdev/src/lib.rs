@@ -9,6 +9,7 @@
 //! (recovery at mount), `sender` (segment streams), `io` (read/write paths), `volume` (the API),
 //! `status` (`sixfold status`).
 
+mod append_conn;
 mod cache;
 pub mod clients;
 mod delta;

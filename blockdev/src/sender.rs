@@ -242,7 +242,7 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                         started: Instant::now(),
                         _permit: permit,
                     };
-                    stream.send(&shared, *request, batch).await;
+                    stream.send(&request, batch);
                 }
             }
         }

@@ -312,6 +312,8 @@ pub struct Shared {
     /// The cluster file: where to start asking for the node list.
     pub cluster: ClusterConfig,
     pub clients: Arc<Clients>,
+    /// The append connections, one per node ([`crate::append_conn`]).
+    pub appends: crate::append_conn::AppendConns,
     pub epoch: Epoch,
     pub az: Option<String>,
     pub state: Mutex<State>,

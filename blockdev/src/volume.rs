@@ -216,6 +216,7 @@ impl Volume {
             volume: name.clone(),
             cluster: options.cluster,
             clients,
+            appends: crate::append_conn::AppendConns::new(options.security.clone()),
             epoch,
             az: options.az,
             state: std::sync::Mutex::new(state),

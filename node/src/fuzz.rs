@@ -275,6 +275,81 @@ pub fn keys(data: &[u8]) {
 
 /// Requests as the service receives them: the first byte picks the message, the rest is its
 /// protobuf; each runs through the checks the service makes before anything reaches the store.
+/// The append wire ([`sixfold_transport::frames`]) as a node reads it: the decoder over the
+/// bytes (each frame encodes back to itself; Append payloads and refusals decode or fail
+/// cleanly), then the node's connection loop ([`crate::append_server`]) over the same bytes
+/// after the preface, with a store that acknowledges everything: it never panics, and every
+/// frame it sends back is a valid one.
+pub fn append_wire(data: &[u8]) {
+    use bytes::BytesMut;
+    use sixfold_transport::frames::{self, Kind};
+    let mut buffer = BytesMut::from(data);
+    while let Ok(Some(frame)) = frames::decode(&mut buffer) {
+        let mut again = BytesMut::new();
+        frames::encode(&mut again, frame.kind, frame.stream, &frame.payload);
+        assert_eq!(frames::decode(&mut again), Ok(Some(frame.clone())));
+        match frame.kind {
+            Kind::Append => {
+                let _ = wire::AppendRequest::decode(frame.payload);
+            }
+            Kind::Refused => {
+                let _ = frames::decode_refusal(frame.payload);
+            }
+            _ => {}
+        }
+    }
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime for the fuzz target");
+    }
+    let input = [&frames::APPEND_PREFACE[..], data].concat();
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (client, server) = tokio::io::duplex(64 << 10);
+            let peer = sixfold_transport::Peer {
+                addr: None,
+                tls: false,
+                role: None,
+            };
+            let append = |request: wire::AppendRequest| async move {
+                Ok(wire::AppendResponse {
+                    scl: request.writer_vcl,
+                })
+            };
+            let timing = crate::append_server::Timing {
+                preface: std::time::Duration::from_secs(5),
+                idle: std::time::Duration::from_secs(5),
+                stall: std::time::Duration::from_secs(5),
+            };
+            let served = tokio::spawn(crate::append_server::serve_connection(
+                server, peer, append, timing,
+            ));
+            let (mut read, mut write) = tokio::io::split(client);
+            let writer = tokio::spawn(async move {
+                let _ = write.write_all(&input).await;
+                let _ = write.shutdown().await;
+            });
+            let mut answers = Vec::new();
+            let _ = read.read_to_end(&mut answers).await;
+            let _ = writer.await;
+            served.await.expect("the connection loop never panics");
+            let mut answers = BytesMut::from(&answers[..]);
+            while let Some(frame) =
+                frames::decode(&mut answers).expect("the node sends valid frames")
+            {
+                assert!(
+                    matches!(frame.kind, Kind::Ack | Kind::Refused | Kind::Pong),
+                    "the node sent {:?}",
+                    frame.kind
+                );
+            }
+        });
+    });
+}
+
 pub fn request(data: &[u8]) {
     let Some((which, body)) = data.split_first() else {
         return;
@@ -423,4 +498,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("keys", keys),
     ("request", request),
     ("segment_ops", segment_ops),
+    ("append_wire", append_wire),
 ];

@@ -113,6 +113,23 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             marks: vec![wire::ArchiveMark { vdl: 7, time_us: 1 }],
         })
         .to_vec()],
+        "append_wire" => {
+            let append = wire::AppendRequest {
+                segment: Some(wire::SegmentRef {
+                    volume: "v".into(),
+                    pg: 0,
+                }),
+                epoch: 2,
+                records: vec![rec.clone()],
+                ..Default::default()
+            };
+            let mut out = bytes::BytesMut::new();
+            use sixfold_transport::frames::{encode, encode_message, Kind};
+            encode_message(&mut out, Kind::Append, 1, &append);
+            encode(&mut out, Kind::Ping, 2, &[]);
+            encode_message(&mut out, Kind::Append, 3, &append);
+            vec![out.to_vec()]
+        }
         "request" => {
             let append = wire::AppendRequest {
                 segment: Some(wire::SegmentRef {

@@ -25,6 +25,8 @@
 //! [`appender`], [`meta`] and [`store`], and the ordering rules in [`pagestore`] and [`folder`].
 
 mod access;
+pub mod admission;
+mod append_server;
 mod appender;
 mod archive_seal;
 mod archiver;
@@ -251,7 +253,8 @@ async fn serve(
     }
     info!(listen = %local, az = %config.az, security = %security.describe(), "storage node serving");
     // One service, served directly (the workspace builds tonic without its router).
-    let incoming = sixfold_transport::incoming(listener, security);
+    let (incoming, appends) = sixfold_transport::incoming(listener, security);
+    let append_server = tokio::spawn(append_server::serve(store.clone(), appends));
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -260,6 +263,8 @@ async fn serve(
         .http2_keepalive_timeout(Some(sixfold_transport::KEEPALIVE_TIMEOUT))
         .serve_with_incoming_shutdown(service, incoming, shutdown)
         .await;
+    append_server.abort();
+    let _ = append_server.await;
     gossip.abort();
     let _ = gossip.await;
     repair.abort();

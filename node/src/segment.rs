@@ -116,7 +116,7 @@ impl Truncation {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Segment {
     records: BTreeMap<Lsn, RecordMeta>,
     /// (page, lsn) for every held record: the records of one page, in LSN order.

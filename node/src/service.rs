@@ -80,7 +80,10 @@ fn page_in_pg(pg: PgId, page: u64) -> Result<PageId, StoreError> {
 pub const APPEND_STREAM_IN_FLIGHT_MAX: usize = 16;
 
 /// Validates one batch, hardens it and answers the segment's SCL.
-async fn append_one(store: &Store, request: AppendRequest) -> Result<AppendResponse, Status> {
+pub(crate) async fn append_one(
+    store: &Store,
+    request: AppendRequest,
+) -> Result<AppendResponse, Status> {
     let prepared = (|| {
         let key = request::segment_key(request.segment.as_ref())?;
         let epoch = Epoch(request.epoch);

@@ -12,6 +12,10 @@
 //! (`SIXFOLD_SIM_SEED=N cargo test -p sixfold-sim`; add `SIXFOLD_SIM_TRACE=1` for what the
 //! repair drivers decided, step by step). See [`world`] for the invariants.
 //!
+//! The node's append admission (`sixfold_node::admission`: what it takes in, and when and in
+//! which order it answers) is the real machine too: nodes harden admitted batches in a random
+//! order, in steps of their own, and answer as it says.
+//!
 //! What is still written here rather than shared: the order in which [`node`] handles a
 //! message (learn truncations, fence by epoch and membership, admit), which follows
 //! `node/src/service.rs`/`appender.rs`, and the writer's sending loop in [`writer`] (what to
@@ -41,6 +45,9 @@ pub enum Variant {
     /// The writer counts a write durable once 4 of the PG's stable configuration (ABCDEF) hold
     /// it, ignoring the replacement under way (4 of ABCDEG too).
     WriteQuorumOfStableConfig,
+    /// Nodes acknowledge an Append when they admit it, before it is hardened (an append
+    /// server that answers before the fsync).
+    AckBeforeHarden,
 }
 
 /// Prints a line of the schedule's trace when `SIXFOLD_SIM_TRACE` is set (to replay a seed).

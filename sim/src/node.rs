@@ -7,10 +7,15 @@
 //!
 //! Durability model: handling a message is atomic and durable (the real appender fsyncs before it
 //! answers), so a crash loses only what was never handled: messages in flight or delivered while
-//! the node was down.
+//! the node was down. A writer's Append is not handled on delivery: it is admitted by the real
+//! append server's machine (`sixfold_node::admission`), hardened (handled) in a later step of
+//! the world's choosing and in any order, and answered when the machine says so (once hardened,
+//! in the order of its writer's batches). A crash loses what was admitted and not hardened;
+//! none of it was answered.
 
 use std::collections::HashMap;
 
+use sixfold_node::admission::{Admission, Limits, Ticket};
 use sixfold_node::index::SegmentKey;
 use sixfold_node::members::{self, ChangeMode, HeldMembership};
 use sixfold_node::repair_pass::Answer;
@@ -24,7 +29,30 @@ use sixfold_proto::{Epoch, Lsn, PageId, PgId};
 use crate::msg::{Msg, Rec};
 use crate::Variant;
 
-#[derive(Debug, Default)]
+/// Batches a node admitted and has not hardened, and answers waiting for their turn.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    admission: Admission<Option<Msg>>,
+    hardening: Vec<(Ticket, Msg)>,
+}
+
+/// Small, so that schedules reach the bound (a batch beyond it is not read: lost, as far as
+/// the writer can tell, and sent again).
+const ADMISSION_LIMITS: Limits = Limits {
+    batches: 8,
+    bytes: usize::MAX,
+};
+
+impl Default for Pipeline {
+    fn default() -> Pipeline {
+        Pipeline {
+            admission: Admission::new(ADMISSION_LIMITS),
+            hardening: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
 pub struct SimNode {
     pub up: bool,
     /// Newest volume epoch the node knows (it refuses older writers).
@@ -39,6 +67,7 @@ pub struct SimNode {
     /// The collision-recovery round `membership` was accepted in, and the node's promise.
     pub ballot: Ballot,
     pub promise: Option<Promise>,
+    pub pipeline: Pipeline,
 }
 
 fn key() -> SegmentKey {
@@ -54,6 +83,52 @@ impl SimNode {
             up: true,
             ..SimNode::default()
         }
+    }
+
+    /// The node crashes: what it admitted and did not harden is gone (never answered).
+    pub fn crash(&mut self) {
+        self.up = false;
+        self.pipeline = Pipeline::default();
+    }
+
+    /// Batches admitted and not hardened yet.
+    pub fn hardening(&self) -> usize {
+        self.pipeline.hardening.len()
+    }
+
+    /// A batch (an Append) from writer `w` arrives: admitted, to be hardened later
+    /// ([`SimNode::harden`]), unless admission is full (then it is not read: lost). The answer
+    /// to send at once, if any: none, but for [`Variant::AckBeforeHarden`].
+    pub fn admit_append(&mut self, w: usize, msg: Msg, variant: Variant) -> Option<Msg> {
+        if !self.pipeline.admission.wants_more() {
+            return None;
+        }
+        let ticket = self.pipeline.admission.handle_batch(w as u64, 1);
+        // The broken variant answers what hardening will answer, before hardening.
+        let early = (variant == Variant::AckBeforeHarden)
+            .then(|| self.clone().handle(msg.clone(), variant))
+            .flatten();
+        self.pipeline.hardening.push((ticket, msg));
+        early
+    }
+
+    /// Hardens admitted batch `pick` (an index below [`SimNode::hardening`]): handled, durable
+    /// from here. Returns the answers now due, each with the writer it goes to.
+    pub fn harden(&mut self, pick: usize, variant: Variant) -> Vec<(usize, Msg)> {
+        if pick >= self.pipeline.hardening.len() {
+            return Vec::new();
+        }
+        let (ticket, msg) = self.pipeline.hardening.swap_remove(pick);
+        let answer = self.handle(msg, variant);
+        let answer = answer.filter(|_| variant != Variant::AckBeforeHarden);
+        self.pipeline.admission.handle_done(ticket, answer);
+        let mut due = Vec::new();
+        while let Some((w, answer)) = self.pipeline.admission.poll_answer() {
+            if let Some(answer) = answer {
+                due.push((w as usize, answer));
+            }
+        }
+        due
     }
 
     /// Handles one message from a writer or a peer; returns the answer, if any.

@@ -225,6 +225,7 @@ impl World {
         for _ in 0..self.rng.random_range(0..=4) + backlog {
             self.deliver_one()?;
         }
+        self.harden_some();
         let roll = self.rng.random_range(0..1000);
         match roll {
             0..=399 => self.deliver_one()?,
@@ -266,7 +267,13 @@ impl World {
         match envelope.to {
             Addr::Node(i) => {
                 let variant = self.config.variant;
-                if let Some(answer) = self.nodes[i].handle(envelope.msg, variant) {
+                let answer = match (envelope.from, envelope.msg) {
+                    (Addr::Writer(w), msg @ Msg::Append { .. }) => {
+                        self.nodes[i].admit_append(w, msg, variant)
+                    }
+                    (_, msg) => self.nodes[i].handle(msg, variant),
+                };
+                if let Some(answer) = answer {
                     self.send(envelope.to, envelope.from, answer);
                 }
             }
@@ -285,6 +292,23 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Each up node hardens some of the batches it admitted, in a random order, and sends the
+    /// answers its admission machine lets out.
+    fn harden_some(&mut self) {
+        let variant = self.config.variant;
+        for i in 0..NODES {
+            if !self.nodes[i].up {
+                continue;
+            }
+            for _ in 0..self.rng.random_range(0..=self.nodes[i].hardening()) {
+                let pick = self.rng.random_range(0..self.nodes[i].hardening());
+                for (w, answer) in self.nodes[i].harden(pick, variant) {
+                    self.send(Addr::Node(i), Addr::Writer(w), answer);
+                }
+            }
+        }
     }
 
     fn write(&mut self) {
@@ -426,7 +450,7 @@ impl World {
         let up: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].up).collect();
         if up.len() > NODES - 3 {
             let i = up[self.rng.random_range(0..up.len())];
-            self.nodes[i].up = false;
+            self.nodes[i].crash();
             self.drivers[i] = SimDriver::new(i, self.now);
             let roll = self.rng.random_range(0..100);
             self.down_until[i] = match roll {
@@ -828,7 +852,7 @@ impl World {
                 .collect()
         };
         for i in keep_down {
-            self.nodes[i].up = false;
+            self.nodes[i].crash();
         }
         if !self.writers[self.newest()].is_live() {
             self.start_writer();

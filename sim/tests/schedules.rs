@@ -124,3 +124,12 @@ fn a_write_counted_on_the_stable_configuration_alone_is_caught() {
     );
     eprintln!("caught at seed {seed}: {error}");
 }
+
+/// A node that answers an Append before hardening it (the append server's machine bypassed):
+/// flushes return on records that a crash then loses.
+#[test]
+fn an_acknowledgement_before_hardening_is_caught() {
+    let (seed, error) = first_failure(Variant::AckBeforeHarden, 1)
+        .expect("the simulation must catch nodes that acknowledge before they harden");
+    eprintln!("caught at seed {seed}: {error}");
+}

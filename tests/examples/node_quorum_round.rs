@@ -7,7 +7,9 @@
 //!
 //! Usage: `node_quorum_round [ROUNDS]` (default 2000; run as root after scripts/setup.sh;
 //! `SIXFOLD_BIN` names the binary, else target/release/sixfold; `SIXFOLD_TEST_RUNS` puts the
-//! nodes' data elsewhere, e.g. on tmpfs to take the disk out). Prints the mean and median round
+//! nodes' data elsewhere, e.g. on tmpfs to take the disk out; `SIXFOLD_WIRE=grpc` sends over
+//! gRPC's AppendStream instead of the append wire the writer uses (`transport::frames`);
+//! `SIXFOLD_ROUND_TLS=1` runs the cluster with mutual TLS, as users do). Prints the mean and median round
 //! in microseconds on its first line, then the CPU each round cost, per thread kind of a node
 //! (from /proc: the node's async runtime, its appender, its folder, the rest) and for this
 //! process (the writer's side), against what the machine's cores could give in a round: on a
@@ -22,8 +24,37 @@ use sixfold_proto::wire::storage_node_client::StorageNodeClient;
 use sixfold_proto::wire::{AppendRequest, ByteRange, SegmentRef};
 use sixfold_proto::{Epoch, Lsn, PageId, PgId, PAGE_SIZE};
 use sixfold_tests::{pattern, test_dir, thread_cpu_seconds, Cluster};
+use sixfold_transport::frames::{self, Kind};
+use sixfold_transport::{ChannelOptions, Security, TlsFiles};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// Where a round's requests go: a gRPC AppendStream or an append connection, per node.
+enum Wire {
+    Grpc(Vec<mpsc::Sender<AppendRequest>>),
+    Append(Vec<WriteHalf<sixfold_transport::ClientIo>>),
+}
+
+impl Wire {
+    async fn send_all(&mut self, request: &AppendRequest) -> anyhow::Result<()> {
+        match self {
+            Wire::Grpc(senders) => {
+                for tx in senders {
+                    tx.send(request.clone()).await?;
+                }
+            }
+            Wire::Append(writers) => {
+                let mut out = bytes::BytesMut::new();
+                frames::encode_message(&mut out, Kind::Append, 1, request);
+                for writer in writers {
+                    writer.write_all(&out).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 const NODES: usize = 6;
 const QUORUM: usize = 4;
@@ -40,7 +71,11 @@ fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("ROUNDS must be a positive number, not {arg:?}"))?,
     };
     let dir = test_dir("bench_node_quorum_round");
-    let cluster = Cluster::start(&dir, NODES)?;
+    let cluster = if std::env::var("SIXFOLD_ROUND_TLS").is_ok_and(|v| v == "1") {
+        Cluster::start_tls(&dir, NODES)?
+    } else {
+        Cluster::start(&dir, NODES)?
+    };
     // One worker, as the mount runs its writer.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -50,32 +85,97 @@ fn main() -> anyhow::Result<()> {
     let (mut times, cpu_before) = runtime.block_on(async {
         // Every node's acknowledgements, as (node, LSN acknowledged), into one channel.
         let (acks_tx, mut acks) = mpsc::unbounded_channel::<(usize, u64)>();
-        let mut requests = Vec::new();
+        let grpc = std::env::var("SIXFOLD_WIRE").is_ok_and(|w| w == "grpc");
+        let security = match &cluster.tls {
+            None => Security::Insecure,
+            Some(tls) => Security::load(&TlsFiles {
+                ca: tls.join("ca.pem"),
+                cert: tls.join("writer.pem"),
+                key: tls.join("writer.key"),
+            })?,
+        };
+        let mut wire = if grpc {
+            Wire::Grpc(Vec::new())
+        } else {
+            Wire::Append(Vec::new())
+        };
         for (index, node) in cluster.nodes.iter().enumerate() {
-            let mut client = StorageNodeClient::connect(format!("http://{}", node.addr)).await?;
-            let (tx, rx) = mpsc::channel(4);
-            let mut answers = client
-                .append_stream(ReceiverStream::new(rx))
-                .await?
-                .into_inner();
             let acks_tx = acks_tx.clone();
-            tokio::spawn(async move {
-                loop {
-                    match answers.message().await {
-                        Ok(Some(answer)) => {
-                            if acks_tx.send((index, answer.scl)).is_err() {
-                                break;
+            match &mut wire {
+                Wire::Grpc(requests) => {
+                    let options = ChannelOptions {
+                        connect_timeout: Duration::from_secs(5),
+                        request_timeout: None,
+                        keep_alive: None,
+                    };
+                    let channel =
+                        sixfold_transport::channel(&node.addr.to_string(), &security, options)?;
+                    let mut client = StorageNodeClient::new(channel);
+                    let (tx, rx) = mpsc::channel(4);
+                    let mut answers = client
+                        .append_stream(ReceiverStream::new(rx))
+                        .await?
+                        .into_inner();
+                    tokio::spawn(async move {
+                        loop {
+                            match answers.message().await {
+                                Ok(Some(answer)) => {
+                                    if acks_tx.send((index, answer.scl)).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(status) => {
+                                    eprintln!("node {index}: append stream failed: {status}");
+                                    break;
+                                }
                             }
                         }
-                        Ok(None) => break,
-                        Err(status) => {
-                            eprintln!("node {index}: append stream failed: {status}");
-                            break;
-                        }
-                    }
+                    });
+                    requests.push(tx);
                 }
-            });
-            requests.push(tx);
+                Wire::Append(writers) => {
+                    let io = sixfold_transport::connect_append(
+                        &node.addr.to_string(),
+                        &security,
+                        Duration::from_secs(5),
+                    )
+                    .await?;
+                    let (mut read, write) = tokio::io::split(io);
+                    tokio::spawn(async move {
+                        let mut buffer = bytes::BytesMut::new();
+                        loop {
+                            match frames::decode(&mut buffer) {
+                                Ok(Some(frame)) if frame.kind == Kind::Ack => {
+                                    use prost::Message as _;
+                                    let Ok(answer) =
+                                        sixfold_proto::wire::AppendResponse::decode(frame.payload)
+                                    else {
+                                        break;
+                                    };
+                                    if acks_tx.send((index, answer.scl)).is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(Some(frame)) => {
+                                    let status = frames::decode_refusal(frame.payload);
+                                    eprintln!("node {index}: {:?} frame: {status}", frame.kind);
+                                    break;
+                                }
+                                Ok(None) => match read.read_buf(&mut buffer).await {
+                                    Ok(n) if n > 0 => {}
+                                    _ => break,
+                                },
+                                Err(e) => {
+                                    eprintln!("node {index}: {e}");
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    writers.push(write);
+                }
+            }
         }
         // Only the readers hold senders now: once every stream ended, `recv` answers None.
         drop(acks_tx);
@@ -94,7 +194,7 @@ fn main() -> anyhow::Result<()> {
                     data: page.clone(),
                 }],
             );
-            for tx in &requests {
+            {
                 let request = AppendRequest {
                     segment: Some(SegmentRef {
                         volume: "round".into(),
@@ -108,7 +208,7 @@ fn main() -> anyhow::Result<()> {
                     writer_vdl: lsn - 1,
                     ..AppendRequest::default()
                 };
-                tx.send(request).await?;
+                wire.send_all(&request).await?;
             }
             // A node answers each batch of a group commit with the SCL after the whole group, so
             // a lagging node can answer this LSN twice: count nodes, not answers.
@@ -136,7 +236,17 @@ fn main() -> anyhow::Result<()> {
     let median = times.get(times.len() / 2).copied().unwrap_or(0);
     println!(
         "{mean:.0} us per round (mean; median {median} us): {QUORUM} of {NODES} sixfold nodes \
-         acknowledged one 4 KiB record over AppendStream"
+         acknowledged one 4 KiB record over {}{}",
+        if std::env::var("SIXFOLD_WIRE").is_ok_and(|w| w == "grpc") {
+            "gRPC AppendStream"
+        } else {
+            "the append wire"
+        },
+        if std::env::var("SIXFOLD_ROUND_TLS").is_ok_and(|v| v == "1") {
+            ", mutual TLS"
+        } else {
+            ""
+        }
     );
     if let Some((before, since)) = cpu_before {
         print_cpu_per_round(&before, &cpu_after, times.len(), since.elapsed());

@@ -122,3 +122,37 @@ impl Service<Uri> for Connector {
 
 /// A connection to a node: plaintext or TLS.
 pub type ClientIo = Connection<TlsStream<TcpStream>, ()>;
+
+/// Opens an append connection ([`crate::frames`]) to the node at `addr` (host:port): TCP with
+/// `TCP_NODELAY`, the TLS handshake asking for [`crate::frames::APPEND_ALPN`] (unless insecure),
+/// then the preface. All of it within `timeout`.
+pub async fn connect_append(
+    addr: &str,
+    security: &Security,
+    timeout: Duration,
+) -> io::Result<ClientIo> {
+    use tokio::io::AsyncWriteExt as _;
+    let connect = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut io = match security {
+            Security::Insecure => ClientIo::plain(stream, ()),
+            Security::Tls(tls) => {
+                let connector = TlsConnector::from(tls.client_append.clone());
+                ClientIo::tls(
+                    connector.connect(Role::Node.server_name(), stream).await?,
+                    (),
+                )
+            }
+        };
+        io.write_all(crate::frames::APPEND_PREFACE).await?;
+        Ok(io)
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no append connection within {timeout:?}"),
+        )),
+    }
+}

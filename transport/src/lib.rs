@@ -3,7 +3,9 @@
 //! - [`Security`]: mutual TLS 1.3 with the process's certificate, or plaintext when the operator
 //!   said `--insecure`.
 //! - [`channel`]: the one way any process (writer, node, CLI) makes a channel to a node.
-//! - [`incoming`]: the node's accepted connections, each with the [`Peer`] it came from.
+//! - [`incoming`]: the node's accepted connections, each with the [`Peer`] it came from: gRPC
+//!   ones for tonic, append ones ([`frames`]) for the node's append server.
+//! - [`connect_append`]: a writer's append connection to a node ([`frames`]).
 //! - [`Authorized`]: the access check of every request by certificate [`Role`].
 //! - [`ca`]: the cluster's CA (`sixfold ca init`, `sixfold ca issue`).
 //! - The transport limits every side uses ([`MESSAGE_BYTES_MAX`] and the HTTP/2 windows).
@@ -12,19 +14,21 @@ pub mod access;
 pub mod ca;
 mod client;
 mod error;
+pub mod frames;
 mod role;
 mod security;
 mod server;
 mod stream;
 
 pub use access::{Authorized, Policy};
-pub use client::{channel, ChannelOptions, KeepAlive};
+pub use client::{channel, connect_append, ChannelOptions, ClientIo, KeepAlive};
 pub use error::TransportError;
 pub use role::Role;
 pub use security::{Security, TlsFiles};
 pub use server::{
-    incoming, Incoming, Peer, ServerIo, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX,
-    HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, STREAMS_PER_CONNECTION_MAX,
+    incoming, AppendIncoming, Incoming, Peer, ServerIo, CONNECTIONS_MAX,
+    CONNECTIONS_PER_ADDRESS_MAX, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    STREAMS_PER_CONNECTION_MAX,
 };
 
 /// Largest gRPC message either side accepts.

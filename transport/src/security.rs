@@ -38,6 +38,8 @@ pub struct TlsFiles {
 pub struct Tls {
     pub(crate) server: Arc<ServerConfig>,
     pub(crate) client: Arc<ClientConfig>,
+    /// The client side of append connections (ALPN [`crate::frames::APPEND_ALPN`]).
+    pub(crate) client_append: Arc<ClientConfig>,
     role: Role,
 }
 
@@ -83,7 +85,7 @@ impl Security {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
-        server.alpn_protocols = vec![ALPN_H2.to_vec()];
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), crate::frames::APPEND_ALPN.to_vec()];
 
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -93,11 +95,14 @@ impl Security {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_webpki_verifier(server_verifier)
             .with_client_auth_cert(chain, key)?;
+        let mut client_append = client.clone();
         client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        client_append.alpn_protocols = vec![crate::frames::APPEND_ALPN.to_vec()];
 
         Ok(Security::Tls(Arc::new(Tls {
             server: Arc::new(server),
             client: Arc::new(client),
+            client_append: Arc::new(client_append),
             role,
         })))
     }

@@ -1,6 +1,10 @@
 //! The server side: accepted connections, after their TLS handshake, with who is on the other
 //! end ([`Peer`]) for the access check of every request ([`crate::access`]).
 //!
+//! A connection is gRPC (HTTP/2, for tonic: [`Incoming`]) or an append connection
+//! ([`crate::frames`], for the node's append server: [`AppendIncoming`]): by ALPN after a TLS
+//! handshake, by its first byte when plaintext.
+//!
 //! Handshakes run in their own tasks, bounded by [`HANDSHAKE_TIMEOUT`], so that a client that
 //! connects and says nothing holds no one else up. A refused handshake is logged with the peer's
 //! address and rustls's reason (no certificate, unknown CA, expired...).
@@ -151,18 +155,39 @@ impl Stream for Incoming {
     }
 }
 
-/// Accepts connections on `listener`, secured as `security` says.
-pub fn incoming(listener: TcpListener, security: Security) -> Incoming {
-    let (sender, accepted) = mpsc::channel(ACCEPTED_QUEUE);
-    let task = tokio::spawn(accept_loop(listener, security, sender));
-    Incoming { accepted, task }
+/// The append connections a listener accepts ([`crate::frames`]), handshaken and with who is
+/// on the other end; their preface is still to be read. Dropping it closes each one as it comes.
+pub type AppendIncoming = mpsc::Receiver<ServerIo>;
+
+/// Where an accepted connection goes.
+#[derive(Clone)]
+struct Routes {
+    grpc: mpsc::Sender<io::Result<ServerIo>>,
+    append: mpsc::Sender<ServerIo>,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    security: Security,
-    sender: mpsc::Sender<io::Result<ServerIo>>,
-) {
+impl Routes {
+    /// Hands `io` to its server; false once the gRPC side stopped accepting.
+    async fn route(&self, io: ServerIo, append: bool) -> bool {
+        if append {
+            // A node that serves no appends (its receiver dropped) just closes the connection.
+            let _ = self.append.send(io).await;
+            true
+        } else {
+            self.grpc.send(Ok(io)).await.is_ok()
+        }
+    }
+}
+
+/// Accepts connections on `listener`, secured as `security` says.
+pub fn incoming(listener: TcpListener, security: Security) -> (Incoming, AppendIncoming) {
+    let (grpc, accepted) = mpsc::channel(ACCEPTED_QUEUE);
+    let (append, appends) = mpsc::channel(ACCEPTED_QUEUE);
+    let task = tokio::spawn(accept_loop(listener, security, Routes { grpc, append }));
+    (Incoming { accepted, task }, appends)
+}
+
+async fn accept_loop(listener: TcpListener, security: Security, routes: Routes) {
     let handshakes = Limiter::new(HANDSHAKES_MAX, HANDSHAKES_PER_ADDRESS_MAX);
     let connections = Limiter::new(CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX);
     let mut refused_logged = None;
@@ -191,40 +216,59 @@ async fn accept_loop(
             }
             continue;
         };
-        match &acceptor {
-            None => {
-                let peer = Peer {
-                    addr: Some(addr),
-                    tls: false,
-                    role: None,
-                };
-                let io = ServerIo::plain(stream, peer).holding(connection);
-                if sender.send(Ok(io)).await.is_err() {
-                    return;
-                }
+        let Some(slot) = handshakes.take(addr.ip()) else {
+            debug!(peer = %addr, "too many handshakes under way: connection closed");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let route = routes.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let opened = match acceptor {
+                Some(acceptor) => handshake(acceptor, stream, addr).await,
+                None => sniff(stream, addr).await,
+            };
+            if let Some((io, append)) = opened {
+                route.route(io.holding(connection), append).await;
             }
-            Some(acceptor) => {
-                let Some(slot) = handshakes.take(addr.ip()) else {
-                    debug!(peer = %addr, "too many TLS handshakes under way: connection closed");
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    if let Some(io) = handshake(acceptor, stream, addr).await {
-                        let _ = sender.send(Ok(io.holding(connection))).await;
-                    }
-                });
-            }
-        }
-        if sender.is_closed() {
+        });
+        if routes.grpc.is_closed() {
             return;
         }
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -> Option<ServerIo> {
+/// A plaintext connection, and whether it is an append connection (its first byte is the
+/// append preface's; HTTP/2's is `P`). Waits for that byte at most [`HANDSHAKE_TIMEOUT`].
+async fn sniff(stream: TcpStream, addr: SocketAddr) -> Option<(ServerIo, bool)> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(Ok(_)) => return None, // closed before a byte
+        Ok(Err(error)) => {
+            debug!(peer = %addr, "connection failed before its first byte: {error}");
+            return None;
+        }
+        Err(_) => {
+            debug!(peer = %addr, "connection sent nothing within {HANDSHAKE_TIMEOUT:?}");
+            return None;
+        }
+    }
+    let peer = Peer {
+        addr: Some(addr),
+        tls: false,
+        role: None,
+    };
+    let append = first[0] == crate::frames::APPEND_PREFACE[0];
+    Some((ServerIo::plain(stream, peer), append))
+}
+
+/// A TLS connection after its handshake, and whether its client asked for the append protocol.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Option<(ServerIo, bool)> {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Err(_) => {
             debug!(peer = %addr, "TLS handshake timed out");
@@ -241,6 +285,7 @@ async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -
         }
         Ok(Ok(stream)) => stream,
     };
+    let append = stream.get_ref().1.alpn_protocol() == Some(crate::frames::APPEND_ALPN);
     let role = stream
         .get_ref()
         .1
@@ -254,7 +299,7 @@ async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, addr: SocketAddr) -
         tls: true,
         role,
     };
-    Some(ServerIo::tls(stream, peer))
+    Some((ServerIo::tls(stream, peer), append))
 }
 
 #[cfg(test)]
