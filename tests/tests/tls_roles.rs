@@ -50,6 +50,35 @@ fn client(addr: &str, security: &Security) -> Result<StorageNodeClient<Channel>>
     )?))
 }
 
+/// What a node answers an append connection of `security`'s certificate that sends one batch:
+/// the status of the refusal it must send (on the connection, or on the batch).
+async fn append_wire_refusal(addr: &str, security: &Security) -> Result<tonic::Status> {
+    use sixfold_transport::frames::{self, Kind};
+    let mut io = sixfold_transport::connect_append(addr, security, Duration::from_secs(5)).await?;
+    let mut out = bytes::BytesMut::new();
+    frames::encode_message(&mut out, Kind::Append, 1, &AppendRequest::default());
+    // The node may close the connection before it reads the batch: a failed write is fine.
+    let _ = io.write_all(&out).await;
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        if let Some(frame) = frames::decode(&mut buffer)? {
+            ensure!(
+                frame.kind == Kind::Refused,
+                "the node answered {:?}",
+                frame.kind
+            );
+            return Ok(frames::decode_refusal(frame.payload));
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), io.read_buf(&mut buffer))
+            .await
+            .context("no answer on the append wire within 5 s")??;
+        ensure!(
+            read > 0,
+            "the node closed the append connection without a refusal"
+        );
+    }
+}
+
 fn as_role(tls: &Path, name: &str) -> Result<Security> {
     Ok(Security::load(&files(tls, name))?)
 }
@@ -225,6 +254,12 @@ fn certificates_and_roles_are_checked() -> Result<()> {
             .err()
             .context("an admin certificate must not append")?;
         ensure!(refused.code() == Code::PermissionDenied, "{refused:?}");
+        // Nor on the append wire, where the role is checked once per connection.
+        let refused = append_wire_refusal(&addr, &admin).await?;
+        ensure!(
+            refused.code() == Code::PermissionDenied && refused.message().contains("role admin"),
+            "{refused:?}"
+        );
         let refused = client(&addr, &node)?
             .segment_state(SegmentStateRequest {
                 seal_epoch: 1 << 40,
