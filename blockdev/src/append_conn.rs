@@ -15,8 +15,9 @@
 //! - A stream is registered under the connection's lock, and a dying connection takes the
 //!   registered streams under the same lock: each stream is either failed by the connection or
 //!   refused at registration, never forgotten.
-//! - An answer for a stream no longer registered (its owner dropped it, or it failed) is
-//!   ignored: the batches it answers were reported already.
+//! - An answer for a stream no longer registered is ignored: the stream failed (its batches
+//!   were reported then), or its owner dropped it or it was fenced (nothing is reported then:
+//!   the writer is closing or may never write again).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,7 +29,7 @@ use sixfold_proto::wire::{AppendRequest, AppendResponse};
 use sixfold_transport::frames::{self, Kind};
 use sixfold_transport::Security;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::debug;
 
@@ -36,8 +37,15 @@ use crate::clients::{CONNECT_TIMEOUT, KEEP_ALIVE};
 use crate::sender::APPEND_TIMEOUT;
 use crate::stream::Sink;
 
-/// How often the reader looks at its pings and its streams' oldest batches.
-const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the reader looks at its pings and its streams' oldest batches: what it adds, at
+/// most, to the time a silent node takes to be found ([`KEEP_ALIVE`]'s interval and timeout).
+const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+/// What a connection may have sent and not had answered, in KiB; a batch counts at least
+/// [`BATCH_KIB_MIN`], so at most 768 batches. Below what the node admits on a connection
+/// (1,024 batches, 32 MiB): the node never has to stop reading it, so a ping always gets
+/// through to be answered, however slow its store.
+pub const CONN_BUDGET_KIB: u32 = 24 << 10;
+pub const BATCH_KIB_MIN: u32 = 32;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -124,6 +132,8 @@ impl Drop for AppendConns {
 pub struct AppendConn {
     addr: String,
     state: Mutex<ConnState>,
+    /// [`CONN_BUDGET_KIB`]; closed when the connection dies.
+    budget: Arc<Semaphore>,
     /// Wakes the writer task: the outbox has frames (or the connection died).
     wake: Notify,
 }
@@ -141,6 +151,7 @@ impl AppendConn {
     fn start(io: sixfold_transport::ClientIo, addr: &str) -> Arc<AppendConn> {
         let conn = Arc::new(AppendConn {
             addr: addr.to_owned(),
+            budget: Arc::new(Semaphore::new(CONN_BUDGET_KIB as usize)),
             state: Mutex::new(ConnState {
                 dead: false,
                 next_stream: 1,
@@ -176,6 +187,19 @@ impl AppendConn {
         Ok(stream)
     }
 
+    /// A place in the connection's budget for a batch of `bytes`, held until it is answered;
+    /// waits while the budget is spent; an error once the connection died.
+    pub async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, String> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(BATCH_KIB_MIN, CONN_BUDGET_KIB);
+        self.budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| format!("append connection to {} closed", self.addr))
+    }
+
     pub fn unregister(&self, stream: u64) {
         lock(&self.state).streams.remove(&stream);
     }
@@ -209,6 +233,7 @@ impl AppendConn {
             }
             std::mem::take(&mut state.streams)
         };
+        self.budget.close();
         self.wake.notify_one();
         debug!(node = %self.addr, streams = streams.len(), "append connection closed: {error}");
         for sink in streams.into_values() {
@@ -224,6 +249,7 @@ impl AppendConn {
         for task in state.tasks.drain(..) {
             task.abort();
         }
+        self.budget.close();
     }
 }
 
@@ -240,7 +266,13 @@ async fn write_frames(conn: Arc<AppendConn>, mut io: WriteHalf<sixfold_transport
         if out.is_empty() {
             continue;
         }
-        if let Err(e) = io.write_all(&out).await {
+        // Flushed: a TLS stream may keep encrypted bytes back when the socket is full, and
+        // nothing else would push them out before the next frames.
+        let written = async {
+            io.write_all(&out).await?;
+            io.flush().await
+        };
+        if let Err(e) = written.await {
             conn.fail(&format!("writing to the node: {e}"));
             return;
         }

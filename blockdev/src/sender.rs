@@ -241,8 +241,9 @@ async fn segment_sender(shared: Arc<Shared>, pg: PgId, node: NodeId) {
                         records,
                         started: Instant::now(),
                         _permit: permit,
+                        _budget: None,
                     };
-                    stream.send(&request, batch);
+                    stream.send(&request, batch).await;
                 }
             }
         }

@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use prost::Message as _;
 use sixfold_proto::wire::{AppendRequest, AppendResponse};
 use sixfold_proto::{Lsn, NodeId, PgId};
 use tokio::sync::OwnedSemaphorePermit;
@@ -40,6 +41,9 @@ pub struct InFlight {
     pub started: Instant,
     /// Bounds the batches in flight per segment; released with the answer.
     pub _permit: OwnedSemaphorePermit,
+    /// The batch's place in its connection's budget (`AppendConn::reserve`); released with the
+    /// answer.
+    pub _budget: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Default)]
@@ -163,27 +167,35 @@ impl AppendStream {
         lock(&self.sink.queue).dead
     }
 
-    /// Writes one batch to the stream. On a dead stream the batch is reported failed at once.
-    pub fn send(&self, request: &AppendRequest, batch: InFlight) {
-        let (last, records) = (batch.last, batch.records);
-        {
-            let mut queue = lock(&self.sink.queue);
-            if queue.dead {
-                drop(queue);
-                let failure = Failure {
-                    records,
-                    last,
-                    started: Instant::now(),
-                    error: "append stream closed".to_owned(),
-                };
-                let sink = &self.sink;
-                on_error(&sink.shared, sink.pg, sink.node, &sink.addr, failure);
-                return;
+    /// Writes one batch to the stream, once its connection's budget has room for it. On a dead
+    /// stream or connection the batch is reported failed at once.
+    pub async fn send(&self, request: &AppendRequest, mut batch: InFlight) {
+        let reserved = self.conn.reserve(request.encoded_len()).await;
+        let sink = &self.sink;
+        let error = match reserved {
+            Ok(budget) => {
+                batch._budget = Some(budget);
+                batch.started = Instant::now(); // its wait for answers starts now
+                let mut queue = lock(&sink.queue);
+                if queue.dead {
+                    "append stream closed".to_owned()
+                } else {
+                    queue.batches.push_back(batch);
+                    drop(queue);
+                    // A connection that died meanwhile failed the stream, this batch with it.
+                    self.conn.send(self.stream, request);
+                    return;
+                }
             }
-            queue.batches.push_back(batch);
-        }
-        // A connection that died meanwhile failed the stream, this batch with it.
-        self.conn.send(self.stream, request);
+            Err(error) => error,
+        };
+        let failure = Failure {
+            records: batch.records,
+            last: batch.last,
+            started: Instant::now(),
+            error,
+        };
+        on_error(&sink.shared, sink.pg, sink.node, &sink.addr, failure);
     }
 }
 

@@ -9,8 +9,9 @@
 //! - A stream's answers leave in the order its batches arrived (the writer matches an answer
 //!   to the oldest batch it has in flight); streams do not wait for each other.
 //! - What is admitted and not yet done is bounded, in batches and in payload bytes
-//!   ([`Admission::wants_more`]); beyond that the server stops reading the connection, and TCP
-//!   holds the writer back.
+//!   ([`Admission::wants_more`]); beyond that the server admits nothing more from the
+//!   connection (it reads a bounded amount ahead, then stops reading, and TCP holds the writer
+//!   back; writers stay below the limits, see `crate::append_server`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -90,14 +91,15 @@ impl<T> Admission<T> {
 
     /// The store finished with a batch (hardened it, or refused it).
     pub fn handle_done(&mut self, ticket: Ticket, outcome: T) {
-        self.batches = self.batches.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(ticket.bytes);
         let Some(order) = self.streams.get_mut(&ticket.stream) else {
             return; // not a ticket of this machine's
         };
-        if ticket.seq < order.answered || ticket.seq >= order.admitted {
-            return;
+        let pending = ticket.seq >= order.answered && ticket.seq < order.admitted;
+        if !pending || order.done.contains_key(&ticket.seq) {
+            return; // given back already, or forged
         }
+        self.batches = self.batches.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(ticket.bytes);
         order.done.insert(ticket.seq, outcome);
         if ticket.seq == order.answered {
             self.ready.push_back(ticket.stream);
@@ -106,9 +108,17 @@ impl<T> Admission<T> {
 
     /// The next answer to send, if one is due: `(stream, outcome)`.
     pub fn poll_answer(&mut self) -> Option<(u64, T)> {
-        let stream = self.ready.pop_front()?;
-        let order = self.streams.get_mut(&stream)?;
-        let outcome = order.done.remove(&order.answered)?;
+        // Each stream is listed once, and only while its next answer is done; skipping entries
+        // that are not keeps a slip from hiding the other streams' answers.
+        let (stream, order, outcome) = loop {
+            let stream = self.ready.pop_front()?;
+            let Some(order) = self.streams.get_mut(&stream) else {
+                continue;
+            };
+            if let Some(outcome) = order.done.remove(&order.answered) {
+                break (stream, order, outcome);
+            }
+        };
         order.answered += 1;
         if order.done.contains_key(&order.answered) {
             self.ready.push_back(stream);
@@ -166,8 +176,11 @@ mod tests {
         assert!(!admission.wants_more(), "1000 bytes");
         admission.handle_done(big, ());
         assert!(admission.wants_more());
-        // A ticket given back twice, or a forged one, changes nothing.
+        // A ticket given back twice, or a forged one, changes nothing: not the bound, not the
+        // answers.
+        let before = (admission.batches, admission.bytes);
         admission.handle_done(tickets[0], ());
+        assert_eq!((admission.batches, admission.bytes), before);
         admission.handle_done(
             Ticket {
                 stream: 77,
@@ -176,6 +189,7 @@ mod tests {
             },
             (),
         );
+        assert_eq!((admission.batches, admission.bytes), before);
         assert_eq!(admission.poll_answer(), Some((0, ())));
         assert_eq!(admission.poll_answer(), Some((9, ())));
         assert_eq!(admission.poll_answer(), None);

@@ -10,8 +10,11 @@
 //! writer's, a wrong preface, a malformed frame or an unexpected kind gets a `Refused` frame on
 //! stream 0 and the connection closes; a batch the store refuses (or one that does not decode)
 //! gets a `Refused` frame on its stream, as a unary call would get its status. Liveness:
-//! `Ping`s are answered at once, even while admission is full; a connection with nothing in
-//! flight and no frame for `idle`, or whose writer takes no answer for `stall`, is closed.
+//! `Ping`s are answered as soon as they are read, even while admission is full: the server
+//! reads [`READ_AHEAD_BYTES`] beyond it, and a writer keeps less than the admission limits in
+//! flight on a connection (`blockdev::append_conn::CONN_BUDGET_KIB`), so a slow store never
+//! leaves a ping unread. A connection with nothing in flight and no frame for `idle`, or whose
+//! writer takes no answer for `stall`, is closed.
 
 use std::future::Future;
 use std::time::Duration;
@@ -199,7 +202,12 @@ where
             }
         }
         if !out.is_empty() {
-            match tokio::time::timeout(timing.stall, io.write_all(&out)).await {
+            // Flushed: a TLS stream may keep encrypted bytes back when the socket is full.
+            let written = async {
+                io.write_all(&out).await?;
+                io.flush().await
+            };
+            match tokio::time::timeout(timing.stall, written).await {
                 Ok(Ok(())) => out.clear(),
                 Ok(Err(e)) => return End::Quiet(format!("writing answers: {e}")),
                 Err(_) => {
@@ -333,6 +341,38 @@ mod tests {
         served
             .await
             .expect("the connection task ends when the writer goes");
+    }
+
+    /// With admission full (more batches than it admits, none hardened: a stalled store), a
+    /// ping behind them is still read and answered: the writer's liveness check must not kill a
+    /// connection whose node is only slow.
+    #[tokio::test]
+    async fn a_ping_is_answered_while_admission_is_full() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let stalled =
+            |_request: AppendRequest| std::future::pending::<Result<AppendResponse, Status>>();
+        let served = tokio::spawn(serve_connection(
+            server,
+            plaintext_peer(),
+            stalled,
+            TEST_TIMING,
+        ));
+        let mut out = BytesMut::new();
+        out.extend_from_slice(APPEND_PREFACE);
+        for i in 0..ADMISSION_LIMITS.batches + 100 {
+            batch(&mut out, 1 + i as u64 % 7, 1);
+        }
+        frames::encode(&mut out, Kind::Ping, 9, &[]);
+        client.write_all(&out).await.expect("write");
+        let mut buffer = BytesMut::new();
+        let pong =
+            tokio::time::timeout(Duration::from_secs(5), next_frame(&mut client, &mut buffer))
+                .await
+                .expect("a pong within 5 s")
+                .expect("a frame");
+        assert_eq!((pong.kind, pong.stream), (Kind::Pong, 9));
+        drop(client);
+        served.await.expect("no panic");
     }
 
     /// Hostile input: a wrong preface, a malformed frame, an unexpected kind and a batch that

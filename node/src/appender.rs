@@ -103,6 +103,9 @@ pub struct AppendJob {
     pub records: Vec<PreparedRecord>,
     /// Answered with the segment's SCL after the records are hardened.
     pub reply: Reply<Lsn>,
+    /// The job's place in the store's append budget, held until the job is done (whether or
+    /// not its caller still waits for the reply: a dropped caller frees no room it still uses).
+    pub _budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AppendJob {

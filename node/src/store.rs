@@ -502,9 +502,10 @@ impl Store {
         }
         let bytes: usize = records.iter().map(|r| r.frame.bytes.len()).sum();
         let kib = bytes.div_ceil(1024).clamp(1, APPEND_QUEUE_KIB_MAX);
-        let _permit = self
+        let budget = self
             .append_budget
-            .acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
+            .clone()
+            .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         self.submit(|reply| {
@@ -513,6 +514,7 @@ impl Store {
                 source,
                 records,
                 reply,
+                _budget: Some(budget),
             })
         })
         .await

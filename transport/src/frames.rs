@@ -128,7 +128,7 @@ pub fn encode_message<M: prost::Message>(out: &mut BytesMut, kind: Kind, stream:
 }
 
 /// Takes the next whole frame off the front of `buffer`; `Ok(None)` when it holds only part of
-/// one (it then reserves room for the rest, at most one frame's worth).
+/// one (it then reserves room for more of it, at most 1 MiB at a time).
 pub fn decode(buffer: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     if buffer.len() < 4 {
         return Ok(None);
@@ -147,7 +147,9 @@ pub fn decode(buffer: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         return Err(FrameError::UnknownKind(code));
     }
     if buffer.len() < 4 + body {
-        buffer.reserve(4 + body - buffer.len());
+        // Room for what is still to come, but no more than 1 MiB ahead of the bytes that
+        // arrived: a header alone reserves little, whatever length it announces.
+        buffer.reserve((4 + body - buffer.len()).min(1 << 20));
         return Ok(None);
     }
     let mut frame = buffer.split_to(4 + body).freeze();
