@@ -177,3 +177,64 @@ where
     }
     answers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    /// Asks five "nodes" whose answers take `delays_ms` (in the order asked; no node is
+    /// reached: the call only sleeps) until `needed` succeeded; the addresses that answered.
+    async fn ask(delays_ms: [u64; 5], needed: Option<usize>) -> (Vec<usize>, Duration) {
+        let clients = Arc::new(Clients::new(Security::Insecure));
+        let addrs: Vec<String> = (0..5).map(|i| format!("127.0.0.1:{}", 1 + i)).collect();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let call = move |_client: NodeClient| {
+            let delay = delays_ms[asked.fetch_add(1, Ordering::SeqCst) % 5];
+            async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                Ok(tonic::Response::new(()))
+            }
+        };
+        let started = Instant::now();
+        let answers = match needed {
+            Some(needed) => {
+                ask_quorum(
+                    &clients,
+                    &addrs,
+                    Duration::from_secs(30),
+                    at_least(needed),
+                    call,
+                )
+                .await
+            }
+            None => ask_all(&clients, &addrs, Duration::from_secs(30), call).await,
+        };
+        let mut answered: Vec<usize> = answers.iter().map(|a| a.index).collect();
+        answered.sort_unstable();
+        (answered, started.elapsed())
+    }
+
+    /// Once the answers are enough, a straggler is waited for as long again as they took, not
+    /// until its timeout: one that answers within that grace is kept, one that does not is
+    /// dropped, and `ask_all` waits for everyone.
+    #[tokio::test]
+    async fn a_quorum_waits_for_stragglers_only_as_long_again_as_it_took() {
+        let (answered, took) = ask([10, 20, 30, 200, 5_000], Some(4)).await;
+        assert_eq!(answered, vec![0, 1, 2, 3], "the 5 s straggler is dropped");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        let (answered, _) = ask([10, 20, 30, 200, 250], Some(4)).await;
+        assert_eq!(
+            answered,
+            vec![0, 1, 2, 3, 4],
+            "an answer within the grace is kept"
+        );
+        let (answered, took) = ask([10, 20, 30, 40, 600], None).await;
+        assert_eq!(answered, vec![0, 1, 2, 3, 4]);
+        assert!(
+            took >= Duration::from_millis(600),
+            "ask_all waits for all: {took:?}"
+        );
+    }
+}
