@@ -31,6 +31,19 @@ fn sample_record() -> wire::Record {
     )
 }
 
+/// An Append of `rec` to PG 0 of volume "v".
+fn sample_append(rec: wire::Record) -> wire::AppendRequest {
+    wire::AppendRequest {
+        segment: Some(wire::SegmentRef {
+            volume: "v".into(),
+            pg: 0,
+        }),
+        epoch: 2,
+        records: vec![rec],
+        ..Default::default()
+    }
+}
+
 /// Valid inputs for `target`: the fuzzer's mutations start from what the decoder accepts.
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let rec = sample_record();
@@ -114,15 +127,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         })
         .to_vec()],
         "append_wire" => {
-            let append = wire::AppendRequest {
-                segment: Some(wire::SegmentRef {
-                    volume: "v".into(),
-                    pg: 0,
-                }),
-                epoch: 2,
-                records: vec![rec.clone()],
-                ..Default::default()
-            };
+            let append = sample_append(rec);
             let mut out = bytes::BytesMut::new();
             use sixfold_transport::frames::{encode, encode_message, Kind};
             encode_message(&mut out, Kind::Append, 1, &append);
@@ -131,15 +136,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             vec![out.to_vec()]
         }
         "request" => {
-            let append = wire::AppendRequest {
-                segment: Some(wire::SegmentRef {
-                    volume: "v".into(),
-                    pg: 0,
-                }),
-                epoch: 2,
-                records: vec![rec],
-                ..Default::default()
-            };
+            let append = sample_append(rec);
             let mut first = vec![0u8];
             first.extend_from_slice(&append.encode_to_vec());
             vec![first]
